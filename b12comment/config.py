@@ -1,0 +1,401 @@
+"""Configuration: frozen dataclasses, loaded once from a TOML file.
+
+The dataclass defaults below are the product's built-in configuration; the
+shipped `config.toml` spells out exactly the same values (a test holds the two
+together). Loading checks every key and type and fails with a `ConfigError`
+that names the file and the key, before anything runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names file and key."""
+
+
+@dataclass(frozen=True)
+class CodeMatch:
+    """One OBX-3 code that identifies a total-B12 result."""
+
+    code: str
+    systems: tuple[str, ...]  # coding systems accepted with it; "" = empty, "*" = any
+
+    def matches(self, code: str, system: str) -> bool:
+        return code == self.code and ("*" in self.systems or system in self.systems)
+
+
+@dataclass(frozen=True)
+class AgeBand:
+    below_years: int
+    upper_limit_pmol_l: float
+
+
+DEFAULT_CODES = (
+    CodeMatch("14685-2", ("LN",)),
+    CodeMatch("2132-9", ("LN",)),
+    CodeMatch("NPU01700", ("IUPP", "NPU", "")),
+)
+
+DEFAULT_AGE_BANDS = (
+    AgeBand(1, 1400.0),
+    AgeBand(12, 1200.0),
+    AgeBand(18, 800.0),
+)
+
+# Conversion factors to pmol/L, keyed by unit as written (compared
+# case-insensitively, spaces ignored). 1 pg/mL = 1 ng/L = 0.7378 pmol/L.
+DEFAULT_UNITS = (
+    ("pmol/L", 1.0),
+    ("pg/mL", 0.7378),
+    ("ng/L", 0.7378),
+)
+
+TEXT_DA = (
+    "Isoleret forhøjet B12 hos børn og unge under 18 år har ingen klinisk betydning: "
+    "når B12 (uanset hvor højt) er det eneste abnorme biokemiske fund, skal det ikke "
+    "give anledning til bekymring eller yderligere undersøgelser, heller ikke kontrol af B12."
+)
+TEXT_EN = (
+    "Isolated elevated vitamin B12 in children and adolescents under 18 has no clinical "
+    "significance: when B12 (however high) is the only abnormal biochemical finding, it "
+    "needs no concern and no further investigation, not even a repeat B12 measurement."
+)
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    codes: tuple[CodeMatch, ...] = DEFAULT_CODES
+    age_bands: tuple[AgeBand, ...] = DEFAULT_AGE_BANDS
+    units: tuple[tuple[str, float], ...] = DEFAULT_UNITS
+    message_types: tuple[str, ...] = ("ORU^R01",)
+    final_statuses: tuple[str, ...] = ("F", "C")
+    pending_statuses: tuple[str, ...] = ("P", "I", "R", "S")
+    ignored_statuses: tuple[str, ...] = ("D", "W")
+    normal_flags: tuple[str, ...] = ("N",)
+    elevated_flags: tuple[str, ...] = ("H", "HH", ">")
+    low_flags: tuple[str, ...] = ("L", "LL", "<")
+    use_message_time: bool = False
+    # Comment
+    language: str = "da"
+    text_da: str = TEXT_DA
+    text_en: str = TEXT_EN
+    nte_source: str = "L"
+    nte_comment_type: str = "RE"
+
+    @property
+    def adult_age_years(self) -> int:
+        return max(b.below_years for b in self.age_bands)
+
+    def comment_text(self) -> str:
+        return self.text_da if self.language == "da" else self.text_en
+
+    def all_comment_texts(self) -> tuple[str, ...]:
+        return (self.text_da, self.text_en)
+
+    def unit_factor(self, unit: str) -> float | None:
+        key = _norm_unit(unit)
+        for name, factor in self.units:
+            if _norm_unit(name) == key:
+                return factor
+        return None
+
+
+def _norm_unit(unit: str) -> str:
+    return unit.replace(" ", "").lower()
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    host: str = "127.0.0.1"
+    port: int = 2575
+    max_message_bytes: int = 1048576
+    idle_timeout_s: float = 300.0
+    max_connections: int = 64
+    allowed_peers: tuple[str, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    path: str = "var/journal.sqlite3"
+    retransmit_window_s: float = 3600.0
+    retention_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    url: str = "dir:var/outbox"
+    timeout_s: float = 30.0
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 60.0
+    max_attempts: int = 20
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 0  # 0 = no HTTP health/metrics endpoint
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"  # auto (JSON unless on a terminal), json, console
+    patient_data: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    rule: RuleConfig = field(default_factory=RuleConfig)
+    listener: ListenerConfig = field(default_factory=ListenerConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = "<built-in defaults>"
+
+
+# --------------------------------------------------------------------------
+# Loading and validation
+
+_CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+_FLAG_RE = re.compile(r"^[A-Za-z<>]{1,5}$")
+_STATUS_RE = re.compile(r"^[A-Z]$")
+
+
+class _Reader:
+    """Reads one TOML table, remembering the file and key path for errors."""
+
+    def __init__(self, path: str, table: dict[str, Any], prefix: str):
+        self.path, self.table, self.prefix = path, dict(table), prefix
+
+    def fail(self, key: str, why: str) -> ConfigError:
+        name = f"{self.prefix}.{key}" if self.prefix else key
+        return ConfigError(f"{self.path}: [{name}] {why}")
+
+    def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table.pop(key)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool:
+            raise self.fail(key, f"must be {_kind_name(kind)}, not a boolean")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"must be {_kind_name(kind)}, not {type(value).__name__} {value!r}")
+        return value
+
+    def take_strings(self, key: str, default: tuple[str, ...], pattern: re.Pattern | None = None) -> tuple[str, ...]:
+        value = self.take(key, list, None)
+        if value is None:
+            return default
+        for item in value:
+            if not isinstance(item, str):
+                raise self.fail(key, f"must be a list of strings, found {item!r}")
+            if pattern is not None and not pattern.match(item):
+                raise self.fail(key, f"has an invalid entry {item!r}")
+        return tuple(value)
+
+    def take_table(self, key: str) -> dict[str, Any]:
+        value = self.take(key, dict, {})
+        return value
+
+    def done(self) -> None:
+        if self.table:
+            key = sorted(self.table)[0]
+            raise self.fail(key, "is not a known setting")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def _positive(r: _Reader, key: str, value: float, allow_zero: bool = False) -> float:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise r.fail(key, f"must be {'zero or more' if allow_zero else 'greater than zero'}, not {value!r}")
+    return value
+
+
+def _load_rule(path: str, table: dict[str, Any]) -> RuleConfig:
+    d = RuleConfig()
+    r = _Reader(path, table, "rule")
+    codes = d.codes
+    raw_codes = r.take("codes", list, None)
+    if raw_codes is not None:
+        if not raw_codes:
+            raise r.fail("codes", "must list at least one code")
+        codes = []
+        for i, entry in enumerate(raw_codes):
+            if not isinstance(entry, dict):
+                raise r.fail("codes", f"entry {i + 1} must be a table with code and systems")
+            er = _Reader(path, entry, f"rule.codes[{i + 1}]")
+            code = er.take("code", str, None)
+            if code is None or not _CODE_RE.match(code):
+                raise er.fail("code", f"must be a code of letters, digits, '.', '_' or '-', not {code!r}")
+            systems = er.take_strings("systems", ("",))
+            er.done()
+            codes.append(CodeMatch(code, systems))
+        codes = tuple(codes)
+    bands = d.age_bands
+    raw_bands = r.take("age_bands", list, None)
+    if raw_bands is not None:
+        bands = []
+        for i, entry in enumerate(raw_bands):
+            if not isinstance(entry, dict):
+                raise r.fail("age_bands", f"entry {i + 1} must be a table")
+            br = _Reader(path, entry, f"rule.age_bands[{i + 1}]")
+            below = br.take("below_years", int, None)
+            limit = br.take("upper_limit_pmol_l", float, None)
+            br.done()
+            if below is None or not 1 <= below <= 18:
+                raise br.fail("below_years", f"must be an integer from 1 to 18, not {below!r}")
+            if limit is None or limit <= 0:
+                raise br.fail("upper_limit_pmol_l", f"must be a number above 0, not {limit!r}")
+            bands.append(AgeBand(below, limit))
+        bands.sort(key=lambda b: b.below_years)
+        if not bands or len({b.below_years for b in bands}) != len(bands):
+            raise r.fail("age_bands", "must list bands with distinct below_years")
+        bands = tuple(bands)
+    units = d.units
+    raw_units = r.take("units", dict, None)
+    if raw_units is not None:
+        units = []
+        for name, factor in raw_units.items():
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+                raise r.fail(f"units.{name}", f"must be a number above 0 (factor to pmol/L), not {factor!r}")
+            units.append((name, float(factor)))
+        units = tuple(units)
+    language = r.take("language", str, d.language)
+    if language not in ("da", "en"):
+        raise r.fail("language", f"must be \"da\" or \"en\", not {language!r}")
+    result = RuleConfig(
+        codes=codes,
+        age_bands=bands,
+        units=units,
+        message_types=r.take_strings("message_types", d.message_types, re.compile(r"^[A-Z0-9]{3}\^[A-Z0-9]{3}$")),
+        final_statuses=r.take_strings("final_statuses", d.final_statuses, _STATUS_RE),
+        pending_statuses=r.take_strings("pending_statuses", d.pending_statuses, _STATUS_RE),
+        ignored_statuses=r.take_strings("ignored_statuses", d.ignored_statuses, _STATUS_RE),
+        normal_flags=r.take_strings("normal_flags", d.normal_flags, _FLAG_RE),
+        elevated_flags=r.take_strings("elevated_flags", d.elevated_flags, _FLAG_RE),
+        low_flags=r.take_strings("low_flags", d.low_flags, _FLAG_RE),
+        use_message_time=r.take("use_message_time", bool, d.use_message_time),
+        language=language,
+        text_da=r.take("text_da", str, d.text_da),
+        text_en=r.take("text_en", str, d.text_en),
+        nte_source=r.take("nte_source", str, d.nte_source),
+        nte_comment_type=r.take("nte_comment_type", str, d.nte_comment_type),
+    )
+    r.done()
+    for key in ("text_da", "text_en"):
+        if not getattr(result, key).strip():
+            raise r.fail(key, "must not be empty")
+    for key in ("nte_source", "nte_comment_type"):
+        if not re.match(r"^[A-Za-z0-9]{0,5}$", getattr(result, key)):
+            raise r.fail(key, "must be a short code of letters and digits")
+    overlap = set(result.final_statuses) & set(result.pending_statuses)
+    if overlap:
+        raise r.fail("pending_statuses", f"shares {sorted(overlap)} with final_statuses")
+    return result
+
+
+def _load_simple(cls: type, path: str, table: dict[str, Any], prefix: str):
+    defaults = cls()
+    r = _Reader(path, table, prefix)
+    values = {}
+    for f in dataclasses.fields(cls):
+        default = getattr(defaults, f.name)
+        if isinstance(default, tuple):
+            values[f.name] = r.take_strings(f.name, default)
+        else:
+            values[f.name] = r.take(f.name, type(default), default)
+    r.done()
+    return cls(**values)
+
+
+def _check_service(path: str, cfg: Config) -> None:
+    lis = cfg.listener
+    r = _Reader(path, {}, "listener")
+    if not 0 <= lis.port <= 65535:
+        raise r.fail("port", f"must be 0-65535, not {lis.port}")
+    _positive(r, "max_message_bytes", lis.max_message_bytes)
+    _positive(r, "idle_timeout_s", lis.idle_timeout_s)
+    _positive(r, "max_connections", lis.max_connections)
+    for peer in lis.allowed_peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            raise r.fail("allowed_peers", f"has {peer!r}, which is not an address or network") from None
+    if bool(lis.tls_cert) != bool(lis.tls_key):
+        raise r.fail("tls_cert", "and tls_key must be given together")
+    if lis.tls_client_ca and not lis.tls_cert:
+        raise r.fail("tls_client_ca", "needs tls_cert and tls_key")
+    r = _Reader(path, {}, "journal")
+    if not cfg.journal.path:
+        raise r.fail("path", "must not be empty")
+    _positive(r, "retransmit_window_s", cfg.journal.retransmit_window_s, allow_zero=True)
+    _positive(r, "retention_days", cfg.journal.retention_days, allow_zero=True)
+    ds = cfg.downstream
+    r = _Reader(path, {}, "downstream")
+    if not re.match(r"^(mllps?://[^:/\s]+:\d{1,5}|dir:.+)$", ds.url):
+        raise r.fail("url", f"must be mllp://host:port, mllps://host:port or dir:/path, not {ds.url!r}")
+    _positive(r, "timeout_s", ds.timeout_s)
+    _positive(r, "retry_initial_s", ds.retry_initial_s)
+    _positive(r, "retry_max_s", ds.retry_max_s)
+    _positive(r, "max_attempts", ds.max_attempts)
+    if not 0 <= cfg.metrics.port <= 65535:
+        raise _Reader(path, {}, "metrics").fail("port", f"must be 0-65535, not {cfg.metrics.port}")
+    lg = _Reader(path, {}, "logging")
+    if cfg.logging.level not in ("debug", "info", "warning", "error"):
+        raise lg.fail("level", f"must be debug, info, warning or error, not {cfg.logging.level!r}")
+    if cfg.logging.format not in ("auto", "json", "console"):
+        raise lg.fail("format", f"must be auto, json or console, not {cfg.logging.format!r}")
+
+
+def parse_config(text: str, path: str = "<string>") -> Config:
+    """Build a Config from TOML text; raises ConfigError naming path and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    top = _Reader(path, data, "")
+    rule = _load_rule(path, top.take_table("rule"))
+    sections = {}
+    for name, cls in (("listener", ListenerConfig), ("journal", JournalConfig),
+                      ("downstream", DownstreamConfig), ("metrics", MetricsConfig),
+                      ("logging", LoggingConfig)):
+        sections[name] = _load_simple(cls, path, top.take_table(name), name)
+    top.done()
+    cfg = Config(rule=rule, source=path, **sections)
+    _check_service(path, cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load a config file; None gives the built-in defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+    return parse_config(text, str(p))

@@ -1,0 +1,91 @@
+"""What the rule decided about one message, and why. Holds no patient data."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+RULE_VERSION = "b12-paed-1"
+
+# Message-level reasons
+MALFORMED = "malformed"
+NOT_ORU = "not_oru"
+NO_B12 = "no_b12"
+MULTIPLE_PATIENTS = "multiple_patients"
+UNSUPPORTED_CHARSET = "unsupported_charset"
+INTERNAL_ERROR = "internal_error"
+# Result-level reasons (one B12 OBX)
+ALREADY_COMMENTED = "already_commented"
+STATUS_NOT_FINAL = "status_not_final"
+AGE_UNKNOWN = "age_unknown"
+ADULT = "adult"
+UNKNOWN_UNIT = "unknown_unit"
+UNREADABLE_VALUE = "unreadable_value"
+NOT_ELEVATED = "not_elevated"
+OTHER_ABNORMAL = "other_abnormal"
+CONTEXT_PENDING = "context_pending"
+
+REASONS = {
+    MALFORMED: "the message could not be read as HL7 v2 (no MSH, bad encoding characters, unreadable B12 fields)",
+    NOT_ORU: "the message is not a configured result message type (ORU^R01)",
+    NO_B12: "no OBX carries a configured total-B12 code",
+    MULTIPLE_PATIENTS: "the message holds more than one PID; results cannot be tied to one patient",
+    UNSUPPORTED_CHARSET: "MSH-18 names a character set the comment cannot be written in safely",
+    INTERNAL_ERROR: "interpretation failed unexpectedly; the message is forwarded unchanged",
+    ALREADY_COMMENTED: "the B12 OBX already carries the comment (idempotent re-processing)",
+    STATUS_NOT_FINAL: "the B12 result status (OBX-11) is not final (F) or corrected (C)",
+    AGE_UNKNOWN: "age at collection is not known for sure (no or partial birth date, no collection time, birth after collection)",
+    ADULT: "the patient was 18 or older at collection (or could have been)",
+    UNKNOWN_UNIT: "the B12 unit (OBX-6) is missing or not a configured unit",
+    UNREADABLE_VALUE: "the B12 value (OBX-5) is not a number that can be compared",
+    NOT_ELEVATED: "the B12 value is not elevated by the lab's flag, the OBX-7 range or the age-band limit",
+    OTHER_ABNORMAL: "another result in the message is abnormal (flagged or outside its range)",
+    CONTEXT_PENDING: "another result in the message is still pending or preliminary",
+}
+
+
+@dataclass(frozen=True)
+class ResultDecision:
+    """The decision for one total-B12 OBX."""
+
+    obx_index: int            # 1-based position among the message's OBX segments
+    code: str                 # the configured code that matched
+    commented: bool
+    reasons: tuple[str, ...]
+    age_years: int | None = None       # completed years at collection (youngest possible)
+    value_pmol_l: float | None = None
+    comparator: str = ""               # ">" for a censored ">1476", etc.
+    limit_pmol_l: float | None = None
+    limit_source: str | None = None    # "flag", "range" or "age_band"
+
+
+@dataclass(frozen=True)
+class Decision:
+    commented: bool
+    reasons: tuple[str, ...]
+    control_id: str = ""
+    message_type: str = ""
+    version: str = ""
+    results: tuple[ResultDecision, ...] = ()
+    notes: tuple[str, ...] = ()
+    detail: str = ""
+    rule_version: str = RULE_VERSION
+
+    @property
+    def primary_reason(self) -> str | None:
+        return self.reasons[0] if self.reasons else None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["reasons"] = list(self.reasons)
+        d["notes"] = list(self.notes)
+        d["results"] = [dict(r, reasons=list(r["reasons"])) for r in d["results"]]
+        return d
+
+    def log_fields(self) -> dict:
+        """The decision record for a log line: no patient data."""
+        return {
+            "control_id": self.control_id,
+            "message_type": self.message_type,
+            "commented": self.commented,
+            "reasons": list(self.reasons),
+            "rule_version": self.rule_version,
+        }
