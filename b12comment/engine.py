@@ -1,0 +1,95 @@
+"""process(message bytes, rule) -> (output bytes, Decision): the one function
+that serve, replay and preview all call.
+
+Pure and total: no I/O, no clock, no globals, never raises. The output is the
+input itself, or the input with NTE segments inserted; nothing else changes.
+"""
+from __future__ import annotations
+
+from hl7apy.exceptions import HL7apyException
+
+from . import charset
+from .config import RuleConfig
+from .decision import (INTERNAL_ERROR, MALFORMED, MULTIPLE_PATIENTS, NO_B12, NOT_ORU,
+                       UNSUPPORTED_CHARSET, Decision)
+from .facts import read_facts
+from .framing import Header, Malformed, read_header
+from .rule import decide_result
+from .splice import apply, comment_field, insertion_after, next_set_id, nte_segment
+
+
+def process(message: bytes, rule: RuleConfig, *, precheck: bool = True) -> tuple[bytes, Decision]:
+    """Decide about one message and return its (possibly commented) bytes.
+
+    `precheck=False` skips the cheap byte search for B12 codes; the result is
+    the same (a test holds the two paths together), only slower.
+    """
+    try:
+        return _process(bytes(message), rule, precheck)
+    except Exception as exc:  # the comment is advice: never hold a result back
+        return message, Decision(False, (INTERNAL_ERROR,), control_id=_control_id(message),
+                                 detail=f"{type(exc).__name__}: {exc}"[:300])
+
+
+def _control_id(message: bytes) -> str:
+    try:
+        return read_header(message).control_id
+    except Exception:
+        return ""
+
+
+def has_b12_code(message: bytes, rule: RuleConfig) -> bool:
+    """Cheap pre-check: could any configured code stand in this message?"""
+    return any(cm.code.encode("ascii") in message for cm in rule.codes)
+
+
+def _process(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[bytes, Decision]:
+    try:
+        header = read_header(message)
+    except Malformed as exc:
+        return message, Decision(False, (MALFORMED,), detail=str(exc))
+    base = dict(control_id=header.control_id, message_type=header.message_type,
+                version=header.version)
+    if not header.delimiters.valid:
+        return message, Decision(False, (MALFORMED,), detail=(
+            "MSH-2 encoding characters repeat or clash with the field separator"), **base)
+    code = f"{header.message_code.upper()}^{header.trigger_event.upper()}"
+    if code not in rule.message_types:
+        return message, Decision(False, (NOT_ORU,), **base)
+    if precheck and not has_b12_code(message, rule):
+        return message, Decision(False, (NO_B12,), **base)
+    codec = charset.codec_for(header.charset)
+    try:
+        facts = read_facts(message, header, codec or "latin-1", rule)
+    except HL7apyException as exc:
+        return message, Decision(False, (MALFORMED,), detail=f"unreadable field: {exc}"[:300], **base)
+    notes = facts.notes
+    if not facts.b12:
+        return message, Decision(False, (NO_B12,), notes=notes, **base)
+    if facts.patient_count > 1:
+        return message, Decision(False, (MULTIPLE_PATIENTS,), notes=notes, **base)
+    if codec is None or not _delimiters_safe(header, codec):
+        return message, Decision(False, (UNSUPPORTED_CHARSET,), notes=notes,
+                                 detail=f"MSH-18 {header.charset!r}", **base)
+    d = header.delimiters
+    known = frozenset(comment_field(t, d, codec) for t in rule.all_comment_texts())
+    text = comment_field(rule.comment_text(), d, codec)
+    results, insertions = [], []
+    for result in facts.b12:
+        rd = decide_result(facts, result, rule, known)
+        results.append(rd)
+        if rd.commented:
+            nte = nte_segment(next_set_id(result.nte_set_ids), rule.nte_source, text,
+                              rule.nte_comment_type, d)
+            insertions.append(insertion_after(message, facts.segments[result.last_segment],
+                                              nte, header.terminator))
+    reasons = tuple(dict.fromkeys(r for rd in results if not rd.commented for r in rd.reasons))
+    decision = Decision(bool(insertions), reasons, results=tuple(results), notes=notes, **base)
+    return apply(message, insertions), decision
+
+
+def _delimiters_safe(header: Header, codec: str) -> bool:
+    """A multi-byte codec must not meet non-ASCII delimiter bytes."""
+    if codec in ("latin-1", "ascii") or codec.startswith("iso8859"):
+        return True
+    return all(c < b"\x80" for c in header.delimiters.special())

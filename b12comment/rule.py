@@ -1,0 +1,138 @@
+"""The clinical rule: does a total-B12 result get the comment?
+
+Comment only when sure (shared/clinical-facts.md):
+  - the result is final or corrected;
+  - the patient was certainly under 18 at collection;
+  - the unit is known and the value a readable quantity;
+  - the value is elevated: by the lab's OBX-8 flag, else above the OBX-7
+    upper limit, else above the configured age-band limit;
+  - nothing else in the message is abnormal or still pending.
+Every failed condition is recorded as a reason code. Pure: facts in, decisions out.
+"""
+from __future__ import annotations
+
+from .config import RuleConfig
+from .dates import Age, age_at, parse_ts
+from .decision import (ADULT, AGE_UNKNOWN, ALREADY_COMMENTED, CONTEXT_PENDING, NOT_ELEVATED,
+                       OTHER_ABNORMAL, STATUS_NOT_FINAL, UNKNOWN_UNIT, UNREADABLE_VALUE,
+                       ResultDecision)
+from .facts import B12Result, Facts, Observation
+from .values import Quantity, outside, parse_quantity, parse_range
+
+
+def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:
+    """OBX-14, else OBR-7 of its order, else SPM-17, else (if allowed) MSH-7."""
+    for candidate in (obs.observed_at, facts.order_times.get(obs.group, ""),
+                      facts.specimen_times.get(obs.group, ""), facts.message_time):
+        if candidate:
+            return candidate
+    return ""
+
+
+def patient_age(facts: Facts, obs: Observation, rule: RuleConfig) -> Age | None:
+    birth = parse_ts(facts.birth) if facts.birth else None
+    collected_text = collection_time(facts, obs, rule)
+    collected = parse_ts(collected_text) if collected_text else None
+    if birth is None or collected is None:
+        return None
+    return age_at(birth, collected)
+
+
+def band_limit(age: Age, rule: RuleConfig) -> float | None:
+    """The fallback limit for the youngest age the patient could be (the highest
+    limit, so a doubt about the band never makes a normal value elevated)."""
+    for band in rule.age_bands:
+        if age.youngest < band.below_years:
+            return band.upper_limit_pmol_l
+    return None
+
+
+def is_abnormal(obs: Observation, rule: RuleConfig) -> bool:
+    if any(flag.upper() not in rule.normal_flags for flag in obs.flags):
+        return True
+    rng = parse_range(obs.range_text)
+    if rng is None:
+        return False
+    q = parse_quantity(obs.value_type, list(obs.value))
+    return q is not None and outside(q, rng)
+
+
+def context_reasons(facts: Facts, own: Observation, rule: RuleConfig) -> list[str]:
+    """Reasons found in the other results of the message (not other B12 results)."""
+    b12_positions = {r.observation.position for r in facts.b12}
+    reasons = []
+    abnormal = pending = False
+    for obs in facts.observations:
+        if obs.position in b12_positions or obs.status in rule.ignored_statuses:
+            continue
+        if obs.status in rule.pending_statuses:
+            pending = True
+        if is_abnormal(obs, rule):
+            abnormal = True
+    if abnormal:
+        reasons.append(OTHER_ABNORMAL)
+    if pending:
+        reasons.append(CONTEXT_PENDING)
+    return reasons
+
+
+def elevation(q: Quantity, obs: Observation, factor: float, age: Age | None,
+              rule: RuleConfig) -> tuple[bool | None, float | None, str | None]:
+    """(elevated?, limit in pmol/L, where the limit came from).
+
+    elevated is None when it cannot be told (no flag, no range, age unknown).
+    """
+    flags = {f.upper() for f in obs.flags}
+    rng = parse_range(obs.range_text)
+    range_upper = rng.upper * factor if rng is not None and rng.upper is not None else None
+    if flags & set(rule.elevated_flags):
+        return q.comparator not in ("<", "<="), range_upper, "flag"
+    if flags & (set(rule.normal_flags) | set(rule.low_flags)):
+        return False, range_upper, "flag"
+    if range_upper is not None:
+        return q.scaled(factor).above(range_upper), range_upper, "range"
+    if age is None:
+        return None, None, None
+    limit = band_limit(age, rule)
+    if limit is None:
+        return None, None, None
+    return q.scaled(factor).above(limit), limit, "age_band"
+
+
+def decide_result(facts: Facts, result: B12Result, rule: RuleConfig,
+                  known_comments: frozenset[bytes]) -> ResultDecision:
+    obs = result.observation
+    if any(text in known_comments for text in result.nte_texts):
+        return ResultDecision(obs.position, result.code, False, (ALREADY_COMMENTED,))
+    reasons: list[str] = []
+    if obs.status not in rule.final_statuses:
+        reasons.append(STATUS_NOT_FINAL)
+    age = patient_age(facts, obs, rule)
+    if age is None:
+        reasons.append(AGE_UNKNOWN)
+    elif age.oldest >= rule.adult_age_years:
+        reasons.append(ADULT)
+    factor = rule.unit_factor(obs.units) if obs.units else None
+    q = parse_quantity(obs.value_type, list(obs.value))
+    value_pmol = limit = source = None
+    comparator = ""
+    if factor is None:
+        reasons.append(UNKNOWN_UNIT)
+    if q is None:
+        reasons.append(UNREADABLE_VALUE)
+    if factor is not None and q is not None:
+        value_pmol = round(q.number * factor, 1)
+        comparator = q.comparator
+        elevated, limit, source = elevation(q, obs, factor, age, rule)
+        if elevated is False:  # None: no flag, no range and no age band (age reasons given)
+            reasons.append(NOT_ELEVATED)
+        if limit is not None:
+            limit = round(limit, 1)
+    reasons.extend(context_reasons(facts, obs, rule))
+    return ResultDecision(
+        obx_index=obs.position, code=result.code, commented=not reasons,
+        reasons=tuple(dict.fromkeys(reasons)),
+        age_years=age.youngest if age is not None else None,
+        value_pmol_l=value_pmol, comparator=comparator,
+        limit_pmol_l=limit, limit_source=source,
+    )

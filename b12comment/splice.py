@@ -1,0 +1,83 @@
+"""The comment as NTE segment bytes, and its insertion into the original bytes.
+
+The text is escaped with the message's own delimiters (HL7 FT: \\F\\ \\S\\ \\T\\
+\\R\\ \\E\\, \\P\\ for a truncation character, \\.br\\ for a line break), encoded in
+the message's character set, and inserted right after the B12 OBX and the
+NTEs already under it, with the terminator that segment uses. No other byte
+moves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import charset
+from .framing import Delimiters, Segment
+
+
+def comment_field(text: str, delims: Delimiters, codec: str) -> bytes:
+    """NTE-3 bytes for `text`: encoded, then escaped byte-wise."""
+    raw = charset.encode(text.replace("\r\n", "\n").replace("\r", "\n"), codec)
+    esc = delims.escape
+    if esc is None:
+        for special in delims.special():
+            raw = raw.replace(special, b" ")
+        return raw.replace(b"\n", b" ")
+    codes = [(esc, b"E"), (delims.field, b"F"), (delims.component, b"S"),
+             (delims.subcomponent, b"T"), (delims.repetition, b"R")]
+    if delims.truncation:
+        codes.append((delims.truncation, b"P"))
+    out = bytearray()
+    for byte in raw:
+        ch = bytes((byte,))
+        if ch == b"\n":
+            out += esc + b".br" + esc
+            continue
+        for special, code in codes:
+            if ch == special:
+                out += esc + code + esc
+                break
+        else:
+            out += ch
+    return bytes(out)
+
+
+def next_set_id(existing: tuple[str, ...]) -> int:
+    numbers = [int(s) for s in existing if s.isdigit()]
+    return max([len(existing), *numbers]) + 1
+
+
+def nte_segment(set_id: int, source: str, text_field: bytes, comment_type: str,
+                delims: Delimiters) -> bytes:
+    fs = delims.field
+    seg = b"NTE" + fs + str(set_id).encode() + fs + source.encode("ascii") + fs + text_field
+    if comment_type:
+        seg += fs + comment_type.encode("ascii")
+    return seg
+
+
+@dataclass(frozen=True)
+class Insertion:
+    offset: int
+    data: bytes
+
+
+def insertion_after(message: bytes, seg: Segment, segment_bytes: bytes,
+                    default_terminator: bytes) -> Insertion:
+    """Insert a segment after `seg`, using the terminator `seg` itself ends with."""
+    if seg.next > seg.end:
+        return Insertion(seg.next, segment_bytes + message[seg.end:seg.next])
+    # The last segment has no terminator: keep it that way for the new last one.
+    return Insertion(seg.end, default_terminator + segment_bytes)
+
+
+def apply(message: bytes, insertions: list[Insertion]) -> bytes:
+    if not insertions:
+        return message
+    out = bytearray()
+    pos = 0
+    for ins in sorted(insertions, key=lambda i: i.offset):
+        out += message[pos:ins.offset]
+        out += ins.data
+        pos = ins.offset
+    out += message[pos:]
+    return bytes(out)

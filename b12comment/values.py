@@ -1,0 +1,106 @@
+"""Numbers in lab results: OBX-5 values (NM, SN, text), OBX-7 ranges, units.
+
+Everything here is strict on purpose: a value that could be read two ways
+(`1,476` is 1.476 in Danish and 1476 in English) is not read at all.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NUMBER = r"[+-]?(?:\d+(?:[.,]\d+)?|[.,]\d+)"
+_TEXT_VALUE = re.compile(rf"^\s*(>=|<=|<>|=>|=<|>|<|=|≥|≤)?\s*({_NUMBER})\s*$")
+_RANGE_BOTH = re.compile(rf"^\s*({_NUMBER})\s*(?:-|–|—|to)\s*({_NUMBER})\s*$")
+_RANGE_UPPER = re.compile(rf"^\s*(<=|<|≤|=<)\s*({_NUMBER})\s*$")
+_RANGE_LOWER = re.compile(rf"^\s*(>=|>|≥|=>)\s*({_NUMBER})\s*$")
+_AMBIGUOUS = re.compile(r"^[+-]?\d{1,3},\d{3}$")
+_COMPARATORS = {"": "", "=": "", ">": ">", "<": "<", ">=": ">=", "<=": "<=",
+                "=>": ">=", "=<": "<=", "≥": ">=", "≤": "<="}
+
+
+@dataclass(frozen=True)
+class Quantity:
+    number: float
+    comparator: str = ""  # "", ">", ">=", "<", "<="
+
+    def scaled(self, factor: float) -> "Quantity":
+        return Quantity(self.number * factor, self.comparator)
+
+    def above(self, limit: float) -> bool:
+        """True only when the true value is certainly above `limit`."""
+        if self.comparator in ("<", "<="):
+            return False
+        if self.comparator == ">":
+            return self.number >= limit
+        return self.number > limit
+
+    def below(self, limit: float) -> bool:
+        """True only when the true value is certainly below `limit`."""
+        if self.comparator in (">", ">="):
+            return False
+        if self.comparator == "<":
+            return self.number <= limit
+        return self.number < limit
+
+
+def parse_number(text: str) -> float | None:
+    text = text.strip()
+    if not text or _AMBIGUOUS.match(text):
+        return None
+    if not re.fullmatch(_NUMBER, text):
+        return None
+    return float(text.replace(",", "."))
+
+
+def parse_quantity(value_type: str, components: list[str]) -> Quantity | None:
+    """Read OBX-5 (first repetition, as components). None if not a plain quantity."""
+    comps = [c.strip() for c in components] or [""]
+    if value_type == "SN":
+        comparator, num = comps[0], comps[1] if len(comps) > 1 else ""
+        rest = [c for c in comps[2:] if c]
+        if rest or comparator not in _COMPARATORS:
+            return None  # a range (1^-^5) or ratio (1^:^2) is not one quantity
+        number = parse_number(num)
+        return None if number is None else Quantity(number, _COMPARATORS[comparator])
+    if len(comps) > 1 and any(comps[1:]):
+        return None
+    m = _TEXT_VALUE.match(comps[0])
+    if not m or m.group(1) == "<>":
+        return None
+    number = parse_number(m.group(2))
+    if number is None:
+        return None
+    return Quantity(number, _COMPARATORS[m.group(1) or ""])
+
+
+@dataclass(frozen=True)
+class Range:
+    lower: float | None
+    upper: float | None
+
+
+def parse_range(text: str) -> Range | None:
+    """Read an OBX-7 reference range: `200-600`, `200 - 900`, `<600`, `>5`."""
+    text = text.strip()
+    if not text:
+        return None
+    m = _RANGE_BOTH.match(text)
+    if m:
+        low, high = parse_number(m.group(1)), parse_number(m.group(2))
+        if low is None or high is None or low > high:
+            return None
+        return Range(low, high)
+    m = _RANGE_UPPER.match(text)
+    if m:
+        high = parse_number(m.group(2))
+        return None if high is None else Range(None, high)
+    m = _RANGE_LOWER.match(text)
+    if m:
+        low = parse_number(m.group(2))
+        return None if low is None else Range(low, None)
+    return None
+
+
+def outside(q: Quantity, r: Range) -> bool:
+    """True only when the value is certainly outside the range."""
+    return (r.upper is not None and q.above(r.upper)) or (r.lower is not None and q.below(r.lower))
