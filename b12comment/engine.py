@@ -64,8 +64,8 @@ def _process(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[bytes, D
     except HL7apyException as exc:
         return message, Decision(False, (MALFORMED,), detail=f"unreadable field: {exc}"[:300], **base)
     notes = facts.notes
-    if not facts.b12:
-        return message, Decision(False, (NO_B12,), notes=notes, **base)
+    if not facts.b12:  # the same Decision the pre-check gives
+        return message, Decision(False, (NO_B12,), **base)
     if facts.patient_count > 1:
         return message, Decision(False, (MULTIPLE_PATIENTS,), notes=notes, **base)
     if codec is None or not _delimiters_safe(header, codec):

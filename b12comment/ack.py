@@ -1,0 +1,121 @@
+"""Build the ACK for a received message, from its raw bytes. Pure.
+
+The ACK speaks the sender's dialect: its field separator and encoding
+characters (MSH-1/MSH-2 copied as they are), its version (MSH-12) and
+processing ID (MSH-11), with sending and receiving application/facility
+swapped. MSA-2 echoes the received MSH-10 byte for byte. An AE or AR carries
+an ERR segment: ERR-3 the HL7 error code (table 0357), ERR-4 severity `E`,
+ERR-8 a message for the sender's operator, escaped with the sender's own
+delimiters. Versions before 2.5 have neither ERR-3 nor ERR-8, so there the
+code goes in ERR-1 and the text in MSA-3. Bytes without a readable MSH get
+the default delimiters `|^~\\&`. Segments end with `\\r`, as MLLP expects.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .framing import DEFAULT_DELIMITERS, Delimiters, Malformed, read_header
+
+ACCEPT, ERROR, REJECT = "AA", "AE", "AR"
+
+# HL7 table 0357, message error condition codes (the ones this product uses).
+SEGMENT_SEQUENCE_ERROR = "100"
+UNSUPPORTED_MESSAGE_TYPE = "200"
+APPLICATION_INTERNAL_ERROR = "207"
+TABLE_0357 = {
+    SEGMENT_SEQUENCE_ERROR: "Segment sequence error",
+    UNSUPPORTED_MESSAGE_TYPE: "Unsupported message type",
+    APPLICATION_INTERNAL_ERROR: "Application internal error",
+}
+DEFAULT_VERSION = b"2.5.1"
+
+
+@dataclass(frozen=True)
+class AckError:
+    """Why a message was not accepted: an HL7 table 0357 code and a text."""
+
+    code: str
+    text: str
+
+
+def build_ack(received: bytes, code: str, control_id: str, timestamp: str,
+              error: AckError | None = None) -> bytes:
+    """The ACK message (without MLLP framing) answering `received`.
+
+    `control_id` is the ACK's own MSH-10 and `timestamp` its MSH-7 (HL7 DTM);
+    both come from the caller so that this function stays pure.
+    """
+    try:
+        header = read_header(received)
+    except Malformed:
+        header = None
+    if header is not None:
+        d = header.delimiters
+        encoding_chars = header.field(2)
+        f = header.field
+        sender, receiver = (f(3), f(4)), (f(5), f(6))
+        version_field = f(12)
+        version = _version_tuple(header.version)
+        trigger = header.trigger_event.encode("latin-1")
+        processing_id, received_id, charset = f(11), f(10), f(18)
+    else:
+        d = DEFAULT_DELIMITERS
+        encoding_chars = b"^~\\&"
+        sender = receiver = (b"", b"")
+        version_field, version, trigger = DEFAULT_VERSION, _version_tuple("2.5.1"), b""
+        processing_id, received_id, charset = b"", b"", b""
+
+    msh = [b"MSH", encoding_chars, receiver[0], receiver[1], sender[0], sender[1],
+           timestamp.encode("ascii"), b"", _message_type(trigger, version, d),
+           control_id.encode("ascii"), processing_id or b"P", version_field or DEFAULT_VERSION]
+    if charset:
+        msh += [b""] * 5 + [charset]
+    msa = [b"MSA", code.encode("ascii"), received_id]
+    segments = [msh, msa]
+    if error is not None:
+        description = TABLE_0357.get(error.code, "")
+        text = escape(error.text, d)
+        if version >= (2, 5):
+            coded = d.component.join([error.code.encode("ascii"), escape(description, d), b"HL70357"])
+            segments.append([b"ERR", b"", b"", coded, b"E", b"", b"", b"", text])
+        else:
+            coded = d.subcomponent.join([error.code.encode("ascii"), escape(description, d), b"HL70357"])
+            segments.append([b"ERR", d.component * 3 + coded])
+            msa.append(text)
+    return b"".join(d.field.join(seg) + b"\r" for seg in segments)
+
+
+def _message_type(trigger: bytes, version: tuple[int, ...], d: Delimiters) -> bytes:
+    if not trigger:
+        return b"ACK"
+    parts = [b"ACK", trigger]
+    if version >= (2, 3, 1):  # MSH-9.3, the message structure, exists from 2.3.1
+        parts.append(b"ACK")
+    return d.component.join(parts)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    numbers = re.findall(r"\d+", version)
+    return tuple(int(n) for n in numbers) if numbers else (2, 5, 1)
+
+
+_ESCAPES = (("field", b"F"), ("component", b"S"), ("subcomponent", b"T"),
+            ("repetition", b"R"), ("truncation", b"P"))
+
+
+def escape(text: str, d: Delimiters) -> bytes:
+    """Text as printable ASCII with every delimiter escaped (or, with no
+    escape character, replaced by a space)."""
+    raw = re.sub(r"[^\x20-\x7e]", "?", text).encode("ascii")
+    out = bytearray()
+    table = {getattr(d, name): code for name, code in _ESCAPES if getattr(d, name)}
+    for i in range(len(raw)):
+        ch = raw[i:i + 1]
+        if d.escape and ch == d.escape:
+            out += d.escape + b"E" + d.escape
+        elif ch in table:
+            out += d.escape + table[ch] + d.escape if d.escape else b" "
+        else:
+            out += ch
+    return bytes(out)

@@ -1,0 +1,89 @@
+"""Preview: what each message would get, and why, without sending anything.
+
+Prints to stdout, for the person at the terminal. The messages themselves
+are the user's own input, so they are shown; nothing goes to the log.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from pathlib import Path
+
+from . import charset
+from .config import Config
+from .decision import REASONS, Decision
+from .engine import process
+from .framing import read_header
+from .stream import iter_chunks, iter_pieces
+
+
+def _as_text(message: bytes) -> str:
+    try:
+        codec = charset.codec_for(read_header(message).charset) or "latin-1"
+    except Exception:
+        codec = "latin-1"
+    return charset.decode(message, codec)
+
+
+def _segments(text: str) -> list[str]:
+    return [s for s in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if s]
+
+
+def segment_diff(before: bytes, after: bytes) -> str:
+    lines = difflib.unified_diff(_segments(_as_text(before)), _segments(_as_text(after)),
+                                 "original", "processed", lineterm="", n=1)
+    return "\n".join(lines)
+
+
+def describe(index: int, decision: Decision, before: bytes, after: bytes, comment: str) -> str:
+    out = [f"message {index}: control ID {decision.control_id or '(none)'}, "
+           f"type {decision.message_type or '(none)'}, version {decision.version or '(none)'}"]
+    out.append(f"  decision: {'COMMENT' if decision.commented else 'no comment'}")
+    for reason in decision.reasons:
+        out.append(f"  reason: {reason}: {REASONS.get(reason, '')}")
+    if decision.detail:
+        out.append(f"  detail: {decision.detail}")
+    for note in decision.notes:
+        out.append(f"  note: {note}")
+    for r in decision.results:
+        value = "?" if r.value_pmol_l is None else f"{r.comparator}{r.value_pmol_l:g} pmol/L"
+        limit = "?" if r.limit_pmol_l is None else f"{r.limit_pmol_l:g} pmol/L ({r.limit_source})"
+        if r.limit_pmol_l is None and r.limit_source:
+            limit = f"({r.limit_source})"
+        age = "?" if r.age_years is None else f"{r.age_years} y"
+        verdict = "comment" if r.commented else "no comment: " + ", ".join(r.reasons)
+        out.append(f"  B12 result (OBX {r.obx_index}, code {r.code}): age {age}, value {value}, "
+                   f"limit {limit} -> {verdict}")
+    if decision.commented:
+        out.append(f"  comment: {comment}")
+        out.append("  change:")
+        out.extend("    " + line for line in segment_diff(before, after).splitlines())
+    return "\n".join(out)
+
+
+def run_preview(config: Config, file: str, as_json: bool = False) -> int:
+    try:
+        stream = sys.stdin.buffer if file == "-" else open(Path(file), "rb")
+    except OSError as exc:
+        print(f"b12comment preview: cannot read {file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    count = 0
+    with stream:
+        for piece in iter_pieces(iter_chunks(stream)):
+            if piece.kind != "message":
+                continue
+            count += 1
+            after, decision = process(piece.data, config.rule)
+            if as_json:
+                record = {"control_id": decision.control_id, "commented": decision.commented,
+                          "reasons": list(decision.reasons), "output": _as_text(after)}
+                record.update({k: v for k, v in decision.as_dict().items() if k not in record})
+                print(json.dumps(record, ensure_ascii=False))
+            else:
+                print(describe(count, decision, piece.data, after, config.rule.comment_text()))
+                print()
+    if count == 0:
+        print(f"b12comment preview: no HL7 message (no MSH segment) in {file}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,52 @@
+"""TLS contexts for the listener (server, optional client certificates) and
+the downstream (client, optional client certificate), from config paths.
+
+A file that cannot be loaded raises `TlsError` with a one-line reason, so
+`serve` can say so and stop before it listens."""
+from __future__ import annotations
+
+import ssl
+
+
+class TlsError(Exception):
+    """A TLS certificate, key or CA file that cannot be used."""
+
+
+def server_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
+    """For the listener; with `client_ca`, clients must present a certificate it signed."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(ctx, cert, key)
+    if client_ca:
+        _load_ca(ctx, client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
+    """For an mllps:// downstream: verify it with `ca` (else the system store)."""
+    ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca:
+        _load_ca(ctx, ca)
+    if cert:
+        _load_chain(ctx, cert, key)
+    return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    try:
+        ctx.load_cert_chain(cert, key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot load TLS certificate {cert!r} with key {key!r}: {_why(exc)}") from None
+
+
+def _load_ca(ctx: ssl.SSLContext, ca: str) -> None:
+    try:
+        ctx.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot load TLS CA file {ca!r}: {_why(exc)}") from None
+
+
+def _why(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
