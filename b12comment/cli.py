@@ -8,6 +8,7 @@ Exit codes scripts can rely on:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -42,13 +43,27 @@ def _parser() -> argparse.ArgumentParser:
                     help="one JSON object per message (control_id, commented, reasons, output, ...)")
 
     sp = with_config(sub.add_parser(
-        "replay", help="process archived messages from files and folders into --out",
-        description="Process every message of every INPUT file (folders are read recursively) "
-                    "and write each file's processed messages to the same relative path under "
-                    "--out, keeping its layout byte for byte."))
+        "replay", help="process archived messages from files and folders",
+        description="Process every message of every INPUT (a file or a folder, read recursively; "
+                    "plain or gzip; HL7 text, batch files or MLLP captures). With --out, each input "
+                    "file gets an output at the same relative path, same layout byte for byte."))
     sp.add_argument("inputs", nargs="+", metavar="INPUT")
-    sp.add_argument("--out", required=True, metavar="DIR", help="folder for the output files")
-    sp.add_argument("--report", metavar="PATH", help="write JSON totals here")
+    mode = sp.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--out", metavar="DIR", help="folder for the output files")
+    mode.add_argument("--dry-run", action="store_true", help="write no output, only report")
+    sp.add_argument("--include", action="append", default=[], metavar="GLOB",
+                    help="only files whose relative path or name matches (repeatable)")
+    sp.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                    help="skip files whose relative path or name matches (repeatable)")
+    sp.add_argument("--resume", action="store_true",
+                    help="skip the files an interrupted run with the same inputs and --out completed")
+    sp.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                    help="worker processes (default: the number of cores); output is the same for any N")
+    sp.add_argument("--quiet", action="store_true", help="no progress line")
+    sp.add_argument("--report", metavar="PATH", help="write the JSON report here")
+    sp.add_argument("--html", metavar="PATH", help="write a self-contained HTML report here")
+    sp.add_argument("--compare-with", metavar="OLD_CONFIG",
+                    help="also run the rule of OLD_CONFIG and report every message where the two differ")
 
     sp = with_config(sub.add_parser(
         "serve", help="run the MLLP listener and forwarder",
@@ -82,8 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         from .preview import run_preview
         return run_preview(config, args.file, as_json=args.json)
     if args.command == "replay":
-        from .replay import run_replay
-        return run_replay(config, args.inputs, args.out, report=args.report)
+        from .replay import Options, run_replay
+        if args.workers < 1:
+            parser.error("--workers must be 1 or more")
+        if args.resume and not args.out:
+            parser.error("--resume needs --out")
+        try:
+            old = load_config(args.compare_with) if args.compare_with else None
+        except ConfigError as exc:
+            print(f"b12comment: configuration error (--compare-with): {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return run_replay(config, args.inputs, Options(
+            out=args.out, dry_run=args.dry_run, include=tuple(args.include),
+            exclude=tuple(args.exclude), resume=args.resume, workers=args.workers,
+            quiet=args.quiet, report=args.report, html=args.html, old_config=old))
     if args.command == "serve":
         from .service import run_serve
         return run_serve(config)

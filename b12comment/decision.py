@@ -55,6 +55,8 @@ class ResultDecision:
     comparator: str = ""               # ">" for a censored ">1476", etc.
     limit_pmol_l: float | None = None
     limit_source: str | None = None    # "flag", "range" or "age_band"
+    elevated: bool | None = None       # None: could not be told
+    paediatric: bool = False           # certainly under 18 at collection
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Code that logs must still only pass the fields it means to.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -21,6 +22,27 @@ def _scrubber(allow_patient_data: bool):
                 event_dict[key] = "[withheld]"
         return event_dict
     return scrub
+
+
+class LineLogger:
+    """Writes each rendered line with one os.write, so lines from several
+    processes sharing stderr never run into each other."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        data = (message + "\n").encode("utf-8", "replace")
+        try:
+            fd = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._stream.write(message + "\n")
+            return
+        self._stream.flush()
+        while data:
+            data = data[os.write(fd, data):]
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
 def configure(level: str = "info", fmt: str = "auto", patient_data: bool = False, stream=None) -> None:
@@ -39,7 +61,7 @@ def configure(level: str = "info", fmt: str = "auto", patient_data: bool = False
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=lambda *args: LineLogger(stream),
         cache_logger_on_first_use=False,
     )
 

@@ -1,70 +1,75 @@
 """Replay archived messages: files and folders in, the same layout out.
 
-Each input file is streamed piece by piece (stream.py) through process();
-the output file holds the same pieces in the same order, messages processed,
-everything else byte for byte. It is written under a temporary name and
-renamed when complete, so a reader never sees half a file.
+Each input file is streamed piece by piece (sources.py) through process();
+its output holds the same pieces in the same order, messages processed,
+everything else byte for byte. Outputs are written under a temporary name and
+renamed when complete, so a reader never sees half a file, and a file that
+holds no HL7 message gets no output at all.
+
+Files are independent, so they are spread over worker processes; results are
+merged in input order, so the output and the report are the same whatever
+the number of workers. A progress journal in the output folder makes an
+interrupted run resumable file by file.
 """
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
 import os
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
-from .decision import MALFORMED, Decision
+from .config import Config, RuleConfig
 from .engine import process
 from .logs import configure, get_logger
-from .stream import iter_chunks, iter_pieces
+from .sources import is_gzip, open_input, open_output, read_pieces
+from .tally import Tally
+
+PROGRESS_NAME = ".b12comment-replay.jsonl"
 
 
 class UsageError(Exception):
     pass
 
 
-@dataclass
-class Totals:
-    files: int = 0
-    messages: int = 0
-    commented: int = 0
-    by_type: Counter = field(default_factory=Counter)
-    not_commented: Counter = field(default_factory=Counter)
-    malformed: list = field(default_factory=list)  # {"file", "message"} positions only
-    files_without_hl7: list = field(default_factory=list)
-    errors: list = field(default_factory=list)
-
-    def count(self, decision: Decision, rel: str, position: int) -> None:
-        self.messages += 1
-        self.by_type[decision.message_type or "(none)"] += 1
-        if decision.commented:
-            self.commented += 1
-        elif decision.primary_reason:
-            self.not_commented[decision.primary_reason] += 1
-        if MALFORMED in decision.reasons:
-            self.malformed.append({"file": rel, "message": position, "detail": decision.detail})
-
-    def report(self, elapsed: float) -> dict:
-        return {
-            "files": self.files,
-            "messages": self.messages,
-            "by_message_type": dict(sorted(self.by_type.items())),
-            "commented": self.commented,
-            "not_commented_by_reason": dict(sorted(self.not_commented.items())),
-            "malformed": len(self.malformed),
-            "malformed_positions": self.malformed,
-            "files_without_hl7": self.files_without_hl7,
-            "errors": self.errors,
-            "elapsed_s": round(elapsed, 3),
-        }
+@dataclass(frozen=True)
+class Job:
+    src: str
+    rel: str
+    out_dir: str | None     # None: dry run
+    rule: RuleConfig
+    old_rule: RuleConfig | None
 
 
-def plan(inputs: list[str], out_dir: Path) -> list[tuple[Path, str]]:
+@dataclass(frozen=True)
+class Options:
+    out: str | None = None
+    dry_run: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    resume: bool = False
+    workers: int = 1
+    quiet: bool = False
+    report: str | None = None
+    html: str | None = None
+    old_config: Config | None = None
+
+
+def _selected(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+
+    def hit(patterns):
+        return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+    return (not include or hit(include)) and not hit(exclude)
+
+
+def plan(inputs: list[str], out_dir: Path | None, include=(), exclude=()) -> list[tuple[Path, str]]:
     """(input file, relative output path) for every input; raises UsageError."""
-    out_resolved = out_dir.resolve()
+    skip = out_dir.resolve() if out_dir is not None else None
     pairs: list[tuple[Path, str]] = []
     for item in inputs:
         p = Path(item)
@@ -72,10 +77,12 @@ def plan(inputs: list[str], out_dir: Path) -> list[tuple[Path, str]]:
             pairs.append((p, p.name))
         elif p.is_dir():
             for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if (Path(root) / d).resolve() != out_resolved)
+                dirs[:] = sorted(d for d in dirs if (Path(root) / d).resolve() != skip)
                 for name in sorted(files):
                     f = Path(root) / name
-                    pairs.append((f, f.relative_to(p).as_posix()))
+                    rel = f.relative_to(p).as_posix()
+                    if _selected(rel, include, exclude):
+                        pairs.append((f, rel))
         else:
             raise UsageError(f"input not found: {item}")
     seen: dict[str, Path] = {}
@@ -83,57 +90,261 @@ def plan(inputs: list[str], out_dir: Path) -> list[tuple[Path, str]]:
         if rel in seen:
             raise UsageError(f"two inputs would write the same output {rel}: {seen[rel]} and {f}")
         seen[rel] = f
-        if f.resolve() == (out_dir / rel).resolve():
+        if out_dir is not None and f.resolve() == (out_dir / rel).resolve():
             raise UsageError(f"output would overwrite its input: {f}")
     return pairs
 
 
-def replay_file(src: Path, dst: Path, rel: str, config: Config, totals: Totals, log) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.partial")
-    position = 0
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        for piece in iter_pieces(iter_chunks(fin)):
-            if piece.kind != "message":
-                fout.write(piece.data)
-                continue
-            position += 1
-            output, decision = process(piece.data, config.rule)
-            fout.write(output)
-            totals.count(decision, rel, position)
-            log.info("decision", file=rel, position=position, **decision.log_fields())
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.replace(tmp, dst)
-    if position == 0:
-        totals.files_without_hl7.append(rel)
-    totals.files += 1
+class BatchCheck:
+    """Counts messages per batch and batches per file; compares BTS-1 and FTS-1."""
+
+    def __init__(self, rel: str):
+        self.rel = rel
+        self.in_batch = 0
+        self.batches = 0
+        self.mismatches: list[dict] = []
+
+    def message(self) -> None:
+        self.in_batch += 1
+
+    def line(self, data: bytes) -> None:
+        seg = data.lstrip(b"\xef\xbb\xbf \t\x00").rstrip(b"\r\n")
+        name = seg[:3]
+        if name == b"BHS":
+            self.batches += 1
+            self.in_batch = 0
+        elif name in (b"BTS", b"FTS") and len(seg) > 3:
+            declared = seg.split(seg[3:4])[1:2]
+            counted = self.in_batch if name == b"BTS" else self.batches
+            text = declared[0].decode("latin-1").strip() if declared else ""
+            if text and (not text.isdigit() or int(text) != counted):
+                self.mismatches.append({"file": self.rel, "segment": name.decode(),
+                                        "declared": text, "counted": counted})
 
 
-def run_replay(config: Config, inputs: list[str], out: str, report: str | None = None) -> int:
-    configure(config.logging.level, config.logging.format, config.logging.patient_data)
+def replay_file(job: Job) -> Tally:
+    """Process one file; returns its tally. Never raises for bad content."""
     log = get_logger("b12comment.replay")
-    out_dir = Path(out)
+    tally = Tally(files=1)
+    dst = Path(job.out_dir) / job.rel if job.out_dir is not None else None
+    tmp = dst.with_name(f".{dst.name}.partial") if dst is not None else None
+    position = 0
+    check = BatchCheck(job.rel)
     try:
-        pairs = plan(inputs, out_dir)
+        with open_input(job.src) as fin:
+            if tmp is not None:
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                fout, raw = open_output(tmp, is_gzip(job.src))
+            else:
+                fout = raw = None
+            try:
+                for piece in read_pieces(fin):
+                    if piece.kind != "message":
+                        check.line(piece.data)
+                        if fout is not None:
+                            fout.write(piece.data)
+                        continue
+                    position += 1
+                    check.message()
+                    output, decision = process(piece.data, job.rule)
+                    if fout is not None:
+                        fout.write(output)
+                    tally.add(decision, job.rel, position, job.rule)
+                    if job.old_rule is not None:
+                        _, old = process(piece.data, job.old_rule)
+                        if (old.commented, old.reasons) != (decision.commented, decision.reasons):
+                            tally.add_difference(job.rel, position, decision, old)
+                    log.info("decision", file=job.rel, position=position, **decision.log_fields())
+            finally:
+                if fout is not None:
+                    fout.close()
+                    if raw is not fout:
+                        raw.close()
+        if tmp is not None:
+            if position:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, dst)
+            else:
+                tmp.unlink()
+    except (OSError, EOFError, ValueError) as exc:  # unreadable, truncated gzip, no space...
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+        tally.errors.append({"file": job.rel, "error": _describe(exc)})
+        return tally
+    if position == 0:
+        tally.not_hl7.append(job.rel)
+    tally.batch_mismatches.extend(check.mismatches)
+    return tally
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, EOFError):
+        return "compressed file ends early (truncated gzip)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------
+# Resume
+
+def _fingerprint(config: Config, old: Config | None, pairs) -> str:
+    h = hashlib.sha256(repr((config.rule, old.rule if old else None)).encode())
+    for src, rel in pairs:
+        h.update(f"{src}\0{rel}\0".encode())
+    return h.hexdigest()
+
+
+def _load_progress(path: Path, fingerprint: str) -> dict[str, Tally]:
+    done: dict[str, Tally] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return done
+    if not lines:
+        return done
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        return done
+    if header.get("fingerprint") != fingerprint:
+        raise UsageError("cannot --resume: the inputs or the rule differ from the interrupted run "
+                         f"(see {path}); run without --resume to start again")
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # the last line may have been cut by the interruption
+        done[record["rel"]] = Tally.from_json(record["tally"])
+    return done
+
+
+class Progress:
+    """The journal of completed files, and the live line on a terminal."""
+
+    def __init__(self, path: Path | None, fingerprint: str, resumed: bool, total_bytes: int, show: bool):
+        self.file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "a" if resumed else "w", encoding="utf-8")
+            if not resumed or self.file.tell() == 0:
+                self.file.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+                self.file.flush()
+        self.total_bytes, self.done_bytes = max(total_bytes, 1), 0
+        self.files = self.messages = 0
+        self.show = show
+        self.started = time.monotonic()
+
+    def record(self, rel: str, tally: Tally, size: int) -> None:
+        if self.file is not None and not tally.errors:
+            self.file.write(json.dumps({"rel": rel, "tally": tally.to_json()}) + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        self.files += 1
+        self.messages += tally.messages
+        self.done_bytes += size
+        if self.show:
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            rate = self.messages / elapsed
+            eta = elapsed * (self.total_bytes - self.done_bytes) / max(self.done_bytes, 1)
+            sys.stderr.write(f"\r{self.files} files, {self.messages} messages, {rate:,.0f} msg/s, "
+                             f"ETA {int(eta) // 60}:{int(eta) % 60:02d}   ")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.show:
+            sys.stderr.write("\n")
+        if self.file is not None:
+            self.file.close()
+
+
+# --------------------------------------------------------------------------
+
+def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
+    configure(config.logging.level, config.logging.format, config.logging.patient_data)
+    out_dir = Path(opts.out) if opts.out else None
+    try:
+        pairs = plan(inputs, out_dir, opts.include, opts.exclude)
+        fingerprint = _fingerprint(config, opts.old_config, pairs)
+        progress_path = out_dir / PROGRESS_NAME if out_dir is not None else None
+        done = _load_progress(progress_path, fingerprint) if opts.resume and progress_path else {}
     except UsageError as exc:
         print(f"b12comment replay: {exc}", file=sys.stderr)
         return 2
-    totals = Totals()
+    old_rule = opts.old_config.rule if opts.old_config else None
+    jobs = [Job(str(src), rel, str(out_dir) if out_dir else None, config.rule, old_rule)
+            for src, rel in pairs if rel not in done]
+    sizes = {rel: _size(src) for src, rel in pairs}
+    show = not opts.quiet and sys.stderr.isatty()
+    try:
+        progress = Progress(progress_path, fingerprint, bool(done) or opts.resume,
+                            sum(sizes[j.rel] for j in jobs), show)
+    except OSError as exc:
+        print(f"b12comment replay: cannot write to {out_dir}: {_describe(exc)}", file=sys.stderr)
+        return 1
     started = time.monotonic()
-    for src, rel in pairs:
-        try:
-            replay_file(src, out_dir / rel, rel, config, totals, log)
-        except OSError as exc:
-            totals.errors.append({"file": rel, "error": f"{type(exc).__name__}: {exc.strerror or exc}"})
-            print(f"b12comment replay: {src}: {exc.strerror or exc}", file=sys.stderr)
-    summary = totals.report(time.monotonic() - started)
-    if report:
-        try:
-            Path(report).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            print(f"b12comment replay: cannot write report {report}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-    print(f"replayed {totals.files} files, {totals.messages} messages: {totals.commented} commented, "
-          f"{len(totals.malformed)} malformed, {len(totals.errors)} errors", file=sys.stderr)
-    return 1 if totals.errors else 0
+    tallies: dict[str, Tally] = dict(done)
+    try:
+        for job, tally in zip(jobs, _run_jobs(jobs, opts.workers)):
+            tallies[job.rel] = tally
+            progress.record(job.rel, tally, sizes[job.rel])
+    finally:
+        progress.close()
+    elapsed = time.monotonic() - started
+    total = Tally()
+    for _, rel in pairs:
+        total.merge(tallies[rel])
+    report = total.to_json()
+    report["elapsed_s"] = round(elapsed, 3)
+    report["messages_per_s"] = round(total.messages / elapsed, 1) if elapsed > 0 else None
+    report["resumed_files"] = len(done)
+    status = 1 if total.errors else 0
+    if opts.report:
+        status = max(status, _write(opts.report, json.dumps(report, indent=2) + "\n"))
+    if opts.html:
+        from .report_html import render
+        status = max(status, _write(opts.html, render(report, config.rule)))
+    for err in total.errors:
+        print(f"b12comment replay: {err['file']}: {err['error']}", file=sys.stderr)
+    print(summary(report), file=sys.stderr)
+    return status
+
+
+def _run_jobs(jobs: list[Job], workers: int):
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield replay_file(job)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(replay_file, jobs, chunksize=1)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _write(path: str, text: str) -> int:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+        return 0
+    except OSError as exc:
+        print(f"b12comment replay: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def summary(r: dict) -> str:
+    lines = [
+        f"replayed {r['files']} files, {r['messages']} messages in {r['elapsed_s']} s "
+        f"({r['messages_per_s'] or 0:,.0f} msg/s)",
+        f"  commented: {r['commented']}; paediatric B12 results: {r['paediatric_b12_results']}, "
+        f"elevated {r['paediatric_b12_elevated']}, commented {r['paediatric_b12_commented']}",
+        f"  malformed messages: {r['malformed']}; files without HL7: {len(r['files_without_hl7'])}; "
+        f"batch count mismatches: {len(r['batch_count_mismatches'])}; errors: {len(r['errors'])}",
+    ]
+    if r["rule_differences"]:
+        lines.append(f"  messages where the two rules differ: {r['rule_differences']}")
+    return "\n".join(lines)

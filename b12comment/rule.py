@@ -114,7 +114,7 @@ def decide_result(facts: Facts, result: B12Result, rule: RuleConfig,
         reasons.append(ADULT)
     factor = rule.unit_factor(obs.units) if obs.units else None
     q = parse_quantity(obs.value_type, list(obs.value))
-    value_pmol = limit = source = None
+    value_pmol = limit = source = elevated = None
     comparator = ""
     if factor is None:
         reasons.append(UNKNOWN_UNIT)
@@ -134,5 +134,6 @@ def decide_result(facts: Facts, result: B12Result, rule: RuleConfig,
         reasons=tuple(dict.fromkeys(reasons)),
         age_years=age.youngest if age is not None else None,
         value_pmol_l=value_pmol, comparator=comparator,
-        limit_pmol_l=limit, limit_source=source,
+        limit_pmol_l=limit, limit_source=source, elevated=elevated,
+        paediatric=age is not None and age.oldest < rule.adult_age_years,
     )

@@ -1,0 +1,236 @@
+"""Replay at archive scale: gzip, MLLP captures, batches, bad files, resume
+after SIGKILL, workers, rule shadowing, memory. Real files, real processes."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SAMPLES
+
+CHILD = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
+ADULT = (SAMPLES / "adult_high_b12.hl7").read_bytes()
+ADT = (SAMPLES / "adt_a01_child.hl7").read_bytes()
+TIMING = ("elapsed_s", "messages_per_s")
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "b12comment", "replay", "--quiet", *map(str, args)],
+                          capture_output=True, timeout=timeout)
+
+
+def numbered(message: bytes, n: int) -> bytes:
+    """The message with its control ID made unique."""
+    fields = message.split(b"|", 10)
+    fields[9] = f"{fields[9].decode()}-{n}".encode()
+    return b"|".join(fields)
+
+
+def untimed(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in TIMING}
+
+
+def strip_comments(data: bytes, terminator: bytes = b"\r") -> bytes:
+    return b"".join(seg + terminator for seg in data.split(terminator)[:-1]
+                    if not seg.startswith(b"NTE|1|L|Isoleret")) + data.split(terminator)[-1]
+
+
+def test_gzip_in_gzip_out(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    plain = CHILD + ADULT + ADT
+    (src / "night.hl7.gz").write_bytes(gzip.compress(plain))
+    proc = cli(src, "--out", tmp_path / "out", "--report", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = (tmp_path / "out" / "night.hl7.gz").read_bytes()
+    assert out[:2] == b"\x1f\x8b"
+    text = gzip.decompress(out)
+    assert text.count(b"NTE|1|L|") == 1
+    assert strip_comments(text) == plain
+    # deterministic: the same input gives the same compressed bytes
+    assert cli(src, "--out", tmp_path / "out2").returncode == 0
+    assert (tmp_path / "out2" / "night.hl7.gz").read_bytes() == out
+
+
+def test_truncated_gzip_empty_and_binary_files_are_reported_not_written(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "cut.hl7.gz").write_bytes(gzip.compress(CHILD * 50)[:-30])
+    (src / "empty.hl7").write_bytes(b"")
+    (src / "binary.dat").write_bytes(bytes(range(256)) * 40)
+    (src / "good.hl7").write_bytes(CHILD)
+    out = tmp_path / "out"
+    proc = cli(src, "--out", out, "--report", tmp_path / "r.json")
+    assert proc.returncode == 1  # the truncated file could not be read
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [e["file"] for e in report["errors"]] == ["cut.hl7.gz"]
+    assert "truncated" in report["errors"][0]["error"]
+    assert sorted(report["files_without_hl7"]) == ["binary.dat", "empty.hl7"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["good.hl7"]
+    assert not list(out.glob(".*.partial"))
+    assert b"cut.hl7.gz" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_mllp_capture_keeps_its_framing(tmp_path):
+    frames = b"".join(b"\x0b" + m + b"\x1c\x0d" for m in (CHILD, ADT, ADULT))
+    src = tmp_path / "capture.mllp"
+    src.write_bytes(frames + b"\x0b" + b"MSH|^~\\&|cut off")  # an unterminated last frame
+    proc = cli(src, "--out", tmp_path / "out", "--report", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = (tmp_path / "out" / "capture.mllp").read_bytes()
+    assert out.count(b"\x0b") == 4 and out.count(b"\x1c\x0d") == 3
+    assert out.count(b"NTE|1|L|") == 1
+    assert strip_comments(out) == src.read_bytes()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["messages"] == 3 and report["commented"] == 1
+
+
+def test_batch_with_wrong_count_is_reported_and_processed(tmp_path):
+    batch = (b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\r" + numbered(CHILD, 1) + numbered(CHILD, 2)
+             + b"BTS|3\rFTS|1\r")
+    src = tmp_path / "batch.hl7"
+    src.write_bytes(batch)
+    proc = cli(src, "--out", tmp_path / "out", "--report", tmp_path / "r.json")
+    assert proc.returncode == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["batch_count_mismatches"] == [
+        {"file": "batch.hl7", "segment": "BTS", "declared": "3", "counted": 2}]
+    out = (tmp_path / "out" / "batch.hl7").read_bytes()
+    assert out.count(b"NTE|1|L|") == 2
+    assert out.startswith(b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\rMSH") and out.endswith(b"BTS|3\rFTS|1\r")
+
+
+def test_include_exclude_and_dry_run(tmp_path):
+    src = tmp_path / "in"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "one.hl7").write_bytes(CHILD)
+    (src / "a" / "two.txt").write_bytes(CHILD)
+    (src / "skip.hl7").write_bytes(CHILD)
+    proc = cli(src, "--out", tmp_path / "out", "--include", "*.hl7", "--exclude", "skip*",
+               "--report", tmp_path / "r.json")
+    assert proc.returncode == 0
+    written = sorted(p.relative_to(tmp_path / "out").as_posix()
+                     for p in (tmp_path / "out").rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert written == ["a/one.hl7"]
+    proc = cli(src, "--dry-run", "--report", tmp_path / "d.json")
+    assert proc.returncode == 0
+    assert json.loads((tmp_path / "d.json").read_text())["commented"] == 3
+    assert not (tmp_path / "in" / ".b12comment-replay.jsonl").exists()
+
+
+def make_archive(root: Path, files: int, per_file: int, fast: bool = False) -> None:
+    """Files of numbered messages; `fast`: mostly messages without B12, as in a real night."""
+    kinds = [CHILD, ADULT, ADT, (SAMPLES / "child_b12_with_other_abnormal.hl7").read_bytes()]
+    if fast:
+        kinds = [CHILD] + [ADT] * 9
+    for f in range(files):
+        folder = root / f"day{f % 7}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{f:04d}.hl7").write_bytes(
+            b"".join(numbered(kinds[(f + i) % len(kinds)], f * per_file + i) for i in range(per_file)))
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def test_workers_give_identical_output_and_report(tmp_path):
+    make_archive(tmp_path / "in", files=12, per_file=40)
+    assert cli(tmp_path / "in", "--out", tmp_path / "w1", "--workers", 1, "--report", tmp_path / "1.json").returncode == 0
+    assert cli(tmp_path / "in", "--out", tmp_path / "w2", "--workers", 2, "--report", tmp_path / "2.json").returncode == 0
+    assert tree(tmp_path / "w1") == tree(tmp_path / "w2")
+    r1, r2 = (json.loads((tmp_path / n).read_text()) for n in ("1.json", "2.json"))
+    assert untimed(r1) == untimed(r2)
+    assert r1["messages"] == 480 and r1["commented"] == 120
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
+    make_archive(tmp_path / "in", files=150, per_file=60, fast=True)
+    assert cli(tmp_path / "in", "--out", tmp_path / "clean", "--workers", 1,
+               "--report", tmp_path / "clean.json").returncode == 0
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "b12comment", "replay", "--quiet", "--workers", "1",
+                             str(tmp_path / "in"), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = out / ".b12comment-replay.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and progress.read_text().count("\n") > 10:
+            break
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert killed, "the replay finished before it could be interrupted; make the archive larger"
+    done_before = progress.read_text().count("\n") - 1
+    assert 0 < done_before < 150
+    resumed = cli(tmp_path / "in", "--out", out, "--resume", "--workers", 2, "--report", tmp_path / "r.json")
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert tree(out) == tree(tmp_path / "clean")
+    assert not list(out.rglob(".*.partial"))
+    report, clean = json.loads((tmp_path / "r.json").read_text()), json.loads((tmp_path / "clean.json").read_text())
+    assert report["resumed_files"] >= done_before
+    assert {k: v for k, v in untimed(report).items() if k != "resumed_files"} == \
+        {k: v for k, v in untimed(clean).items() if k != "resumed_files"}
+
+
+def test_resume_refuses_a_changed_rule(tmp_path):
+    make_archive(tmp_path / "in", files=2, per_file=2)
+    assert cli(tmp_path / "in", "--out", tmp_path / "out").returncode == 0
+    other = tmp_path / "other.toml"
+    other.write_text('[rule]\nlanguage = "en"\n')
+    proc = cli(tmp_path / "in", "--out", tmp_path / "out", "--resume", "--config", other)
+    assert proc.returncode == 2
+    assert b"cannot --resume" in proc.stderr
+
+
+def test_compare_with_reports_every_difference(tmp_path):
+    make_archive(tmp_path / "in", files=2, per_file=8)
+    old = tmp_path / "old.toml"  # an old rule that only knew the LOINC codes
+    old.write_text('[[rule.codes]]\ncode = "14685-2"\nsystems = ["LN"]\n')
+    proc = cli(tmp_path / "in", "--dry-run", "--compare-with", old, "--report", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads((tmp_path / "r.json").read_text())
+    # the child sample uses NPU01700: commented by the new rule, not by the old one
+    assert report["rule_differences"] == report["commented"] == 4
+    first = report["rule_difference_list"][0]
+    assert first["new"] == {"commented": True, "reasons": []}
+    assert first["old"] == {"commented": False, "reasons": ["no_b12"]}
+    assert first["control_id"].startswith("S0001-")
+
+
+def peak_rss_kb(args) -> int:
+    proc = subprocess.Popen([sys.executable, "-m", "b12comment", "replay", "--quiet", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_maxrss
+
+
+def test_memory_does_not_grow_with_message_count(tmp_path):
+    small, large = tmp_path / "small.hl7", tmp_path / "large.hl7"
+    body = [numbered(m, i) for i, m in enumerate([CHILD, ADULT] + [ADT] * 598)]
+    small.write_bytes(b"".join(body))
+    large.write_bytes(b"".join(body) * 100)  # 60,000 messages, 36 MB, in one file
+    rss_small = peak_rss_kb([small, "--out", tmp_path / "o1", "--workers", 1])
+    rss_large = peak_rss_kb([large, "--out", tmp_path / "o2", "--workers", 1])
+    assert rss_large < rss_small + 20_000, (rss_small, rss_large)
+
+
+def test_html_report_is_self_contained(tmp_path):
+    make_archive(tmp_path / "in", files=3, per_file=12)
+    html = tmp_path / "r.html"
+    assert cli(tmp_path / "in", "--dry-run", "--html", html).returncode == 0
+    page = html.read_text()
+    assert page.count("<svg") >= 5  # three age bands, two reason charts
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page and "<script" not in page
+    assert "limit 1200" in page and "other_abnormal" in page
