@@ -44,11 +44,12 @@ def histogram_svg(band: str, bins: dict, limit: float | None, width=420, height=
     n_bins = TOP_BIN_PMOL_L // BIN_PMOL_L + 1
     plot_w, plot_h = width - left - 10, height - bottom - top
     peak = max(bins.values(), default=0) or 1
+    total = sum(bins.values())
     bar_w = plot_w / n_bins
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'role="img" aria-label="B12 values, {escape(band)}">',
              f'<text x="{left}" y="14" font-weight="bold">{escape(band)} '
-             f'({sum(bins.values())} results)</text>',
+             f'({total} result{"" if total == 1 else "s"})</text>',
              f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#999"/>',
              f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{peak}</text>',
              f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>']
