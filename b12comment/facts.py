@@ -164,7 +164,10 @@ def _hl7apy_observation(fields: list[bytes], reader: FieldReader,
     value = tuple(c.strip() for c in value_reps[0]) if value_reps else ()
     flag_reps = reader.components(field_of(fields, 8), "OBX_8")
     flags = tuple(r[0].strip() for r in flag_reps if r and r[0].strip())
-    units = reader.first(field_of(fields, 6), "OBX_6", 1) or reader.first(field_of(fields, 6), "OBX_6", 2)
+    unit_reps = reader.components(field_of(fields, 6), "OBX_6")
+    unit_comps = [c.split(reader.encoding_chars["SUBCOMPONENT"], 1)[0].strip()
+                  for c in (unit_reps[0] if unit_reps else [])]
+    units = next((c for c in unit_comps[:2] if c), "")
     return Observation(
         position=position, segment_index=index, group=group,
         value_type=reader.first(field_of(fields, 2), "OBX_2").upper(),
@@ -184,8 +187,8 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
     reader = FieldReader(header, codec)
     patient_count = 0
     birth = ""
-    order_times: dict[int, str] = {}
-    specimen_times: dict[int, str] = {}
+    raw_order_times: dict[int, bytes] = {}     # read with hl7apy only where a B12 needs them
+    raw_specimen_times: dict[int, bytes] = {}
     observations: list[Observation] = []
     b12: list[B12Result] = []
     group = 0
@@ -213,9 +216,9 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
                 birth = reader.first(field_of(segment_fields(message, seg, d), 7), "PID_7")
         elif name == b"OBR":
             group += 1
-            order_times[group] = reader.first(field_of(segment_fields(message, seg, d), 7), "OBR_7")
-        elif name == b"SPM" and group not in specimen_times:
-            specimen_times[group] = reader.first(field_of(segment_fields(message, seg, d), 17), "SPM_17")
+            raw_order_times[group] = field_of(segment_fields(message, seg, d), 7)
+        elif name == b"SPM" and group not in raw_specimen_times:
+            raw_specimen_times[group] = field_of(segment_fields(message, seg, d), 17)
         elif name == b"OBX":
             fields = segment_fields(message, seg, d)
             position = len(observations) + 1
@@ -227,6 +230,10 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
                 observations.append(obs)
                 open_b12 = {"obs": obs, "code": code, "last": index, "texts": [], "ids": []}
     close_block()
+    b12_groups = {r.observation.group for r in b12}
+    order_times = {g: reader.first(raw, "OBR_7") for g, raw in raw_order_times.items() if g in b12_groups}
+    specimen_times = {g: reader.first(raw, "SPM_17") for g, raw in raw_specimen_times.items()
+                      if g in b12_groups}
     message_time = reader.first(header.field(7), "MSH_7") if rule.use_message_time else ""
     return Facts(
         header=header, segments=segments, codec=codec, hl7_version=reader.version,

@@ -49,33 +49,44 @@ def iter_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
         yield chunk
 
 
-def _starts(line: bytes, names: tuple[bytes, ...]) -> bool:
-    return line.lstrip(_LEAD)[:3] in names
+# A line that starts a piece: MSH (a message) or a batch line (other bytes).
+_BOUNDARY = re.compile(rb"[\r\n]([\xef\xbb\xbf \t\x00]*(MSH|FHS|BHS|BTS|FTS))")
+_FIRST = re.compile(rb"[\xef\xbb\xbf \t\x00]*(MSH|FHS|BHS|BTS|FTS)")
+_LOOKAHEAD = 8  # bytes a boundary needs past a line break to be recognised
+
+
+def _units(buf: bytes, final: bool) -> tuple[list[tuple[int, int, bool]], int]:
+    """(start, end, is_message) of the complete units in buf, and where the
+    incomplete rest starts. A unit runs from one boundary to the next."""
+    units = []
+    first = _FIRST.match(buf)
+    starts = [(0, first is not None and first.group(1) == b"MSH")]
+    starts += [(m.start(1), m.group(2) == b"MSH") for m in _BOUNDARY.finditer(buf)]
+    for (begin, is_msg), (nxt, _) in zip(starts, starts[1:]):
+        units.append((begin, nxt, is_msg))
+    last_begin, last_is_msg = starts[-1]
+    if final:
+        if last_begin < len(buf):
+            units.append((last_begin, len(buf), last_is_msg))
+        return units, len(buf)
+    return units, last_begin
 
 
 def iter_pieces(chunks: Iterable[bytes]) -> Iterator[Piece]:
-    message: list[bytes] = []
-    other: list[bytes] = []
-    for line in iter_lines(chunks):
-        if _starts(line, (b"MSH",)) or _starts(line, _BATCH):
-            if message:
-                yield Piece("message", b"".join(message))
-                message = []
-            if other:
-                yield Piece("other", b"".join(other))
-                other = []
-            if _starts(line, _BATCH):
-                yield Piece("other", line)
-            else:
-                message.append(line)
-        elif message:
-            message.append(line)
-        else:
-            other.append(line)
-    if message:
-        yield Piece("message", b"".join(message))
-    if other:
-        yield Piece("other", b"".join(other))
+    pending = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        buf = pending + chunk
+        # keep a tail back: a boundary may straddle the chunk edge
+        cut = max(len(buf) - _LOOKAHEAD, 0)
+        units, rest = _units(buf[:cut], final=False) if cut else ([], 0)
+        for begin, end, is_msg in units:
+            yield Piece("message" if is_msg else "other", buf[begin:end])
+        pending = buf[rest:]
+    units, _ = _units(pending, final=True)
+    for begin, end, is_msg in units:
+        yield Piece("message" if is_msg else "other", pending[begin:end])
 
 
 def split_messages(data: bytes) -> list[Piece]:
