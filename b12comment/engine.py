@@ -12,9 +12,9 @@ from . import charset
 from .config import RuleConfig
 from .decision import (INTERNAL_ERROR, MALFORMED, MULTIPLE_PATIENTS, NO_B12, NOT_ORU,
                        UNSUPPORTED_CHARSET, Decision)
-from .facts import read_facts
+from .facts import read_detail, read_facts
 from .framing import Header, Malformed, read_header
-from .rule import decide_result
+from .rule import decide_result, is_paediatric, patient_age
 from .splice import apply, comment_field, insertion_after, next_set_id, nte_segment
 
 
@@ -76,7 +76,10 @@ def _process(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[bytes, D
     text = comment_field(rule.comment_text(), d, codec)
     results, insertions = [], []
     for result in facts.b12:
-        rd = decide_result(facts, result, rule, known)
+        age = patient_age(facts, result.observation, rule)
+        if is_paediatric(age, rule):
+            result = read_detail(facts, result)
+        rd = decide_result(facts, result, rule, known, age)
         results.append(rd)
         if rd.commented:
             nte = nte_segment(next_set_id(result.nte_set_ids), rule.nte_source, text,

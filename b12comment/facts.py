@@ -8,10 +8,11 @@ status. Nothing here decides anything.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hl7apy import SUPPORTED_LIBRARIES
 from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_field
 
 from .charset import decode
@@ -45,6 +46,8 @@ class B12Result:
     last_segment: int                  # index of the OBX or of the last NTE under it
     nte_texts: tuple[bytes, ...]       # raw NTE-3 of the NTEs already under it
     nte_set_ids: tuple[str, ...]
+    fields: tuple[bytes, ...] = ()     # the OBX's raw fields
+    detailed: bool = False             # observation read with hl7apy (read_detail)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,14 @@ class Facts:
     specimen_times: dict[int, str]     # OBR group -> SPM-17 (start)
     observations: tuple[Observation, ...]
     b12: tuple[B12Result, ...]
+
+
+def _position(name: str | None) -> int | None:
+    """1-based component position from an hl7apy child name (CE_3 -> 3, DTM -> 1)."""
+    if not name:
+        return None
+    suffix = name.rsplit("_", 1)[-1]
+    return int(suffix) if suffix.isdigit() else (1 if "_" not in name else None)
 
 
 class FieldReader:
@@ -102,9 +113,16 @@ class FieldReader:
                                 encoding_chars=self.encoding_chars,
                                 validation_level=VALIDATION_LEVEL.TOLERANT)
             comps: dict[int, str] = {}
-            for child in field.children:
-                suffix = child.name.rsplit("_", 1)[-1]
-                position = int(suffix) if suffix.isdigit() else 1
+            children = list(field.children)
+            named = [_position(child.name) for child in children]
+            if None in named:
+                # More components than the data type has: hl7apy leaves the extra
+                # ones unnamed. Its children are the non-empty components in order.
+                raw_comps = text.split(self.encoding_chars["COMPONENT"])
+                named = [i + 1 for i, c in enumerate(raw_comps) if c]
+                if len(named) != len(children):
+                    raise HL7apyException(f"cannot place the components of {name}")
+            for position, child in zip(named, children):
                 comps[position] = child.to_er7(encoding_chars=self.encoding_chars)
             size = max(comps, default=0)
             result.append([comps.get(i, "") for i in range(1, size + 1)])
@@ -180,13 +198,21 @@ def _hl7apy_observation(fields: list[bytes], reader: FieldReader,
     )
 
 
+def read_detail(facts: "Facts", result: B12Result) -> B12Result:
+    """The B12 OBX's fields the rule needs, read with hl7apy."""
+    reader = FieldReader(facts.header, facts.codec)
+    obs = result.observation
+    detailed = _hl7apy_observation(list(result.fields), reader, obs.position, obs.segment_index, obs.group)
+    return replace(result, observation=detailed, detailed=True)
+
+
 def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> Facts:
     """Read everything the rule needs. May raise hl7apy errors on broken fields."""
     d = header.delimiters
     segments = tuple(split_segments(message, header.start))
     reader = FieldReader(header, codec)
     patient_count = 0
-    birth = ""
+    raw_birth = b""
     raw_order_times: dict[int, bytes] = {}     # read with hl7apy only where a B12 needs them
     raw_specimen_times: dict[int, bytes] = {}
     observations: list[Observation] = []
@@ -198,7 +224,8 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
         nonlocal open_b12
         if open_b12 is not None:
             b12.append(B12Result(open_b12["obs"], open_b12["code"], open_b12["last"],
-                                 tuple(open_b12["texts"]), tuple(open_b12["ids"])))
+                                 tuple(open_b12["texts"]), tuple(open_b12["ids"]),
+                                 tuple(open_b12["fields"])))
             open_b12 = None
 
     for index, seg in enumerate(segments):
@@ -213,7 +240,7 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
         if name == b"PID":
             patient_count += 1
             if patient_count == 1:
-                birth = reader.first(field_of(segment_fields(message, seg, d), 7), "PID_7")
+                raw_birth = field_of(segment_fields(message, seg, d), 7)
         elif name == b"OBR":
             group += 1
             raw_order_times[group] = field_of(segment_fields(message, seg, d), 7)
@@ -226,10 +253,14 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
             if code is None:
                 observations.append(_cheap_observation(fields, header, codec, position, index, group))
             else:
-                obs = _hl7apy_observation(fields, reader, position, index, group)
+                # Only the collection time now: the age decides whether the rest is read.
+                obs = replace(_cheap_observation(fields, header, codec, position, index, group),
+                              observed_at=reader.first(field_of(fields, 14), "OBX_14"))
                 observations.append(obs)
-                open_b12 = {"obs": obs, "code": code, "last": index, "texts": [], "ids": []}
+                open_b12 = {"obs": obs, "code": code, "last": index, "texts": [], "ids": [],
+                            "fields": fields}
     close_block()
+    birth = reader.first(raw_birth, "PID_7") if b12 else ""
     b12_groups = {r.observation.group for r in b12}
     order_times = {g: reader.first(raw, "OBR_7") for g, raw in raw_order_times.items() if g in b12_groups}
     specimen_times = {g: reader.first(raw, "SPM_17") for g, raw in raw_specimen_times.items()

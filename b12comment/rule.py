@@ -17,7 +17,7 @@ from .decision import (ADULT, AGE_UNKNOWN, ALREADY_COMMENTED, CONTEXT_PENDING, N
                        OTHER_ABNORMAL, STATUS_NOT_FINAL, UNKNOWN_UNIT, UNREADABLE_VALUE,
                        ResultDecision)
 from .facts import B12Result, Facts, Observation
-from .values import Quantity, outside, parse_quantity, parse_range
+from .values import Quantity, outside, parse_quantity, parse_range, possible_quantities
 
 
 def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:
@@ -53,8 +53,8 @@ def is_abnormal(obs: Observation, rule: RuleConfig) -> bool:
     rng = parse_range(obs.range_text)
     if rng is None:
         return False
-    q = parse_quantity(obs.value_type, list(obs.value))
-    return q is not None and outside(q, rng)
+    # an ambiguous `15,000` is abnormal if any reading of it is outside
+    return any(outside(q, rng) for q in possible_quantities(obs.value_type, list(obs.value)))
 
 
 def context_reasons(facts: Facts, own: Observation, rule: RuleConfig) -> list[str]:
@@ -99,19 +99,27 @@ def elevation(q: Quantity, obs: Observation, factor: float, age: Age | None,
     return q.scaled(factor).above(limit), limit, "age_band"
 
 
+def is_paediatric(age: Age | None, rule: RuleConfig) -> bool:
+    return age is not None and age.oldest < rule.adult_age_years
+
+
 def decide_result(facts: Facts, result: B12Result, rule: RuleConfig,
-                  known_comments: frozenset[bytes]) -> ResultDecision:
+                  known_comments: frozenset[bytes], age: Age | None) -> ResultDecision:
+    """`age` is patient_age() for this result; a result of a patient not
+    certainly under 18 is decided on that alone (its other fields are not
+    read); a paediatric one must have been read in full (facts.read_detail)."""
     obs = result.observation
     if any(text in known_comments for text in result.nte_texts):
         return ResultDecision(obs.position, result.code, False, (ALREADY_COMMENTED,))
+    if not is_paediatric(age, rule):
+        return ResultDecision(obs.position, result.code, False,
+                              (AGE_UNKNOWN,) if age is None else (ADULT,),
+                              age_years=age.youngest if age is not None else None)
+    if not result.detailed:
+        raise ValueError("a paediatric B12 result must be read in full before deciding")
     reasons: list[str] = []
     if obs.status not in rule.final_statuses:
         reasons.append(STATUS_NOT_FINAL)
-    age = patient_age(facts, obs, rule)
-    if age is None:
-        reasons.append(AGE_UNKNOWN)
-    elif age.oldest >= rule.adult_age_years:
-        reasons.append(ADULT)
     factor = rule.unit_factor(obs.units) if obs.units else None
     q = parse_quantity(obs.value_type, list(obs.value))
     value_pmol = limit = source = elevated = None
@@ -132,8 +140,7 @@ def decide_result(facts: Facts, result: B12Result, rule: RuleConfig,
     return ResultDecision(
         obx_index=obs.position, code=result.code, commented=not reasons,
         reasons=tuple(dict.fromkeys(reasons)),
-        age_years=age.youngest if age is not None else None,
+        age_years=age.youngest,
         value_pmol_l=value_pmol, comparator=comparator,
-        limit_pmol_l=limit, limit_source=source, elevated=elevated,
-        paediatric=age is not None and age.oldest < rule.adult_age_years,
+        limit_pmol_l=limit, limit_source=source, elevated=elevated, paediatric=True,
     )

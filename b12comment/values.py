@@ -73,6 +73,24 @@ def parse_quantity(value_type: str, components: list[str]) -> Quantity | None:
     return Quantity(number, _COMPARATORS[m.group(1) or ""])
 
 
+def possible_quantities(value_type: str, components: list[str]) -> list[Quantity]:
+    """Every quantity OBX-5 could mean: one, or two for an ambiguous `15,000`
+    (15.0 with a decimal comma, 15000 with a thousands separator)."""
+    q = parse_quantity(value_type, components)
+    if q is not None:
+        return [q]
+    text = (components[1] if value_type == "SN" and len(components) > 1 else
+            components[0] if components else "").strip()
+    m = re.match(r"^(>=|<=|>|<)?\s*([+-]?\d{1,3}),(\d{3})$", text)
+    if not m or (value_type == "SN" and any(c.strip() for c in components[2:])):
+        return []
+    comparator = _COMPARATORS[m.group(1) or ""]
+    if value_type == "SN":
+        comparator = _COMPARATORS.get(components[0].strip(), "")
+    whole, part = m.group(2), m.group(3)
+    return [Quantity(float(f"{whole}.{part}"), comparator), Quantity(float(whole + part), comparator)]
+
+
 @dataclass(frozen=True)
 class Range:
     lower: float | None
