@@ -80,7 +80,7 @@ def build_ack(received: bytes, code: str, control_id: str, timestamp: str,
             coded = d.component.join([error.code.encode("ascii"), escape(description, d), b"HL70357"])
             segments.append([b"ERR", b"", b"", coded, b"E", b"", b"", b"", text])
         else:
-            coded = d.subcomponent.join([error.code.encode("ascii"), escape(description, d), b"HL70357"])
+            coded = (d.subcomponent or b"&").join([error.code.encode("ascii"), escape(description, d), b"HL70357"])
             segments.append([b"ERR", d.component * 3 + coded])
             msa.append(text)
     return b"".join(d.field.join(seg) + b"\r" for seg in segments)

@@ -74,9 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         "queue", help="inspect the journal: status, dead letters, retry",
         description="Inspect and steer the service's journal ([journal] path)."))
     qsub = sp.add_subparsers(dest="queue_command", metavar="ACTION")
-    qsub.add_parser("status", help="counts by state and the age of the oldest undelivered message")
-    qsub.add_parser("dead", help="dead-lettered messages: control IDs, times, reasons")
+    for name, text in (("status", "counts by state and the age of the oldest undelivered message"),
+                       ("dead", "dead-lettered messages: control IDs, times, reasons")):
+        qsub.add_parser(name, help=text).add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
     qr = qsub.add_parser("retry", help="put dead-lettered messages back in the queue")
+    qr.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
     qr.add_argument("control_id", nargs="?", metavar="CONTROL_ID")
     qr.add_argument("--all", action="store_true", help="retry every dead-lettered message")
     return p

@@ -87,14 +87,15 @@ class FieldReader:
             self.notes = (f"version {version or '(empty)'} read as {FALLBACK_VERSION}",)
             version = FALLBACK_VERSION
         self.version = version
-        escape = d.escape or next(c for c in (b"\\", b"\x1a", b"\x1f")
-                                  if c not in d.special())
+        spare = iter(c for c in (b"\\", b"&", b"\x1a", b"\x1f", b"\x1e") if c not in d.special())
+        escape = d.escape or next(spare)
+        subcomponent = d.subcomponent or next(spare)
         self.encoding_chars = {
             "GROUP": "\r", "SEGMENT": "\r",
             "FIELD": d.field.decode("latin-1"),
             "COMPONENT": d.component.decode("latin-1"),
-            "SUBCOMPONENT": d.subcomponent.decode("latin-1"),
-            "REPETITION": (d.repetition or b"\x1e").decode("latin-1"),
+            "SUBCOMPONENT": subcomponent.decode("latin-1"),
+            "REPETITION": d.repetition.decode("latin-1"),
             "ESCAPE": escape.decode("latin-1"),
         }
         if d.truncation:

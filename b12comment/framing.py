@@ -24,7 +24,7 @@ class Delimiters:
     component: bytes
     repetition: bytes
     escape: bytes | None
-    subcomponent: bytes
+    subcomponent: bytes | None  # None where MSH-2 has fewer than four characters
     truncation: bytes | None
 
     @property
@@ -123,7 +123,7 @@ def read_header(message: bytes) -> Header:
         component=at(0),
         repetition=at(1),
         escape=at(2),
-        subcomponent=at(3) or b"&",
+        subcomponent=at(3),
         truncation=at(4),
     )
     # MSH-1 is the separator itself: fields[n] == MSH-n.
@@ -172,7 +172,7 @@ def component(raw: bytes, delims: Delimiters, k: int) -> bytes:
     rep = first_repetition(raw, delims)
     parts = rep.split(delims.component) if delims.component else [rep]
     value = parts[k - 1] if k <= len(parts) else b""
-    return value.split(delims.subcomponent, 1)[0]
+    return value.split(delims.subcomponent, 1)[0] if delims.subcomponent else value
 
 
 def field_of(fields: list[bytes], n: int) -> bytes:

@@ -162,14 +162,14 @@ class Journal:
             return Receipt(cur.lastrowid, False)
         return self._tx(tx)
 
-    def reject(self, raw: bytes, reason: str, *, peer: str = "", conn_seq: int = 0,
-               now: float | None = None) -> int:
-        """Keep a frame that is not an HL7 message, for inspection."""
+    def reject(self, raw: bytes, reason: str, *, peer: str = "", conn_seq: int = 0, control_id: str = "",
+               message_type: str = "", now: float | None = None) -> int:
+        """Keep a frame that was answered AR (not an HL7 message, too large), for inspection."""
         now = time.time() if now is None else now
         return self._tx(lambda cur: cur.execute(
-            "INSERT INTO messages (received_at, updated_at, peer, conn_seq, digest, raw, state, last_error) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'rejected', ?)",
-            (now, now, peer, conn_seq, digest(raw), raw, reason)).lastrowid)
+            "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, digest, "
+            "raw, state, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'rejected', ?)",
+            (now, now, peer, conn_seq, control_id, message_type, digest(raw), raw, reason)).lastrowid)
 
     # -- the processing stage
 
@@ -205,13 +205,14 @@ class Journal:
             "UPDATE messages SET state = ?, last_error = COALESCE(?, last_error), updated_at = ? WHERE id = ?",
             (state, error, now, id)))
 
-    def mark_attempt_failed(self, id: int, error: str, now: float | None = None) -> int:
-        """Count one failed delivery attempt; returns the attempts so far."""
+    def mark_attempt_failed(self, id: int, error: str, counts: bool = True, now: float | None = None) -> int:
+        """Record a failed delivery (counted as an attempt, or only noted);
+        returns the attempts so far."""
         now = time.time() if now is None else now
 
         def tx(cur):
-            cur.execute("UPDATE messages SET attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
-                        (error, now, id))
+            cur.execute("UPDATE messages SET attempts = attempts + ?, last_error = ?, updated_at = ? WHERE id = ?",
+                        (int(counts), error, now, id))
             return cur.execute("SELECT attempts FROM messages WHERE id = ?", (id,)).fetchone()[0]
         return self._tx(tx)
 

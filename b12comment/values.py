@@ -34,6 +34,14 @@ class Quantity:
             return self.number >= limit
         return self.number > limit
 
+    def at_least(self, limit: float) -> bool:
+        """True only when the true value is certainly limit or more."""
+        return self.comparator not in ("<", "<=") and self.number >= limit
+
+    def at_most(self, limit: float) -> bool:
+        """True only when the true value is certainly limit or less."""
+        return self.comparator not in (">", ">=") and self.number <= limit
+
     def below(self, limit: float) -> bool:
         """True only when the true value is certainly below `limit`."""
         if self.comparator in (">", ">="):
@@ -95,6 +103,8 @@ def possible_quantities(value_type: str, components: list[str]) -> list[Quantity
 class Range:
     lower: float | None
     upper: float | None
+    lower_exclusive: bool = False  # `>5`: 5 itself is outside
+    upper_exclusive: bool = False  # `<10`: 10 itself is outside
 
 
 def parse_range(text: str) -> Range | None:
@@ -111,14 +121,16 @@ def parse_range(text: str) -> Range | None:
     m = _RANGE_UPPER.match(text)
     if m:
         high = parse_number(m.group(2))
-        return None if high is None else Range(None, high)
+        return None if high is None else Range(None, high, upper_exclusive=m.group(1) == "<")
     m = _RANGE_LOWER.match(text)
     if m:
         low = parse_number(m.group(2))
-        return None if low is None else Range(low, None)
+        return None if low is None else Range(low, None, lower_exclusive=m.group(1) == ">")
     return None
 
 
 def outside(q: Quantity, r: Range) -> bool:
     """True only when the value is certainly outside the range."""
-    return (r.upper is not None and q.above(r.upper)) or (r.lower is not None and q.below(r.lower))
+    high = r.upper is not None and (q.at_least(r.upper) if r.upper_exclusive else q.above(r.upper))
+    low = r.lower is not None and (q.at_most(r.lower) if r.lower_exclusive else q.below(r.lower))
+    return high or low

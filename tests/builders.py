@@ -8,7 +8,7 @@ characters other than the standard ones used as delimiters.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 B12_CODE = "14685-2^Cobalamin (Vitamin B12)^LN"
 
@@ -27,7 +27,7 @@ class Obx:
     status: str = "F"
     vtype: str = "NM"
     obx14: str = ""
-    ntes: tuple = ()          # NTE-3 texts, or (set_id, text) pairs
+    ntes: tuple = ()          # NTE-3 texts, (set_id, text) or (set_id, text, NTE-4) rows
 
 
 def b12(value: str = "1500", units: str = "pmol/L", **kw) -> Obx:
@@ -42,8 +42,9 @@ def _obx_segment(set_id: int, o: Obx) -> list[str]:
            f"|||{o.status}|||{o.obx14}")
     out = [seg]
     for i, nte in enumerate(o.ntes, start=1):
-        sid, text = nte if isinstance(nte, tuple) else (str(i), nte)
-        out.append(f"NTE|{sid}|L|{text}")
+        if not isinstance(nte, tuple):
+            nte = (str(i), nte)
+        out.append("NTE|{}|L|".format(nte[0]) + "|".join(nte[1:]))
     return out
 
 

@@ -160,3 +160,10 @@ def test_journal_thread_opens_lazily_and_reports_failure(tmp_path):
         await good.close()
 
     asyncio.run(main())
+
+
+def test_failure_that_does_not_count_is_still_noted(journal):
+    rid = record(journal, MSG1, "C1").id
+    assert journal.mark_attempt_failed(rid, "connection refused", counts=False) == 0
+    assert journal.get(rid).last_error == "connection refused"
+    assert journal.mark_attempt_failed(rid, "AE", counts=True) == 1

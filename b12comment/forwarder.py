@@ -1,0 +1,279 @@
+"""Deliver journaled messages downstream, in journal order, one at a time.
+
+The head of the queue is the oldest row not yet forwarded or dead. The
+forwarder waits until it is processed, sends its processed bytes (never
+re-serialised), and acts on the outcome:
+
+- `Delivered` (AA/CA, or the file renamed into place): forwarded.
+- `Rejected` (AR/CR): dead-lettered with the reason; the queue moves on.
+- `Retry` (AE/CE, no ACK in time, connection dropped after sending): counted
+  as a failed attempt; after `max_attempts` it is dead-lettered. Failures that
+  say nothing about the message (downstream refused the connection, TLS
+  failure, folder not writable) are retried without counting, so a downstream
+  outage never turns the whole queue into dead letters; the journal still
+  notes them as the row's last error. Every retry waits an exponential
+  backoff with jitter between `retry_initial_s` and `retry_max_s`.
+
+Delivery is at least once: a crash between the downstream's ACK and the
+journal update sends that one message again after restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import mllp
+from .config import DownstreamConfig
+from .framing import Malformed, component, read_header, segment_fields, split_segments
+from .journal import PROCESSED, JournalError, JournalThread, Row
+from .tls import client_context
+
+
+@dataclass(frozen=True)
+class Delivered:
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    reason: str
+    counts: bool = True  # does this failure count against max_attempts?
+
+
+Outcome = Delivered | Rejected | Retry
+
+
+def backoff_delay(failures: int, initial: float, maximum: float, rand=random.random) -> float:
+    """Seconds to wait after `failures` failures in a row (1, 2, ...): doubling
+    from `initial`, capped at `maximum`, jittered down to half (never below initial)."""
+    ceiling = min(maximum, initial * 2 ** min(max(failures - 1, 0), 32))
+    floor = min(ceiling, max(initial, ceiling / 2))
+    return floor + (ceiling - floor) * rand()
+
+
+def read_ack(payload: bytes) -> tuple[str, str, str]:
+    """(MSA-1 code, MSA-2 control ID, HL7 error code from ERR) of an ACK;
+    raises Malformed. Free text is left out: it may name a patient."""
+    header = read_header(payload)
+    d = header.delimiters
+    code = acked = error = ""
+    found = False
+    for seg in split_segments(payload, header.start):
+        fields = segment_fields(payload, seg, d)
+        get = lambda n: fields[n] if n < len(fields) else b""  # noqa: E731
+        if seg.name == b"MSA" and not found:
+            found = True
+            code = get(1).decode("latin-1").strip().upper()
+            acked = get(2).decode("latin-1").strip()
+        elif seg.name == b"ERR" and not error:
+            raw = component(get(3), d, 1) or component(get(1), d, 4)
+            error = re.sub(r"[^A-Za-z0-9]", "", raw.decode("latin-1"))[:10]
+    if not found:
+        raise Malformed("the answer has no MSA segment")
+    return code, acked, error
+
+
+def safe_name(control_id: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", control_id)[:64].strip(".")
+    return name or "no-control-id"
+
+
+class DirTransport:
+    """Folder drop: write a temporary name, fsync, rename, fsync the folder,
+    so a reader never sees half a file. Same name on a resend: idempotent."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def path_for(self, row: Row) -> Path:
+        return self.folder / f"{row.id:012d}_{safe_name(row.control_id)}.hl7"
+
+    async def deliver(self, row: Row) -> Outcome:
+        try:
+            await asyncio.to_thread(self._write, row)
+        except OSError as exc:
+            return Retry(f"cannot write to {self.folder}: {exc.strerror or exc}", counts=False)
+        return Delivered(self.path_for(row).name)
+
+    def _write(self, row: Row) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.path_for(row)
+        tmp = final.with_name(f".{final.name}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(row.processed if row.processed is not None else row.raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def close(self) -> None:
+        pass
+
+
+class MllpTransport:
+    """One MLLP connection downstream, opened when needed and dropped after
+    any failure (a late ACK on an old connection cannot be mistaken)."""
+
+    def __init__(self, host: str, port: int, timeout_s: float, ssl_context: ssl.SSLContext | None = None,
+                 max_ack_bytes: int = 1024 * 1024):
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.ssl_context = ssl_context
+        self.max_ack_bytes = max_ack_bytes
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._decoder = mllp.Decoder(max_ack_bytes)
+
+    async def deliver(self, row: Row) -> Outcome:
+        payload = row.processed if row.processed is not None else row.raw
+        try:
+            frame = mllp.encode(payload)
+        except ValueError as exc:
+            return Rejected(f"cannot be sent over MLLP: {exc}")
+        if self._writer is None:
+            try:
+                await self._connect()
+            except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                await self.close()
+                return Retry(f"cannot connect to {self.host}:{self.port}: {_why(exc)}", counts=False)
+        try:
+            self._writer.write(frame)
+            await asyncio.wait_for(self._writer.drain(), self.timeout_s)
+            return await asyncio.wait_for(self._await_ack(row.control_id), self.timeout_s)
+        except asyncio.TimeoutError:
+            await self.close()
+            return Retry(f"no ACK within {self.timeout_s:g} s")
+        except ssl.SSLError as exc:  # a TLS set-up problem, not this message's fault
+            await self.close()
+            return Retry(f"TLS failure: {_why(exc)}", counts=False)
+        except (OSError, EOFError) as exc:
+            await self.close()
+            return Retry(f"connection lost: {_why(exc)}")
+
+    async def _connect(self) -> None:
+        self._reader, self._writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port, ssl=self.ssl_context,
+                                    server_hostname=self.host if self.ssl_context else None),
+            self.timeout_s)
+        self._decoder = mllp.Decoder(self.max_ack_bytes)
+
+    async def _await_ack(self, control_id: str) -> Outcome:
+        while True:
+            data = await self._reader.read(65536)
+            if not data:
+                raise EOFError("downstream closed the connection before answering")
+            for event in self._decoder.feed(data):
+                if not isinstance(event, mllp.Frame):
+                    continue
+                try:
+                    code, acked, error = read_ack(event.payload)
+                except Malformed as exc:
+                    return Retry(f"unreadable answer: {exc}")
+                if acked != control_id:
+                    continue  # an answer to something else; keep waiting for ours
+                detail = f"{code}, error code {error}" if error else code
+                if code in ("AA", "CA"):
+                    return Delivered(code)
+                if code in ("AR", "CR"):
+                    return Rejected(f"downstream rejected it ({detail})")
+                return Retry(f"downstream answered {detail}")
+
+    async def close(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 2)
+            except (OSError, asyncio.TimeoutError, ssl.SSLError):
+                pass
+
+
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def transport_for(ds: DownstreamConfig):
+    """The transport for `[downstream] url`; TLS files are loaded here (TlsError)."""
+    if ds.url.startswith("dir:"):
+        return DirTransport(ds.url[4:])
+    scheme, rest = ds.url.split("://", 1)
+    host, port = rest.rsplit(":", 1)
+    ctx = client_context(ds.tls_ca, ds.tls_cert, ds.tls_key) if scheme == "mllps" else None
+    return MllpTransport(host, int(port), ds.timeout_s, ctx)
+
+
+class Forwarder:
+    """The one task that empties the queue downstream."""
+
+    def __init__(self, journal: JournalThread, transport, ds: DownstreamConfig, metrics, log,
+                 wake: asyncio.Event, poll_s: float = 1.0):
+        self.journal, self.transport, self.ds = journal, transport, ds
+        self.metrics, self.log, self.wake, self.poll_s = metrics, log, wake, poll_s
+        self._failures = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                try:
+                    row = await self.journal.call("next_undelivered")
+                    if row is None or row.state != PROCESSED:
+                        await _wait(self.wake, self.poll_s)
+                        continue
+                    await self._handle(row, await self.transport.deliver(row), stop)
+                except JournalError as exc:
+                    self.log.error("journal_unavailable", stage="forwarder", error=str(exc))
+                    await _wait(stop, self.ds.retry_initial_s)
+        finally:
+            await self.transport.close()
+
+    async def _handle(self, row: Row, outcome: Outcome, stop: asyncio.Event) -> None:
+        fields = dict(journal_id=row.id, control_id=row.control_id, message_type=row.message_type)
+        if isinstance(outcome, Delivered):
+            started = time.monotonic()
+            await self.journal.call("mark_forwarded", row.id)
+            self._failures = 0
+            self.metrics.inc("b12comment_forwarded_total")
+            self.log.info("forwarded", **fields, attempts=row.attempts + 1, answer=outcome.detail,
+                          journal_ms=round((time.monotonic() - started) * 1000, 2))
+            return
+        if isinstance(outcome, Rejected):
+            await self._dead(row, outcome.reason, fields)
+            return
+        self._failures += 1
+        attempts = await self.journal.call("mark_attempt_failed", row.id, outcome.reason, outcome.counts)
+        if outcome.counts and attempts >= self.ds.max_attempts:
+            await self._dead(row, f"gave up after {attempts} attempts: {outcome.reason}", fields)
+            return
+        delay = backoff_delay(self._failures, self.ds.retry_initial_s, self.ds.retry_max_s)
+        self.metrics.inc("b12comment_retries_total")
+        self.log.warning("delivery_failed", **fields, attempts=attempts, error=outcome.reason,
+                         retry_in_s=round(delay, 3))
+        await _wait(stop, delay)
+
+    async def _dead(self, row: Row, reason: str, fields: dict) -> None:
+        await self.journal.call("mark_dead", row.id, reason)
+        self._failures = 0
+        self.metrics.inc("b12comment_dead_lettered_total")
+        self.log.error("dead_lettered", **fields, reason=reason)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,98 @@
+"""`b12comment queue status|dead|retry`: look into the journal, and put
+dead-lettered messages back in the queue. Prints no patient data: control
+IDs, message types, times, states and reasons only.
+
+Safe while `serve` runs: SQLite in WAL mode lets readers and one writer
+share the file, and the forwarder picks up retried messages within a second.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .config import Config
+from .journal import STATES, Journal, JournalError
+
+EXIT_OK, EXIT_IO, EXIT_USAGE = 0, 1, 2
+
+
+def run_queue(config: Config, args) -> int:
+    path = Path(config.journal.path)
+    if args.queue_command == "retry" and bool(args.control_id) == bool(getattr(args, "all", False)):
+        print("b12comment: queue retry needs a CONTROL_ID or --all (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    if not path.is_file():
+        print(f"b12comment: no journal at {path} ([journal] path in {config.source})", file=sys.stderr)
+        return EXIT_IO
+    try:
+        journal = Journal(path)
+    except JournalError as exc:
+        print(f"b12comment: {exc}", file=sys.stderr)
+        return EXIT_IO
+    try:
+        if args.queue_command == "status":
+            return _status(journal)
+        if args.queue_command == "dead":
+            return _dead(journal)
+        return _retry(journal, None if args.all else args.control_id)
+    except JournalError as exc:
+        print(f"b12comment: {exc}", file=sys.stderr)
+        return EXIT_IO
+    finally:
+        journal.close()
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def _status(journal: Journal) -> int:
+    counts = journal.counts()
+    print(f"journal: {journal.path}")
+    for state in STATES:
+        print(f"  {state:<10} {counts[state]}")
+    oldest = journal.oldest_undelivered()
+    waiting = counts["received"] + counts["processed"]
+    if oldest is None:
+        print("undelivered: none")
+    else:
+        print(f"undelivered: {waiting}, oldest received {_when(oldest)} ({_age(time.time() - oldest)} ago)")
+    return EXIT_OK
+
+
+def _dead(journal: Journal) -> int:
+    rows = journal.rows("dead")
+    if not rows:
+        print("no dead-lettered messages")
+        return EXIT_OK
+    print(f"{'id':>8}  {'control ID':<24} {'type':<10} {'received':<23} {'dead since':<23} {'tries':>5}  reason")
+    for r in rows:
+        print(f"{r.id:>8}  {r.control_id or '-':<24} {r.message_type or '-':<10} {_when(r.received_at):<23} "
+              f"{_when(r.updated_at):<23} {r.attempts:>5}  {r.last_error or ''}")
+    print(f"{len(rows)} dead-lettered; put back with: b12comment queue retry CONTROL_ID|--all")
+    return EXIT_OK
+
+
+def _retry(journal: Journal, control_id: str | None) -> int:
+    count = journal.retry(control_id)
+    if count == 0:
+        what = f"with control ID {control_id!r}" if control_id else "at all"
+        print(f"b12comment: no dead-lettered message {what}", file=sys.stderr)
+        return EXIT_IO
+    print(f"requeued {count} message{'s' if count != 1 else ''}; the running service delivers "
+          "them in journal order")
+    return EXIT_OK

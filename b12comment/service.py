@@ -1,0 +1,227 @@
+"""`b12comment serve`: listener -> journal -> processing -> forwarder.
+
+The stages meet only in the journal, so each can stop and restart on its own:
+
+- the listener journals each frame and ACKs it (see listener.py);
+- the processing stage takes journaled rows in id order, runs the core's
+  `process()` on a worker thread and records the processed bytes and the
+  decision (one "decision" log record per message). An error there forwards
+  the original bytes: results always flow. After a crash, rows still in
+  state `received` are processed at start: `process()` is pure, so the redo
+  gives the same bytes;
+- the forwarder delivers processed rows in id order (see forwarder.py);
+- a pruning task deletes delivered rows after `[journal] retention_days`.
+
+SIGTERM and SIGINT stop accepting, let open connections finish the frames
+they have read, let the forwarder finish its current delivery, and exit 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from . import logs
+from .config import Config
+from .decision import INTERNAL_ERROR
+from .engine import process
+from .forwarder import Forwarder, transport_for
+from .journal import JournalError, JournalThread
+from .listener import Intake, Listener
+from .metrics import Metrics, MetricsServer
+from .tls import TlsError, server_context
+
+EXIT_OK, EXIT_IO, EXIT_USAGE = 0, 1, 2
+PRUNE_EVERY_S = 3600.0
+
+
+class StartupError(Exception):
+    """serve cannot start; the message is the one line to print."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_IO):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Processor:
+    """Runs process() on every journaled message, in id order."""
+
+    def __init__(self, journal: JournalThread, rule, metrics: Metrics, log,
+                 wake: asyncio.Event, processed: asyncio.Event, poll_s: float = 1.0):
+        self.journal, self.rule, self.metrics, self.log = journal, rule, metrics, log
+        self.wake, self.processed, self.poll_s = wake, processed, poll_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="process")
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                try:
+                    rows = await self.journal.call("unprocessed", 100)
+                except JournalError as exc:
+                    self.log.error("journal_unavailable", stage="processing", error=str(exc))
+                    await _wait(stop, self.poll_s)
+                    continue
+                if not rows:
+                    await _wait(self.wake, self.poll_s)
+                    continue
+                for row in rows:
+                    if stop.is_set():
+                        break
+                    started = time.monotonic()
+                    out, fields = await loop.run_in_executor(self._executor, _safe_process, row.raw, self.rule)
+                    elapsed = time.monotonic() - started
+                    try:
+                        await self.journal.call("mark_processed", row.id, out, fields["commented"], fields["reasons"])
+                    except JournalError as exc:
+                        self.log.error("journal_unavailable", stage="processing", error=str(exc))
+                        break
+                    self.metrics.observe("b12comment_processing_seconds", elapsed)
+                    if fields["commented"]:
+                        self.metrics.inc("b12comment_commented_total")
+                    fields = {"control_id": row.control_id, "message_type": row.message_type, **fields}
+                    self.log.info("decision", journal_id=row.id, peer=row.peer,
+                                  processing_ms=round(elapsed * 1000, 3), **fields)
+                    self.processed.set()
+        finally:
+            self._executor.shutdown(wait=False)
+
+
+def _safe_process(raw: bytes, rule) -> tuple[bytes, dict]:
+    """process(), with the promise kept even if the core broke its own: on
+    any failure, and whenever there is no comment, the original bytes go on."""
+    try:
+        out, decision = process(raw, rule)
+        fields = decision.log_fields()
+        if not decision.commented and out != raw:
+            out = raw
+        return out, fields
+    except Exception as exc:  # noqa: BLE001 - results must keep flowing
+        return raw, {"commented": False, "reasons": [INTERNAL_ERROR], "error": type(exc).__name__}
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+class Service:
+    """All stages of serve, started and stopped together."""
+
+    def __init__(self, config: Config, log=None):
+        self.config = config
+        self.log = log or logs.get_logger()
+        self.metrics = Metrics()
+        self.journal = JournalThread(config.journal.path)
+        self.stop_event = asyncio.Event()
+        self.journaled = asyncio.Event()
+        self.processed = asyncio.Event()
+        self.listener: Listener | None = None
+        self.metrics_server: MetricsServer | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        cfg = self.config
+        lis, ds = cfg.listener, cfg.downstream
+        try:
+            ssl_ctx = server_context(lis.tls_cert, lis.tls_key, lis.tls_client_ca) if lis.tls_cert else None
+            transport = transport_for(ds)
+        except TlsError as exc:
+            raise StartupError(str(exc), EXIT_USAGE) from None
+        try:
+            await self.journal.call("depth")
+        except JournalError as exc:
+            self.log.error("journal_unavailable", stage="start", error=str(exc),
+                               consequence="messages are answered AE until the journal can be written")
+        intake = Intake(self.journal, cfg.journal, self.log, on_journaled=self.journaled.set)
+        self.listener = Listener(lis, intake, self.log, self.metrics, ssl_ctx)
+        try:
+            await self.listener.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {lis.host}:{lis.port}: {exc.strerror or exc}") from None
+        if cfg.metrics.port:
+            self.metrics_server = MetricsServer(
+                self.metrics, cfg.metrics.host, cfg.metrics.port,
+                queue_depth=lambda: self.journal.call("depth"), healthy=self.journal.available)
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                await self.listener.stop(0)
+                raise StartupError(f"cannot serve metrics on {cfg.metrics.host}:{cfg.metrics.port}: "
+                                   f"{exc.strerror or exc}") from None
+        processor = Processor(self.journal, cfg.rule, self.metrics, self.log, self.journaled, self.processed)
+        forwarder = Forwarder(self.journal, transport, ds, self.metrics, self.log, self.processed)
+        self._tasks = [asyncio.create_task(self._supervise("processing", processor.run), name="processing"),
+                       asyncio.create_task(self._supervise("forwarder", forwarder.run), name="forwarder"),
+                       asyncio.create_task(self._prune(), name="prune")]
+        self.log.info("listening", host=lis.host, port=self.listener.port, tls=ssl_ctx is not None,
+                      mutual_tls=bool(lis.tls_client_ca), downstream=ds.url.split("://")[0],
+                      metrics_port=self.metrics_server.port if self.metrics_server else None)
+
+    async def _supervise(self, name: str, run) -> None:
+        """Keep a stage running: a bug in one must not silently stop the flow."""
+        while not self.stop_event.is_set():
+            try:
+                await run(self.stop_event)
+            except Exception as exc:  # noqa: BLE001
+                self.log.error("stage_failed", stage=name, error=type(exc).__name__, restart_in_s=1.0)
+                await _wait(self.stop_event, 1.0)
+
+    async def _prune(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                removed = await self.journal.call("prune", self.config.journal.retention_days)
+                if removed:
+                    self.log.info("journal_pruned", rows=removed)
+            except JournalError as exc:
+                self.log.error("journal_unavailable", stage="prune", error=str(exc))
+            await _wait(self.stop_event, PRUNE_EVERY_S)
+
+    async def stop(self) -> None:
+        self.log.info("stopping")
+        if self.listener is not None:
+            await self.listener.stop(grace_s=30.0)
+        self.stop_event.set()
+        self.journaled.set()
+        self.processed.set()
+        if self._tasks:
+            # A delivery in flight may take connect + send + ACK, each up to timeout_s.
+            _, pending = await asyncio.wait(self._tasks, timeout=3 * self.config.downstream.timeout_s + 5)
+            for task in pending:
+                task.cancel()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+        await self.journal.close()
+        self.log.info("stopped")
+
+
+async def serve(config: Config) -> int:
+    service = Service(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+    except StartupError:
+        await service.journal.close()
+        raise
+    await stop.wait()
+    await service.stop()
+    return EXIT_OK
+
+
+def run_serve(config: Config) -> int:
+    """Entry point for `b12comment serve`: returns the exit code."""
+    lg = config.logging
+    logs.configure(lg.level, lg.format, lg.patient_data)
+    try:
+        return asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"b12comment: {exc}", file=sys.stderr)
+        return exc.exit_code
