@@ -234,3 +234,36 @@ def test_html_report_is_self_contained(tmp_path):
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in page and "<script" not in page
     assert "limit 1200" in page and "other_abnormal" in page
+
+
+def run_on_terminal(args) -> bytes:
+    """Run replay with stderr on a pseudo-terminal; return what the terminal showed."""
+    import pty
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "b12comment", "replay", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=child, stdin=subprocess.DEVNULL)
+    os.close(child)
+    shown = b""
+    while True:
+        try:
+            data = os.read(main, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    proc.wait(timeout=120)
+    os.close(main)
+    return shown
+
+
+def test_progress_line_on_a_terminal_only(tmp_path):
+    make_archive(tmp_path / "in", files=3, per_file=5)
+    shown = run_on_terminal([tmp_path / "in", "--dry-run", "--workers", 1])
+    assert b"\r3 files, 15 messages" in shown and b"msg/s, ETA" in shown
+    assert b"replayed 3 files, 15 messages" in shown  # the closing summary
+    quiet = run_on_terminal([tmp_path / "in", "--dry-run", "--workers", 1, "--quiet"])
+    assert b"msg/s, ETA" not in quiet
+    piped = subprocess.run([sys.executable, "-m", "b12comment", "replay", str(tmp_path / "in"), "--dry-run"],
+                           capture_output=True, timeout=120)
+    assert b"ETA" not in piped.stderr and b"replayed 3 files" in piped.stderr
