@@ -17,6 +17,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -108,7 +109,7 @@ class BatchCheck:
         self.in_batch += 1
 
     def line(self, data: bytes) -> None:
-        seg = data.lstrip(b"\xef\xbb\xbf \t\x00").rstrip(b"\r\n")
+        seg = re.split(rb"[\r\n]", data.lstrip(b"\xef\xbb\xbf \t\x00"), maxsplit=1)[0]
         name = seg[:3]
         if name == b"BHS":
             self.batches += 1

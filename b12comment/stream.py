@@ -1,9 +1,11 @@
 """Cut a stream of bytes (a file of one or many messages) into pieces.
 
-A piece is either a message (from a line starting with MSH to the line before
-the next MSH, batch line or end) or other bytes (anything before the first
-MSH, batch header/trailer lines FHS/BHS/BTS/FTS). Joining the pieces gives
-back the input exactly. Reads in chunks: memory holds one message at a time.
+A piece runs from a line that starts with MSH, FHS, BHS, BTS or FTS to the
+next such line (or the end). One that starts with MSH is a message; the
+others (a batch header or trailer line and whatever follows it, and anything
+before the first such line) are other bytes, copied as they are. Joining the
+pieces gives back the input exactly. Reads in chunks: memory holds one
+message at a time.
 """
 from __future__ import annotations
 
@@ -12,33 +14,12 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
 CHUNK = 1 << 20
-_BREAK = re.compile(rb"\r\n|\r|\n")
-_BATCH = (b"FHS", b"BHS", b"BTS", b"FTS")
-_LEAD = b"\xef\xbb\xbf \t\x00"
 
 
 @dataclass(frozen=True)
 class Piece:
     kind: str  # "message" or "other"
     data: bytes
-
-
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines with their terminators (\\r, \\n or \\r\\n), across chunk edges."""
-    pending = b""
-    for chunk in chunks:
-        if not chunk:
-            continue
-        buf = pending + chunk
-        pos = 0
-        for m in _BREAK.finditer(buf):
-            if m.end() == len(buf) and m.group() == b"\r":
-                break  # a \r at the edge may be the first half of \r\n
-            yield buf[pos:m.end()]
-            pos = m.end()
-        pending = buf[pos:]
-    if pending:
-        yield pending
 
 
 def iter_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:

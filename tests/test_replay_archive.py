@@ -94,7 +94,7 @@ def test_mllp_capture_keeps_its_framing(tmp_path):
 
 def test_batch_with_wrong_count_is_reported_and_processed(tmp_path):
     batch = (b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\r" + numbered(CHILD, 1) + numbered(CHILD, 2)
-             + b"BTS|3\rFTS|1\r")
+             + b"BTS|3\rZNOTE|after the trailer\rFTS|1\r")
     src = tmp_path / "batch.hl7"
     src.write_bytes(batch)
     proc = cli(src, "--out", tmp_path / "out", "--report", tmp_path / "r.json")
@@ -104,7 +104,7 @@ def test_batch_with_wrong_count_is_reported_and_processed(tmp_path):
         {"file": "batch.hl7", "segment": "BTS", "declared": "3", "counted": 2}]
     out = (tmp_path / "out" / "batch.hl7").read_bytes()
     assert out.count(b"NTE|1|L|") == 2
-    assert out.startswith(b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\rMSH") and out.endswith(b"BTS|3\rFTS|1\r")
+    assert out.startswith(b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\rMSH") and out.endswith(b"BTS|3\rZNOTE|after the trailer\rFTS|1\r")
 
 
 def test_include_exclude_and_dry_run(tmp_path):
