@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _LEADING_SPACE = b" \t\r\n\x00\xef\xbb\xbf"
@@ -27,7 +28,7 @@ class Delimiters:
     subcomponent: bytes | None  # None where MSH-2 has fewer than four characters
     truncation: bytes | None
 
-    @property
+    @cached_property
     def valid(self) -> bool:
         chars = [self.field, self.component, self.repetition, self.escape,
                  self.subcomponent, self.truncation]
@@ -66,28 +67,28 @@ class Header:
     def first_component(self, n: int, k: int = 1) -> str:
         return component(self.field(n), self.delimiters, k).decode("latin-1").strip()
 
-    @property
+    @cached_property
     def message_code(self) -> str:
         return self.first_component(9, 1)
 
-    @property
+    @cached_property
     def trigger_event(self) -> str:
         return self.first_component(9, 2)
 
-    @property
+    @cached_property
     def message_type(self) -> str:
         code, trigger = self.message_code, self.trigger_event
         return f"{code}^{trigger}" if trigger else code
 
-    @property
+    @cached_property
     def control_id(self) -> str:
         return self.field(10).decode("latin-1").strip()
 
-    @property
+    @cached_property
     def version(self) -> str:
         return self.first_component(12, 1)
 
-    @property
+    @cached_property
     def charset(self) -> str:
         raw = self.field(18)
         return first_repetition(raw, self.delimiters).decode("latin-1").strip()

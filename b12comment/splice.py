@@ -9,11 +9,13 @@ moves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import charset
 from .framing import Delimiters, Segment
 
 
+@lru_cache(maxsize=64)
 def comment_field(text: str, delims: Delimiters, codec: str) -> bytes:
     """NTE-3 bytes for `text`: encoded, then escaped byte-wise."""
     raw = charset.encode(text.replace("\r\n", "\n").replace("\r", "\n"), codec)
