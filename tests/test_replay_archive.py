@@ -153,7 +153,7 @@ def test_workers_give_identical_output_and_report(tmp_path):
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
-    make_archive(tmp_path / "in", files=150, per_file=60, fast=True)
+    make_archive(tmp_path / "in", files=200, per_file=60, fast=True)
     assert cli(tmp_path / "in", "--out", tmp_path / "clean", "--workers", 1,
                "--report", tmp_path / "clean.json").returncode == 0
     out = tmp_path / "out"
@@ -163,7 +163,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
     progress = out / ".b12comment-replay.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if progress.exists() and progress.read_text().count("\n") > 10:
+        if progress.exists() and progress.read_text().count("\n") > 3:
             break
         time.sleep(0.01)
     killed = proc.poll() is None
@@ -171,7 +171,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
     proc.wait(timeout=30)
     assert killed, "the replay finished before it could be interrupted; make the archive larger"
     done_before = progress.read_text().count("\n") - 1
-    assert 0 < done_before < 150
+    assert 0 < done_before < 200
     resumed = cli(tmp_path / "in", "--out", out, "--resume", "--workers", 2, "--report", tmp_path / "r.json")
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert tree(out) == tree(tmp_path / "clean")
