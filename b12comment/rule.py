@@ -38,13 +38,10 @@ def patient_age(facts: Facts, obs: Observation, rule: RuleConfig) -> Age | None:
     return age_at(birth, collected)
 
 
-def band_limit(age: Age, rule: RuleConfig) -> float | None:
-    """The fallback limit for the youngest age the patient could be (the highest
-    limit, so a doubt about the band never makes a normal value elevated)."""
-    for band in rule.age_bands:
-        if age.youngest < band.below_years:
-            return band.upper_limit_pmol_l
-    return None
+def band_limit(age: Age, rule: RuleConfig) -> float:
+    """The fallback limit for the youngest age a patient under 18 could be (the
+    highest limit, so a doubt about the band never makes a normal value elevated)."""
+    return next(b.upper_limit_pmol_l for b in rule.age_bands if age.youngest < b.below_years)
 
 
 def is_abnormal(obs: Observation, rule: RuleConfig) -> bool:
@@ -57,7 +54,7 @@ def is_abnormal(obs: Observation, rule: RuleConfig) -> bool:
     return any(outside(q, rng) for q in possible_quantities(obs.value_type, list(obs.value)))
 
 
-def context_reasons(facts: Facts, own: Observation, rule: RuleConfig) -> list[str]:
+def context_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
     """Reasons found in the other results of the message (not other B12 results)."""
     b12_positions = {r.observation.position for r in facts.b12}
     reasons = []
@@ -76,12 +73,10 @@ def context_reasons(facts: Facts, own: Observation, rule: RuleConfig) -> list[st
     return reasons
 
 
-def elevation(q: Quantity, obs: Observation, factor: float, age: Age | None,
-              rule: RuleConfig) -> tuple[bool | None, float | None, str | None]:
-    """(elevated?, limit in pmol/L, where the limit came from).
-
-    elevated is None when it cannot be told (no flag, no range, age unknown).
-    """
+def elevation(q: Quantity, obs: Observation, factor: float, age: Age,
+              rule: RuleConfig) -> tuple[bool, float | None, str]:
+    """(elevated?, limit in pmol/L, where the limit came from) for a patient
+    under 18: the lab's flag, else its OBX-7 range, else the age band."""
     flags = {f.upper() for f in obs.flags}
     rng = parse_range(obs.range_text)
     range_upper = rng.upper * factor if rng is not None and rng.upper is not None else None
@@ -91,11 +86,7 @@ def elevation(q: Quantity, obs: Observation, factor: float, age: Age | None,
         return False, range_upper, "flag"
     if range_upper is not None:
         return q.scaled(factor).above(range_upper), range_upper, "range"
-    if age is None:
-        return None, None, None
     limit = band_limit(age, rule)
-    if limit is None:
-        return None, None, None
     return q.scaled(factor).above(limit), limit, "age_band"
 
 
@@ -132,11 +123,11 @@ def decide_result(facts: Facts, result: B12Result, rule: RuleConfig,
         value_pmol = round(q.number * factor, 1)
         comparator = q.comparator
         elevated, limit, source = elevation(q, obs, factor, age, rule)
-        if elevated is False:  # None: no flag, no range and no age band (age reasons given)
+        if not elevated:
             reasons.append(NOT_ELEVATED)
         if limit is not None:
             limit = round(limit, 1)
-    reasons.extend(context_reasons(facts, obs, rule))
+    reasons.extend(context_reasons(facts, rule))
     return ResultDecision(
         obx_index=obs.position, code=result.code, commented=not reasons,
         reasons=tuple(dict.fromkeys(reasons)),
