@@ -10,6 +10,7 @@ MALFORMED = "malformed"
 NOT_ORU = "not_oru"
 NO_B12 = "no_b12"
 MULTIPLE_PATIENTS = "multiple_patients"
+TOO_MANY_B12 = "too_many_b12"
 UNSUPPORTED_CHARSET = "unsupported_charset"
 INTERNAL_ERROR = "internal_error"
 # Result-level reasons (one B12 OBX)
@@ -28,6 +29,7 @@ REASONS = {
     NOT_ORU: "the message is not a configured result message type (ORU^R01)",
     NO_B12: "no OBX carries a configured total-B12 code",
     MULTIPLE_PATIENTS: "the message holds more than one PID; results cannot be tied to one patient",
+    TOO_MANY_B12: "more than 10 total-B12 results in one message: not one sample's report",
     UNSUPPORTED_CHARSET: "MSH-18 names a character set the comment cannot be written in safely",
     INTERNAL_ERROR: "interpretation failed unexpectedly; the message is forwarded unchanged",
     ALREADY_COMMENTED: "the B12 OBX already carries the comment (idempotent re-processing)",

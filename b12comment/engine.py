@@ -11,8 +11,8 @@ from hl7apy.exceptions import HL7apyException
 from . import charset
 from .config import RuleConfig
 from .decision import (INTERNAL_ERROR, MALFORMED, MULTIPLE_PATIENTS, NO_B12, NOT_ORU,
-                       UNSUPPORTED_CHARSET, Decision)
-from .facts import read_detail, read_facts
+                       TOO_MANY_B12, UNSUPPORTED_CHARSET, Decision)
+from .facts import MAX_B12_RESULTS, read_detail, read_facts
 from .framing import Header, Malformed, read_header
 from .rule import decide_result, is_paediatric, patient_age
 from .splice import apply, comment_field, insertion_after, next_set_id, nte_segment
@@ -66,6 +66,9 @@ def _process(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[bytes, D
     notes = facts.notes
     if not facts.b12:  # the same Decision the pre-check gives
         return message, Decision(False, (NO_B12,), **base)
+    if len(facts.b12) > MAX_B12_RESULTS:
+        return message, Decision(False, (TOO_MANY_B12,), notes=notes,
+                                 detail=f"{len(facts.b12)} total-B12 results", **base)
     if facts.patient_count > 1:
         return message, Decision(False, (MULTIPLE_PATIENTS,), notes=notes, **base)
     if codec is None or not _delimiters_safe(header, codec):

@@ -21,6 +21,10 @@ from .framing import (Delimiters, Header, Segment, component, field_of, repetiti
                       segment_fields, split_segments)
 
 FALLBACK_VERSION = "2.5.1"
+# More total-B12 results than this in one message is not a lab report of one
+# sample: no comment, and nothing of them is read with hl7apy (a 1 MiB message
+# of B12 OBX segments would otherwise take seconds).
+MAX_B12_RESULTS = 10
 
 
 @dataclass(frozen=True)
@@ -254,14 +258,22 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
             if code is None:
                 observations.append(_cheap_observation(fields, header, codec, position, index, group))
             else:
-                # Only the collection time now: the age decides whether the rest is read.
-                obs = replace(_cheap_observation(fields, header, codec, position, index, group),
-                              observed_at=reader.first(field_of(fields, 14), "OBX_14"))
+                # Read cheaply now; the collection time with hl7apy below, and the
+                # rest only if the age says so (read_detail).
+                obs = _cheap_observation(fields, header, codec, position, index, group)
                 observations.append(obs)
                 open_b12 = {"obs": obs, "code": code, "last": index, "texts": [], "ids": [],
                             "fields": fields}
     close_block()
-    birth = reader.first(raw_birth, "PID_7") if b12 else ""
+    if not b12 or len(b12) > MAX_B12_RESULTS:  # nothing more is read: no comment either way
+        return Facts(header=header, segments=segments, codec=codec, hl7_version=reader.version,
+                     notes=reader.notes, patient_count=patient_count, birth="", message_time="",
+                     order_times={}, specimen_times={}, observations=tuple(observations),
+                     b12=tuple(b12))
+    b12 = [replace(r, observation=replace(r.observation,
+                                          observed_at=reader.first(field_of(list(r.fields), 14), "OBX_14")))
+           for r in b12]
+    birth = reader.first(raw_birth, "PID_7")
     b12_groups = {r.observation.group for r in b12}
     order_times = {g: reader.first(raw, "OBR_7") for g, raw in raw_order_times.items() if g in b12_groups}
     specimen_times = {g: reader.first(raw, "SPM_17") for g, raw in raw_specimen_times.items()

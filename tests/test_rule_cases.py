@@ -211,7 +211,7 @@ def expected_commented(kw: dict) -> bytes:
 def test_all_reason_codes_covered():
     from b12comment import decision
     covered = {r for _, _, _, reasons, _ in CASES for r in reasons}
-    covered |= {"already_commented", "internal_error"}  # tested below
+    covered |= {"already_commented", "internal_error", "too_many_b12"}  # tested below
     codes = {v for k, v in vars(decision).items() if k.isupper() and isinstance(v, str)
              and k not in ("RULE_VERSION",)}
     assert codes <= covered, codes - covered
@@ -471,3 +471,17 @@ def test_three_character_encoding_is_read_and_commented():
     out, d = process(msg, RULE)
     assert d.commented, d
     assert out.count(b"\rNTE|1|L|") == 1
+
+
+def test_too_many_b12_results_in_one_message_get_no_comment():
+    """A message of thousands of B12 OBX is not one sample's report: no comment,
+    and it is decided without reading them all (it used to take seconds)."""
+    base = build()
+    obx = [line for line in base.split(b"\r") if line.startswith(b"OBX|")][0]
+    many = base.replace(obx + b"\r", (obx + b"\r") * 5000)
+    out, d = process(many, RULE)
+    assert out == many
+    assert d.reasons == ("too_many_b12",) and d.detail == "5000 total-B12 results"
+    ten = base.replace(obx + b"\r", (obx + b"\r") * 10)
+    out, d = process(ten, RULE)
+    assert d.commented and out.count(b"\rNTE|1|L|") == 10
