@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -227,7 +228,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _positive(r: _Reader, key: str, value: float, allow_zero: bool = False) -> float:
-    if value < 0 or (value == 0 and not allow_zero):
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise r.fail(key, f"must be {'zero or more' if allow_zero else 'greater than zero'}, not {value!r}")
     return value
 
@@ -265,7 +266,7 @@ def _load_rule(path: str, table: dict[str, Any]) -> RuleConfig:
             br.done()
             if below is None or not 1 <= below <= 18:
                 raise br.fail("below_years", f"must be an integer from 1 to 18, not {below!r}")
-            if limit is None or limit <= 0:
+            if limit is None or not math.isfinite(limit) or limit <= 0:
                 raise br.fail("upper_limit_pmol_l", f"must be a number above 0, not {limit!r}")
             bands.append(AgeBand(below, limit))
         bands.sort(key=lambda b: b.below_years)
@@ -277,7 +278,8 @@ def _load_rule(path: str, table: dict[str, Any]) -> RuleConfig:
     if raw_units is not None:
         units = []
         for name, factor in raw_units.items():
-            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+            if (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                    or not math.isfinite(factor) or factor <= 0):
                 raise r.fail(f"units.{name}", f"must be a number above 0 (factor to pmol/L), not {factor!r}")
             units.append((name, float(factor)))
         units = tuple(units)

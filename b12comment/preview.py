@@ -64,26 +64,31 @@ def describe(index: int, decision: Decision, before: bytes, after: bytes, commen
 
 def run_preview(config: Config, file: str, as_json: bool = False) -> int:
     try:
-        stream = sys.stdin.buffer if file == "-" else open(Path(file), "rb")
-    except OSError as exc:
+        with (sys.stdin.buffer if file == "-" else open(Path(file), "rb")) as stream:
+            count = _preview_stream(config, stream, as_json)
+    except OSError as exc:  # cannot open, or a read fails half-way
         print(f"b12comment preview: cannot read {file}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    count = 0
-    with stream:
-        for piece in iter_pieces(iter_chunks(stream)):
-            if piece.kind != "message":
-                continue
-            count += 1
-            after, decision = process(piece.data, config.rule)
-            if as_json:
-                record = {"control_id": decision.control_id, "commented": decision.commented,
-                          "reasons": list(decision.reasons), "output": _as_text(after)}
-                record.update({k: v for k, v in decision.as_dict().items() if k not in record})
-                print(json.dumps(record, ensure_ascii=False))
-            else:
-                print(describe(count, decision, piece.data, after, config.rule.comment_text()))
-                print()
     if count == 0:
         print(f"b12comment preview: no HL7 message (no MSH segment) in {file}", file=sys.stderr)
         return 1
     return 0
+
+
+def _preview_stream(config: Config, stream, as_json: bool) -> int:
+    """Print every message's preview; returns how many there were."""
+    count = 0
+    for piece in iter_pieces(iter_chunks(stream)):
+        if piece.kind != "message":
+            continue
+        count += 1
+        after, decision = process(piece.data, config.rule)
+        if as_json:
+            record = {"control_id": decision.control_id, "commented": decision.commented,
+                      "reasons": list(decision.reasons), "output": _as_text(after)}
+            record.update({k: v for k, v in decision.as_dict().items() if k not in record})
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(describe(count, decision, piece.data, after, config.rule.comment_text()))
+            print()
+    return count

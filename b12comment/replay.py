@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,7 +169,7 @@ def replay_file(job: Job) -> Tally:
                 os.replace(tmp, dst)
             else:
                 tmp.unlink()
-    except (OSError, EOFError, ValueError) as exc:  # unreadable, truncated gzip, no space...
+    except (OSError, EOFError, ValueError, zlib.error) as exc:  # unreadable, cut or corrupt gzip, no space...
         if tmp is not None and tmp.exists():
             tmp.unlink()
         tally.errors.append({"file": job.rel, "error": _describe(exc)})
@@ -182,6 +183,8 @@ def replay_file(job: Job) -> Tally:
 def _describe(exc: Exception) -> str:
     if isinstance(exc, EOFError):
         return "compressed file ends early (truncated gzip)"
+    if isinstance(exc, zlib.error):
+        return f"compressed data is corrupt (gzip): {exc}"
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
     return f"{type(exc).__name__}: {exc}"

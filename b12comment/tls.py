@@ -34,9 +34,21 @@ def client_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContex
     return ctx
 
 
+class _Encrypted(Exception):
+    pass
+
+
+def _no_passphrase():
+    """Called by OpenSSL instead of prompting on the terminal for a passphrase."""
+    raise _Encrypted()
+
+
 def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
     try:
-        ctx.load_cert_chain(cert, key or None)
+        ctx.load_cert_chain(cert, key or None, password=_no_passphrase)
+    except _Encrypted:
+        raise TlsError(f"TLS key {key or cert!r} is protected by a passphrase; "
+                       "give a key file without one (readable only by the service user)") from None
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(f"cannot load TLS certificate {cert!r} with key {key!r}: {_why(exc)}") from None
 
