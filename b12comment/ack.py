@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .framing import DEFAULT_DELIMITERS, Delimiters, Malformed, read_header
+from .framing import DEFAULT_DELIMITERS, Delimiters, Header, Malformed, read_header
 
 ACCEPT, ERROR, REJECT = "AA", "AE", "AR"
 
@@ -40,16 +40,18 @@ class AckError:
 
 
 def build_ack(received: bytes, code: str, control_id: str, timestamp: str,
-              error: AckError | None = None) -> bytes:
+              error: AckError | None = None, header: Header | None = None) -> bytes:
     """The ACK message (without MLLP framing) answering `received`.
 
     `control_id` is the ACK's own MSH-10 and `timestamp` its MSH-7 (HL7 DTM);
-    both come from the caller so that this function stays pure.
+    both come from the caller so that this function stays pure. `header` is
+    `read_header(received)` when the caller has it already.
     """
-    try:
-        header = read_header(received)
-    except Malformed:
-        header = None
+    if header is None:
+        try:
+            header = read_header(received)
+        except Malformed:
+            header = None
     if header is not None:
         d = header.delimiters
         encoding_chars = header.field(2)

@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     mode = sp.add_mutually_exclusive_group(required=True)
     mode.add_argument("--out", metavar="DIR", help="folder for the output files")
     mode.add_argument("--dry-run", action="store_true", help="write no output, only report")
+    mode.add_argument("--forward", metavar="URL",
+                      help="send every processed message downstream (mllp://, mllps:// or dir:) "
+                           "through a journal and the service's forwarder")
+    sp.add_argument("--journal", metavar="PATH",
+                    help="with --forward: the journal to queue in (default: [journal] path with "
+                         "'-replay' added to its name, never the one serve uses)")
     sp.add_argument("--include", action="append", default=[], metavar="GLOB",
                     help="only files whose relative path or name matches (repeatable)")
     sp.add_argument("--exclude", action="append", default=[], metavar="GLOB",
@@ -102,15 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         from .replay import Options, run_replay
         if args.workers < 1:
             parser.error("--workers must be 1 or more")
-        if args.resume and not args.out:
-            parser.error("--resume needs --out")
+        if args.resume and not (args.out or args.forward):
+            parser.error("--resume needs --out or --forward")
+        if args.journal and not args.forward:
+            parser.error("--journal goes with --forward")
         try:
             old = load_config(args.compare_with) if args.compare_with else None
         except ConfigError as exc:
             print(f"b12comment: configuration error (--compare-with): {exc}", file=sys.stderr)
             return EXIT_USAGE
         return run_replay(config, args.inputs, Options(
-            out=args.out, dry_run=args.dry_run, include=tuple(args.include),
+            out=args.out, dry_run=args.dry_run, forward=args.forward, journal=args.journal,
+            include=tuple(args.include),
             exclude=tuple(args.exclude), resume=args.resume, workers=args.workers,
             quiet=args.quiet, report=args.report, html=args.html, old_config=old))
     if args.command == "serve":

@@ -15,7 +15,15 @@ re-serialised), and acts on the outcome:
   backoff with jitter between `retry_initial_s` and `retry_max_s`.
 
 Delivery is at least once: a crash between the downstream's ACK and the
-journal update sends that one message again after restart.
+journal update sends that one message again after restart (for a folder
+drop, the batch written since the last journal update: files of the same
+names, written again). The journal updates here are commits without an fsync
+of their own (see journal.py), so a power cut may also resend the last few.
+
+The folder drop takes the head of the queue in batches: every file is
+written and fsynced, then the folder is fsynced once and the batch marked
+forwarded in one journal transaction. An MLLP downstream gets one message
+at a time (each waits for its ACK), each marked forwarded as it is answered.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ from pathlib import Path
 from . import mllp
 from .config import DownstreamConfig
 from .framing import Malformed, component, read_header, segment_fields, split_segments
-from .journal import PROCESSED, JournalError, JournalThread, Row
+from .journal import JournalError, JournalThread, Row
 from .tls import client_context
 
 
@@ -100,26 +108,70 @@ class DirTransport:
         return self.folder / f"{row.id:012d}_{safe_name(row.control_id)}.hl7"
 
     async def deliver(self, row: Row) -> Outcome:
-        try:
-            await asyncio.to_thread(self._write, row)
-        except OSError as exc:
-            return Retry(f"cannot write to {self.folder}: {exc.strerror or exc}", counts=False)
-        return Delivered(self.path_for(row).name)
+        return (await self.deliver_many([row]))[0]
 
-    def _write(self, row: Row) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.path_for(row)
-        tmp = final.with_name(f".{final.name}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(row.processed if row.processed is not None else row.raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        fd = os.open(self.folder, os.O_RDONLY)
+    async def deliver_many(self, rows: list[Row]) -> list[Outcome]:
+        """Deliver rows in order: `Delivered` for each row up to the first
+        failure, then that failure (nothing after it is attempted)."""
+        done, error = await asyncio.to_thread(self._write_many, rows)
+        outcomes: list[Outcome] = [Delivered(self.path_for(row).name) for row in rows[:done]]
+        if error is not None:
+            outcomes.append(Retry(f"cannot write to {self.folder}: {error.strerror or error}", counts=False))
+        return outcomes
+
+    def _write_many(self, rows: list[Row]) -> tuple[int, OSError | None]:
+        """(rows whose files are durably in place, the error that stopped it).
+
+        Every file is written, then every file fsynced, then renamed into
+        place in journal order, then the folder fsynced once: the same
+        guarantees as one file at a time, with less work in the filesystem
+        (a file's fsync often finds its metadata written by the one before)."""
+        error: OSError | None = None
+        opened: list[tuple[int, Path, Path]] = []  # (fd, temporary name, final name)
+        written = 0
         try:
-            os.fsync(fd)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for row in rows:
+                final = self.path_for(row)
+                tmp = final.with_name(f".{final.name}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                opened.append((fd, tmp, final))
+                data = memoryview(row.processed if row.processed is not None else row.raw)
+                while data:
+                    data = data[os.write(fd, data):]
+                written += 1
+        except OSError as exc:
+            error = exc
+        synced = 0
+        try:
+            for fd, _, _ in opened[:written]:
+                os.fsync(fd)
+                synced += 1
+        except OSError as exc:
+            error = exc
         finally:
-            os.close(fd)
+            for fd, _, _ in opened:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        done = 0
+        try:
+            for _, tmp, final in opened[:synced]:
+                os.replace(tmp, final)
+                done += 1
+        except OSError as exc:
+            error = exc
+        if done:
+            try:
+                fd = os.open(self.folder, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:  # the renames may not last: write them all again
+                return 0, exc
+        return done, error
 
     async def close(self) -> None:
         pass
@@ -220,9 +272,10 @@ class Forwarder:
     """The one task that empties the queue downstream."""
 
     def __init__(self, journal: JournalThread, transport, ds: DownstreamConfig, metrics, log,
-                 wake: asyncio.Event, poll_s: float = 1.0):
+                 wake: asyncio.Event, poll_s: float = 1.0, batch: int = 100):
         self.journal, self.transport, self.ds = journal, transport, ds
         self.metrics, self.log, self.wake, self.poll_s = metrics, log, wake, poll_s
+        self.batch = batch
         self._failures = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -230,26 +283,54 @@ class Forwarder:
             while not stop.is_set():
                 self.wake.clear()
                 try:
-                    row = await self.journal.call("next_undelivered")
-                    if row is None or row.state != PROCESSED:
+                    rows = await self.journal.call("deliverable", self.batch)
+                    if not rows:
                         await _wait(self.wake, self.poll_s)
                         continue
-                    await self._handle(row, await self.transport.deliver(row), stop)
+                    if await self._deliver(rows, stop) and len(rows) < self.batch:
+                        await _wait(self.wake, self.poll_s)  # drained: wait for the next batch
                 except JournalError as exc:
                     self.log.error("journal_unavailable", stage="forwarder", error=str(exc))
                     await _wait(stop, self.ds.retry_initial_s)
         finally:
             await self.transport.close()
 
+    async def _deliver(self, rows: list[Row], stop: asyncio.Event) -> bool:
+        """Deliver the head of the queue, in order, until the first failure;
+        True when every row was delivered."""
+        deliver_many = getattr(self.transport, "deliver_many", None)
+        if deliver_many is not None:
+            outcomes = await deliver_many(rows)
+            delivered = [(row, o) for row, o in zip(rows, outcomes) if isinstance(o, Delivered)]
+            if delivered:
+                await self._forwarded(delivered)
+            if len(delivered) < len(outcomes):
+                await self._handle(rows[len(delivered)], outcomes[len(delivered)], stop)
+            return len(delivered) == len(rows)
+        for row in rows:
+            if stop.is_set():
+                return False
+            outcome = await self.transport.deliver(row)
+            await self._handle(row, outcome, stop)
+            if not isinstance(outcome, Delivered):
+                return False
+        return True
+
+    async def _forwarded(self, delivered: list[tuple[Row, Delivered]]) -> None:
+        started = time.monotonic()
+        await self.journal.call("mark_forwarded_many", [row.id for row, _ in delivered])
+        self._failures = 0
+        journal_ms = round((time.monotonic() - started) * 1000, 2)
+        for row, outcome in delivered:
+            self.metrics.inc("b12comment_forwarded_total")
+            self.log.info("forwarded", journal_id=row.id, control_id=row.control_id,
+                          message_type=row.message_type, attempts=row.attempts + 1, answer=outcome.detail,
+                          journal_ms=journal_ms)
+
     async def _handle(self, row: Row, outcome: Outcome, stop: asyncio.Event) -> None:
         fields = dict(journal_id=row.id, control_id=row.control_id, message_type=row.message_type)
         if isinstance(outcome, Delivered):
-            started = time.monotonic()
-            await self.journal.call("mark_forwarded", row.id)
-            self._failures = 0
-            self.metrics.inc("b12comment_forwarded_total")
-            self.log.info("forwarded", **fields, attempts=row.attempts + 1, answer=outcome.detail,
-                          journal_ms=round((time.monotonic() - started) * 1000, 2))
+            await self._forwarded([(row, outcome)])
             return
         if isinstance(outcome, Rejected):
             await self._dead(row, outcome.reason, fields)

@@ -7,14 +7,21 @@ large (kept in the journal as rejected). `Listener` runs the asyncio server:
 many connections, many messages per connection, answered in order, with the
 limits of `[listener]` (frame size, idle timeout, connection count, allowed
 peers, TLS).
+
+Group commit: every frame of one read is handed to the journal at once, and
+the journal commits all frames waiting for it (from every connection) in
+one transaction. Each ACK is still written only after the commit that
+holds its frame, and ACKs go out in the order of the frames.
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import ssl
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +29,7 @@ from . import mllp
 from .ack import (ACCEPT, APPLICATION_INTERNAL_ERROR, ERROR, REJECT, SEGMENT_SEQUENCE_ERROR, AckError,
                   build_ack)
 from .config import JournalConfig, ListenerConfig
-from .framing import Malformed, read_header
+from .framing import Header, Malformed, read_header
 from .journal import JournalError, JournalThread
 
 
@@ -33,12 +40,25 @@ class Answer:
     fields: dict  # for the log record: no patient data
 
 
+_ACK_PREFIX = uuid.uuid4().hex[:8]
+_ack_serial = itertools.count(1)
+
+
 def _ack_id() -> str:
-    return uuid.uuid4().hex[:20]
+    """The ACK's own MSH-10: unique per process start and answer (20 characters)."""
+    return f"{_ACK_PREFIX}{next(_ack_serial):012d}"
+
+
+_dtm_cache: tuple[int, str] = (0, "")
 
 
 def _now_dtm() -> str:
-    return datetime.now().astimezone().strftime("%Y%m%d%H%M%S%z")
+    """The local time as HL7 DTM, to the second (formatted once a second)."""
+    global _dtm_cache
+    second = int(time.time())
+    if _dtm_cache[0] != second:
+        _dtm_cache = (second, datetime.fromtimestamp(second).astimezone().strftime("%Y%m%d%H%M%S%z"))
+    return _dtm_cache[1]
 
 
 class Intake:
@@ -48,43 +68,50 @@ class Intake:
         self.journal, self.cfg, self.log = journal, cfg, log
         self.on_journaled = on_journaled
 
-    async def accept(self, payload: bytes, peer: str, seq: int) -> Answer:
+    def accept(self, payload: bytes, peer: str, seq: int) -> Awaitable[Answer]:
+        """Hand the frame to the journal now; await the result for its answer."""
         try:
             header = read_header(payload)
         except Malformed as exc:
-            return await self._reject(payload, peer, seq, SEGMENT_SEQUENCE_ERROR,
-                                      f"not an HL7 message: {exc}", "", "")
+            return self._reject(payload, peer, seq, SEGMENT_SEQUENCE_ERROR, f"not an HL7 message: {exc}", "", "")
         cid, mtype = header.control_id, header.message_type
-        fields = dict(control_id=cid, message_type=mtype)
+        stored = self.journal.submit("record", payload, control_id=cid, message_type=mtype, peer=peer,
+                                     conn_seq=seq, retransmit_window_s=self.cfg.retransmit_window_s)
+        return self._accepted(stored, payload, header, peer, dict(control_id=cid, message_type=mtype))
+
+    async def _accepted(self, stored: asyncio.Future, payload: bytes, header: Header, peer: str,
+                        fields: dict) -> Answer:
         try:
-            receipt = await self.journal.call(
-                "record", payload, control_id=cid, message_type=mtype, peer=peer, conn_seq=seq,
-                retransmit_window_s=self.cfg.retransmit_window_s)
+            receipt = await stored
         except JournalError as exc:
             self.log.error("journal_unavailable", stage="listener", error=str(exc), peer=peer, **fields)
             error = AckError(APPLICATION_INTERNAL_ERROR,
                              "message not stored: the journal cannot be written; send it again later")
-            return Answer(build_ack(payload, ERROR, _ack_id(), _now_dtm(), error), ERROR, fields)
+            return Answer(build_ack(payload, ERROR, _ack_id(), _now_dtm(), error, header), ERROR, fields)
         if not receipt.duplicate:
             self.on_journaled()
         fields.update(journal_id=receipt.id, duplicate=receipt.duplicate)
-        return Answer(build_ack(payload, ACCEPT, _ack_id(), _now_dtm()), ACCEPT, fields)
+        return Answer(build_ack(payload, ACCEPT, _ack_id(), _now_dtm(), header=header), ACCEPT, fields)
 
-    async def oversize(self, size: int, head: bytes, limit: int, peer: str, seq: int) -> Answer:
+    def oversize(self, size: int, head: bytes, limit: int, peer: str, seq: int) -> Awaitable[Answer]:
         try:
             header = read_header(head)
             cid, mtype = header.control_id, header.message_type
         except Malformed:
             cid = mtype = ""
         why = f"message of {size} bytes is over the limit of {limit} bytes (max_message_bytes); not stored"
-        return await self._reject(head, peer, seq, APPLICATION_INTERNAL_ERROR, why, cid, mtype)
+        return self._reject(head, peer, seq, APPLICATION_INTERNAL_ERROR, why, cid, mtype)
 
-    async def _reject(self, payload: bytes, peer: str, seq: int, code: str, why: str,
-                      cid: str, mtype: str) -> Answer:
-        fields = dict(control_id=cid, message_type=mtype, reason=why)
+    def _reject(self, payload: bytes, peer: str, seq: int, code: str, why: str,
+                cid: str, mtype: str) -> Awaitable[Answer]:
+        stored = self.journal.submit("reject", payload, why, peer=peer, conn_seq=seq, control_id=cid,
+                                     message_type=mtype)
+        return self._rejected(stored, payload, peer, code, why, dict(control_id=cid, message_type=mtype, reason=why))
+
+    async def _rejected(self, stored: asyncio.Future, payload: bytes, peer: str, code: str, why: str,
+                        fields: dict) -> Answer:
         try:
-            fields["journal_id"] = await self.journal.call(
-                "reject", payload, why, peer=peer, conn_seq=seq, control_id=cid, message_type=mtype)
+            fields["journal_id"] = await stored
         except JournalError as exc:
             self.log.error("journal_unavailable", stage="listener", error=str(exc), peer=peer)
         return Answer(build_ack(payload, REJECT, _ack_id(), _now_dtm(), AckError(code, why)), REJECT, fields)
@@ -105,6 +132,8 @@ class Listener:
         self.port = cfg.port
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        self._reading: set[asyncio.Task] = set()    # connections waiting for bytes
+        self._interrupted: set[asyncio.Task] = set()  # ... whose wait stop() cancelled
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -119,6 +148,9 @@ class Listener:
         self._stop.set()
         if self._server is not None:
             self._server.close()
+        for task in list(self._reading):  # waiting for a frame: nothing in hand to finish
+            self._interrupted.add(task)
+            task.cancel()
         if self._connections:
             _, pending = await asyncio.wait(set(self._connections), timeout=grace_s)
             for task in pending:
@@ -177,48 +209,77 @@ class Listener:
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         decoder = mllp.Decoder(self.cfg.max_message_bytes)
-        stopping = asyncio.ensure_future(self._stop.wait())
+        task = asyncio.current_task()
         seq = 0
-        try:
-            while True:
-                read = asyncio.ensure_future(reader.read(65536))
-                done, _ = await asyncio.wait({read, stopping}, timeout=self.cfg.idle_timeout_s,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if read not in done:
-                    read.cancel()
-                    reason = "service stopping" if stopping in done else "idle timeout"
-                    self.log.info("connection_closed", peer=peer, reason=reason, in_frame=decoder.in_frame)
-                    return
-                data = read.result()
-                if not data:
-                    break
-                for event in decoder.feed(data):
-                    seq = await self._on_event(event, writer, peer, seq)
-            for event in decoder.close():
-                self.log.warning("incomplete_frame" if isinstance(event, mllp.Incomplete) else "junk_skipped",
-                                 peer=peer, bytes=event.size)
-            self.log.info("connection_closed", peer=peer, reason="closed by peer")
-        finally:
-            stopping.cancel()
+        while True:
+            if self._stop.is_set():
+                self.log.info("connection_closed", peer=peer, reason="service stopping", in_frame=decoder.in_frame)
+                return
+            self._reading.add(task)
+            try:
+                async with asyncio.timeout(self.cfg.idle_timeout_s):
+                    data = await reader.read(65536)
+            except TimeoutError:
+                self.log.info("connection_closed", peer=peer, reason="idle timeout", in_frame=decoder.in_frame)
+                return
+            except asyncio.CancelledError:
+                if task not in self._interrupted:
+                    raise
+                task.uncancel()
+                self.log.info("connection_closed", peer=peer, reason="service stopping", in_frame=decoder.in_frame)
+                return
+            finally:
+                self._reading.discard(task)
+                self._interrupted.discard(task)
+            if not data:
+                break
+            events = decoder.feed(data)
+            if events:
+                seq = await self._on_events(events, writer, peer, seq)
+        for event in decoder.close():
+            self.log.warning("incomplete_frame" if isinstance(event, mllp.Incomplete) else "junk_skipped",
+                             peer=peer, bytes=event.size)
+        self.log.info("connection_closed", peer=peer, reason="closed by peer")
 
-    async def _on_event(self, event: mllp.Event, writer: asyncio.StreamWriter, peer: str, seq: int) -> int:
-        if isinstance(event, mllp.Junk):
-            self.log.warning("junk_skipped", peer=peer, bytes=event.size)
-            return seq
-        if isinstance(event, mllp.Incomplete):
-            return seq
-        started = time.monotonic()
-        seq += 1
-        self.metrics.inc("b12comment_messages_received_total")
-        if isinstance(event, mllp.Frame):
-            answer = await self.intake.accept(event.payload, peer, seq)
-        else:
-            answer = await self.intake.oversize(event.size, event.head, self.cfg.max_message_bytes, peer, seq)
+    async def _on_events(self, events: list[mllp.Event], writer: asyncio.StreamWriter, peer: str,
+                         seq: int) -> int:
+        """Answer the frames of one read: all go to the journal at once (one
+        commit), then each ACK is written, in order, once its frame is stored."""
+        pending = []
+        for event in events:
+            if isinstance(event, mllp.Junk):
+                self.log.warning("junk_skipped", peer=peer, bytes=event.size)
+                continue
+            if isinstance(event, mllp.Incomplete):
+                continue
+            started = time.monotonic()
+            seq += 1
+            self.metrics.inc("b12comment_messages_received_total")
+            if isinstance(event, mllp.Frame):
+                answer = self.intake.accept(event.payload, peer, seq)
+            else:
+                answer = self.intake.oversize(event.size, event.head, self.cfg.max_message_bytes, peer, seq)
+            pending.append((started, seq, answer))
+        try:
+            for i, (started, n, answer) in enumerate(pending):
+                await self._answer(await answer, started, writer, peer, n)
+        except BaseException:
+            # The connection failed: the frames after it stay journaled (the
+            # sender resends them for want of an ACK; they are then
+            # retransmissions) and their answers are dropped.
+            for _, _, answer in pending[i + 1:]:
+                answer.close()
+            raise
+        return seq
+
+    async def _answer(self, answer: Answer, started: float, writer: asyncio.StreamWriter, peer: str,
+                      seq: int) -> None:
         writer.write(mllp.encode(answer.ack))
-        await asyncio.wait_for(writer.drain(), self.cfg.idle_timeout_s)  # a peer that never reads
+        if writer.transport.get_write_buffer_size():  # not all sent at once: wait, but not for ever
+            async with asyncio.timeout(self.cfg.idle_timeout_s):  # (a peer that never reads)
+                await writer.drain()
         elapsed = time.monotonic() - started
         self.metrics.inc("b12comment_acks_sent_total", code=answer.code)
         self.metrics.observe("b12comment_ack_seconds", elapsed)
         log = self.log.info if answer.code == ACCEPT else self.log.warning
         log("ack", peer=peer, seq=seq, ack_code=answer.code, latency_ms=round(elapsed * 1000, 2), **answer.fields)
-        return seq

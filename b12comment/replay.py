@@ -51,6 +51,8 @@ class Job:
 class Options:
     out: str | None = None
     dry_run: bool = False
+    forward: str | None = None      # a downstream URL
+    journal: str | None = None      # with forward: the journal to queue in
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     resume: bool = False
@@ -268,33 +270,19 @@ class Progress:
 def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     configure(config.logging.level, config.logging.format, config.logging.patient_data)
     out_dir = Path(opts.out) if opts.out else None
+    started = time.monotonic()
     try:
         pairs = plan(inputs, out_dir, opts.include, opts.exclude)
-        fingerprint = _fingerprint(config, opts.old_config, pairs)
-        progress_path = out_dir / PROGRESS_NAME if out_dir is not None else None
-        done = _load_progress(progress_path, fingerprint) if opts.resume and progress_path else {}
+        if opts.forward:
+            tallies, extra = _forward(config, pairs, opts)
+        else:
+            tallies, extra = _to_files(config, pairs, out_dir, opts)
     except UsageError as exc:
         print(f"b12comment replay: {exc}", file=sys.stderr)
         return 2
-    old_rule = opts.old_config.rule if opts.old_config else None
-    jobs = [Job(str(src), rel, str(out_dir) if out_dir else None, config.rule, old_rule)
-            for src, rel in pairs if rel not in done]
-    sizes = {rel: _size(src) for src, rel in pairs}
-    show = not opts.quiet and sys.stderr.isatty()
-    try:
-        progress = Progress(progress_path, fingerprint, bool(done) or opts.resume,
-                            sum(sizes[j.rel] for j in jobs), show)
     except OSError as exc:
-        print(f"b12comment replay: cannot write to {out_dir}: {_describe(exc)}", file=sys.stderr)
+        print(f"b12comment replay: {_describe(exc)}", file=sys.stderr)
         return 1
-    started = time.monotonic()
-    tallies: dict[str, Tally] = dict(done)
-    try:
-        for job, tally in zip(jobs, _run_jobs(jobs, opts.workers)):
-            tallies[job.rel] = tally
-            progress.record(job.rel, tally, sizes[job.rel])
-    finally:
-        progress.close()
     elapsed = time.monotonic() - started
     total = Tally()
     for _, rel in pairs:
@@ -302,7 +290,7 @@ def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     report = total.to_json()
     report["elapsed_s"] = round(elapsed, 3)
     report["messages_per_s"] = round(total.messages / elapsed, 1) if elapsed > 0 else None
-    report["resumed_files"] = len(done)
+    report.update(extra)
     status = 1 if total.errors else 0
     if opts.report:
         status = max(status, _write(opts.report, json.dumps(report, indent=2) + "\n"))
@@ -313,6 +301,66 @@ def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
         print(f"b12comment replay: {err['file']}: {err['error']}", file=sys.stderr)
     print(summary(report), file=sys.stderr)
     return status
+
+
+def _to_files(config: Config, pairs, out_dir: Path | None, opts: Options) -> tuple[dict, dict]:
+    """--out or --dry-run: files processed in worker processes, resumable."""
+    fingerprint = _fingerprint(config, opts.old_config, pairs)
+    progress_path = out_dir / PROGRESS_NAME if out_dir is not None else None
+    done = _load_progress(progress_path, fingerprint) if opts.resume and progress_path else {}
+    old_rule = opts.old_config.rule if opts.old_config else None
+    jobs = [Job(str(src), rel, str(out_dir) if out_dir else None, config.rule, old_rule)
+            for src, rel in pairs if rel not in done]
+    sizes = {rel: _size(src) for src, rel in pairs}
+    try:
+        progress = Progress(progress_path, fingerprint, bool(done) or opts.resume,
+                            sum(sizes[j.rel] for j in jobs), not opts.quiet and sys.stderr.isatty())
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write to {out_dir}: {_describe(exc)}") from None
+    tallies: dict[str, Tally] = dict(done)
+    try:
+        for job, tally in zip(jobs, _run_jobs(jobs, opts.workers)):
+            tallies[job.rel] = tally
+            progress.record(job.rel, tally, sizes[job.rel])
+    finally:
+        progress.close()
+    return tallies, {"resumed_files": len(done)}
+
+
+def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
+    """--forward: journal every processed message, then deliver them all."""
+    import asyncio
+
+    from .journal import Journal, JournalError
+    from .replay_forward import SOURCE_PREFIX, drain, enqueue_file, journal_path_for
+    path = journal_path_for(config, opts.journal)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tallies: dict[str, Tally] = {}
+    sizes = {rel: _size(src) for src, rel in pairs}
+    progress = Progress(None, "", False, sum(sizes.values()), not opts.quiet and sys.stderr.isatty())
+    try:
+        journal = Journal(path)
+        try:
+            if not opts.resume:
+                seen = [rel for _, rel in pairs if journal.last_position(SOURCE_PREFIX + rel)]
+                if seen:
+                    raise UsageError(f"{seen[0]} was already queued in {path}: add --resume to go on "
+                                     "with that replay, or give another --journal to send it again")
+            for src, rel in pairs:
+                try:
+                    tallies[rel] = enqueue_file(journal, str(src), rel, config, opts.resume)
+                except (OSError, EOFError, ValueError, zlib.error) as exc:
+                    tallies[rel] = Tally(files=1, errors=[{"file": rel, "error": _describe(exc)}])
+                progress.record(rel, tallies[rel], sizes[rel])
+        finally:
+            journal.close()
+        counts = asyncio.run(drain(path, config, opts.forward))
+    except JournalError as exc:
+        raise OSError(0, str(exc)) from None
+    finally:
+        progress.close()
+    return tallies, {"journal": str(path), "forwarded": counts.get("forwarded", 0),
+                     "dead_lettered": counts.get("dead", 0)}
 
 
 def _run_jobs(jobs: list[Job], workers: int):
@@ -349,6 +397,8 @@ def summary(r: dict) -> str:
         f"  malformed messages: {r['malformed']}; files without HL7: {len(r['files_without_hl7'])}; "
         f"batch count mismatches: {len(r['batch_count_mismatches'])}; errors: {len(r['errors'])}",
     ]
+    if "forwarded" in r:
+        lines.append(f"  forwarded: {r['forwarded']}; dead-lettered: {r['dead_lettered']} (journal {r['journal']})")
     if r["rule_differences"]:
         lines.append(f"  messages where the two rules differ: {r['rule_differences']}")
     return "\n".join(lines)

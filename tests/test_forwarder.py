@@ -195,6 +195,38 @@ def test_folder_drop_that_cannot_be_written_is_retried_not_dead(tmp_path):
     assert metrics.value("b12comment_retries_total") >= 1
 
 
+def test_folder_drop_batch_stops_at_the_first_failure_and_keeps_order(tmp_path):
+    """A batch: the files before a failure are in place and forwarded, the
+    failing one is retried (not dead), nothing after it jumps the queue."""
+    expected = fill(tmp_path / "j.sqlite3", 5)
+    out = tmp_path / "outbox"
+    transport = DirTransport(out)
+    out.mkdir()
+    (out / f"{3:012d}_MSG3.hl7").mkdir()  # the third file cannot be renamed into place
+    j = Journal(tmp_path / "j.sqlite3")
+    rows = j.deliverable(10)
+    j.close()
+    outcomes = asyncio.run(transport.deliver_many(rows))
+    assert [type(o).__name__ for o in outcomes] == ["Delivered", "Delivered", "Retry"]
+    assert not outcomes[2].counts
+    assert sorted(f.name for f in out.iterdir() if f.is_file() and not f.name.startswith(".")) == \
+        [f"{i:012d}_MSG{i}.hl7" for i in (1, 2)]
+
+    checks = []
+
+    def until(rows):
+        checks.append(1)
+        return len(checks) > 15
+    run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=f"dir:{out}", **FAST), until, transport)
+    j = Journal(tmp_path / "j.sqlite3")
+    assert states(j.rows()) == ["forwarded", "forwarded", "processed", "processed", "processed"]
+    j.close()
+    (out / f"{3:012d}_MSG3.hl7").rmdir()
+    run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=f"dir:{out}", **FAST), all_done, transport)
+    files = sorted(f for f in out.iterdir() if not f.name.startswith("."))
+    assert [f.read_bytes() for f in files] == expected
+
+
 def test_mllps_downstream_with_client_certificate(tmp_path):
     ca = trustme.CA()
     server_cert = ca.issue_cert("127.0.0.1")

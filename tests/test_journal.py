@@ -167,3 +167,111 @@ def test_failure_that_does_not_count_is_still_noted(journal):
     assert journal.mark_attempt_failed(rid, "connection refused", counts=False) == 0
     assert journal.get(rid).last_error == "connection refused"
     assert journal.mark_attempt_failed(rid, "AE", counts=True) == 1
+
+
+# -- group commit, batches, and what is stored
+
+def test_intake_batch_is_one_transaction_in_order_with_retransmission_and_reject(journal):
+    calls = [("record", (MSG1,), dict(control_id="C1", message_type="ORU^R01", retransmit_window_s=60)),
+             ("reject", (b"junk", "not an HL7 message"), dict(peer="p")),
+             ("record", (MSG2,), dict(control_id="C2", message_type="ORU^R01", retransmit_window_s=60)),
+             ("record", (MSG1,), dict(control_id="C1", message_type="ORU^R01", retransmit_window_s=60))]
+    first, rejected, second, again = journal.intake(calls)
+    assert not first.duplicate and not second.duplicate
+    assert again.duplicate and again.id == first.id  # a retransmission within the same batch
+    assert [r.id for r in journal.rows()] == [first.id, rejected, second.id]
+    assert [r.state for r in journal.rows()] == ["received", "rejected", "received"]
+
+
+def test_intake_batch_that_cannot_commit_stores_nothing(journal):
+    journal._db.execute("PRAGMA query_only = ON")  # noqa: SLF001
+    calls = [("record", (m,), dict(control_id=c, message_type="ORU^R01")) for m, c in ((MSG1, "C1"), (MSG2, "C2"))]
+    with pytest.raises(JournalError):  # every caller gets it: answered AE, none AA
+        journal.intake(calls)
+    journal._db.execute("PRAGMA query_only = OFF")  # noqa: SLF001
+    assert journal.rows() == []
+
+
+def test_state_changes_commit_without_fsync_but_intake_keeps_full_sync(journal):
+    rid = record(journal, MSG1, "C1").id
+    journal.mark_processed(rid, MSG1, False, [])
+    assert journal.settings() == ("wal", 2)  # back to FULL for the next intake
+    journal.mark_forwarded_many([rid])
+    assert journal.settings() == ("wal", 2)
+    assert journal.get(rid).state == "forwarded"
+
+
+def test_unchanged_processed_bytes_are_not_stored_twice(journal, tmp_path):
+    a, b = record(journal, MSG1, "C1").id, record(journal, MSG2, "C2").id
+    changed = MSG2 + b"NTE|1|L|comment|RE\r"
+    journal.mark_processed_many([(a, MSG1, False, ["no_b12"]), (b, changed, True, [])])
+    db = sqlite3.connect(tmp_path / "j.sqlite3")
+    stored = dict(db.execute("SELECT id, processed FROM messages"))
+    db.close()
+    assert stored == {a: None, b: changed}
+    assert journal.get(a).processed == MSG1 and journal.get(b).processed == changed
+    journal.mark_dead(a, "AR")
+    assert journal.retry("C1") == 1
+    assert (journal.get(a).state, journal.get(a).processed) == ("processed", MSG1)  # not processed again
+
+
+def test_deliverable_is_the_processed_head_of_the_queue(journal):
+    ids = [record(journal, MSG1 + str(n).encode(), f"C{n}").id for n in range(4)]
+    journal.mark_processed_many([(ids[0], MSG1, False, []), (ids[1], MSG1, False, []), (ids[3], MSG1, False, [])])
+    assert [r.id for r in journal.deliverable(10)] == ids[:2]  # stops before the unprocessed third
+    assert [r.id for r in journal.deliverable(1)] == ids[:1]
+    journal.mark_forwarded_many(ids[:2])
+    assert journal.deliverable(10) == []
+
+
+def test_journal_thread_commits_frames_of_one_loop_turn_together_before_answering(tmp_path, monkeypatch):
+    """Group commit: records handed in during one event-loop turn share one
+    transaction, and no caller has its result before that commit is done."""
+    batches = []
+    original = Journal.intake
+
+    def spy(self, calls):
+        result = original(self, calls)
+        batches.append(len(calls))
+        return result
+    monkeypatch.setattr(Journal, "intake", spy)
+    path = tmp_path / "j.sqlite3"
+
+    def committed(cid: str) -> bool:
+        db = sqlite3.connect(path)
+        try:
+            return db.execute("SELECT COUNT(*) FROM messages WHERE control_id = ?", (cid,)).fetchone()[0] == 1
+        finally:
+            db.close()
+
+    async def main():
+        jt = JournalThread(path)
+        futures = [jt.submit("record", MSG1 + str(n).encode(), control_id=f"G{n}", message_type="ORU^R01")
+                   for n in range(5)]
+        seen = []
+        for n, future in enumerate(futures):
+            receipt = await future
+            seen.append((receipt.id, committed(f"G{n}")))  # visible to another connection: committed
+        await jt.close()
+        return seen
+
+    seen = asyncio.run(main())
+    assert batches == [5]
+    assert [ok for _, ok in seen] == [True] * 5
+    assert [rid for rid, _ in seen] == sorted(rid for rid, _ in seen)
+
+
+def test_journal_thread_hands_intake_to_its_thread_while_the_journal_is_busy(tmp_path):
+    async def main():
+        jt = JournalThread(tmp_path / "j.sqlite3")
+        await jt.call("depth")  # opens the journal, starts the thread
+        jt._lock.acquire()  # noqa: SLF001 - as if the thread were in the middle of a call
+        future = jt.submit("record", MSG1, control_id="C1", message_type="ORU^R01")
+        await asyncio.sleep(0.05)
+        assert not future.done()  # waits; the event loop did not block
+        jt._lock.release()  # noqa: SLF001
+        receipt = await asyncio.wait_for(future, 10)
+        assert (await jt.call("get", receipt.id)).raw == MSG1
+        await jt.close()
+
+    asyncio.run(main())

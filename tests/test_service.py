@@ -108,6 +108,32 @@ def test_two_frames_in_one_write_get_two_acks_in_order(served):
         assert msa(conn.read_ack()) == ("AA", "TWO2")
 
 
+def test_pipelined_frames_each_get_aa_only_once_journaled(served):
+    """Many frames in one write share a commit (group commit); each AA comes
+    in order, and only when its message is already in the journal."""
+    path = served.base / "journal.sqlite3"
+    messages = [oru(n, "PIPE") for n in range(1, 21)]
+    with MllpConnection(served.port) as conn:
+        conn.send_raw(b"".join(frame(m) for m in messages) + frame(b"not hl7 at all"))
+        for m in messages:
+            code, acked = msa(conn.read_ack())
+            assert (code, acked) == ("AA", msh10(m))
+            db = sqlite3.connect(path)
+            try:
+                stored = db.execute("SELECT raw FROM messages WHERE control_id = ? AND state != 'rejected'",
+                                    (acked,)).fetchall()
+            finally:
+                db.close()
+            assert [bytes(r) for (r,) in stored] == [m]
+        assert msa(conn.read_ack())[0] == "AR"
+    db = sqlite3.connect(path)
+    try:
+        ids = [i for (i,) in db.execute("SELECT id FROM messages WHERE control_id LIKE 'PIPE%' ORDER BY conn_seq")]
+    finally:
+        db.close()
+    assert ids == sorted(ids) and len(ids) == 20  # journal order is the order on the wire
+
+
 def test_junk_between_frames_is_skipped(served):
     with MllpConnection(served.port) as conn:
         conn.send_raw(b"GARBAGE\r\n" + frame(oru(1, "JUNK")) + b"\r\n\x00xx" + frame(oru(2, "JUNK")))
