@@ -275,3 +275,21 @@ def test_journal_thread_hands_intake_to_its_thread_while_the_journal_is_busy(tmp
         await jt.close()
 
     asyncio.run(main())
+
+
+def test_new_journal_is_readable_by_its_owner_only(tmp_path):
+    """It holds whole messages with patient data (SECURITY.md)."""
+    import os
+    import stat
+    from b12comment.journal import Journal
+    path = tmp_path / "j.sqlite3"
+    old = os.umask(0o022)
+    try:
+        journal = Journal(path)
+        journal.record(b"MSH|^~\\&|A|B|C|D|2024||ORU^R01|X1|P|2.5.1\r", control_id="X1", message_type="ORU^R01")
+        wal = tmp_path / "j.sqlite3-wal"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert wal.exists() and stat.S_IMODE(wal.stat().st_mode) == 0o600
+        journal.close()
+    finally:
+        os.umask(old)
