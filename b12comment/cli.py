@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"b12comment: configuration error (--compare-with): {exc}", file=sys.stderr)
             return EXIT_USAGE
         return run_replay(config, args.inputs, Options(
-            out=args.out, dry_run=args.dry_run, forward=args.forward, journal=args.journal,
+            out=args.out, forward=args.forward, journal=args.journal,
             include=tuple(args.include),
             exclude=tuple(args.exclude), resume=args.resume, workers=args.workers,
             quiet=args.quiet, report=args.report, html=args.html, old_config=old))

@@ -49,8 +49,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Options:
-    out: str | None = None
-    dry_run: bool = False
+    out: str | None = None          # neither out nor forward: a dry run
     forward: str | None = None      # a downstream URL
     journal: str | None = None      # with forward: the journal to queue in
     include: tuple[str, ...] = ()

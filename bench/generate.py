@@ -83,7 +83,7 @@ def oru(n: int, rng: random.Random, day: date) -> bytes:
             else:
                 segs.append(_obx(i + 1, TESTS[i % len(TESTS)], rng, i == abnormal_at, collected))
                 if rng.random() < 0.05:
-                    segs.append(f"NTE|1|L|Prøven er hæmolyseret; fortolk med forsigtighed.|RE")
+                    segs.append("NTE|1|L|Prøven er hæmolyseret; fortolk med forsigtighed.|RE")
             i += 1
     return ("\r".join(segs) + "\r").encode("latin-1")
 

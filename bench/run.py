@@ -10,7 +10,6 @@ Never run by the tests; targets are checked by reading the table.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import platform
 import shutil
@@ -368,7 +367,7 @@ def main() -> None:
             bench_serve(paths, serve_n, tmp)
     print(f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine makes figures noisy)")
     print()
-    print(f"| measure | b12comment | baseline | ratio |\n|---|---|---|---|")
+    print("| measure | b12comment | baseline | ratio |\n|---|---|---|---|")
     for r in ROWS:
         print("| " + " | ".join(r) + " |")
 

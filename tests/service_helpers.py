@@ -44,6 +44,17 @@ def frame(payload: bytes) -> bytes:
     return SB + payload + EB + CR
 
 
+def take_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The payloads of the complete MLLP frames at the start of `buffer`, and
+    what is left of it (an unfinished frame)."""
+    payloads = []
+    while EB in buffer:
+        head, buffer = buffer.split(EB, 1)
+        buffer = buffer[1:] if buffer.startswith(CR) else buffer
+        payloads.append(head[head.index(SB) + 1:])
+    return payloads, buffer
+
+
 def msh10(message: bytes) -> str:
     """MSH-10 read the simple way (independent of the product's framing)."""
     first = message.lstrip().replace(b"\n", b"\r").split(b"\r", 1)[0]
@@ -185,11 +196,8 @@ class Downstream:
                 data = conn.recv(65536)
                 if not data:
                     return
-                buffer += data
-                while EB in buffer:
-                    head, buffer = buffer.split(EB, 1)
-                    buffer = buffer[1:] if buffer.startswith(CR) else buffer
-                    payload = head[head.index(SB) + 1:]
+                payloads, buffer = take_frames(buffer + data)
+                for payload in payloads:
                     with self.lock:
                         index = len(self.received)
                         self.received.append(payload)

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from service_helpers import CR, EB, SAMPLES, SB, ack_for, frame, msa, msh10, wait_until
+from service_helpers import CR, EB, SAMPLES, SB, ack_for, frame, msa, msh10, take_frames, wait_until
 
 # --------------------------------------------------------------------------
 # The message mix: the sample messages (the batch file split into its three
@@ -148,11 +148,8 @@ class RestartableDownstream:
                 data = conn.recv(1 << 20)
                 if not data:
                     return
-                buffer += data
-                while EB in buffer:
-                    head, buffer = buffer.split(EB, 1)
-                    buffer = buffer[1:] if buffer.startswith(CR) else buffer
-                    payload = head[head.index(SB) + 1:]
+                payloads, buffer = take_frames(buffer + data)
+                for payload in payloads:
                     with self.lock:
                         if not self._running:
                             return  # stopped: this frame is neither recorded nor answered

@@ -30,7 +30,7 @@ import pytest
 
 from b12comment.config import Config
 from b12comment.engine import process
-from service_helpers import CR, EB, SB, Serve, frame, msa, segment, wait_until, write_config
+from service_helpers import CR, EB, SB, Serve, frame, msa, segment, take_frames, wait_until, write_config
 from soak_helpers import RestartableDownstream, RssMonitor, rss_kb, set_control_id, templates
 
 SEED = 20241125
@@ -58,11 +58,8 @@ def read_frames(sock: socket.socket, count: int | None = None, timeout: float = 
             break
         if not data:
             break
-        buffer += data
-        while EB in buffer:
-            head, buffer = buffer.split(EB, 1)
-            buffer = buffer[1:] if buffer.startswith(CR) else buffer
-            out.append(head[head.index(SB) + 1:])
+        payloads, buffer = take_frames(buffer + data)
+        out += payloads
     return out
 
 

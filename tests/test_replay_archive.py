@@ -11,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
-from conftest import REPO, SAMPLES
+from conftest import SAMPLES
 
 CHILD = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
 ADULT = (SAMPLES / "adult_high_b12.hl7").read_bytes()
