@@ -11,8 +11,8 @@ import argparse
 import os
 import sys
 
-from . import __version__
-from .config import ConfigError, load_config
+from b12comment import __version__
+from b12comment.config import ConfigError, load_config
 
 EXIT_OK, EXIT_IO, EXIT_USAGE = 0, 1, 2
 
@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"b12comment: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "preview":
-        from .preview import run_preview
+        from b12comment.preview import run_preview
         return run_preview(config, args.file, as_json=args.json)
     if args.command == "replay":
-        from .replay import Options, run_replay
+        from b12comment.replay.run import Options, run_replay
         if args.workers < 1:
             parser.error("--workers must be 1 or more")
         if args.resume and not (args.out or args.forward):
@@ -123,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             exclude=tuple(args.exclude), resume=args.resume, workers=args.workers,
             quiet=args.quiet, report=args.report, html=args.html, old_config=old))
     if args.command == "serve":
-        from .service import run_serve
+        from b12comment.serve.service import run_serve
         return run_serve(config)
     if args.command == "queue":
         if not args.queue_command:
             parser.parse_args(["queue", "--help"])
-        from .queue_cli import run_queue
+        from b12comment.serve.queue_cli import run_queue
         return run_queue(config, args)
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE

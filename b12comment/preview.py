@@ -10,12 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-from . import charset
-from .config import Config
-from .decision import REASONS, Decision
-from .engine import process
-from .framing import read_header
-from .stream import iter_chunks, iter_pieces
+from b12comment.core import charset
+from b12comment.config import Config
+from b12comment.core.decision import REASONS, Decision
+from b12comment.core.engine import process
+from b12comment.core.segments import read_header
+from b12comment.replay.inputs import iter_chunks, iter_pieces
 
 
 def _as_text(message: bytes) -> str:

@@ -29,8 +29,8 @@ sys.path.insert(0, str(HERE.parent))
 import generate  # noqa: E402
 
 from b12comment.config import RuleConfig  # noqa: E402
-from b12comment.engine import process  # noqa: E402
-from b12comment.sources import read_pieces  # noqa: E402
+from b12comment.core.engine import process  # noqa: E402
+from b12comment.replay.inputs import read_pieces  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -299,7 +299,7 @@ def rss_kb(pid: int) -> int:
 
 def bench_serve(paths, n: int, tmp: Path) -> None:
     try:
-        import b12comment.service  # noqa: F401
+        import b12comment.serve.service  # noqa: F401
     except ImportError:
         print("serve: not available in this build; skipped")
         return

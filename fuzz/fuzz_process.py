@@ -213,7 +213,7 @@ def check(data: bytes, process, rule, precheck_agrees: bool = False) -> bytes:
     """All four properties for one input; returns the output. With
     `precheck_agrees`, also: the full path (precheck=False) gives the same
     output and the same decision as the cheap pre-check path."""
-    from b12comment.decision import Decision
+    from b12comment.core.decision import Decision
 
     out, decision = process(data, rule)
     if precheck_agrees:
@@ -306,8 +306,8 @@ def main(argv: list[str]) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["b12comment", "hl7apy", "dateutil"]):
-        from b12comment.config import RuleConfig
-        from b12comment.engine import process
+        from b12comment.core.rule_config import RuleConfig
+        from b12comment.core.engine import process
     rule = RuleConfig()
     if os.environ.get("B12_FUZZ_BREAK"):
         process = _broken(os.environ["B12_FUZZ_BREAK"], process)

@@ -325,7 +325,7 @@ __all__ = ["Delivery", "RestartableDownstream", "RssMonitor", "Sender", "msh10",
 def expected_outputs(messages: list[bytes]) -> list[bytes]:
     """process() of each message with the built-in rule (run in a worker process)."""
     from b12comment.config import Config
-    from b12comment.engine import process
+    from b12comment.core.engine import process
 
     rule = Config().rule
     return [process(m, rule)[0] for m in messages]

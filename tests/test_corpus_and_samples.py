@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from b12comment.config import RuleConfig
-from b12comment.engine import process
-from b12comment.stream import split_messages
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.engine import process
+from b12comment.replay.inputs import split_messages
 
 from conftest import corpus_files, sample_files
 

@@ -10,10 +10,11 @@ import structlog
 import trustme
 
 from b12comment.config import DownstreamConfig
-from b12comment.forwarder import (DirTransport, Forwarder, MllpTransport, backoff_delay, read_ack, safe_name,
+from b12comment.serve.forwarder import (DirTransport, Forwarder, MllpTransport, backoff_delay, read_ack, safe_name,
                                   transport_for)
-from b12comment.journal import Journal, JournalThread
-from b12comment.metrics import Metrics
+from b12comment.serve.journal import Journal
+from b12comment.serve.journal_writer import JournalThread
+from b12comment.serve.metrics import Metrics
 from service_helpers import Downstream, ack_for, free_port, msh10
 
 FAST = dict(timeout_s=0.5, retry_initial_s=0.01, retry_max_s=0.05, max_attempts=3)

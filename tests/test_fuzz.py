@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from b12comment.config import RuleConfig
-from b12comment.engine import process
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.engine import process
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "fuzz" / "fuzz_process.py"

@@ -29,7 +29,7 @@ import time
 import pytest
 
 from b12comment.config import Config
-from b12comment.engine import process
+from b12comment.core.engine import process
 from service_helpers import CR, EB, SB, Serve, frame, msa, segment, take_frames, wait_until, write_config
 from soak_helpers import RestartableDownstream, RssMonitor, rss_kb, set_control_id, templates
 
@@ -557,8 +557,8 @@ def test_zz_promises_kept_still_alive_and_sigterm_exits_zero(hostile):
     sock = hostile.held[0]
     sock.settimeout(IDLE_TIMEOUT_S + WAIT)
     assert sock.recv(100) == b"", "a frame without an end must not be answered"
-    assert any(r.get("reason") == "idle timeout" and r.get("in_frame")
-               for r in serve.records("connection_closed"))
+    assert wait_until(lambda: any(r.get("reason") == "idle timeout" and r.get("in_frame")
+                                  for r in serve.records("connection_closed")), WAIT)
     assert serve.proc.poll() is None, "serve is alive after everything"
     assert hostile.good.progressed(3)
     hostile.good.stopping = True

@@ -7,7 +7,8 @@ import sqlite3
 
 import pytest
 
-from b12comment.journal import Journal, JournalError, JournalThread
+from b12comment.serve.journal import Journal, JournalError
+from b12comment.serve.journal_writer import JournalThread
 
 MSG1 = b"MSH|^~\\&|L|F|R|F|2024||ORU^R01|C1|P|2.5.1\rOBX|1|NM|X||1\r"
 MSG2 = b"MSH|^~\\&|L|F|R|F|2024||ORU^R01|C2|P|2.5.1\rOBX|1|NM|X||2\r"
@@ -281,7 +282,7 @@ def test_new_journal_is_readable_by_its_owner_only(tmp_path):
     """It holds whole messages with patient data (SECURITY.md)."""
     import os
     import stat
-    from b12comment.journal import Journal
+    from b12comment.serve.journal import Journal
     path = tmp_path / "j.sqlite3"
     old = os.umask(0o022)
     try:

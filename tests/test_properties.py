@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from b12comment.config import TEXT_DA, RuleConfig
-from b12comment.decision import Decision
-from b12comment.engine import process
+from b12comment.core.rule_config import TEXT_DA, RuleConfig
+from b12comment.core.decision import Decision
+from b12comment.core.engine import process
 
 from builders import B12_CODE, Obx, b12, build
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from b12comment.journal import Journal
+from b12comment.serve.journal import Journal
 from service_helpers import subprocess_env, write_config
 
 PATIENT = b"PID|1||0101151234^^^CPR||Jensen^Anna||20150101|F\r"

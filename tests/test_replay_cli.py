@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from b12comment.stream import iter_pieces, split_messages
+from b12comment.replay.inputs import iter_pieces, split_messages
 
 from conftest import SAMPLES, corpus_files
 

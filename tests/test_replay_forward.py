@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from b12comment.config import RuleConfig
-from b12comment.engine import process
-from b12comment.stream import split_messages
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.engine import process
+from b12comment.replay.inputs import split_messages
 
 from conftest import SAMPLES
 from service_helpers import Downstream, free_port, msh10, subprocess_env

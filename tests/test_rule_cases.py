@@ -14,8 +14,8 @@ import dataclasses
 
 import pytest
 
-from b12comment.config import TEXT_DA, TEXT_EN, RuleConfig
-from b12comment.engine import process
+from b12comment.core.rule_config import TEXT_DA, TEXT_EN, RuleConfig
+from b12comment.core.engine import process
 
 from builders import Obx, b12, build, segments
 
@@ -209,7 +209,7 @@ def expected_commented(kw: dict) -> bytes:
 
 
 def test_all_reason_codes_covered():
-    from b12comment import decision
+    from b12comment.core import decision
     covered = {r for _, _, _, reasons, _ in CASES for r in reasons}
     covered |= {"already_commented", "internal_error", "too_many_b12"}  # tested below
     codes = {v for k, v in vars(decision).items() if k.isupper() and isinstance(v, str)

@@ -296,7 +296,7 @@ def product_vocabulary() -> set[str]:
     """Every word in b12comment's own source: what it can print without any
     message (a test patient called "Test Patient" or "None" must not count)."""
     words = set()
-    for path in (Path(__file__).resolve().parents[1] / "b12comment").glob("*.py"):
+    for path in (Path(__file__).resolve().parents[1] / "b12comment").rglob("*.py"):
         words.update(w.lower() for w in _WORD.split(path.read_text(encoding="utf-8")) if w)
     return words
 

@@ -13,8 +13,8 @@ import urllib.request
 import hl7.client
 import pytest
 
-from b12comment.config import RuleConfig
-from b12comment.engine import process
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.engine import process
 from service_helpers import (CORPUS, SAMPLES, Downstream, MllpConnection, Serve, frame, free_port,
                              hl7_client_send, msa, msh10, segment, wait_until, write_config)
 
@@ -385,9 +385,10 @@ def test_processing_failure_forwards_the_original(tmp_path):
 
     import structlog
 
-    from b12comment.journal import Journal, JournalThread
-    from b12comment.metrics import Metrics
-    from b12comment.service import Processor
+    from b12comment.serve.journal import Journal
+    from b12comment.serve.journal_writer import JournalThread
+    from b12comment.serve.metrics import Metrics
+    from b12comment.serve.service import Processor
 
     raw = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
     assert process(raw, RuleConfig())[0] != raw  # with a good rule it gets the comment

@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
 from b12comment.config import Config
-from b12comment.engine import process
+from b12comment.core.engine import process
 from service_helpers import Serve, free_port, wait_until, write_config
 from soak_helpers import (RestartableDownstream, RssMonitor, Sender, expected_outputs, rss_kb, scrape,
                           set_control_id, templates)

@@ -9,8 +9,8 @@ from datetime import date
 
 import pytest
 
-from b12comment.dates import Age, DayRange, age_at, parse_ts
-from b12comment.values import Quantity, Range, outside, parse_number, parse_quantity, parse_range
+from b12comment.core.dates import Age, DayRange, age_at, parse_ts
+from b12comment.core.values import Quantity, Range, outside, parse_number, parse_quantity, parse_range
 
 # ---------------------------------------------------------------------------
 # parse_quantity

@@ -11,13 +11,13 @@ Every failed condition is recorded as a reason code. Pure: facts in, decisions o
 """
 from __future__ import annotations
 
-from .config import RuleConfig
-from .dates import Age, age_at, parse_ts
-from .decision import (ADULT, AGE_UNKNOWN, ALREADY_COMMENTED, CONTEXT_PENDING, NOT_ELEVATED,
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.dates import Age, age_at, parse_ts
+from b12comment.core.decision import (ADULT, AGE_UNKNOWN, ALREADY_COMMENTED, CONTEXT_PENDING, NOT_ELEVATED,
                        OTHER_ABNORMAL, STATUS_NOT_FINAL, UNKNOWN_UNIT, UNREADABLE_VALUE,
                        ResultDecision)
-from .facts import B12Result, Facts, Observation
-from .values import Quantity, outside, parse_quantity, parse_range, possible_quantities
+from b12comment.core.facts import B12Result, Facts, Observation
+from b12comment.core.values import Quantity, outside, parse_quantity, parse_range, possible_quantities
 
 
 def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .framing import DEFAULT_DELIMITERS, Delimiters, Header, Malformed, read_header
+from b12comment.core.segments import DEFAULT_DELIMITERS, Delimiters, Header, Malformed, read_header
 
 ACCEPT, ERROR, REJECT = "AA", "AE", "AR"
 

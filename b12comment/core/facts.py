@@ -15,9 +15,9 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_field
 
-from .charset import decode
-from .config import RuleConfig
-from .framing import (Delimiters, Header, Segment, component, field_of, repetitions,
+from b12comment.core.charset import decode
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.segments import (Delimiters, Header, Segment, component, field_of, repetitions,
                       segment_fields, split_segments)
 
 FALLBACK_VERSION = "2.5.1"

@@ -25,11 +25,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, RuleConfig
-from .engine import process
-from .logs import configure, get_logger
-from .sources import is_gzip, open_input, open_output, read_pieces
-from .tally import Tally
+from b12comment.core.rule_config import RuleConfig
+from b12comment.config import Config
+from b12comment.core.engine import process
+from b12comment.logs import configure, get_logger
+from b12comment.replay.inputs import is_gzip, open_input, open_output, read_pieces
+from b12comment.replay.tally import Tally
 
 PROGRESS_NAME = ".b12comment-replay.jsonl"
 
@@ -294,7 +295,7 @@ def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     if opts.report:
         status = max(status, _write(opts.report, json.dumps(report, indent=2) + "\n"))
     if opts.html:
-        from .report_html import render
+        from b12comment.replay.report_html import render
         status = max(status, _write(opts.html, render(report, config.rule)))
     for err in total.errors:
         print(f"b12comment replay: {err['file']}: {err['error']}", file=sys.stderr)
@@ -330,8 +331,8 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
     """--forward: journal every processed message, then deliver them all."""
     import asyncio
 
-    from .journal import Journal, JournalError
-    from .replay_forward import SOURCE_PREFIX, drain, enqueue_file, journal_path_for
+    from b12comment.serve.journal import Journal, JournalError
+    from b12comment.replay.forward import SOURCE_PREFIX, drain, enqueue_file, journal_path_for
     path = journal_path_for(config, opts.journal)
     path.parent.mkdir(parents=True, exist_ok=True)
     tallies: dict[str, Tally] = {}

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .config import RuleConfig
-from .decision import MALFORMED, Decision
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.decision import MALFORMED, Decision
 
 BIN_PMOL_L = 100          # histogram bin width
 TOP_BIN_PMOL_L = 3000     # values at or above go in the last bin

@@ -16,14 +16,15 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-from .config import Config
-from .engine import process
-from .forwarder import Forwarder, transport_for
-from .journal import Journal, JournalThread
-from .logs import get_logger
-from .metrics import Metrics
-from .sources import open_input, read_pieces
-from .tally import Tally
+from b12comment.config import Config
+from b12comment.core.engine import process
+from b12comment.serve.forwarder import Forwarder, transport_for
+from b12comment.serve.journal import Journal
+from b12comment.serve.journal_writer import JournalThread
+from b12comment.logs import get_logger
+from b12comment.serve.metrics import Metrics
+from b12comment.replay.inputs import open_input, read_pieces
+from b12comment.replay.tally import Tally
 
 BATCH = 500
 SOURCE_PREFIX = "replay:"
@@ -39,7 +40,7 @@ def journal_path_for(config: Config, given: str | None) -> Path:
 
 def enqueue_file(journal: Journal, src: str, rel: str, config: Config, resume: bool) -> Tally:
     """Process one file and journal its messages; returns its tally."""
-    log = get_logger("b12comment.replay")
+    log = get_logger("b12comment.replay.run")
     source = SOURCE_PREFIX + rel
     already = journal.last_position(source) if resume else 0
     tally = Tally(files=1)

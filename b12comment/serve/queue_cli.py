@@ -12,8 +12,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import Config
-from .journal import STATES, Journal, JournalError
+from b12comment.config import Config
+from b12comment.serve.journal import STATES, Journal, JournalError
 
 EXIT_OK, EXIT_IO, EXIT_USAGE = 0, 1, 2
 

@@ -36,11 +36,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import mllp
-from .config import DownstreamConfig
-from .framing import Malformed, component, read_header, segment_fields, split_segments
-from .journal import JournalError, JournalThread, Row
-from .tls import client_context
+from b12comment.serve import mllp
+from b12comment.config import DownstreamConfig
+from b12comment.core.segments import Malformed, component, read_header, segment_fields, split_segments
+from b12comment.serve.journal import JournalError, Row
+from b12comment.serve.journal_writer import JournalThread
+from b12comment.serve.tls import client_context
 
 
 @dataclass(frozen=True)

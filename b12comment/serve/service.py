@@ -23,15 +23,16 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import logs
-from .config import Config
-from .decision import INTERNAL_ERROR
-from .engine import process
-from .forwarder import Forwarder, transport_for
-from .journal import JournalError, JournalThread
-from .listener import Intake, Listener
-from .metrics import Metrics, MetricsServer
-from .tls import TlsError, server_context
+from b12comment import logs
+from b12comment.config import Config
+from b12comment.core.decision import INTERNAL_ERROR
+from b12comment.core.engine import process
+from b12comment.serve.forwarder import Forwarder, transport_for
+from b12comment.serve.journal import JournalError
+from b12comment.serve.journal_writer import JournalThread
+from b12comment.serve.listener import Intake, Listener
+from b12comment.serve.metrics import Metrics, MetricsServer
+from b12comment.serve.tls import TlsError, server_context
 
 EXIT_OK, EXIT_IO, EXIT_USAGE = 0, 1, 2
 PRUNE_EVERY_S = 3600.0

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from . import charset
-from .framing import Delimiters, Segment
+from b12comment.core import charset
+from b12comment.core.segments import Delimiters, Segment
 
 
 @lru_cache(maxsize=64)

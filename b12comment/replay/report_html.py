@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from html import escape
 
-from .config import RuleConfig
-from .decision import REASONS
-from .tally import BIN_PMOL_L, TOP_BIN_PMOL_L, band_name
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.decision import REASONS
+from b12comment.replay.tally import BIN_PMOL_L, TOP_BIN_PMOL_L, band_name
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222;max-width:70rem}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from b12comment import charset
-from b12comment.framing import (DEFAULT_DELIMITERS, Delimiters, Malformed, Segment, component,
+from b12comment.core import charset
+from b12comment.core.segments import (DEFAULT_DELIMITERS, Delimiters, Malformed, Segment, component,
                                 read_header, repetitions, segment_fields, split_segments)
-from b12comment.splice import (Insertion, apply, comment_field, insertion_after, next_set_id,
+from b12comment.core.splice import (Insertion, apply, comment_field, insertion_after, next_set_id,
                                nte_segment)
 
 MSH = b"MSH|^~\\&|LAB|HOSP|MW|HOSP|20240110120000||ORU^R01^ORU_R01|C42|P|2.5.1|||||DK|8859/1"

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from hl7apy.exceptions import HL7apyException
 
-from . import charset
-from .config import RuleConfig
-from .decision import (INTERNAL_ERROR, MALFORMED, MULTIPLE_PATIENTS, NO_B12, NOT_ORU,
+from b12comment.core import charset
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.decision import (INTERNAL_ERROR, MALFORMED, MULTIPLE_PATIENTS, NO_B12, NOT_ORU,
                        TOO_MANY_B12, UNSUPPORTED_CHARSET, Decision)
-from .facts import MAX_B12_RESULTS, read_detail, read_facts
-from .framing import Header, Malformed, read_header
-from .rule import decide_result, is_paediatric, patient_age
-from .splice import apply, comment_field, insertion_after, next_set_id, nte_segment
+from b12comment.core.facts import MAX_B12_RESULTS, read_detail, read_facts
+from b12comment.core.segments import Header, Malformed, read_header
+from b12comment.core.rule import decide_result, is_paediatric, patient_age
+from b12comment.core.splice import apply, comment_field, insertion_after, next_set_id, nte_segment
 
 
 def process(message: bytes, rule: RuleConfig, *, precheck: bool = True) -> tuple[bytes, Decision]:

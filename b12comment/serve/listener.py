@@ -25,12 +25,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import mllp
-from .ack import (ACCEPT, APPLICATION_INTERNAL_ERROR, ERROR, REJECT, SEGMENT_SEQUENCE_ERROR, AckError,
+from b12comment.serve import mllp
+from b12comment.serve.ack import (ACCEPT, APPLICATION_INTERNAL_ERROR, ERROR, REJECT, SEGMENT_SEQUENCE_ERROR, AckError,
                   build_ack)
-from .config import JournalConfig, ListenerConfig
-from .framing import Header, Malformed, read_header
-from .journal import JournalError, JournalThread
+from b12comment.config import JournalConfig, ListenerConfig
+from b12comment.core.segments import Header, Malformed, read_header
+from b12comment.serve.journal import JournalError
+from b12comment.serve.journal_writer import JournalThread
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""The rule's settings as plain frozen data: the codes, age bands, units,
+statuses, flags and comment texts. Loading them from TOML is config.py's job;
+the core only reads them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CodeMatch:
+    """One OBX-3 code that identifies a total-B12 result."""
+
+    code: str
+    systems: tuple[str, ...]  # coding systems accepted with it; "" = empty, "*" = any
+
+    def matches(self, code: str, system: str) -> bool:
+        return code == self.code and ("*" in self.systems or system in self.systems)
+
+
+@dataclass(frozen=True)
+class AgeBand:
+    below_years: int
+    upper_limit_pmol_l: float
+
+
+DEFAULT_CODES = (
+    CodeMatch("14685-2", ("LN",)),
+    CodeMatch("2132-9", ("LN",)),
+    CodeMatch("NPU01700", ("IUPP", "NPU", "")),
+)
+
+DEFAULT_AGE_BANDS = (
+    AgeBand(1, 1400.0),
+    AgeBand(12, 1200.0),
+    AgeBand(18, 800.0),
+)
+
+# Conversion factors to pmol/L, keyed by unit as written (compared
+# case-insensitively, spaces ignored). 1 pg/mL = 1 ng/L = 0.7378 pmol/L.
+DEFAULT_UNITS = (
+    ("pmol/L", 1.0),
+    ("pg/mL", 0.7378),
+    ("ng/L", 0.7378),
+)
+
+TEXT_DA = (
+    "Isoleret forhøjet B12 hos børn og unge under 18 år har ingen klinisk betydning: "
+    "når B12 (uanset hvor højt) er det eneste abnorme biokemiske fund, skal det ikke "
+    "give anledning til bekymring eller yderligere undersøgelser, heller ikke kontrol af B12."
+)
+TEXT_EN = (
+    "Isolated elevated vitamin B12 in children and adolescents under 18 has no clinical "
+    "significance: when B12 (however high) is the only abnormal biochemical finding, it "
+    "needs no concern and no further investigation, not even a repeat B12 measurement."
+)
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    codes: tuple[CodeMatch, ...] = DEFAULT_CODES
+    age_bands: tuple[AgeBand, ...] = DEFAULT_AGE_BANDS
+    units: tuple[tuple[str, float], ...] = DEFAULT_UNITS
+    message_types: tuple[str, ...] = ("ORU^R01",)
+    final_statuses: tuple[str, ...] = ("F", "C")
+    pending_statuses: tuple[str, ...] = ("P", "I", "R", "S")
+    ignored_statuses: tuple[str, ...] = ("D", "W")
+    normal_flags: tuple[str, ...] = ("N",)
+    elevated_flags: tuple[str, ...] = ("H", "HH", ">")
+    low_flags: tuple[str, ...] = ("L", "LL", "<")
+    use_message_time: bool = False
+    # Comment
+    language: str = "da"
+    text_da: str = TEXT_DA
+    text_en: str = TEXT_EN
+    nte_source: str = "L"
+    nte_comment_type: str = "RE"
+
+    @property
+    def adult_age_years(self) -> int:
+        return max(b.below_years for b in self.age_bands)
+
+    def comment_text(self) -> str:
+        return self.text_da if self.language == "da" else self.text_en
+
+    def all_comment_texts(self) -> tuple[str, ...]:
+        return (self.text_da, self.text_en)
+
+    def unit_factor(self, unit: str) -> float | None:
+        key = _norm_unit(unit)
+        for name, factor in self.units:
+            if _norm_unit(name) == key:
+                return factor
+        return None
+
+
+def _norm_unit(unit: str) -> str:
+    return unit.replace(" ", "").lower()
