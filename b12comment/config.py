@@ -5,6 +5,7 @@ shipped `config.toml` spells out exactly the same values (a test holds the two
 together). Loading checks every key and type and fails with a `ConfigError`
 that names the file and the key, before anything runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -131,8 +132,14 @@ class _Reader:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }
     if isinstance(kind, tuple):
         return " or ".join(names.get(k, k.__name__) for k in kind)
     return names.get(kind, kind.__name__)
@@ -152,7 +159,7 @@ def _load_rule(path: str, table: dict[str, Any]) -> RuleConfig:
     if raw_codes is not None:
         if not raw_codes:
             raise r.fail("codes", "must list at least one code")
-        codes = []
+        code_list: list[CodeMatch] = []
         for i, entry in enumerate(raw_codes):
             if not isinstance(entry, dict):
                 raise r.fail("codes", f"entry {i + 1} must be a table with code and systems")
@@ -162,12 +169,12 @@ def _load_rule(path: str, table: dict[str, Any]) -> RuleConfig:
                 raise er.fail("code", f"must be a code of letters, digits, '.', '_' or '-', not {code!r}")
             systems = er.take_strings("systems", ("",))
             er.done()
-            codes.append(CodeMatch(code, systems))
-        codes = tuple(codes)
+            code_list.append(CodeMatch(code, systems))
+        codes = tuple(code_list)
     bands = d.age_bands
     raw_bands = r.take("age_bands", list, None)
     if raw_bands is not None:
-        bands = []
+        band_list: list[AgeBand] = []
         for i, entry in enumerate(raw_bands):
             if not isinstance(entry, dict):
                 raise r.fail("age_bands", f"entry {i + 1} must be a table")
@@ -179,24 +186,28 @@ def _load_rule(path: str, table: dict[str, Any]) -> RuleConfig:
                 raise br.fail("below_years", f"must be an integer from 1 to 18, not {below!r}")
             if limit is None or not math.isfinite(limit) or limit <= 0:
                 raise br.fail("upper_limit_pmol_l", f"must be a number above 0, not {limit!r}")
-            bands.append(AgeBand(below, limit))
-        bands.sort(key=lambda b: b.below_years)
-        if not bands or len({b.below_years for b in bands}) != len(bands):
+            band_list.append(AgeBand(below, limit))
+        band_list.sort(key=lambda b: b.below_years)
+        if not band_list or len({b.below_years for b in band_list}) != len(band_list):
             raise r.fail("age_bands", "must list bands with distinct below_years")
-        bands = tuple(bands)
+        bands = tuple(band_list)
     units = d.units
     raw_units = r.take("units", dict, None)
     if raw_units is not None:
-        units = []
+        unit_list: list[tuple[str, float]] = []
         for name, factor in raw_units.items():
-            if (isinstance(factor, bool) or not isinstance(factor, (int, float))
-                    or not math.isfinite(factor) or factor <= 0):
+            if (
+                isinstance(factor, bool)
+                or not isinstance(factor, (int, float))
+                or not math.isfinite(factor)
+                or factor <= 0
+            ):
                 raise r.fail(f"units.{name}", f"must be a number above 0 (factor to pmol/L), not {factor!r}")
-            units.append((name, float(factor)))
-        units = tuple(units)
+            unit_list.append((name, float(factor)))
+        units = tuple(unit_list)
     language = r.take("language", str, d.language)
     if language not in ("da", "en"):
-        raise r.fail("language", f"must be \"da\" or \"en\", not {language!r}")
+        raise r.fail("language", f'must be "da" or "en", not {language!r}')
     result = RuleConfig(
         codes=codes,
         age_bands=bands,
@@ -290,9 +301,13 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     top = _Reader(path, data, "")
     rule = _load_rule(path, top.take_table("rule"))
     sections = {}
-    for name, cls in (("listener", ListenerConfig), ("journal", JournalConfig),
-                      ("downstream", DownstreamConfig), ("metrics", MetricsConfig),
-                      ("logging", LoggingConfig)):
+    for name, cls in (
+        ("listener", ListenerConfig),
+        ("journal", JournalConfig),
+        ("downstream", DownstreamConfig),
+        ("metrics", MetricsConfig),
+        ("logging", LoggingConfig),
+    ):
         sections[name] = _load_simple(cls, path, top.take_table(name), name)
     top.done()
     cfg = Config(rule=rule, source=path, **sections)

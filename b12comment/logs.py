@@ -4,6 +4,7 @@ Patient data never reaches a log line unless the operator allows it: the
 `scrub` processor drops every key in PATIENT_KEYS unless `patient_data` is on.
 Code that logs must still only pass the fields it means to.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,6 +22,7 @@ def _scrubber(allow_patient_data: bool):
             for key in PATIENT_KEYS & event_dict.keys():
                 event_dict[key] = "[withheld]"
         return event_dict
+
     return scrub
 
 
@@ -40,7 +42,7 @@ class LineLogger:
             return
         self._stream.flush()
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
@@ -49,8 +51,7 @@ def configure(level: str = "info", fmt: str = "auto", patient_data: bool = False
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
-    renderer = (structlog.dev.ConsoleRenderer(colors=False) if fmt == "console"
-                else structlog.processors.JSONRenderer())
+    renderer = structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

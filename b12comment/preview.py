@@ -3,6 +3,7 @@
 Prints to stdout, for the person at the terminal. The messages themselves
 are the user's own input, so they are shown; nothing goes to the log.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -10,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from b12comment.core import charset
 from b12comment.config import Config
+from b12comment.core import charset
 from b12comment.core.decision import REASONS, Decision
 from b12comment.core.engine import process
 from b12comment.core.segments import read_header
@@ -31,14 +32,17 @@ def _segments(text: str) -> list[str]:
 
 
 def segment_diff(before: bytes, after: bytes) -> str:
-    lines = difflib.unified_diff(_segments(_as_text(before)), _segments(_as_text(after)),
-                                 "original", "processed", lineterm="", n=1)
+    lines = difflib.unified_diff(
+        _segments(_as_text(before)), _segments(_as_text(after)), "original", "processed", lineterm="", n=1
+    )
     return "\n".join(lines)
 
 
 def describe(index: int, decision: Decision, before: bytes, after: bytes, comment: str) -> str:
-    out = [f"message {index}: control ID {decision.control_id or '(none)'}, "
-           f"type {decision.message_type or '(none)'}, version {decision.version or '(none)'}"]
+    out = [
+        f"message {index}: control ID {decision.control_id or '(none)'}, "
+        f"type {decision.message_type or '(none)'}, version {decision.version or '(none)'}"
+    ]
     out.append(f"  decision: {'COMMENT' if decision.commented else 'no comment'}")
     for reason in decision.reasons:
         out.append(f"  reason: {reason}: {REASONS.get(reason, '')}")
@@ -53,8 +57,9 @@ def describe(index: int, decision: Decision, before: bytes, after: bytes, commen
             limit = f"({r.limit_source})"
         age = "?" if r.age_years is None else f"{r.age_years} y"
         verdict = "comment" if r.commented else "no comment: " + ", ".join(r.reasons)
-        out.append(f"  B12 result (OBX {r.obx_index}, code {r.code}): age {age}, value {value}, "
-                   f"limit {limit} -> {verdict}")
+        out.append(
+            f"  B12 result (OBX {r.obx_index}, code {r.code}): age {age}, value {value}, limit {limit} -> {verdict}"
+        )
     if decision.commented:
         out.append(f"  comment: {comment}")
         out.append("  change:")
@@ -64,7 +69,7 @@ def describe(index: int, decision: Decision, before: bytes, after: bytes, commen
 
 def run_preview(config: Config, file: str, as_json: bool = False) -> int:
     try:
-        with (sys.stdin.buffer if file == "-" else open(Path(file), "rb")) as stream:
+        with sys.stdin.buffer if file == "-" else open(Path(file), "rb") as stream:
             count = _preview_stream(config, stream, as_json)
     except OSError as exc:  # cannot open, or a read fails half-way
         print(f"b12comment preview: cannot read {file}: {exc.strerror or exc}", file=sys.stderr)
@@ -84,8 +89,12 @@ def _preview_stream(config: Config, stream, as_json: bool) -> int:
         count += 1
         after, decision = process(piece.data, config.rule)
         if as_json:
-            record = {"control_id": decision.control_id, "commented": decision.commented,
-                      "reasons": list(decision.reasons), "output": _as_text(after)}
+            record = {
+                "control_id": decision.control_id,
+                "commented": decision.commented,
+                "reasons": list(decision.reasons),
+                "output": _as_text(after),
+            }
             record.update({k: v for k, v in decision.as_dict().items() if k not in record})
             print(json.dumps(record, ensure_ascii=False))
         else:

@@ -8,6 +8,7 @@ a few files are HL7 batch files. Same seed, same bytes.
 
     python bench/generate.py OUT_DIR --messages 100000 [--seed 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,20 +16,65 @@ import random
 from datetime import date, timedelta
 from pathlib import Path
 
-FAMILY = ["Jensen", "Nielsen", "Hansen", "Pedersen", "Andersen", "Christensen", "Larsen", "Sørensen",
-          "Rasmussen", "Jørgensen", "Petersen", "Madsen", "Kristensen", "Olsen", "Thomsen", "Østergård",
-          "Møller", "Lauridsen", "Bækgaard", "Aagaard"]
-GIVEN = ["Søren", "Åse", "Mads", "Freja", "Ida", "Emil", "Karen", "Bjørn", "Ærø", "Jens", "Ane", "Sofie",
-         "Mathias", "Line", "Frederik", "Maja", "Øjvind", "Helle"]
+FAMILY = [
+    "Jensen",
+    "Nielsen",
+    "Hansen",
+    "Pedersen",
+    "Andersen",
+    "Christensen",
+    "Larsen",
+    "Sørensen",
+    "Rasmussen",
+    "Jørgensen",
+    "Petersen",
+    "Madsen",
+    "Kristensen",
+    "Olsen",
+    "Thomsen",
+    "Østergård",
+    "Møller",
+    "Lauridsen",
+    "Bækgaard",
+    "Aagaard",
+]
+GIVEN = [
+    "Søren",
+    "Åse",
+    "Mads",
+    "Freja",
+    "Ida",
+    "Emil",
+    "Karen",
+    "Bjørn",
+    "Ærø",
+    "Jens",
+    "Ane",
+    "Sofie",
+    "Mathias",
+    "Line",
+    "Frederik",
+    "Maja",
+    "Øjvind",
+    "Helle",
+]
 TESTS = [  # code, name, unit, low, high, typical
-    ("NPU02319", "B-Haemoglobin", "mmol/L", 7.3, 9.5, 8.4), ("NPU02593", "B-Leukocytes", "10*9/L", 3.5, 10.0, 6.5),
-    ("NPU03568", "B-Platelets", "10*9/L", 145, 390, 250), ("NPU19748", "P-CRP", "mg/L", 0, 8, 3),
-    ("NPU19651", "P-ALT", "U/L", 10, 70, 30), ("NPU04998", "P-Creatinine", "umol/L", 45, 105, 75),
-    ("NPU03429", "P-Sodium", "mmol/L", 137, 145, 140), ("NPU03230", "P-Potassium", "mmol/L", 3.5, 4.4, 4.0),
-    ("NPU01370", "P-Bilirubin", "umol/L", 5, 25, 10), ("NPU19673", "P-Albumin", "g/L", 36, 48, 42),
-    ("NPU02902", "B-Neutrophils", "10*9/L", 1.5, 7.5, 4.0), ("NPU01459", "P-Urate", "mmol/L", 0.15, 0.45, 0.3),
-    ("NPU19763", "P-Ferritin", "ug/L", 15, 300, 80), ("NPU02508", "P-Folate", "nmol/L", 9, 45, 20),
-    ("NPU03607", "P-TSH", "mIU/L", 0.3, 4.0, 1.5), ("NPU27300", "P-GGT", "U/L", 10, 75, 25),
+    ("NPU02319", "B-Haemoglobin", "mmol/L", 7.3, 9.5, 8.4),
+    ("NPU02593", "B-Leukocytes", "10*9/L", 3.5, 10.0, 6.5),
+    ("NPU03568", "B-Platelets", "10*9/L", 145, 390, 250),
+    ("NPU19748", "P-CRP", "mg/L", 0, 8, 3),
+    ("NPU19651", "P-ALT", "U/L", 10, 70, 30),
+    ("NPU04998", "P-Creatinine", "umol/L", 45, 105, 75),
+    ("NPU03429", "P-Sodium", "mmol/L", 137, 145, 140),
+    ("NPU03230", "P-Potassium", "mmol/L", 3.5, 4.4, 4.0),
+    ("NPU01370", "P-Bilirubin", "umol/L", 5, 25, 10),
+    ("NPU19673", "P-Albumin", "g/L", 36, 48, 42),
+    ("NPU02902", "B-Neutrophils", "10*9/L", 1.5, 7.5, 4.0),
+    ("NPU01459", "P-Urate", "mmol/L", 0.15, 0.45, 0.3),
+    ("NPU19763", "P-Ferritin", "ug/L", 15, 300, 80),
+    ("NPU02508", "P-Folate", "nmol/L", 9, 45, 20),
+    ("NPU03607", "P-TSH", "mIU/L", 0.3, 4.0, 1.5),
+    ("NPU27300", "P-GGT", "U/L", 10, 75, 25),
 ]
 
 
@@ -64,18 +110,21 @@ def oru(n: int, rng: random.Random, day: date) -> bytes:
     huge = rng.random() < 0.00005
     n_obx = 5000 if huge else rng.randrange(5, 41)
     groups = 1 if n_obx < 12 or rng.random() < 0.6 else rng.randrange(2, 4)
-    segs = [f"MSH|^~\\&|KBA-LAB|AUH|EPIC|AUH|{_ts(day, rng)}||ORU^R01^ORU_R01|L{n:09d}|P|2.5.1|||AL|NE|DNK|8859/1",
-            f"PID|1||{rng.randrange(10**9):010d}^^^CPR^NNDNK||{rng.choice(FAMILY)}^{rng.choice(GIVEN)}||"
-            f"{birth:%Y%m%d}|{rng.choice('MF')}|||Vestergade {rng.randrange(1, 99)}^^Aarhus^^8000^DNK",
-            f"PV1|1|O|KBA^^^AUH||||GP{rng.randrange(1000):04d}^Lund^Karen"]
+    segs = [
+        f"MSH|^~\\&|KBA-LAB|AUH|EPIC|AUH|{_ts(day, rng)}||ORU^R01^ORU_R01|L{n:09d}|P|2.5.1|||AL|NE|DNK|8859/1",
+        f"PID|1||{rng.randrange(10**9):010d}^^^CPR^NNDNK||{rng.choice(FAMILY)}^{rng.choice(GIVEN)}||"
+        f"{birth:%Y%m%d}|{rng.choice('MF')}|||Vestergade {rng.randrange(1, 99)}^^Aarhus^^8000^DNK",
+        f"PV1|1|O|KBA^^^AUH||||GP{rng.randrange(1000):04d}^Lund^Karen",
+    ]
     per_group = max(n_obx // groups, 1)
     abnormal_at = rng.randrange(n_obx) if other_abnormal else -1
     b12_at = rng.randrange(min(per_group, n_obx)) if b12 else -1
     i = 0
     for g in range(groups):
         segs.append(f"ORC|RE|REQ{n}-{g}|LAB{n}-{g}||CM")
-        segs.append(f"OBR|{g + 1}|REQ{n}-{g}|LAB{n}-{g}|PKG{g}^Panel {g}^L|||{collected}|||||||||"
-                    f"GP123^Lund^Karen|||||||F")
+        segs.append(
+            f"OBR|{g + 1}|REQ{n}-{g}|LAB{n}-{g}|PKG{g}^Panel {g}^L|||{collected}|||||||||GP123^Lund^Karen|||||||F"
+        )
         count = per_group if g < groups - 1 else n_obx - i
         for _ in range(count):
             if i == b12_at:
@@ -89,17 +138,25 @@ def oru(n: int, rng: random.Random, day: date) -> bytes:
 
 
 def adt(n: int, rng: random.Random, day: date) -> bytes:
-    segs = [f"MSH|^~\\&|PAS|AUH|LIS|AUH|{_ts(day, rng)}||ADT^A0{rng.choice('1348')}^ADT_A01|A{n:09d}|P|2.5.1|||||DNK|8859/1",
-            f"EVN|A01|{_ts(day, rng)}",
-            f"PID|1||{rng.randrange(10**9):010d}^^^CPR^NNDNK||{rng.choice(FAMILY)}^{rng.choice(GIVEN)}||19{rng.randrange(30, 99)}0101|F",
-            f"PV1|1|I|MED^{rng.randrange(1, 40)}^1^AUH", "ZPV|custom|segment"]
+    segs = [
+        f"MSH|^~\\&|PAS|AUH|LIS|AUH|{_ts(day, rng)}||ADT^A0{rng.choice('1348')}^ADT_A01"
+        f"|A{n:09d}|P|2.5.1|||||DNK|8859/1",
+        f"EVN|A01|{_ts(day, rng)}",
+        f"PID|1||{rng.randrange(10**9):010d}^^^CPR^NNDNK||{rng.choice(FAMILY)}^{rng.choice(GIVEN)}"
+        f"||19{rng.randrange(30, 99)}0101|F",
+        f"PV1|1|I|MED^{rng.randrange(1, 40)}^1^AUH",
+        "ZPV|custom|segment",
+    ]
     return ("\r".join(segs) + "\r").encode("latin-1")
 
 
 def orm(n: int, rng: random.Random, day: date) -> bytes:
-    segs = [f"MSH|^~\\&|EPIC|AUH|KBA-LAB|AUH|{_ts(day, rng)}||ORM^O01^ORM_O01|O{n:09d}|P|2.3",
-            f"PID|1||{rng.randrange(10**9):010d}^^^CPR^NNDNK||{rng.choice(FAMILY)}^{rng.choice(GIVEN)}||19800101|M",
-            f"ORC|NW|REQ{n}", f"OBR|1|REQ{n}||PKG1^Anaemia panel^L|||{_ts(day, rng)}"]
+    segs = [
+        f"MSH|^~\\&|EPIC|AUH|KBA-LAB|AUH|{_ts(day, rng)}||ORM^O01^ORM_O01|O{n:09d}|P|2.3",
+        f"PID|1||{rng.randrange(10**9):010d}^^^CPR^NNDNK||{rng.choice(FAMILY)}^{rng.choice(GIVEN)}||19800101|M",
+        f"ORC|NW|REQ{n}",
+        f"OBR|1|REQ{n}||PKG1^Anaemia panel^L|||{_ts(day, rng)}",
+    ]
     return ("\r".join(segs) + "\r").encode("latin-1")
 
 

@@ -7,6 +7,7 @@ measured in the same run on the same data. Prints one table with ratios.
 
 Never run by the tests; targets are checked by reading the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,6 +63,7 @@ def timed_child(args, env=None) -> tuple[float, int, int]:
 
 # ---------------------------------------------------------------- process()
 
+
 def bench_process(paths) -> None:
     rule = RuleConfig()
     msgs = messages_of(paths, 20000)
@@ -89,6 +91,7 @@ def bench_process(paths) -> None:
 
 # ---------------------------------------------------------------- replay
 
+
 def floor_copy(paths, out: Path) -> None:
     for p in paths:
         dst = out / p.name
@@ -99,6 +102,7 @@ def floor_copy(paths, out: Path) -> None:
 
 def python_hl7_forward(messages, out: Path) -> None:
     import hl7
+
     with open(out / "pythonhl7.out", "wb") as f:
         for m in messages:
             text = m.decode("latin-1")
@@ -108,6 +112,7 @@ def python_hl7_forward(messages, out: Path) -> None:
 def naive_forward(messages, out: Path) -> None:
     """What one writes first: parse the whole message with hl7apy, walk it, re-serialise."""
     from hl7apy.parser import parse_message
+
     with open(out / "naive.out", "wb") as f:
         for m in messages:
             text = m.decode("latin-1")
@@ -137,8 +142,20 @@ def bench_replay(archive: Path, paths, n: int, tmp: Path) -> None:
     results = {}
     for workers in (1, 2):
         out = tmp / f"replay{workers}"
-        secs, code, rss = timed_child([sys.executable, "-m", "b12comment", "replay", "--quiet",
-                                       str(archive), "--out", str(out), "--workers", str(workers)])
+        secs, code, rss = timed_child(
+            [
+                sys.executable,
+                "-m",
+                "b12comment",
+                "replay",
+                "--quiet",
+                str(archive),
+                "--out",
+                str(out),
+                "--workers",
+                str(workers),
+            ]
+        )
         assert code == 0, "replay failed"
         results[workers] = (n / secs, rss)
         shutil.rmtree(out)
@@ -155,16 +172,29 @@ def bench_replay(archive: Path, paths, n: int, tmp: Path) -> None:
     naive_rate = rate_of(naive_forward, small, tmp / "base")
     for workers in (1, 2):
         rate, rss = results[workers]
-        row(f"replay, {workers} worker{'s' * (workers > 1)}", f"{rate:,.0f} msg/s",
-            f"naive hl7apy {naive_rate:,.0f} msg/s", f"{rate / naive_rate:,.0f}x naive")
-        row(f"replay, {workers} worker{'s' * (workers > 1)} vs python-hl7", f"{rate:,.0f} msg/s",
-            f"python-hl7 parse+str {hl7_rate:,.0f} msg/s", f"{rate / hl7_rate:.2f}x python-hl7")
-        row(f"replay, {workers} worker{'s' * (workers > 1)} vs I/O floor", f"{rate:,.0f} msg/s",
-            f"read+write bytes {floor_rate:,.0f} msg/s", f"{rate / floor_rate:.3f}x floor")
+        row(
+            f"replay, {workers} worker{'s' * (workers > 1)}",
+            f"{rate:,.0f} msg/s",
+            f"naive hl7apy {naive_rate:,.0f} msg/s",
+            f"{rate / naive_rate:,.0f}x naive",
+        )
+        row(
+            f"replay, {workers} worker{'s' * (workers > 1)} vs python-hl7",
+            f"{rate:,.0f} msg/s",
+            f"python-hl7 parse+str {hl7_rate:,.0f} msg/s",
+            f"{rate / hl7_rate:.2f}x python-hl7",
+        )
+        row(
+            f"replay, {workers} worker{'s' * (workers > 1)} vs I/O floor",
+            f"{rate:,.0f} msg/s",
+            f"read+write bytes {floor_rate:,.0f} msg/s",
+            f"{rate / floor_rate:.3f}x floor",
+        )
     row(f"replay peak RSS ({n:,} messages, 1 worker)", f"{results[1][1] / 1024:,.0f} MB")
 
 
 # ---------------------------------------------------------------- serve
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -205,12 +235,17 @@ asyncio.run(main())
 def start_serve(tmp: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cfg = tmp / "bench.toml"
-    cfg.write_text(f'[listener]\nport = {port}\nmax_connections = 64\n'
-                   f'[journal]\npath = "{tmp / "journal.sqlite3"}"\n'
-                   f'[downstream]\nurl = "dir:{tmp / "outbox"}"\n'
-                   f'[logging]\nlevel = "warning"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "b12comment", "serve", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg.write_text(
+        f"[listener]\nport = {port}\nmax_connections = 64\n"
+        f'[journal]\npath = "{tmp / "journal.sqlite3"}"\n'
+        f'[downstream]\nurl = "dir:{tmp / "outbox"}"\n'
+        f'[logging]\nlevel = "warning"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "b12comment", "serve", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_port(port)
     return proc, port
 
@@ -219,8 +254,9 @@ def start_noop(tmp: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     script = tmp / "noop_server.py"
     script.write_text(NOOP_SERVER)
-    proc = subprocess.Popen([sys.executable, str(script), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_port(port)
     return proc, port
 
@@ -228,6 +264,7 @@ def start_noop(tmp: Path) -> tuple[subprocess.Popen, int]:
 def send_sequential(port: int, messages, pace_s: float = 0.0) -> list[float]:
     """python-hl7's MLLPClient, one message after another, each waiting for its ACK."""
     from hl7.client import MLLPClient
+
     latencies = []
     with MLLPClient("127.0.0.1", port) as client:
         next_at = time.perf_counter()
@@ -243,8 +280,10 @@ def send_sequential(port: int, messages, pace_s: float = 0.0) -> list[float]:
                 ack += client.socket.recv(4096)
             latencies.append(time.perf_counter() - start)
             if b"MSA|AA" not in ack and b"MSA|CA" not in ack:
-                raise RuntimeError(f"port {port}: message {i} ({len(m):,} bytes) got "
-                                   f"{ack[:200]!r}" + (" (connection closed)" if not ack else ""))
+                raise RuntimeError(
+                    f"port {port}: message {i} ({len(m):,} bytes) got "
+                    f"{ack[:200]!r}" + (" (connection closed)" if not ack else "")
+                )
     return latencies
 
 
@@ -325,7 +364,7 @@ def bench_serve(paths, n: int, tmp: Path) -> None:
             conc = send_concurrent(port, tagged(messages, "C"), 8)
             if ours:
                 wait_files(outbox, 200 + 2 * n)  # the queue drained: latency is measured on a quiet service
-            lat = sorted(send_sequential(port, tagged(messages[:min(n, 5000)], "L"), pace_s=1 / 500))
+            lat = sorted(send_sequential(port, tagged(messages[: min(n, 5000)], "L"), pace_s=1 / 500))
             results[name] = (seq, conc, lat, rss_kb(proc.pid), e2e)
         finally:
             proc.terminate()
@@ -348,13 +387,19 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--serve-messages", type=int, default=20_000)
     p.add_argument("--keep", type=Path, help="generate the archive here and keep it")
-    p.add_argument("--only", action="append", choices=("process", "replay", "serve"),
-                   help="run only this part (may be given more than once)")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=("process", "replay", "serve"),
+        help="run only this part (may be given more than once)",
+    )
     args = p.parse_args()
     n, serve_n = (10_000, 2_000) if args.quick else (args.messages, args.serve_messages)
     parts = set(args.only or ("process", "replay", "serve"))
-    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}; "
-          f"load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}; "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
     with tempfile.TemporaryDirectory(prefix="b12bench-") as t:
         tmp = Path(t)
         archive = args.keep or tmp / "archive"

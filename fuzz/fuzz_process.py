@@ -26,8 +26,10 @@ crash-<sha1> files (or timeout-/oom-) in the current folder or -artifact_prefix.
 
 Importing this module does not need atheris: tests use `check` directly.
 """
+
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -49,13 +51,75 @@ PRECHECK = os.environ.get("B12_FUZZ_PRECHECK", "") == "1"  # also compare with p
 
 # Tokens for libFuzzer's dictionary: HL7 structure and the values the rule reads.
 DICTIONARY = [
-    "MSH|^~\\&|", "MSH|^~\\&#|", "|", "^", "~", "\\", "&", "#", "\r", "\n", "\r\n",
-    "ORU^R01", "ORU^R01^ORU_R01", "ADT^A01", "PID|", "PV1|", "ORC|", "OBR|", "OBX|", "NTE|", "SPM|",
-    "ZLB|", "14685-2", "2132-9", "NPU01700", "LN", "IUPP", "NPU", "14685-2^Cobalamin^LN",
-    "NPU01700^B12^IUPP", "NM", "SN", "ST", "TX", "pmol/L", "pg/mL", "ng/L", ">^1476", ">1476",
-    "1476,0", "1500", "200-600", "H", "HH", "N", "L", "A", "F", "C", "P", "D", "2.3", "2.5.1",
-    "2.7", "2.9", "8859/1", "UNICODE UTF-8", "20160315", "2016", "20240110083000",
-    "\\F\\", "\\S\\", "\\T\\", "\\R\\", "\\E\\", "\\.br\\", "\\X00\\", "\xc3\xb8", "\xf8",
+    "MSH|^~\\&|",
+    "MSH|^~\\&#|",
+    "|",
+    "^",
+    "~",
+    "\\",
+    "&",
+    "#",
+    "\r",
+    "\n",
+    "\r\n",
+    "ORU^R01",
+    "ORU^R01^ORU_R01",
+    "ADT^A01",
+    "PID|",
+    "PV1|",
+    "ORC|",
+    "OBR|",
+    "OBX|",
+    "NTE|",
+    "SPM|",
+    "ZLB|",
+    "14685-2",
+    "2132-9",
+    "NPU01700",
+    "LN",
+    "IUPP",
+    "NPU",
+    "14685-2^Cobalamin^LN",
+    "NPU01700^B12^IUPP",
+    "NM",
+    "SN",
+    "ST",
+    "TX",
+    "pmol/L",
+    "pg/mL",
+    "ng/L",
+    ">^1476",
+    ">1476",
+    "1476,0",
+    "1500",
+    "200-600",
+    "H",
+    "HH",
+    "N",
+    "L",
+    "A",
+    "F",
+    "C",
+    "P",
+    "D",
+    "2.3",
+    "2.5.1",
+    "2.7",
+    "2.9",
+    "8859/1",
+    "UNICODE UTF-8",
+    "20160315",
+    "2016",
+    "20240110083000",
+    "\\F\\",
+    "\\S\\",
+    "\\T\\",
+    "\\R\\",
+    "\\E\\",
+    "\\.br\\",
+    "\\X00\\",
+    "\xc3\xb8",
+    "\xf8",
 ]
 
 
@@ -75,7 +139,7 @@ def _tokens(message: bytes) -> list[bytes]:
     """Segments with their terminators; empty lines are tokens of their own."""
     out, pos = [], 0
     for m in _BREAK.finditer(message):
-        out.append(message[pos:m.end()])
+        out.append(message[pos : m.end()])
         pos = m.end()
     if pos < len(message):
         out.append(message[pos:])
@@ -95,9 +159,9 @@ def _delims(message: bytes) -> tuple[bytes, bytes] | None:
     i = 0
     while i < len(message) and message[i] in _SKIP:
         i += 1
-    if message[i:i + 3] != b"MSH" or len(message) < i + 5:
+    if message[i : i + 3] != b"MSH" or len(message) < i + 5:
         return None
-    fs = message[i + 3:i + 4]
+    fs = message[i + 3 : i + 4]
     line = _content(_tokens(message[i:])[0])
     parts = line.split(fs)
     return fs, (parts[1] if len(parts) > 1 else b"")
@@ -108,17 +172,24 @@ def _unescape(raw: bytes, fs: bytes, enc: bytes) -> bytes:
     if len(enc) < 3:
         return raw
     esc = enc[2:3]
-    names = {b"F": fs, b"S": enc[0:1], b"R": enc[1:2], b"E": esc,
-             b"T": enc[3:4] or b"&", b"P": enc[4:5] or b"#", b".br": b"\n"}
+    names = {
+        b"F": fs,
+        b"S": enc[0:1],
+        b"R": enc[1:2],
+        b"E": esc,
+        b"T": enc[3:4] or b"&",
+        b"P": enc[4:5] or b"#",
+        b".br": b"\n",
+    }
     out, i = b"", 0
     while i < len(raw):
-        if raw[i:i + 1] == esc:
+        if raw[i : i + 1] == esc:
             j = raw.find(esc, i + 1)
-            if j > i and raw[i + 1:j] in names:
-                out += names[raw[i + 1:j]]
+            if j > i and raw[i + 1 : j] in names:
+                out += names[raw[i + 1 : j]]
                 i = j + 1
                 continue
-        out += raw[i:i + 1]
+        out += raw[i : i + 1]
         i += 1
     return out
 
@@ -129,8 +200,7 @@ def _ascii_form(text: str) -> str:
         if ord(ch) < 128:
             out.append(ch)
         else:
-            out.append(_TRANSLIT.get(ch) or unicodedata.normalize("NFKD", ch).encode(
-                "ascii", "ignore").decode() or "?")
+            out.append(_TRANSLIT.get(ch) or unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode() or "?")
     return "".join(out)
 
 
@@ -141,13 +211,10 @@ def _is_comment(raw: bytes, texts: tuple[str, ...], fs: bytes, enc: bytes) -> bo
     if len(enc) < 3:  # no escape character: the product blanks special characters
         spaced = plain
     for text in texts:
-        forms = {text.encode("utf-8"), text.encode("latin-1", "replace"),
-                 _ascii_form(text).encode("ascii")}
+        forms = {text.encode("utf-8"), text.encode("latin-1", "replace"), _ascii_form(text).encode("ascii")}
         for codec in ("iso8859-2", "iso8859-4", "iso8859-9", "iso8859-15"):
-            try:
+            with contextlib.suppress(UnicodeEncodeError):
                 forms.add(text.encode(codec))
-            except UnicodeEncodeError:
-                pass
         if plain in forms:
             return True
         if spaced is not None:
@@ -196,14 +263,13 @@ def check_output(data: bytes, out: bytes, commented: bool, texts: tuple[str, ...
                 raise PropertyFailed(f"inserted NTE-1/2/4 are not <n>, L, RE: {tok[:40]!r}...{tok[-10:]!r}")
             if previous is None or _content(previous)[:3] not in (b"OBX", b"NTE"):
                 raise PropertyFailed(f"inserted NTE does not follow an OBX or NTE: after {previous!r:.60}")
-            term = tok[len(body):]
-            if term != previous[len(_content(previous)):]:
+            term = tok[len(body) :]
+            if term != previous[len(_content(previous)) :]:
                 raise PropertyFailed(f"inserted NTE ends with {term!r}, the segment before with another")
             inserted += 1
         previous = tok
     if j != len(want):
-        raise PropertyFailed(f"input segment {j + 1} is missing or changed in the output: "
-                             f"{want[j][:80]!r}")
+        raise PropertyFailed(f"input segment {j + 1} is missing or changed in the output: {want[j][:80]!r}")
     if inserted == 0:
         raise PropertyFailed("output differs from the input but no segment was inserted")
     return inserted
@@ -225,8 +291,9 @@ def check(data: bytes, process, rule, precheck_agrees: bool = False) -> bytes:
     texts = rule.all_comment_texts()
     inserted = check_output(data, out, decision.commented, texts)
     if inserted and inserted != sum(1 for r in decision.results if r.commented):
-        raise PropertyFailed(f"{inserted} NTEs inserted, but {sum(r.commented for r in decision.results)} "
-                             "B12 results say commented")
+        raise PropertyFailed(
+            f"{inserted} NTEs inserted, but {sum(r.commented for r in decision.results)} B12 results say commented"
+        )
     again, second = process(out, rule)
     if again != out:
         raise PropertyFailed("process(output) changed the output again (not idempotent)")
@@ -237,6 +304,7 @@ def check(data: bytes, process, rule, precheck_agrees: bool = False) -> bytes:
 
 # --------------------------------------------------------------------------
 # Per-input CPU-time limit
+
 
 class Hang(BaseException):
     """Raised from the timer signal; BaseException so that process()'s own
@@ -273,10 +341,11 @@ def _broken(kind: str, process):
 # --------------------------------------------------------------------------
 # Seeds
 
+
 def split_messages(blob: bytes) -> list[bytes]:
     """A file's messages: each starts at a line that starts with MSH."""
     starts = [m.start() for m in re.finditer(rb"(?:^|(?<=[\r\n]))MSH", blob)]
-    return [blob[a:b] for a, b in zip(starts, starts[1:] + [len(blob)])]
+    return [blob[a:b] for a, b in zip(starts, starts[1:] + [len(blob)], strict=False)]
 
 
 def write_seeds(folder: Path) -> int:
@@ -298,16 +367,15 @@ def write_seeds(folder: Path) -> int:
 def _dict_line(token: str) -> str:
     """One libFuzzer dictionary entry: printable ASCII as is, the rest \\xNN."""
     raw = token.encode("latin-1")
-    return '"' + "".join(chr(c) if 32 <= c < 127 and c not in (34, 92) else f"\\x{c:02x}"
-                         for c in raw) + '"\n'
+    return '"' + "".join(chr(c) if 32 <= c < 127 and c not in (34, 92) else f"\\x{c:02x}" for c in raw) + '"\n'
 
 
 def main(argv: list[str]) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["b12comment", "hl7apy", "dateutil"]):
-        from b12comment.core.rule_config import RuleConfig
         from b12comment.core.engine import process
+        from b12comment.core.rule_config import RuleConfig
     rule = RuleConfig()
     if os.environ.get("B12_FUZZ_BREAK"):
         process = _broken(os.environ["B12_FUZZ_BREAK"], process)

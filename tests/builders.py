@@ -6,6 +6,7 @@ for (``fs`` and ``enc``), so a case can use odd encoding characters without
 rewriting its field values. Values must therefore not contain delimiter
 characters other than the standard ones used as delimiters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ class Obx:
     status: str = "F"
     vtype: str = "NM"
     obx14: str = ""
-    ntes: tuple = ()          # NTE-3 texts, (set_id, text) or (set_id, text, NTE-4) rows
+    ntes: tuple = ()  # NTE-3 texts, (set_id, text) or (set_id, text, NTE-4) rows
 
 
 def b12(value: str = "1500", units: str = "pmol/L", **kw) -> Obx:
@@ -38,48 +39,48 @@ def b12(value: str = "1500", units: str = "pmol/L", **kw) -> Obx:
 
 
 def _obx_segment(set_id: int, o: Obx) -> list[str]:
-    seg = (f"OBX|{set_id}|{o.vtype}|{o.code}||{o.value}|{o.units}|{o.range}|{o.flags}"
-           f"|||{o.status}|||{o.obx14}")
+    seg = f"OBX|{set_id}|{o.vtype}|{o.code}||{o.value}|{o.units}|{o.range}|{o.flags}|||{o.status}|||{o.obx14}"
     out = [seg]
     for i, nte in enumerate(o.ntes, start=1):
         if not isinstance(nte, tuple):
             nte = (str(i), nte)
-        out.append("NTE|{}|L|".format(nte[0]) + "|".join(nte[1:]))
+        out.append(f"NTE|{nte[0]}|L|" + "|".join(nte[1:]))
     return out
 
 
-def build(*,
-          birth: str = "20160315",
-          collected: str = "20240110083000",     # OBR-7
-          obx14: str = "",                        # OBX-14 of the B12 OBX
-          vtype: str = "NM",
-          value: str = "1500",
-          units: str = "pmol/L",
-          range: str = "",
-          flags: str = "",
-          status: str = "F",
-          code: str = B12_CODE,
-          ntes: tuple = (),                       # NTEs under the B12 OBX
-          others: tuple[Obx, ...] = (),           # further OBX rows in the same OBR group
-          before: tuple[Obx, ...] = (),           # OBX rows before the B12 OBX
-          group2: tuple[Obx, ...] = (),           # OBX rows of a second OBR group
-          with_b12: bool = True,
-          version: str = "2.5.1",
-          fs: str = "|",
-          enc: str = "^~\\&",
-          charset: str = "",                      # MSH-18
-          encoding: str | None = None,            # Python codec of the bytes
-          msh9: str = "ORU^R01^ORU_R01",
-          patient_name: str = "Testesen^Barn",
-          extra_pid: bool = False,
-          spm17: str | None = None,
-          zseg: str | None = None,                # a Z-segment appended at the end
-          term: bytes = b"\r",
-          final_term: bool = True) -> bytes:
+def build(
+    *,
+    birth: str = "20160315",
+    collected: str = "20240110083000",  # OBR-7
+    obx14: str = "",  # OBX-14 of the B12 OBX
+    vtype: str = "NM",
+    value: str = "1500",
+    units: str = "pmol/L",
+    range: str = "",
+    flags: str = "",
+    status: str = "F",
+    code: str = B12_CODE,
+    ntes: tuple = (),  # NTEs under the B12 OBX
+    others: tuple[Obx, ...] = (),  # further OBX rows in the same OBR group
+    before: tuple[Obx, ...] = (),  # OBX rows before the B12 OBX
+    group2: tuple[Obx, ...] = (),  # OBX rows of a second OBR group
+    with_b12: bool = True,
+    version: str = "2.5.1",
+    fs: str = "|",
+    enc: str = "^~\\&",
+    charset: str = "",  # MSH-18
+    encoding: str | None = None,  # Python codec of the bytes
+    msh9: str = "ORU^R01^ORU_R01",
+    patient_name: str = "Testesen^Barn",
+    extra_pid: bool = False,
+    spm17: str | None = None,
+    zseg: str | None = None,  # a Z-segment appended at the end
+    term: bytes = b"\r",
+    final_term: bool = True,
+) -> bytes:
     """An ORU^R01 message with one patient and a B12 OBX, as bytes."""
     segs: list[str] = []
-    msh_rest = (f"LAB|HOSP|MW|HOSP|20240110120000||{msh9}|CTRL0001|P|{version}"
-                f"|||||{'DK'}|{charset}")
+    msh_rest = f"LAB|HOSP|MW|HOSP|20240110120000||{msh9}|CTRL0001|P|{version}|||||{'DK'}|{charset}"
     segs.append("PID|1||0101169999^^^CPR||" + patient_name + f"||{birth}|M")
     if extra_pid:
         segs.append("PID|2||0202029999^^^CPR||Other^Child||20100101|F")
@@ -89,8 +90,19 @@ def build(*,
         segs.append(f"SPM|1|||SER|||||||||||||{spm17}")
     rows: list[Obx] = list(before)
     if with_b12:
-        rows.append(Obx(code=code, value=value, units=units, range=range, flags=flags,
-                        status=status, vtype=vtype, obx14=obx14, ntes=tuple(ntes)))
+        rows.append(
+            Obx(
+                code=code,
+                value=value,
+                units=units,
+                range=range,
+                flags=flags,
+                status=status,
+                vtype=vtype,
+                obx14=obx14,
+                ntes=tuple(ntes),
+            )
+        )
     rows.extend(others)
     for i, o in enumerate(rows, start=1):
         segs.extend(_obx_segment(i, o))
@@ -103,7 +115,7 @@ def build(*,
 
     std = "|^~\\&"
     target = fs + (enc + "\0\0\0\0")[:4]
-    table = {ord(s): t for s, t in zip(std, target) if t != "\0" and s != t}
+    table = {ord(s): t for s, t in zip(std, target, strict=False) if t != "\0" and s != t}
     body = [s.translate(table) for s in [msh_rest] + segs]
     msh = "MSH" + fs + enc + fs + body[0]
     text = term.decode("ascii").join([msh] + body[1:])

@@ -1,4 +1,5 @@
 """Shared test fixtures: where the corpus and the samples are."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ bounded so that nothing can hang CI.
 The downstream and the client helpers do their own framing on purpose, so
 that the product's codec is not checked against itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def take_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
     while EB in buffer:
         head, buffer = buffer.split(EB, 1)
         buffer = buffer[1:] if buffer.startswith(CR) else buffer
-        payloads.append(head[head.index(SB) + 1:])
+        payloads.append(head[head.index(SB) + 1 :])
     return payloads, buffer
 
 
@@ -102,8 +103,9 @@ def write_config(path: Path, **sections: dict) -> Path:
 class MllpConnection:
     """A plain MLLP client socket (optionally TLS) that reads ACKs frame by frame."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None,
-                 timeout: float = 15.0):
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None, timeout: float = 15.0
+    ):
         raw = socket.create_connection((host, port), timeout=timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = ssl_context.wrap_socket(raw, server_hostname=host) if ssl_context else raw
@@ -120,7 +122,7 @@ class MllpConnection:
             self.buffer += data
         head, self.buffer = self.buffer.split(EB, 1)
         self.buffer = self.buffer[1:] if self.buffer.startswith(CR) else self.buffer
-        return head[head.index(SB) + 1:]
+        return head[head.index(SB) + 1 :]
 
     def send(self, payload: bytes) -> bytes:
         self.send_raw(frame(payload))
@@ -145,12 +147,19 @@ def hl7_client_send(client, payload: bytes) -> bytes:
         if not more:
             break
         data += more
-    return data[data.index(SB) + 1:data.index(EB)]
+    return data[data.index(SB) + 1 : data.index(EB)]
 
 
 def ack_for(message: bytes, code: str) -> bytes:
-    return (b"MSH|^~\\&|DOWN|STREAM|B12|B12|20240101000000||ACK|D" + str(time.monotonic_ns()).encode()
-            + b"|P|2.5.1\rMSA|" + code.encode() + b"|" + msh10(message).encode("latin-1") + b"\r")
+    return (
+        b"MSH|^~\\&|DOWN|STREAM|B12|B12|20240101000000||ACK|D"
+        + str(time.monotonic_ns()).encode()
+        + b"|P|2.5.1\rMSA|"
+        + code.encode()
+        + b"|"
+        + msh10(message).encode("latin-1")
+        + b"\r"
+    )
 
 
 class Downstream:
@@ -181,7 +190,7 @@ class Downstream:
         while not self.stopping:
             try:
                 conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
@@ -244,11 +253,15 @@ class Serve:
         self.port: int | None = None
         self.metrics_port: int | None = None
 
-    def start(self, expect_listening: bool = True) -> "Serve":
+    def start(self, expect_listening: bool = True) -> Serve:
         env = subprocess_env()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "b12comment", "serve", "--config", str(self.config)],
-            cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if expect_listening:

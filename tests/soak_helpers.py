@@ -5,8 +5,10 @@ memory of a process, the metrics endpoint, and the message mix.
 Like service_helpers, everything frames on its own (not with the product's
 codec) and every wait is bounded.
 """
+
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import re
@@ -68,10 +70,10 @@ def set_control_id(message: bytes, control_id: str) -> bytes:
 @dataclass
 class Delivery:
     control_id: str
-    digest: bytes          # sha256 of the payload
+    digest: bytes  # sha256 of the payload
     payload: bytes | None  # the payload itself, when keep_payload(payload) said so
-    connection: int        # which downstream connection brought it (1, 2, ...)
-    incarnation: int       # which start of the downstream
+    connection: int  # which downstream connection brought it (1, 2, ...)
+    incarnation: int  # which start of the downstream
 
 
 class RestartableDownstream:
@@ -92,7 +94,7 @@ class RestartableDownstream:
     def url(self) -> str:
         return f"mllp://127.0.0.1:{self.port}"
 
-    def start(self) -> "RestartableDownstream":
+    def start(self) -> RestartableDownstream:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
@@ -114,10 +116,8 @@ class RestartableDownstream:
         if self._listener is not None:
             self._listener.close()
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             conn.close()
         if self._thread is not None:
             self._thread.join(5)
@@ -129,7 +129,7 @@ class RestartableDownstream:
                     return
             try:
                 conn, _ = sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             with self.lock:
                 if not self._running:
@@ -153,9 +153,15 @@ class RestartableDownstream:
                     with self.lock:
                         if not self._running:
                             return  # stopped: this frame is neither recorded nor answered
-                        self.received.append(Delivery(
-                            msh10(payload), hashlib.sha256(payload).digest(),
-                            payload if self.keep_payload(payload) else None, number, incarnation))
+                        self.received.append(
+                            Delivery(
+                                msh10(payload),
+                                hashlib.sha256(payload).digest(),
+                                payload if self.keep_payload(payload) else None,
+                                number,
+                                incarnation,
+                            )
+                        )
                     conn.sendall(frame(ack_for(payload, self.answer(payload))))
         except (OSError, ValueError):
             return
@@ -183,17 +189,18 @@ class RestartableDownstream:
 
 @dataclass
 class SenderLog:
-    sent: int = 0                      # distinct messages sent (each control ID once)
-    attempts: int = 0                  # transmissions, resends included
-    acked: dict = field(default_factory=dict)   # control ID -> last ACK code
+    sent: int = 0  # distinct messages sent (each control ID once)
+    attempts: int = 0  # transmissions, resends included
+    acked: dict = field(default_factory=dict)  # control ID -> last ACK code
     reconnects: int = 0
     non_aa: list = field(default_factory=list)  # (control ID, code)
     errors: list = field(default_factory=list)
 
 
 class Sender(threading.Thread):
-    def __init__(self, name: str, port_of, messages: list[tuple[str, bytes]], give_up_s: float = 180.0,
-                 timeout: float = 60.0):
+    def __init__(
+        self, name: str, port_of, messages: list[tuple[str, bytes]], give_up_s: float = 180.0, timeout: float = 60.0
+    ):
         super().__init__(daemon=True, name=f"sender-{name}")
         self.port_of, self.messages = port_of, messages
         self.give_up_s, self.timeout = give_up_s, timeout
@@ -235,7 +242,7 @@ class Sender(threading.Thread):
                         buffer += data
                     head, buffer = buffer.split(EB, 1)
                     buffer = buffer[1:] if buffer.startswith(CR) else buffer
-                    code, acked = msa(head[head.index(SB) + 1:])
+                    code, acked = msa(head[head.index(SB) + 1 :])
                     if acked != cid:
                         self.log.errors.append(f"{cid}: ACK for {acked!r}")
                         raise ConnectionError("ACK for another message")
@@ -318,8 +325,19 @@ def seeded(seed: int) -> random.Random:
     return random.Random(seed)
 
 
-__all__ = ["Delivery", "RestartableDownstream", "RssMonitor", "Sender", "msh10", "rss_kb", "scrape",
-           "seeded", "set_control_id", "templates", "expected_outputs"]
+__all__ = [
+    "Delivery",
+    "RestartableDownstream",
+    "RssMonitor",
+    "Sender",
+    "msh10",
+    "rss_kb",
+    "scrape",
+    "seeded",
+    "set_control_id",
+    "templates",
+    "expected_outputs",
+]
 
 
 def expected_outputs(messages: list[bytes]) -> list[bytes]:

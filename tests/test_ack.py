@@ -1,13 +1,16 @@
 """ACK building: the sender's dialect, swapped MSH-3..6, MSA-2 echo, ERR."""
+
 from __future__ import annotations
 
 import hl7
 
-from b12comment.serve.ack import AckError, build_ack, escape
 from b12comment.core.segments import DEFAULT_DELIMITERS, Delimiters, read_header
+from b12comment.serve.ack import AckError, build_ack, escape
 
-ORU = (b"MSH|^~\\&|LABSYS|LABFAC|EHR|HOSP|20240102030405||ORU^R01^ORU_R01|CTRL-42|P|2.5.1||||||UNICODE UTF-8\r"
-       b"PID|1||123456^^^H^MR||Doe^Jane||20150101|F\r")
+ORU = (
+    b"MSH|^~\\&|LABSYS|LABFAC|EHR|HOSP|20240102030405||ORU^R01^ORU_R01|CTRL-42|P|2.5.1||||||UNICODE UTF-8\r"
+    b"PID|1||123456^^^H^MR||Doe^Jane||20150101|F\r"
+)
 TS = "20240102030405+0000"
 
 

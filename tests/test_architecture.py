@@ -4,6 +4,7 @@ Modules under b12comment/core/ import only each other, the standard library's
 pure parts, hl7apy and dateutil. No I/O, no clock, no event loop, no config
 loading: the shells (serve/, replay/, the CLI) do those and pass plain data in.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,10 +20,37 @@ ALLOWED_THIRD_PARTY = {"hl7apy", "dateutil"}
 # Standard-library modules that do I/O, read the clock, start threads or
 # processes, or talk to the network: never in the core.
 FORBIDDEN_STDLIB = {
-    "asyncio", "sqlite3", "socket", "ssl", "time", "os", "io", "pathlib", "shutil", "subprocess",
-    "threading", "multiprocessing", "concurrent", "selectors", "signal", "tempfile", "glob",
-    "logging", "random", "secrets", "uuid", "http", "urllib", "tomllib", "gzip", "zlib", "sys",
-    "fcntl", "mmap", "builtins", "importlib",
+    "asyncio",
+    "sqlite3",
+    "socket",
+    "ssl",
+    "time",
+    "os",
+    "io",
+    "pathlib",
+    "shutil",
+    "subprocess",
+    "threading",
+    "multiprocessing",
+    "concurrent",
+    "selectors",
+    "signal",
+    "tempfile",
+    "glob",
+    "logging",
+    "random",
+    "secrets",
+    "uuid",
+    "http",
+    "urllib",
+    "tomllib",
+    "gzip",
+    "zlib",
+    "sys",
+    "fcntl",
+    "mmap",
+    "builtins",
+    "importlib",
 }
 FORBIDDEN_CALLS = {"open", "print", "input", "exec", "eval", "__import__"}
 
@@ -63,36 +91,51 @@ def judge(module: str) -> str | None:
 
 def test_core_has_the_modules_the_design_names():
     names = {p.stem for p in core_modules()}
-    assert {"engine", "facts", "rule", "values", "dates", "splice", "charset", "decision",
-            "segments", "rule_config"} <= names
+    assert {
+        "engine",
+        "facts",
+        "rule",
+        "values",
+        "dates",
+        "splice",
+        "charset",
+        "decision",
+        "segments",
+        "rule_config",
+    } <= names
 
 
 @pytest.mark.parametrize("path", core_modules(), ids=lambda p: p.name)
 def test_core_module_imports_only_pure_modules(path):
-    bad = [f"{path.name}:{line}: {module} ({why})" for line, module in imports_of(path)
-           if (why := judge(module))]
+    bad = [f"{path.name}:{line}: {module} ({why})" for line, module in imports_of(path) if (why := judge(module))]
     assert not bad, "\n".join(bad)
 
 
 @pytest.mark.parametrize("path", core_modules(), ids=lambda p: p.name)
 def test_core_module_calls_no_io_builtins(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    calls = [f"{path.name}:{n.lineno}: {n.func.id}()" for n in ast.walk(tree)
-             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in FORBIDDEN_CALLS]
+    calls = [
+        f"{path.name}:{n.lineno}: {n.func.id}()"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in FORBIDDEN_CALLS
+    ]
     assert not calls, "\n".join(calls)
 
 
-@pytest.mark.parametrize("module, verdict", [
-    ("b12comment.config", "a shell module"),
-    ("b12comment.serve.journal", "a shell module"),
-    ("sqlite3", "does I/O, reads the clock or loads configuration"),
-    ("time", "does I/O, reads the clock or loads configuration"),
-    ("structlog", "a third-party package the core may not use"),
-    ("b12comment.core.values", None),
-    ("re", None),
-    ("hl7apy.parser", None),
-    ("dateutil.relativedelta", None),
-])
+@pytest.mark.parametrize(
+    "module, verdict",
+    [
+        ("b12comment.config", "a shell module"),
+        ("b12comment.serve.journal", "a shell module"),
+        ("sqlite3", "does I/O, reads the clock or loads configuration"),
+        ("time", "does I/O, reads the clock or loads configuration"),
+        ("structlog", "a third-party package the core may not use"),
+        ("b12comment.core.values", None),
+        ("re", None),
+        ("hl7apy.parser", None),
+        ("dateutil.relativedelta", None),
+    ],
+)
 def test_the_boundary_check_itself_tells_pure_from_impure(module, verdict):
     assert judge(module) == verdict
 

@@ -9,6 +9,7 @@ whose read fails with EIO (/proc/self/mem), a path under a regular file, and
 read-only or full filesystems (small tmpfs mounts; skipped when mount is not
 permitted).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,17 +24,30 @@ from pathlib import Path
 
 import pytest
 import trustme
-
-from service_helpers import (SAMPLES, MllpConnection, Serve, free_port, msa, segment, subprocess_env,
-                             wait_until, write_config)
+from service_helpers import (
+    SAMPLES,
+    MllpConnection,
+    Serve,
+    free_port,
+    msa,
+    segment,
+    subprocess_env,
+    wait_until,
+    write_config,
+)
 
 SAMPLE = SAMPLES / "child_isolated_high_b12.hl7"
 
 
 def cli(*args, cwd: Path, stdin=None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "b12comment", *map(str, args)], cwd=cwd,
-                          env=subprocess_env(), stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "b12comment", *map(str, args)],
+        cwd=cwd,
+        env=subprocess_env(),
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 def _is_log_record(line: str) -> bool:
@@ -63,8 +77,11 @@ def assert_one_clear_error(proc, code: int, *must_name: str) -> str:
 
 
 def base_config(tmp_path: Path, name: str = "config.toml", **sections) -> Path:
-    tables = dict(listener=dict(port=0), journal=dict(path=str(tmp_path / "journal.sqlite3")),
-                  downstream=dict(url=f"dir:{tmp_path / 'outbox'}"))
+    tables = dict(
+        listener=dict(port=0),
+        journal=dict(path=str(tmp_path / "journal.sqlite3")),
+        downstream=dict(url=f"dir:{tmp_path / 'outbox'}"),
+    )
     for key, values in sections.items():
         tables[key] = {**tables.get(key, {}), **values}
     return write_config(tmp_path / name, **tables)
@@ -72,6 +89,7 @@ def base_config(tmp_path: Path, name: str = "config.toml", **sections) -> Path:
 
 # --------------------------------------------------------------------------
 # The configuration file itself
+
 
 def test_missing_config(tmp_path):
     proc = cli("serve", "--config", tmp_path / "nope.toml", cwd=tmp_path)
@@ -97,33 +115,36 @@ def test_config_whose_read_fails_with_eio(tmp_path):
     assert_one_clear_error(proc, 2, "/proc/self/mem", "cannot read config file")
 
 
-@pytest.mark.parametrize("text, names", [
-    ("[listener]\nport = 2575\n[listener]\nhost = 'x'\n", "not valid TOML"),
-    ("[listener]\nport = \"2575\"\n", "[listener.port] must be an integer"),
-    ("[listener]\nport = true\n", "[listener.port] must be an integer, not a boolean"),
-    ("[listener]\nport = 2575.5\n", "[listener.port] must be an integer"),
-    ("[listener]\nport = 65536\n", "[listener.port] must be 0-65535"),
-    ("[listener]\nprot = 2575\n", "[listener.prot] is not a known setting"),
-    ("[listener]\nmax_connections = 0\n", "[listener.max_connections] must be greater than zero"),
-    ("[listener]\nidle_timeout_s = -1\n", "[listener.idle_timeout_s] must be greater than zero"),
-    ("[listener]\nallowed_peers = \"127.0.0.1\"\n", "[listener.allowed_peers] must be a list"),
-    ("[listener]\nallowed_peers = [\"127.0.0.1\", 10]\n", "[listener.allowed_peers] must be a list of strings"),
-    ("[listener]\nallowed_peers = [\"lab.example\"]\n", "[listener.allowed_peers] has 'lab.example'"),
-    ("[listener]\ntls_cert = \"c.pem\"\n", "[listener.tls_cert] and tls_key must be given together"),
-    ("[listener]\ntls_client_ca = \"ca.pem\"\n", "[listener.tls_client_ca] needs tls_cert"),
-    ("listener = 5\n", "[listener] must be a table"),
-    ("[journal]\npath = \"\"\n", "[journal.path] must not be empty"),
-    ("[journal]\nretention_days = \"7\"\n", "[journal.retention_days] must be a number"),
-    ("[downstream]\nurl = \"mllp://lab\"\n", "[downstream.url] must be mllp://host:port"),
-    ("[downstream]\nmax_attempts = 2.5\n", "[downstream.max_attempts] must be an integer"),
-    ("[metrics]\nport = -1\n", "[metrics.port] must be 0-65535"),
-    ("[logging]\nlevel = \"verbose\"\n", "[logging.level] must be debug, info, warning or error"),
-    ("[logging]\npatient_data = 1\n", "[logging.patient_data] must be true or false"),
-    ("[rule]\ncodes = []\n", "[rule.codes] must list at least one code"),
-    ("[rule]\ncodes = [{code = \"14685 2\"}]\n", "[rule.codes[1].code]"),
-    ("[rule]\nlanguage = \"de\"\n", "[rule.language] must be \"da\" or \"en\""),
-    ("[rule.units]\n\"pg/mL\" = 0\n", "[rule.units.pg/mL] must be a number above 0"),
-])
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("[listener]\nport = 2575\n[listener]\nhost = 'x'\n", "not valid TOML"),
+        ('[listener]\nport = "2575"\n', "[listener.port] must be an integer"),
+        ("[listener]\nport = true\n", "[listener.port] must be an integer, not a boolean"),
+        ("[listener]\nport = 2575.5\n", "[listener.port] must be an integer"),
+        ("[listener]\nport = 65536\n", "[listener.port] must be 0-65535"),
+        ("[listener]\nprot = 2575\n", "[listener.prot] is not a known setting"),
+        ("[listener]\nmax_connections = 0\n", "[listener.max_connections] must be greater than zero"),
+        ("[listener]\nidle_timeout_s = -1\n", "[listener.idle_timeout_s] must be greater than zero"),
+        ('[listener]\nallowed_peers = "127.0.0.1"\n', "[listener.allowed_peers] must be a list"),
+        ('[listener]\nallowed_peers = ["127.0.0.1", 10]\n', "[listener.allowed_peers] must be a list of strings"),
+        ('[listener]\nallowed_peers = ["lab.example"]\n', "[listener.allowed_peers] has 'lab.example'"),
+        ('[listener]\ntls_cert = "c.pem"\n', "[listener.tls_cert] and tls_key must be given together"),
+        ('[listener]\ntls_client_ca = "ca.pem"\n', "[listener.tls_client_ca] needs tls_cert"),
+        ("listener = 5\n", "[listener] must be a table"),
+        ('[journal]\npath = ""\n', "[journal.path] must not be empty"),
+        ('[journal]\nretention_days = "7"\n', "[journal.retention_days] must be a number"),
+        ('[downstream]\nurl = "mllp://lab"\n', "[downstream.url] must be mllp://host:port"),
+        ("[downstream]\nmax_attempts = 2.5\n", "[downstream.max_attempts] must be an integer"),
+        ("[metrics]\nport = -1\n", "[metrics.port] must be 0-65535"),
+        ('[logging]\nlevel = "verbose"\n', "[logging.level] must be debug, info, warning or error"),
+        ("[logging]\npatient_data = 1\n", "[logging.patient_data] must be true or false"),
+        ("[rule]\ncodes = []\n", "[rule.codes] must list at least one code"),
+        ('[rule]\ncodes = [{code = "14685 2"}]\n', "[rule.codes[1].code]"),
+        ('[rule]\nlanguage = "de"\n', '[rule.language] must be "da" or "en"'),
+        ('[rule.units]\n"pg/mL" = 0\n', "[rule.units.pg/mL] must be a number above 0"),
+    ],
+)
 def test_config_with_wrong_values_stops_serve_naming_file_and_key(tmp_path, text, names):
     (tmp_path / "site.toml").write_text(text, encoding="utf-8")
     proc = cli("serve", "--config", tmp_path / "site.toml", cwd=tmp_path)
@@ -132,21 +153,24 @@ def test_config_with_wrong_values_stops_serve_naming_file_and_key(tmp_path, text
     assert proc.stdout == b""
 
 
-@pytest.mark.parametrize("text, key", [
-    ("[listener]\nidle_timeout_s = nan\n", "listener.idle_timeout_s"),
-    ("[downstream]\nretry_initial_s = nan\n", "downstream.retry_initial_s"),
-    ("[rule]\nage_bands = [{below_years = 18, upper_limit_pmol_l = nan}]\n", "upper_limit_pmol_l"),
-    ("[rule.units]\n\"pg/mL\" = nan\n", "rule.units.pg/mL"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[listener]\nidle_timeout_s = nan\n", "listener.idle_timeout_s"),
+        ("[downstream]\nretry_initial_s = nan\n", "downstream.retry_initial_s"),
+        ("[rule]\nage_bands = [{below_years = 18, upper_limit_pmol_l = nan}]\n", "upper_limit_pmol_l"),
+        ('[rule.units]\n"pg/mL" = nan\n', "rule.units.pg/mL"),
+    ],
+)
 def test_nan_in_config_is_refused(tmp_path, text, key):
     (tmp_path / "site.toml").write_text(text, encoding="utf-8")
-    proc = cli("preview", SAMPLES / "infant_high_b12_no_range.hl7", "--config", tmp_path / "site.toml",
-               cwd=tmp_path)
+    proc = cli("preview", SAMPLES / "infant_high_b12_no_range.hl7", "--config", tmp_path / "site.toml", cwd=tmp_path)
     assert_one_clear_error(proc, 2, "site.toml", key)
 
 
 # --------------------------------------------------------------------------
 # TLS files
+
 
 @pytest.fixture(scope="module")
 def pem(tmp_path_factory):
@@ -161,25 +185,36 @@ def pem(tmp_path_factory):
     (d / "empty.pem").write_bytes(b"")
     (d / "a_dir.pem").mkdir()
     from cryptography.hazmat.primitives import serialization
+
     key = serialization.load_pem_private_key((d / "key.pem").read_bytes(), None)
-    (d / "encrypted_key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"passphrase")))
+    (d / "encrypted_key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
     return d
 
 
-@pytest.mark.parametrize("section, files, named", [
-    ("listener", dict(tls_cert="garbage.pem", tls_key="key.pem"), "garbage.pem"),
-    ("listener", dict(tls_cert="empty.pem", tls_key="key.pem"), "empty.pem"),
-    ("listener", dict(tls_cert="cert.pem", tls_key="garbage.pem"), "garbage.pem"),
-    ("listener", dict(tls_cert="cert.pem", tls_key="other_key.pem"), "other_key.pem"),
-    ("listener", dict(tls_cert="cert.pem", tls_key="a_dir.pem"), "a_dir.pem"),
-    ("listener", dict(tls_cert="cert.pem", tls_key="key.pem", tls_client_ca="garbage.pem"), "garbage.pem"),
-    ("listener", dict(tls_cert="cert.pem", tls_key="key.pem", tls_client_ca="missing.pem"), "missing.pem"),
-    ("downstream", dict(url="mllps://127.0.0.1:9", tls_ca="garbage.pem"), "garbage.pem"),
-    ("downstream", dict(url="mllps://127.0.0.1:9", tls_ca="ca.pem", tls_cert="cert.pem",
-                        tls_key="other_key.pem"), "other_key.pem"),
-])
+@pytest.mark.parametrize(
+    "section, files, named",
+    [
+        ("listener", dict(tls_cert="garbage.pem", tls_key="key.pem"), "garbage.pem"),
+        ("listener", dict(tls_cert="empty.pem", tls_key="key.pem"), "empty.pem"),
+        ("listener", dict(tls_cert="cert.pem", tls_key="garbage.pem"), "garbage.pem"),
+        ("listener", dict(tls_cert="cert.pem", tls_key="other_key.pem"), "other_key.pem"),
+        ("listener", dict(tls_cert="cert.pem", tls_key="a_dir.pem"), "a_dir.pem"),
+        ("listener", dict(tls_cert="cert.pem", tls_key="key.pem", tls_client_ca="garbage.pem"), "garbage.pem"),
+        ("listener", dict(tls_cert="cert.pem", tls_key="key.pem", tls_client_ca="missing.pem"), "missing.pem"),
+        ("downstream", dict(url="mllps://127.0.0.1:9", tls_ca="garbage.pem"), "garbage.pem"),
+        (
+            "downstream",
+            dict(url="mllps://127.0.0.1:9", tls_ca="ca.pem", tls_cert="cert.pem", tls_key="other_key.pem"),
+            "other_key.pem",
+        ),
+    ],
+)
 def test_bad_tls_file_stops_serve_naming_the_file(tmp_path, pem, section, files, named):
     values = {k: (str(pem / v) if k.startswith("tls_") else v) for k, v in files.items()}
     cfg = base_config(tmp_path, **{section: values})
@@ -188,17 +223,23 @@ def test_bad_tls_file_stops_serve_naming_the_file(tmp_path, pem, section, files,
 
 
 def test_encrypted_tls_key_is_one_clear_line_without_a_prompt(tmp_path, pem):
-    cfg = base_config(tmp_path, listener=dict(tls_cert=str(pem / "cert.pem"),
-                                              tls_key=str(pem / "encrypted_key.pem")))
-    proc = subprocess.run([sys.executable, "-m", "b12comment", "serve", "--config", str(cfg)], cwd=tmp_path,
-                          env=subprocess_env(), stdin=subprocess.DEVNULL, capture_output=True,
-                          timeout=60, start_new_session=True)  # no controlling terminal
+    cfg = base_config(tmp_path, listener=dict(tls_cert=str(pem / "cert.pem"), tls_key=str(pem / "encrypted_key.pem")))
+    proc = subprocess.run(
+        [sys.executable, "-m", "b12comment", "serve", "--config", str(cfg)],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        start_new_session=True,
+    )  # no controlling terminal
     line = assert_one_clear_error(proc, 2, "encrypted_key.pem")
     assert "encrypt" in line.lower() or "pass" in line.lower()
 
 
 # --------------------------------------------------------------------------
 # Addresses
+
 
 def test_metrics_port_in_use_stops_serve_and_releases_the_listener(tmp_path):
     port = free_port()
@@ -225,8 +266,9 @@ def test_port_in_use_by_another_serve(tmp_path):
     port = free_port()
     first = Serve(base_config(tmp_path, "a.toml", listener=dict(port=port))).start()
     try:
-        cfg = base_config(tmp_path, "b.toml", listener=dict(port=port),
-                          journal=dict(path=str(tmp_path / "other.sqlite3")))
+        cfg = base_config(
+            tmp_path, "b.toml", listener=dict(port=port), journal=dict(path=str(tmp_path / "other.sqlite3"))
+        )
         proc = cli("serve", "--config", cfg, cwd=tmp_path)
         assert_one_clear_error(proc, 1, f"cannot listen on 127.0.0.1:{port}", "in use")
         with MllpConnection(port) as conn:
@@ -239,14 +281,20 @@ def test_port_in_use_by_another_serve(tmp_path):
 # --------------------------------------------------------------------------
 # The journal: unusable at start, read-only, full
 
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str, *extra: str):
     path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *extra)), "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *extra)), "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or proc.returncode}): "
-                    "read-only and full disks are not simulated")
+        pytest.skip(
+            f"cannot mount a small tmpfs here ({proc.stderr.strip() or proc.returncode}): "
+            "read-only and full disks are not simulated"
+        )
     try:
         yield path
     finally:
@@ -260,9 +308,11 @@ def remount(path: Path, option: str) -> None:
 
 def oru(tag: str, pad: int = 0) -> bytes:
     note = f"NTE|1||{os.urandom(pad // 2).hex()}\r" if pad else ""
-    return (f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|{tag}|P|2.5.1\r"
-            f"PID|1||ID-{tag}||Doe^John||19700101|M\r"
-            f"OBX|1|NM|2345-7^Glucose^LN||5|mmol/L|3-6|N|||F\r{note}").encode()
+    return (
+        f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|{tag}|P|2.5.1\r"
+        f"PID|1||ID-{tag}||Doe^John||19700101|M\r"
+        f"OBX|1|NM|2345-7^Glucose^LN||5|mmol/L|3-6|N|||F\r{note}"
+    ).encode()
 
 
 def assert_answers_ae_from_the_start(serve: Serve, tmp_path: Path) -> None:
@@ -307,17 +357,24 @@ def test_existing_journal_on_a_filesystem_remounted_read_only(tmp_path):
     written)."""
     with tmpfs(tmp_path / "disk", "1m") as disk:
         dead_port = free_port()
-        cfg = base_config(tmp_path, "down.toml", journal=dict(path=str(disk / "journal.sqlite3")),
-                          downstream=dict(url=f"mllp://127.0.0.1:{dead_port}", retry_initial_s=0.05,
-                                          retry_max_s=0.2, timeout_s=2.0))
+        cfg = base_config(
+            tmp_path,
+            "down.toml",
+            journal=dict(path=str(disk / "journal.sqlite3")),
+            downstream=dict(url=f"mllp://127.0.0.1:{dead_port}", retry_initial_s=0.05, retry_max_s=0.2, timeout_s=2.0),
+        )
         with Serve(cfg) as serve:
             with MllpConnection(serve.port) as conn:
                 for n in range(3):
                     assert msa(conn.send(oru(f"Q{n}"))) == ("AA", f"Q{n}")
             assert serve.stop() == 0
         remount(disk, "ro")
-        cfg = base_config(tmp_path, "ro.toml", journal=dict(path=str(disk / "journal.sqlite3")),
-                          downstream=dict(url=f"dir:{tmp_path / 'outbox'}", retry_initial_s=0.05, retry_max_s=0.2))
+        cfg = base_config(
+            tmp_path,
+            "ro.toml",
+            journal=dict(path=str(disk / "journal.sqlite3")),
+            downstream=dict(url=f"dir:{tmp_path / 'outbox'}", retry_initial_s=0.05, retry_max_s=0.2),
+        )
         with Serve(cfg) as serve:
             assert_answers_ae_from_the_start(serve, tmp_path)
             assert len(serve.records("journal_unavailable")) > 3  # every stage says why, again and again
@@ -325,8 +382,11 @@ def test_existing_journal_on_a_filesystem_remounted_read_only(tmp_path):
         with Serve(cfg) as serve:  # writable again: the queued three are delivered, once each
             assert wait_until(lambda: len(list((tmp_path / "outbox").glob("*.hl7"))) == 3), serve.stderr
             assert serve.stop() == 0
-        assert sorted(p.name.split("_", 1)[1] for p in (tmp_path / "outbox").glob("*.hl7")) == \
-            ["Q0.hl7", "Q1.hl7", "Q2.hl7"]
+        assert sorted(p.name.split("_", 1)[1] for p in (tmp_path / "outbox").glob("*.hl7")) == [
+            "Q0.hl7",
+            "Q1.hl7",
+            "Q2.hl7",
+        ]
 
 
 def test_journal_on_a_full_disk_answers_ae_then_recovers(tmp_path):
@@ -336,9 +396,11 @@ def test_journal_on_a_full_disk_answers_ae_then_recovers(tmp_path):
     import sqlite3
 
     with tmpfs(tmp_path / "disk", "512k") as disk:
-        cfg = base_config(tmp_path, journal=dict(path=str(disk / "journal.sqlite3")),
-                          downstream=dict(url=f"dir:{tmp_path / 'outbox'}", retry_initial_s=0.05,
-                                          retry_max_s=0.2))
+        cfg = base_config(
+            tmp_path,
+            journal=dict(path=str(disk / "journal.sqlite3")),
+            downstream=dict(url=f"dir:{tmp_path / 'outbox'}", retry_initial_s=0.05, retry_max_s=0.2),
+        )
         answers: dict[str, str] = {}
         with Serve(cfg) as serve:
             with MllpConnection(serve.port) as conn:
@@ -371,12 +433,13 @@ def test_journal_on_a_full_disk_answers_ae_then_recovers(tmp_path):
         db.close()
     delivered = {p.name.split("_", 1)[1][:-4] for p in (tmp_path / "outbox").glob("*.hl7")}
     assert aa <= journaled, aa - journaled  # nothing ACKed AA that is not on disk
-    assert delivered == aa, (delivered ^ aa)  # every AA delivered, nothing answered AE forwarded
+    assert delivered == aa, delivered ^ aa  # every AA delivered, nothing answered AE forwarded
     print(f"full disk: {len(aa)} AA, {len(answers) - len(aa)} AE")
 
 
 # --------------------------------------------------------------------------
 # preview and replay with inputs that cannot be read
+
 
 def _eio_file_works() -> bool:
     try:
@@ -413,13 +476,14 @@ def test_replay_with_unreadable_inputs_reports_each_and_writes_the_rest(tmp_path
     src.mkdir()
     (src / "good.hl7").write_bytes(SAMPLE.read_bytes())
     whole = gzip.compress(SAMPLE.read_bytes() * 20)
-    (src / "cut.hl7.gz").write_bytes(whole[:len(whole) // 2])
+    (src / "cut.hl7.gz").write_bytes(whole[: len(whole) // 2])
     eio = _eio_file_works()
     if eio:
         (src / "eio.hl7").symlink_to("/proc/self/mem")
     out = tmp_path / "out"
-    proc = cli("replay", src, "--out", out, "--report", tmp_path / "report.json", "--workers", "1",
-               "--quiet", cwd=tmp_path)
+    proc = cli(
+        "replay", src, "--out", out, "--report", tmp_path / "report.json", "--workers", "1", "--quiet", cwd=tmp_path
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in err
     problems = [line for line in error_lines(err) if line.startswith("b12comment replay:")]

@@ -1,5 +1,6 @@
 """The shipped config.toml and the built-in defaults are the same; bad
 configuration stops with a message naming the file and the key."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from b12comment.config import Config, ConfigError, load_config, parse_config
-
-from conftest import REPO
 
 
 def test_shipped_config_equals_builtin_defaults():
@@ -29,21 +29,24 @@ def test_changed_value_is_read():
     assert cfg.rule.age_bands == Config().rule.age_bands
 
 
-@pytest.mark.parametrize("text, names", [
-    ("[rule]\nlangauge = \"en\"\n", "[rule.langauge] is not a known setting"),
-    ("[rule]\nlanguage = \"fr\"\n", "[rule.language]"),
-    ("[listener]\nport = \"2575\"\n", "[listener.port] must be an integer"),
-    ("[listener]\nport = 70000\n", "[listener.port] must be 0-65535"),
-    ("[[rule.codes]]\ncode = \"14685 2\"\n", "[rule.codes[1].code]"),
-    ("[[rule.codes]]\ncode = \"B12\"\nsystem = [\"L\"]\n", "[rule.codes[1].system] is not a known setting"),
-    ("[rule.units]\n\"pmol/L\" = 0\n", "[rule.units.pmol/L]"),
-    ("[[rule.age_bands]]\nbelow_years = 30\nupper_limit_pmol_l = 800\n", "[rule.age_bands[1].below_years]"),
-    ("[downstream]\nurl = \"http://x\"\n", "[downstream.url]"),
-    ("[listener]\nallowed_peers = [\"10.0.0.0/33\"]\n", "[listener.allowed_peers]"),
-    ("[nonsense]\n", "[nonsense] is not a known setting"),
-    ("[rule\n", "not valid TOML"),
-    ("[logging]\npatient_data = \"yes\"\n", "[logging.patient_data] must be true or false"),
-])
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ('[rule]\nlangauge = "en"\n', "[rule.langauge] is not a known setting"),
+        ('[rule]\nlanguage = "fr"\n', "[rule.language]"),
+        ('[listener]\nport = "2575"\n', "[listener.port] must be an integer"),
+        ("[listener]\nport = 70000\n", "[listener.port] must be 0-65535"),
+        ('[[rule.codes]]\ncode = "14685 2"\n', "[rule.codes[1].code]"),
+        ('[[rule.codes]]\ncode = "B12"\nsystem = ["L"]\n', "[rule.codes[1].system] is not a known setting"),
+        ('[rule.units]\n"pmol/L" = 0\n', "[rule.units.pmol/L]"),
+        ("[[rule.age_bands]]\nbelow_years = 30\nupper_limit_pmol_l = 800\n", "[rule.age_bands[1].below_years]"),
+        ('[downstream]\nurl = "http://x"\n', "[downstream.url]"),
+        ('[listener]\nallowed_peers = ["10.0.0.0/33"]\n', "[listener.allowed_peers]"),
+        ("[nonsense]\n", "[nonsense] is not a known setting"),
+        ("[rule\n", "not valid TOML"),
+        ('[logging]\npatient_data = "yes"\n', "[logging.patient_data] must be true or false"),
+    ],
+)
 def test_bad_config_names_file_and_key(text, names):
     with pytest.raises(ConfigError) as info:
         parse_config(text, "site.toml")
@@ -55,8 +58,12 @@ def test_cli_stops_on_bad_config_before_running(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[rule]\nunknown_key = 1\n")
     sample = REPO / "sample_messages" / "child_isolated_high_b12.hl7"
-    proc = subprocess.run([sys.executable, "-m", "b12comment", "preview", str(sample), "--config", str(bad)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "b12comment", "preview", str(sample), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "bad.toml" in proc.stderr and "rule.unknown_key" in proc.stderr
@@ -64,8 +71,12 @@ def test_cli_stops_on_bad_config_before_running(tmp_path):
 
 
 def test_cli_missing_config_file(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "b12comment", "preview", "-", "--config",
-                           str(tmp_path / "nope.toml")], capture_output=True, text=True, timeout=60,
-                          input="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "b12comment", "preview", "-", "--config", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input="",
+    )
     assert proc.returncode == 2
     assert "config file not found" in proc.stderr

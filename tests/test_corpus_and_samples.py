@@ -1,14 +1,14 @@
 """Every real public message passes through unchanged; the samples get the
 decisions the README promises; the cheap pre-check agrees with the full path."""
+
 from __future__ import annotations
 
 import pytest
-
-from b12comment.core.rule_config import RuleConfig
-from b12comment.core.engine import process
-from b12comment.replay.inputs import split_messages
-
 from conftest import corpus_files, sample_files
+
+from b12comment.core.engine import process
+from b12comment.core.rule_config import RuleConfig
+from b12comment.replay.inputs import split_messages
 
 RULE = RuleConfig()
 
@@ -58,13 +58,15 @@ def test_every_sample_has_an_expectation():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_sample_decisions(name, tmp_path):
     from conftest import SAMPLES
+
     got = []
     for message in messages_of(SAMPLES / name):
         out, d = process(message, RULE)
         got.append((d.commented, d.reasons))
         if d.commented:
             assert out != message and out.count(b"NTE|") == message.count(b"NTE|") + len(
-                [r for r in d.results if r.commented])
+                [r for r in d.results if r.commented]
+            )
             again, d2 = process(out, RULE)
             assert again == out and d2.reasons == ("already_commented",)
         else:

@@ -1,5 +1,6 @@
 """The forwarder against real sockets and a real journal: order, retries,
 dead letters, timeouts, a downstream that comes up late, folder drop, mllps."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,21 +9,27 @@ import ssl
 import pytest
 import structlog
 import trustme
+from service_helpers import Downstream, ack_for, free_port, msh10
 
 from b12comment.config import DownstreamConfig
-from b12comment.serve.forwarder import (DirTransport, Forwarder, MllpTransport, backoff_delay, read_ack, safe_name,
-                                  transport_for)
+from b12comment.serve.forwarder import (
+    DirTransport,
+    Forwarder,
+    MllpTransport,
+    backoff_delay,
+    read_ack,
+    safe_name,
+    transport_for,
+)
 from b12comment.serve.journal import Journal
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
-from service_helpers import Downstream, ack_for, free_port, msh10
 
 FAST = dict(timeout_s=0.5, retry_initial_s=0.01, retry_max_s=0.05, max_attempts=3)
 
 
 def message(n: int) -> bytes:
-    return (f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|MSG{n}|P|2.5.1\r"
-            f"OBX|1|NM|X^Y||{n}|mmol/L|1-2|H|||F\r").encode()
+    return (f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|MSG{n}|P|2.5.1\rOBX|1|NM|X^Y||{n}|mmol/L|1-2|H|||F\r").encode()
 
 
 def fill(path, count: int) -> list[bytes]:
@@ -45,13 +52,14 @@ def run_forwarder(path, ds: DownstreamConfig, until, transport=None, timeout: fl
     async def main():
         journal = JournalThread(path)
         stop, wake = asyncio.Event(), asyncio.Event()
-        fwd = Forwarder(journal, transport or transport_for(ds), ds, metrics, structlog.get_logger(), wake,
-                        poll_s=0.05)
+        fwd = Forwarder(journal, transport or transport_for(ds), ds, metrics, structlog.get_logger(), wake, poll_s=0.05)
         task = asyncio.create_task(fwd.run(stop))
         try:
+
             async def done():
                 while not until(await journal.call("rows")):
                     await asyncio.sleep(0.02)
+
             await asyncio.wait_for(done(), timeout)
         finally:
             stop.set()
@@ -210,14 +218,16 @@ def test_folder_drop_batch_stops_at_the_first_failure_and_keeps_order(tmp_path):
     outcomes = asyncio.run(transport.deliver_many(rows))
     assert [type(o).__name__ for o in outcomes] == ["Delivered", "Delivered", "Retry"]
     assert not outcomes[2].counts
-    assert sorted(f.name for f in out.iterdir() if f.is_file() and not f.name.startswith(".")) == \
-        [f"{i:012d}_MSG{i}.hl7" for i in (1, 2)]
+    assert sorted(f.name for f in out.iterdir() if f.is_file() and not f.name.startswith(".")) == [
+        f"{i:012d}_MSG{i}.hl7" for i in (1, 2)
+    ]
 
     checks = []
 
     def until(rows):
         checks.append(1)
         return len(checks) > 15
+
     run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=f"dir:{out}", **FAST), until, transport)
     j = Journal(tmp_path / "j.sqlite3")
     assert states(j.rows()) == ["forwarded", "forwarded", "processed", "processed", "processed"]
@@ -240,8 +250,9 @@ def test_mllps_downstream_with_client_certificate(tmp_path):
     client_cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "client.pem"))
     expected = fill(tmp_path / "j.sqlite3", 2)
     with Downstream(ssl_context=server_ctx) as down:
-        ds = DownstreamConfig(url=down.url, tls_ca=str(tmp_path / "ca.pem"), tls_cert=str(tmp_path / "client.pem"),
-                              **FAST)
+        ds = DownstreamConfig(
+            url=down.url, tls_ca=str(tmp_path / "ca.pem"), tls_cert=str(tmp_path / "client.pem"), **FAST
+        )
         run_forwarder(tmp_path / "j.sqlite3", ds, all_done)
         assert down.received == expected
 
@@ -256,8 +267,7 @@ def test_mllps_without_client_certificate_is_not_delivered(tmp_path):
     fill(tmp_path / "j.sqlite3", 1)
     checks = []
     with Downstream(ssl_context=server_ctx) as down:
-        ds = DownstreamConfig(url=down.url, tls_ca=str(tmp_path / "ca.pem"),
-                              **dict(FAST, max_attempts=1000))
+        ds = DownstreamConfig(url=down.url, tls_ca=str(tmp_path / "ca.pem"), **dict(FAST, max_attempts=1000))
         run_forwarder(tmp_path / "j.sqlite3", ds, lambda rows: checks.append(1) or len(checks) > 30)
         assert down.received == []
     j = Journal(tmp_path / "j.sqlite3")

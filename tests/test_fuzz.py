@@ -4,6 +4,7 @@ breaks a promise (changes a byte, raises, hangs).
 
 The long run is by hand: see fuzz/README.md and docs/fuzzing.md.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from b12comment.core.rule_config import RuleConfig
 from b12comment.core.engine import process
+from b12comment.core.rule_config import RuleConfig
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "fuzz" / "fuzz_process.py"
@@ -32,12 +35,13 @@ TEXTS = RULE.all_comment_texts()
 
 try:
     import atheris  # noqa: F401
+
     HAVE_ATHERIS = True
 except ImportError:  # pragma: no cover - depends on the environment
     HAVE_ATHERIS = False
 needs_atheris = pytest.mark.skipif(
-    not HAVE_ATHERIS, reason="atheris is not installed (pip install atheris==3.0.0); "
-                             "the checker tests above still run")
+    not HAVE_ATHERIS, reason="atheris is not installed (pip install atheris==3.0.0); the checker tests above still run"
+)
 
 
 def seeds(tmp_path) -> list[bytes]:
@@ -51,6 +55,7 @@ CHILD = (REPO / "sample_messages" / "child_isolated_high_b12.hl7").read_bytes()
 
 # --------------------------------------------------------------------------
 # The checker
+
 
 def test_every_seed_passes_and_some_get_the_comment(tmp_path):
     messages = seeds(tmp_path)
@@ -78,16 +83,19 @@ def _commented():
     return out
 
 
-@pytest.mark.parametrize("tamper, why", [
-    (lambda out: out.replace(b"|F", b"|X", 1), "not in the input"),
-    (lambda out: out.replace(b"\rNTE|", b"\rZZZ|1\rNTE|"), "not in the input"),
-    (lambda out: out.replace(b"\rNTE|", b"\rZZZ|"), "not in the input"),
-    (lambda out: out.replace(b"klinisk", b"klinsk"), "does not carry the comment"),
-    (lambda out: out.replace(b"|RE\r", b"|XX\r"), "NTE-1/2/4"),
-    (lambda out: out + b"NTE|9|L|x|RE\r", "does not carry the comment"),
-    (lambda out: out.rstrip(b"\r"), "final segment terminator"),
-    (lambda out: out[:-1] + b"\r\n", "not in the input"),
-])
+@pytest.mark.parametrize(
+    "tamper, why",
+    [
+        (lambda out: out.replace(b"|F", b"|X", 1), "not in the input"),
+        (lambda out: out.replace(b"\rNTE|", b"\rZZZ|1\rNTE|"), "not in the input"),
+        (lambda out: out.replace(b"\rNTE|", b"\rZZZ|"), "not in the input"),
+        (lambda out: out.replace(b"klinisk", b"klinsk"), "does not carry the comment"),
+        (lambda out: out.replace(b"|RE\r", b"|XX\r"), "NTE-1/2/4"),
+        (lambda out: out + b"NTE|9|L|x|RE\r", "does not carry the comment"),
+        (lambda out: out.rstrip(b"\r"), "final segment terminator"),
+        (lambda out: out[:-1] + b"\r\n", "not in the input"),
+    ],
+)
 def test_checker_rejects_any_other_change(tamper, why):
     out = _commented()
     bad = tamper(out)
@@ -137,11 +145,12 @@ def test_check_catches_a_precheck_that_disagrees_with_the_full_path():
 def test_split_messages_keeps_every_byte():
     blob = (REPO / "sample_messages" / "night_batch_crlf.hl7").read_bytes()
     parts = fz.split_messages(blob)
-    assert len(parts) > 1 and b"".join(parts) == blob[blob.index(b"MSH"):]
+    assert len(parts) > 1 and b"".join(parts) == blob[blob.index(b"MSH") :]
 
 
 # --------------------------------------------------------------------------
 # The harness under atheris
+
 
 def run_harness(tmp_path, *flags, env=None, timeout=240) -> tuple[subprocess.CompletedProcess, list[Path]]:
     artifacts = tmp_path / "artifacts"
@@ -151,7 +160,11 @@ def run_harness(tmp_path, *flags, env=None, timeout=240) -> tuple[subprocess.Com
     full_env = dict(os.environ, B12_FUZZ_WORKDIR=str(tmp_path), PYTHONPATH=str(REPO), **(env or {}))
     proc = subprocess.run(
         [sys.executable, str(HARNESS), str(corpus), f"-artifact_prefix={artifacts}/", *flags],
-        cwd=tmp_path, env=full_env, capture_output=True, timeout=timeout)
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        timeout=timeout,
+    )
     return proc, sorted(artifacts.iterdir())
 
 
@@ -161,8 +174,9 @@ def _tail(proc) -> str:
 
 @needs_atheris
 def test_short_fuzz_run_finds_no_crash(tmp_path):
-    proc, found = run_harness(tmp_path, f"-max_total_time={CI_SECONDS}", "-print_final_stats=1",
-                              env={"B12_FUZZ_PRECHECK": "1"})
+    proc, found = run_harness(
+        tmp_path, f"-max_total_time={CI_SECONDS}", "-print_final_stats=1", env={"B12_FUZZ_PRECHECK": "1"}
+    )
     details = "".join(f"\n{p.name}: {base64.b64encode(p.read_bytes()[:2000]).decode()}" for p in found)
     assert proc.returncode == 0 and not found, f"the fuzzer found a failing input:{details}\n{_tail(proc)}"
     err = proc.stderr.decode("utf-8", "replace")
@@ -175,14 +189,16 @@ def test_short_fuzz_run_finds_no_crash(tmp_path):
 
 
 @needs_atheris
-@pytest.mark.parametrize("kind, shows", [
-    ("change", "PropertyFailed: output holds a segment that is not in the input"),
-    ("raise", "ValueError: planted failure"),
-    ("hang", "Hang: process() ran for more than 1.0 s of CPU time"),
-])
+@pytest.mark.parametrize(
+    "kind, shows",
+    [
+        ("change", "PropertyFailed: output holds a segment that is not in the input"),
+        ("raise", "ValueError: planted failure"),
+        ("hang", "Hang: process() ran for more than 1.0 s of CPU time"),
+    ],
+)
 def test_the_harness_fails_when_process_breaks_a_promise(tmp_path, kind, shows):
-    proc, found = run_harness(tmp_path, "-runs=2000",
-                              env={"B12_FUZZ_BREAK": kind, "B12_FUZZ_TIMEOUT_S": "1"})
+    proc, found = run_harness(tmp_path, "-runs=2000", env={"B12_FUZZ_BREAK": kind, "B12_FUZZ_TIMEOUT_S": "1"})
     assert proc.returncode != 0, _tail(proc)
     assert shows in (proc.stdout + proc.stderr).decode("utf-8", "replace"), _tail(proc)
     assert [p.name.split("-")[0] for p in found] == ["crash"]

@@ -15,6 +15,7 @@ over everything: every AA is in the journal and reached the downstream,
 nothing unanswered or answered AE/AR was journaled as a message or
 forwarded, serve is alive, and SIGTERM gives exit code 0.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,24 +28,28 @@ import threading
 import time
 
 import pytest
+from service_helpers import CR, EB, SB, Serve, frame, msa, segment, take_frames, wait_until, write_config
+from soak_helpers import RestartableDownstream, RssMonitor, rss_kb, set_control_id, templates
 
 from b12comment.config import Config
 from b12comment.core.engine import process
-from service_helpers import CR, EB, SB, Serve, frame, msa, segment, take_frames, wait_until, write_config
-from soak_helpers import RestartableDownstream, RssMonitor, rss_kb, set_control_id, templates
+
+pytestmark = pytest.mark.slow
 
 SEED = 20241125
 GIB = 1 << 30
 IDLE_TIMEOUT_S = 30.0
 MAX_CONNECTIONS = 520
 MEMORY_MARGIN_KB = 150 * 1024  # growth allowed over the baseline, in any scenario
-WAIT = 120.0                    # a bound on every wait, not an expectation
+WAIT = 120.0  # a bound on every wait, not an expectation
 
 
 def oru(cid: str, n: int = 1) -> bytes:
-    return (f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|{cid}|P|2.5.1\r"
-            f"PID|1||ID{n}||Doe^John||19700101|M\r"
-            f"OBX|1|NM|2345-7^Glucose^LN||{n}|mmol/L|3-6|N|||F\r").encode()
+    return (
+        f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|{cid}|P|2.5.1\r"
+        f"PID|1||ID{n}||Doe^John||19700101|M\r"
+        f"OBX|1|NM|2345-7^Glucose^LN||{n}|mmol/L|3-6|N|||F\r"
+    ).encode()
 
 
 def read_frames(sock: socket.socket, count: int | None = None, timeout: float = WAIT) -> list[bytes]:
@@ -54,7 +59,7 @@ def read_frames(sock: socket.socket, count: int | None = None, timeout: float = 
     while count is None or len(out) < count:
         try:
             data = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             break
         if not data:
             break
@@ -149,8 +154,8 @@ class Hostile:
         self.base = base
         self.journal = base / "journal.sqlite3"
         self.rule = Config().rule
-        self.acked: dict[str, bytes] = {}   # control ID -> original, for every AA any client got
-        self.never: set[str] = set()         # control IDs that must never be journaled or delivered
+        self.acked: dict[str, bytes] = {}  # control ID -> original, for every AA any client got
+        self.never: set[str] = set()  # control IDs that must never be journaled or delivered
         self.figures: dict[str, object] = {}
         self.lock = threading.Lock()
         self.held: list[socket.socket] = []  # sockets a later test looks at
@@ -190,11 +195,13 @@ def hostile(tmp_path_factory):
     base = tmp_path_factory.mktemp("hostile")
     h = Hostile(base)
     h.down = RestartableDownstream().start()
-    cfg = write_config(base / "config.toml",
-                       listener=dict(port=0, idle_timeout_s=IDLE_TIMEOUT_S, max_connections=MAX_CONNECTIONS),
-                       journal=dict(path=str(h.journal)),
-                       downstream=dict(url=h.down.url, timeout_s=10.0, retry_initial_s=0.05, retry_max_s=0.5),
-                       logging=dict(format="json", level="info"))
+    cfg = write_config(
+        base / "config.toml",
+        listener=dict(port=0, idle_timeout_s=IDLE_TIMEOUT_S, max_connections=MAX_CONNECTIONS),
+        journal=dict(path=str(h.journal)),
+        downstream=dict(url=h.down.url, timeout_s=10.0, retry_initial_s=0.05, retry_max_s=0.5),
+        logging=dict(format="json", level="info"),
+    )
     h.serve = Serve(cfg).start()
     h.monitor = RssMonitor(h.serve.proc.pid, interval=0.05)
     h.monitor.start()
@@ -237,7 +244,7 @@ def test_random_bytes(hostile):
     junk = bytes(b for b in rng.randbytes(8_500_000) if b != 0x0B)[:8_000_000]
     with connect(port) as sock:
         for i in range(0, len(junk), 1 << 20):
-            sock.sendall(junk[i:i + (1 << 20)])
+            sock.sendall(junk[i : i + (1 << 20)])
         sock.sendall(frame(oru("RND-OK-1")))
         acks = read_frames(sock, 1)
     assert [msa(a) for a in acks] == [("AA", "RND-OK-1")]
@@ -268,8 +275,9 @@ def test_random_bytes(hostile):
     assert len(codes) == expected
     assert set(codes) == {"AR"}, "random bytes are not HL7 messages: AR, never AA or AE"
     assert hostile.serve.proc.poll() is None
-    hostile.figures["random_bytes"] = dict(junk_bytes=len(junk), random_bytes=sum(map(len, blobs)),
-                                           random_frames_answered_ar=len(codes))
+    hostile.figures["random_bytes"] = dict(
+        junk_bytes=len(junk), random_bytes=sum(map(len, blobs)), random_frames_answered_ar=len(codes)
+    )
     hostile.assert_memory_bounded(since, "random_bytes")
 
 
@@ -301,12 +309,12 @@ def test_truncated_frames(hostile):
         cut = set_control_id(mix[i % len(mix)], cut_cid)
         full = set_control_id(mix[(i + 3) % len(mix)], full_cid)
         # A frame cut short (no end block), then a new start block with a complete frame.
-        stream += SB + cut[:rng.randrange(1, len(cut))] + frame(full)
+        stream += SB + cut[: rng.randrange(1, len(cut))] + frame(full)
         expected.append((full_cid, full))
         hostile.never.add(cut_cid)
     # A complete frame whose message is cut after MSH: still an HL7 message, AA.
     short = set_control_id(mix[1], "SHORTMSG-1")
-    short = short[:short.index(b"\r") + 1 + 10]
+    short = short[: short.index(b"\r") + 1 + 10]
     stream += frame(short)
     expected.append(("SHORTMSG-1", short))
     with connect(hostile.serve.port) as sock:
@@ -330,7 +338,7 @@ def test_truncated_frames(hostile):
 def test_gigabyte_frame_is_refused_without_holding_it(hostile):
     since = time.monotonic()
     head = b"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|BIG-1|P|2.5.1\rNTE|1||"
-    chunk = (bytes(range(32, 127)) * ((1 << 20) // 95 + 1))[:1 << 20]
+    chunk = (bytes(range(32, 127)) * ((1 << 20) // 95 + 1))[: 1 << 20]
     hostile.never.add("BIG-1")
     started = time.monotonic()
     with connect(hostile.serve.port) as sock:
@@ -361,9 +369,12 @@ def test_gigabyte_frame_is_refused_without_holding_it(hostile):
     rows = db.execute("SELECT state, length(raw) FROM messages WHERE control_id = 'BIG-1'").fetchall()
     db.close()
     assert rows and all(state == "rejected" and size <= 4096 for state, size in rows), rows
-    hostile.figures["gigabyte_frame"] = dict(bytes=sent, seconds=round(seconds, 1),
-                                             rss_growth_mb_at_half=round(half_growth / 1024, 1),
-                                             rss_growth_mb=round(growth / 1024, 1))
+    hostile.figures["gigabyte_frame"] = dict(
+        bytes=sent,
+        seconds=round(seconds, 1),
+        rss_growth_mb_at_half=round(half_growth / 1024, 1),
+        rss_growth_mb=round(growth / 1024, 1),
+    )
     hostile.assert_memory_bounded(since, "gigabyte")
 
 
@@ -377,26 +388,27 @@ def test_thousands_of_tiny_frames(hostile):
             frames.append(frame(message))
             expected.append(("AA", cid, message))
         elif i % 2:
-            frames.append(SB + EB + CR)           # an empty frame
+            frames.append(SB + EB + CR)  # an empty frame
             expected.append(("AR", "", None))
         else:
-            frames.append(SB + b"x" + EB)         # one byte, no trailing CR
+            frames.append(SB + b"x" + EB)  # one byte, no trailing CR
             expected.append(("AR", "", None))
     data = b"".join(frames)
     with connect(hostile.serve.port) as sock:
         out: list[bytes] = []
         reader = threading.Thread(target=lambda: out.extend(read_frames(sock, len(frames))))
         reader.start()
-        sock.sendall(data[:len(data) // 2])
+        sock.sendall(data[: len(data) // 2])
         assert hostile.good.progressed(3)
-        sock.sendall(data[len(data) // 2:])
+        sock.sendall(data[len(data) // 2 :])
         reader.join(WAIT * 2)
     assert [msa(a) for a in out] == [(code, cid) for code, cid, _ in expected]
     for code, cid, message in expected:
         if code == "AA":
             hostile.register(cid, message)
-    hostile.figures["tiny_frames"] = dict(frames=len(frames), aa=sum(1 for e in expected if e[0] == "AA"),
-                                          ar=sum(1 for e in expected if e[0] == "AR"))
+    hostile.figures["tiny_frames"] = dict(
+        frames=len(frames), aa=sum(1 for e in expected if e[0] == "AA"), ar=sum(1 for e in expected if e[0] == "AR")
+    )
     hostile.assert_memory_bounded(since, "tiny_frames")
 
 
@@ -420,7 +432,7 @@ def test_slow_senders_trickling_a_byte_at_a_time(hostile):
                     sock.sendall(bytes([byte]))
                     time.sleep(0.003)
                 results[k] = [msa(a) for a in read_frames(sock, 1)] + [message]
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             results[k] = [repr(exc)]
 
     threads = [threading.Thread(target=trickle, args=(k,)) for k in range(1, 6)]
@@ -453,8 +465,9 @@ def test_500_connections_at_once_and_clean_refusal_past_the_limit(hostile):
         for i in range(500):
             hostile.register(f"C500-{i}", oru(f"C500-{i}", i))
         # Past max_connections (520, with 500 + the good client open): closed at once, never half-served.
-        refused_before = sum(1 for r in hostile.serve.records("connection_refused")
-                             if r.get("reason") == "max_connections reached")
+        refused_before = sum(
+            1 for r in hostile.serve.records("connection_refused") if r.get("reason") == "max_connections reached"
+        )
         accepted, refused = [], []
         for i in range(40):
             cid = f"EXTRA-{i}"
@@ -481,9 +494,14 @@ def test_500_connections_at_once_and_clean_refusal_past_the_limit(hostile):
     journaled = set(hostile.journal_ids())
     assert not set(refused) & journaled
     hostile.never.update(refused)
-    hostile.figures["connections"] = dict(at_once=500, all_aa=True, extra=40, extra_accepted=len(accepted),
-                                          extra_refused=len(refused),
-                                          rss_growth_mb=round(peak_connections_growth / 1024, 1))
+    hostile.figures["connections"] = dict(
+        at_once=500,
+        all_aa=True,
+        extra=40,
+        extra_accepted=len(accepted),
+        extra_refused=len(refused),
+        rss_growth_mb=round(peak_connections_growth / 1024, 1),
+    )
     hostile.assert_memory_bounded(since, "connections")
     # And afterwards new connections are served again.
     with connect(port) as sock:
@@ -500,7 +518,7 @@ def test_connections_that_close_mid_frame(hostile):
         cid = f"MID-{i}"
         message = oru(cid, i)
         sock = connect(hostile.serve.port)
-        sock.sendall(SB + message[:len(message) * (i % 9 + 1) // 10])
+        sock.sendall(SB + message[: len(message) * (i % 9 + 1) // 10])
         socks.append(sock)
         hostile.never.add(cid)
     assert hostile.good.progressed(3)  # a hundred half-frames open
@@ -557,8 +575,12 @@ def test_zz_promises_kept_still_alive_and_sigterm_exits_zero(hostile):
     sock = hostile.held[0]
     sock.settimeout(IDLE_TIMEOUT_S + WAIT)
     assert sock.recv(100) == b"", "a frame without an end must not be answered"
-    assert wait_until(lambda: any(r.get("reason") == "idle timeout" and r.get("in_frame")
-                                  for r in serve.records("connection_closed")), WAIT)
+    assert wait_until(
+        lambda: any(
+            r.get("reason") == "idle timeout" and r.get("in_frame") for r in serve.records("connection_closed")
+        ),
+        WAIT,
+    )
     assert serve.proc.poll() is None, "serve is alive after everything"
     assert hostile.good.progressed(3)
     hostile.good.stopping = True
@@ -581,8 +603,12 @@ def test_zz_promises_kept_still_alive_and_sigterm_exits_zero(hostile):
     assert overall - hostile.baseline_kb < MEMORY_MARGIN_KB
     assert serve.stop() == 0
     assert "Traceback" not in serve.stderr
-    hostile.figures.update(good_client_aa=hostile.good.aa(), acked_aa_total=len(acked),
-                           delivered=len(deliveries), duplicates=len(deliveries) - len(delivered),
-                           peak_rss_mb=round(overall / 1024, 1),
-                           rejected_rows=len(hostile.journal_ids(rejected=True)))
+    hostile.figures.update(
+        good_client_aa=hostile.good.aa(),
+        acked_aa_total=len(acked),
+        delivered=len(deliveries),
+        duplicates=len(deliveries) - len(delivered),
+        peak_rss_mb=round(overall / 1024, 1),
+        rejected_rows=len(hostile.journal_ids(rejected=True)),
+    )
     print("\nHOSTILE FIGURES " + json.dumps(hostile.figures))

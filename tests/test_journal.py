@@ -1,5 +1,6 @@
 """The SQLite journal on real files: durability settings, states, order,
 retransmissions, pruning, retry, and a path that cannot be written."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,9 @@ def test_record_is_committed_and_visible_to_another_connection(journal, tmp_path
     receipt = record(journal, MSG1, "C1", peer="127.0.0.1:5000", conn_seq=1)
     assert not receipt.duplicate
     other = sqlite3.connect(tmp_path / "j.sqlite3")
-    raw, state, cid = other.execute("SELECT raw, state, control_id FROM messages WHERE id = ?",
-                                    (receipt.id,)).fetchone()
+    raw, state, cid = other.execute(
+        "SELECT raw, state, control_id FROM messages WHERE id = ?", (receipt.id,)
+    ).fetchone()
     assert (raw, state, cid) == (MSG1, "received", "C1")
     other.close()
 
@@ -78,7 +80,13 @@ def test_queue_order_and_state_flow(journal):
     assert journal.next_undelivered().id == a  # the head stays the head until it is done
     journal.mark_processed(a, MSG1, False, ["no_b12"])
     head = journal.next_undelivered()
-    assert (head.id, head.state, head.processed, head.reasons, head.commented) == (a, "processed", MSG1, ("no_b12",), False)
+    assert (head.id, head.state, head.processed, head.reasons, head.commented) == (
+        a,
+        "processed",
+        MSG1,
+        ("no_b12",),
+        False,
+    )
     journal.mark_forwarded(a)
     assert journal.next_undelivered().id == b
     assert journal.mark_attempt_failed(b, "AE") == 1
@@ -138,10 +146,10 @@ def test_path_under_a_regular_file_fails_even_for_root(tmp_path):
 
 
 def test_write_failure_is_a_journal_error_and_nothing_is_stored(journal):
-    journal._db.execute("PRAGMA query_only = ON")  # noqa: SLF001 - makes SQLite itself refuse writes
+    journal._db.execute("PRAGMA query_only = ON")
     with pytest.raises(JournalError):
         record(journal, MSG1, "C1")
-    journal._db.execute("PRAGMA query_only = OFF")  # noqa: SLF001
+    journal._db.execute("PRAGMA query_only = OFF")
     assert journal.rows() == []
     assert record(journal, MSG1, "C1").id  # and it recovers
 
@@ -172,11 +180,14 @@ def test_failure_that_does_not_count_is_still_noted(journal):
 
 # -- group commit, batches, and what is stored
 
+
 def test_intake_batch_is_one_transaction_in_order_with_retransmission_and_reject(journal):
-    calls = [("record", (MSG1,), dict(control_id="C1", message_type="ORU^R01", retransmit_window_s=60)),
-             ("reject", (b"junk", "not an HL7 message"), dict(peer="p")),
-             ("record", (MSG2,), dict(control_id="C2", message_type="ORU^R01", retransmit_window_s=60)),
-             ("record", (MSG1,), dict(control_id="C1", message_type="ORU^R01", retransmit_window_s=60))]
+    calls = [
+        ("record", (MSG1,), dict(control_id="C1", message_type="ORU^R01", retransmit_window_s=60)),
+        ("reject", (b"junk", "not an HL7 message"), dict(peer="p")),
+        ("record", (MSG2,), dict(control_id="C2", message_type="ORU^R01", retransmit_window_s=60)),
+        ("record", (MSG1,), dict(control_id="C1", message_type="ORU^R01", retransmit_window_s=60)),
+    ]
     first, rejected, second, again = journal.intake(calls)
     assert not first.duplicate and not second.duplicate
     assert again.duplicate and again.id == first.id  # a retransmission within the same batch
@@ -185,11 +196,11 @@ def test_intake_batch_is_one_transaction_in_order_with_retransmission_and_reject
 
 
 def test_intake_batch_that_cannot_commit_stores_nothing(journal):
-    journal._db.execute("PRAGMA query_only = ON")  # noqa: SLF001
+    journal._db.execute("PRAGMA query_only = ON")
     calls = [("record", (m,), dict(control_id=c, message_type="ORU^R01")) for m, c in ((MSG1, "C1"), (MSG2, "C2"))]
     with pytest.raises(JournalError):  # every caller gets it: answered AE, none AA
         journal.intake(calls)
-    journal._db.execute("PRAGMA query_only = OFF")  # noqa: SLF001
+    journal._db.execute("PRAGMA query_only = OFF")
     assert journal.rows() == []
 
 
@@ -235,6 +246,7 @@ def test_journal_thread_commits_frames_of_one_loop_turn_together_before_answerin
         result = original(self, calls)
         batches.append(len(calls))
         return result
+
     monkeypatch.setattr(Journal, "intake", spy)
     path = tmp_path / "j.sqlite3"
 
@@ -247,8 +259,9 @@ def test_journal_thread_commits_frames_of_one_loop_turn_together_before_answerin
 
     async def main():
         jt = JournalThread(path)
-        futures = [jt.submit("record", MSG1 + str(n).encode(), control_id=f"G{n}", message_type="ORU^R01")
-                   for n in range(5)]
+        futures = [
+            jt.submit("record", MSG1 + str(n).encode(), control_id=f"G{n}", message_type="ORU^R01") for n in range(5)
+        ]
         seen = []
         for n, future in enumerate(futures):
             receipt = await future
@@ -266,11 +279,11 @@ def test_journal_thread_hands_intake_to_its_thread_while_the_journal_is_busy(tmp
     async def main():
         jt = JournalThread(tmp_path / "j.sqlite3")
         await jt.call("depth")  # opens the journal, starts the thread
-        jt._lock.acquire()  # noqa: SLF001 - as if the thread were in the middle of a call
+        jt._lock.acquire()
         future = jt.submit("record", MSG1, control_id="C1", message_type="ORU^R01")
         await asyncio.sleep(0.05)
         assert not future.done()  # waits; the event loop did not block
-        jt._lock.release()  # noqa: SLF001
+        jt._lock.release()
         receipt = await asyncio.wait_for(future, 10)
         assert (await jt.call("get", receipt.id)).raw == MSG1
         await jt.close()
@@ -282,7 +295,9 @@ def test_new_journal_is_readable_by_its_owner_only(tmp_path):
     """It holds whole messages with patient data (SECURITY.md)."""
     import os
     import stat
+
     from b12comment.serve.journal import Journal
+
     path = tmp_path / "j.sqlite3"
     old = os.umask(0o022)
     try:

@@ -1,4 +1,5 @@
 """The pure MLLP codec: framing, junk, oversize, odd end blocks, any split."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,7 +40,7 @@ def test_two_frames_in_one_read():
 
 def test_frame_split_into_single_bytes():
     data = encode(MSG_A) + encode(MSG_B)
-    events = feed_all(Decoder(), [data[i:i + 1] for i in range(len(data))])
+    events = feed_all(Decoder(), [data[i : i + 1] for i in range(len(data))])
     assert events == [Frame(MSG_A), Frame(MSG_B)]
 
 
@@ -47,7 +48,7 @@ def test_split_between_end_block_and_carriage_return():
     data = encode(MSG_A)
     decoder = Decoder()
     assert decoder.feed(data[:-1]) == [Frame(MSG_A)]  # the frame does not wait for 0x0D
-    assert decoder.feed(data[-1:]) == []               # and the 0x0D is swallowed, not junk
+    assert decoder.feed(data[-1:]) == []  # and the 0x0D is swallowed, not junk
     assert decoder.feed(encode(MSG_B)) == [Frame(MSG_B)]
 
 
@@ -82,7 +83,7 @@ def test_oversized_frame_is_discarded_with_its_head_and_next_frame_still_read():
     big = b"MSH|^~\\&|" + b"X" * 5000
     decoder = Decoder(max_message_bytes=1000, head_bytes=64)
     data = encode(big) + encode(MSG_A)
-    events = feed_all(decoder, [data[i:i + 300] for i in range(0, len(data), 300)])
+    events = feed_all(decoder, [data[i : i + 300] for i in range(0, len(data), 300)])
     assert events == [Oversize(len(big), big[:64]), Frame(MSG_A)]
 
 
@@ -91,7 +92,7 @@ def test_oversized_frame_is_not_held_in_memory():
     decoder.feed(b"\x0b")
     for _ in range(100):
         decoder.feed(b"Y" * 10_000)
-        assert len(decoder._buffer) == 0  # noqa: SLF001 - the point of the test
+        assert len(decoder._buffer) == 0
     assert decoder.feed(b"\x1c\x0d") == [Oversize(1_000_000, b"Y" * 64)]
 
 
@@ -126,7 +127,7 @@ def test_any_split_of_any_frames_gives_the_same_frames(messages, cuts):
     chunks, pos, i = [], 0, 0
     while pos < len(stream):
         size = cuts[i % len(cuts)]
-        chunks.append(stream[pos:pos + size])
+        chunks.append(stream[pos : pos + size])
         pos += size
         i += 1
     assert feed_all(Decoder(), chunks) == [Frame(m) for m in messages]

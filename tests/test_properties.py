@@ -11,6 +11,7 @@ The checker that finds inserted segments is independent of b12comment: it
 reads the delimiters and MSH-18 itself, escapes the comment text itself and
 splits segments itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,29 +20,39 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from builders import B12_CODE, Obx, b12, build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from b12comment.core.rule_config import TEXT_DA, RuleConfig
 from b12comment.core.decision import Decision
 from b12comment.core.engine import process
-
-from builders import B12_CODE, Obx, b12, build
+from b12comment.core.rule_config import TEXT_DA, RuleConfig
 
 RULE = RuleConfig()
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "messages"
 CORPUS_FILES = sorted(CORPUS.glob("*")) if CORPUS.is_dir() else []
-SETTINGS = dict(deadline=None, max_examples=int(os.environ.get("B12_PROPERTY_EXAMPLES", "300")),
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None,
+    max_examples=int(os.environ.get("B12_PROPERTY_EXAMPLES", "300")),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # ---------------------------------------------------------------------------
 # The independent checker
 
 _BREAK = re.compile(rb"\r\n|\r|\n")
 _LEADING = b" \t\r\n\x00\xef\xbb\xbf"
-_CHARSETS = {"": "ascii", "ASCII": "ascii", "ISO IR6": "ascii", "8859/1": "latin-1",
-             "ISO IR100": "latin-1", "UNICODE UTF-8": "utf-8", "UTF-8": "utf-8", "UTF8": "utf-8",
-             **{f"8859/{n}": f"iso8859-{n}" for n in (2, 3, 4, 5, 6, 7, 8, 9, 15)}}
+_CHARSETS = {
+    "": "ascii",
+    "ASCII": "ascii",
+    "ISO IR6": "ascii",
+    "8859/1": "latin-1",
+    "ISO IR100": "latin-1",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "UTF8": "utf-8",
+    **{f"8859/{n}": f"iso8859-{n}" for n in (2, 3, 4, 5, 6, 7, 8, 9, 15)},
+}
 _TRANSLIT = {"æ": "ae", "ø": "oe", "å": "aa", "Æ": "Ae", "Ø": "Oe", "Å": "Aa"}
 
 
@@ -50,11 +61,11 @@ def _msh(message: bytes):
     i = 0
     while i < len(message) and message[i] in _LEADING:
         i += 1
-    if message[i:i + 3] != b"MSH" or len(message) < i + 5:
+    if message[i : i + 3] != b"MSH" or len(message) < i + 5:
         return None
-    fs = message[i + 3:i + 4]
+    fs = message[i + 3 : i + 4]
     m = _BREAK.search(message, i)
-    line = message[i:m.start() if m else len(message)]
+    line = message[i : m.start() if m else len(message)]
     parts = line.split(fs)
     enc = parts[1] if len(parts) > 1 else b""
     msh18 = parts[17] if len(parts) > 17 else b""
@@ -84,7 +95,7 @@ def escaped_comment(message: bytes, text: str = TEXT_DA) -> bytes | None:
     if codec is None:
         return None
     raw = _encode(text, codec)
-    names = [enc[i:i + 1] for i in range(len(enc))]
+    names = [enc[i : i + 1] for i in range(len(enc))]
     comp, rep, esc, sub, trunc = (names + [None] * 5)[:5]
     sub = sub or b"&"
     table = {fs: b"F", comp: b"S", rep: b"R", esc: b"E", sub: b"T", trunc: b"P"}
@@ -121,7 +132,7 @@ def strip_comment_segments(message: bytes, needle: bytes) -> tuple[bytes, int]:
                 out += message[cut:start]
             else:  # last segment without terminator: drop the break before it
                 brk = re.search(rb"(?:\r\n|\r|\n)\Z", message[:start])
-                out += message[cut:start - (len(brk.group()) if brk else 0)]
+                out += message[cut : start - (len(brk.group()) if brk else 0)]
             cut = nxt
     out += message[cut:]
     return bytes(out), removed
@@ -227,14 +238,42 @@ def test_base_messages_cover_commented_and_not():
 
 
 @settings(**SETTINGS)
-@given(st.one_of(
-    st.binary(max_size=400),
-    st.binary(max_size=400).map(lambda b: b"MSH|^~\\&|" + b),
-    st.lists(st.sampled_from([b"MSH|^~\\&|", b"|", b"^", b"~", b"\\", b"&", b"#", b"\r", b"\n",
-                              b"ORU^R01", b"PID", b"OBX", b"OBR", b"NTE", b"14685-2", b"LN",
-                              b"2016", b"1500", b"pmol/L", b"F", b"H", b"\xf8", b"2.7"]),
-             max_size=60).map(b"".join),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        st.binary(max_size=400).map(lambda b: b"MSH|^~\\&|" + b),
+        st.lists(
+            st.sampled_from(
+                [
+                    b"MSH|^~\\&|",
+                    b"|",
+                    b"^",
+                    b"~",
+                    b"\\",
+                    b"&",
+                    b"#",
+                    b"\r",
+                    b"\n",
+                    b"ORU^R01",
+                    b"PID",
+                    b"OBX",
+                    b"OBR",
+                    b"NTE",
+                    b"14685-2",
+                    b"LN",
+                    b"2016",
+                    b"1500",
+                    b"pmol/L",
+                    b"F",
+                    b"H",
+                    b"\xf8",
+                    b"2.7",
+                ]
+            ),
+            max_size=60,
+        ).map(b"".join),
+    )
+)
 def test_any_bytes_never_raise(data):
     out, decision = process(data, RULE)
     assert isinstance(out, bytes) and isinstance(decision, Decision)
@@ -256,22 +295,92 @@ def test_any_bytes_with_commentable_prefix(tail):
 # ---------------------------------------------------------------------------
 # (b) mutated messages
 
-TOKENS = [b"", b"^", b"~", b"\\", b"&", b"|", b"#", b"\r", b"\n", b"\r\n", b"H", b"N", b"L", b"P",
-          b"F", b"C", b"D", b">", b"<", b">^1476", b"1476", b"1,476", b"1476,0", b"<1476", b"pg/mL",
-          b"pmol/L", b"nmol/L", b"14685-2", b"14685-2^B12^LN", b"VB12^x^L^14685-2^y^LN", b"LN",
-          b"NTE|1|L|x", b"OBX|9|NM|14685-2^B12^LN||1500|pmol/L|||||F", b"PID|2", b"OBR|9||||||2024",
-          b"2016", b"20160315", b"\xf8", b"\xc3\xb8", b"\xff", b"\x00", b"\\X00\\", b"\\.br\\",
-          b"2.7", b"2.9", b"UNICODE UTF-8", b"8859/1", b"200-600", b"<600", b"SN", b"ST", b"NM",
-          b"A~H", b" ", b"NTE", b"MSH|^~\\&|"]
+TOKENS = [
+    b"",
+    b"^",
+    b"~",
+    b"\\",
+    b"&",
+    b"|",
+    b"#",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"H",
+    b"N",
+    b"L",
+    b"P",
+    b"F",
+    b"C",
+    b"D",
+    b">",
+    b"<",
+    b">^1476",
+    b"1476",
+    b"1,476",
+    b"1476,0",
+    b"<1476",
+    b"pg/mL",
+    b"pmol/L",
+    b"nmol/L",
+    b"14685-2",
+    b"14685-2^B12^LN",
+    b"VB12^x^L^14685-2^y^LN",
+    b"LN",
+    b"NTE|1|L|x",
+    b"OBX|9|NM|14685-2^B12^LN||1500|pmol/L|||||F",
+    b"PID|2",
+    b"OBR|9||||||2024",
+    b"2016",
+    b"20160315",
+    b"\xf8",
+    b"\xc3\xb8",
+    b"\xff",
+    b"\x00",
+    b"\\X00\\",
+    b"\\.br\\",
+    b"2.7",
+    b"2.9",
+    b"UNICODE UTF-8",
+    b"8859/1",
+    b"200-600",
+    b"<600",
+    b"SN",
+    b"ST",
+    b"NM",
+    b"A~H",
+    b" ",
+    b"NTE",
+    b"MSH|^~\\&|",
+]
 
 FIELD_EDITS = [  # (segment, field, value): turn real messages into paediatric B12 ones
-    (b"OBX", 3, b"14685-2^Cobalamin^LN"), (b"OBX", 3, b"NPU01700^B12^NPU"),
-    (b"OBX", 3, b"X^B12^L^14685-2^B12^LN"), (b"OBX", 2, b"NM"), (b"OBX", 2, b"SN"),
-    (b"OBX", 5, b"1500"), (b"OBX", 5, b">^1476"), (b"OBX", 6, b"pmol/L"), (b"OBX", 6, b"pg/mL"),
-    (b"OBX", 7, b""), (b"OBX", 7, b"200-600"), (b"OBX", 8, b""), (b"OBX", 8, b"H"), (b"OBX", 8, b"N"),
-    (b"OBX", 11, b"F"), (b"OBX", 11, b"P"), (b"OBX", 14, b"20240110"), (b"PID", 7, b"20160315"),
-    (b"PID", 7, b"2016"), (b"PID", 7, b"20060110"), (b"OBR", 7, b"20240110083000"), (b"OBR", 7, b""),
-    (b"MSH", 12, b"2.7"), (b"MSH", 12, b"2.9"), (b"MSH", 18, b""), (b"MSH", 18, b"UNICODE UTF-8"),
+    (b"OBX", 3, b"14685-2^Cobalamin^LN"),
+    (b"OBX", 3, b"NPU01700^B12^NPU"),
+    (b"OBX", 3, b"X^B12^L^14685-2^B12^LN"),
+    (b"OBX", 2, b"NM"),
+    (b"OBX", 2, b"SN"),
+    (b"OBX", 5, b"1500"),
+    (b"OBX", 5, b">^1476"),
+    (b"OBX", 6, b"pmol/L"),
+    (b"OBX", 6, b"pg/mL"),
+    (b"OBX", 7, b""),
+    (b"OBX", 7, b"200-600"),
+    (b"OBX", 8, b""),
+    (b"OBX", 8, b"H"),
+    (b"OBX", 8, b"N"),
+    (b"OBX", 11, b"F"),
+    (b"OBX", 11, b"P"),
+    (b"OBX", 14, b"20240110"),
+    (b"PID", 7, b"20160315"),
+    (b"PID", 7, b"2016"),
+    (b"PID", 7, b"20060110"),
+    (b"OBR", 7, b"20240110083000"),
+    (b"OBR", 7, b""),
+    (b"MSH", 12, b"2.7"),
+    (b"MSH", 12, b"2.9"),
+    (b"MSH", 18, b""),
+    (b"MSH", 18, b"UNICODE UTF-8"),
 ]
 
 
@@ -298,8 +407,16 @@ def _edit_field(message: bytes, seg_name: bytes, n: int, value: bytes, which: in
     return message[:s] + fs.join(fields) + message[e:]
 
 
-PAEDIATRIC_B12 = [(2, b"NM"), (3, b"14685-2^Cobalamin^LN"), (5, b"1500"), (6, b"pmol/L"),
-                  (7, b""), (8, b""), (11, b"F"), (14, b"20240110")]
+PAEDIATRIC_B12 = [
+    (2, b"NM"),
+    (3, b"14685-2^Cobalamin^LN"),
+    (5, b"1500"),
+    (6, b"pmol/L"),
+    (7, b""),
+    (8, b""),
+    (11, b"F"),
+    (14, b"20240110"),
+]
 
 
 def _count(message: bytes, seg_name: bytes) -> int:
@@ -329,13 +446,13 @@ def mutated(draw, bases):
         i = draw(st.integers(0, n))
         if op == "replace":
             k = draw(st.integers(0, 8))
-            message = message[:i] + draw(st.sampled_from(TOKENS)) + message[i + k:]
+            message = message[:i] + draw(st.sampled_from(TOKENS)) + message[i + k :]
         elif op == "insert":
             message = message[:i] + draw(st.sampled_from(TOKENS)) + message[i:]
         elif op == "delete":
-            message = message[:i] + message[i + draw(st.integers(1, 6)):]
+            message = message[:i] + message[i + draw(st.integers(1, 6)) :]
         elif op == "byte":
-            message = message[:i] + draw(st.binary(min_size=1, max_size=3)) + message[i + 1:]
+            message = message[:i] + draw(st.binary(min_size=1, max_size=3)) + message[i + 1 :]
         else:
             seg, field, value = draw(st.sampled_from(FIELD_EDITS))
             message = _edit_field(message, seg, field, value, draw(st.integers(0, 20)))
@@ -368,11 +485,19 @@ def test_corpus_messages_unchanged_and_precheck_agrees():
 # ---------------------------------------------------------------------------
 # (b) random builder parameters
 
-BIRTHS = ["20160315", "2016", "201603", "20231201", "20060111", "20060110", "2006", "19700101", "",
-          "20250101", "x"]
-OTHERS = [Obx(), Obx(flags="N"), Obx(flags="H"), Obx(flags="L"), Obx(value="150"), Obx(status="P"),
-          Obx(status="D", flags="H"), Obx(vtype="ST", value="positive", range="", units=""),
-          b12("2000", "pg/mL", code="2132-9^B12^LN"), b12("900", code="NPU01700^B12^IUPP", status="P")]
+BIRTHS = ["20160315", "2016", "201603", "20231201", "20060111", "20060110", "2006", "19700101", "", "20250101", "x"]
+OTHERS = [
+    Obx(),
+    Obx(flags="N"),
+    Obx(flags="H"),
+    Obx(flags="L"),
+    Obx(value="150"),
+    Obx(status="P"),
+    Obx(status="D", flags="H"),
+    Obx(vtype="ST", value="positive", range="", units=""),
+    b12("2000", "pg/mL", code="2132-9^B12^LN"),
+    b12("900", code="NPU01700^B12^IUPP", status="P"),
+]
 
 
 def _often(default, options):
@@ -387,14 +512,29 @@ def params(draw):
         collected=draw(st.sampled_from(["20240110083000", "20240110", "2024", ""])),
         obx14=draw(st.sampled_from(["", "20240110", "20240111"])),
         vtype=draw(_often("NM", ["NM", "SN", "ST", "TX"])),
-        value=draw(_often("1500", ["1500", "1300", "700", ">1476", "<1476", "1476,0", "1,476", ">^1476",
-                                    "<^2000", "^1350", "abc", ""])),
+        value=draw(
+            _often(
+                "1500",
+                ["1500", "1300", "700", ">1476", "<1476", "1476,0", "1,476", ">^1476", "<^2000", "^1350", "abc", ""],
+            )
+        ),
         units=draw(_often("pmol/L", ["pmol/L", "pg/mL", "ng/L", "nmol/L", "", "PMOL/L"])),
         range=draw(_often("", ["", "200-600", "<600", "200 - 900", "200-2000", "x"])),
         flags=draw(_often("", ["", "H", "N", "L", "HH", "A", "A~H", "<"])),
         status=draw(_often("F", ["F", "C", "P", "D", ""])),
-        code=draw(_often(B12_CODE, [B12_CODE, "2132-9^B12^LN", "NPU01700^B12^IUPP",
-                                   "VB12^B12^L^14685-2^Cobalamin^LN", "72160-5^Holo^LN", "B1222^fish^L"])),
+        code=draw(
+            _often(
+                B12_CODE,
+                [
+                    B12_CODE,
+                    "2132-9^B12^LN",
+                    "NPU01700^B12^IUPP",
+                    "VB12^B12^L^14685-2^Cobalamin^LN",
+                    "72160-5^Holo^LN",
+                    "B1222^fish^L",
+                ],
+            )
+        ),
         ntes=draw(st.sampled_from([(), ("old",), (("1", "a"), ("5", "b"))])),
         others=tuple(draw(st.lists(_often(Obx(), OTHERS), max_size=3))),
         group2=tuple(draw(st.lists(_often(Obx(), OTHERS), max_size=2))),
@@ -414,10 +554,12 @@ NOT_B12 = ("72160-5^Holo^LN", "B1222^fish^L")
 def _message_must_not_comment(p: dict) -> list[str]:
     """Safety conditions from clinical-facts.md that forbid any comment."""
     why = []
-    if any(o.code.split("^")[0] not in ("14685-2", "2132-9", "NPU01700")
-           and o.status not in ("D", "W")
-           and ((o.flags and o.flags != "N") or o.value == "150" or o.status == "P")
-           for o in p["others"] + p["group2"]):
+    if any(
+        o.code.split("^")[0] not in ("14685-2", "2132-9", "NPU01700")
+        and o.status not in ("D", "W")
+        and ((o.flags and o.flags != "N") or o.value == "150" or o.status == "P")
+        for o in p["others"] + p["group2"]
+    ):
         why.append("another result abnormal or pending")
     if p["birth"] in ("20060110", "2006", "19700101", "", "20250101", "x"):
         why.append("not certainly under 18")

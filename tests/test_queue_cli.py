@@ -1,13 +1,14 @@
 """`python -m b12comment queue ...` against a real journal file."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 
 import pytest
+from service_helpers import subprocess_env, write_config
 
 from b12comment.serve.journal import Journal
-from service_helpers import subprocess_env, write_config
 
 PATIENT = b"PID|1||0101151234^^^CPR||Jensen^Anna||20150101|F\r"
 
@@ -17,8 +18,13 @@ def msg(cid: str) -> bytes:
 
 
 def queue(cfg, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "b12comment", "queue", "--config", str(cfg), *args],
-                          capture_output=True, text=True, timeout=60, env=subprocess_env())
+    return subprocess.run(
+        [sys.executable, "-m", "b12comment", "queue", "--config", str(cfg), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
 
 
 @pytest.fixture
@@ -93,9 +99,12 @@ def test_retry_while_serve_runs_delivers_the_dead_message(tmp_path):
         return "AR" if first_answer.setdefault("seen", index) == index else "AA"
 
     with Downstream(answer=answer) as down:
-        cfg = write_config(tmp_path / "config.toml", listener=dict(port=0),
-                           journal=dict(path=str(tmp_path / "j.sqlite3")),
-                           downstream=dict(url=down.url, timeout_s=2.0, retry_initial_s=0.05, retry_max_s=0.2))
+        cfg = write_config(
+            tmp_path / "config.toml",
+            listener=dict(port=0),
+            journal=dict(path=str(tmp_path / "j.sqlite3")),
+            downstream=dict(url=down.url, timeout_s=2.0, retry_initial_s=0.05, retry_max_s=0.2),
+        )
         with Serve(cfg) as serve:
             with MllpConnection(serve.port) as conn:
                 assert msa(conn.send(msg("R1")))[0] == "AA"

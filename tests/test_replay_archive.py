@@ -1,5 +1,6 @@
 """Replay at archive scale: gzip, MLLP captures, batches, bad files, resume
 after SIGKILL, workers, rule shadowing, memory. Real files, real processes."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-
+import pytest
 from conftest import SAMPLES
 
 CHILD = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
@@ -21,8 +22,9 @@ TIMING = ("elapsed_s", "messages_per_s")
 
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "b12comment", "replay", "--quiet", *map(str, args)],
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "b12comment", "replay", "--quiet", *map(str, args)], capture_output=True, timeout=timeout
+    )
 
 
 def numbered(message: bytes, n: int) -> bytes:
@@ -37,8 +39,10 @@ def untimed(report: dict) -> dict:
 
 
 def strip_comments(data: bytes, terminator: bytes = b"\r") -> bytes:
-    return b"".join(seg + terminator for seg in data.split(terminator)[:-1]
-                    if not seg.startswith(b"NTE|1|L|Isoleret")) + data.split(terminator)[-1]
+    return (
+        b"".join(seg + terminator for seg in data.split(terminator)[:-1] if not seg.startswith(b"NTE|1|L|Isoleret"))
+        + data.split(terminator)[-1]
+    )
 
 
 def test_gzip_in_gzip_out(tmp_path):
@@ -92,18 +96,23 @@ def test_mllp_capture_keeps_its_framing(tmp_path):
 
 
 def test_batch_with_wrong_count_is_reported_and_processed(tmp_path):
-    batch = (b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\r" + numbered(CHILD, 1) + numbered(CHILD, 2)
-             + b"BTS|3\rZNOTE|after the trailer\rFTS|1\r")
+    batch = (
+        b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\r"
+        + numbered(CHILD, 1)
+        + numbered(CHILD, 2)
+        + b"BTS|3\rZNOTE|after the trailer\rFTS|1\r"
+    )
     src = tmp_path / "batch.hl7"
     src.write_bytes(batch)
     proc = cli(src, "--out", tmp_path / "out", "--report", tmp_path / "r.json")
     assert proc.returncode == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["batch_count_mismatches"] == [
-        {"file": "batch.hl7", "segment": "BTS", "declared": "3", "counted": 2}]
+    assert report["batch_count_mismatches"] == [{"file": "batch.hl7", "segment": "BTS", "declared": "3", "counted": 2}]
     out = (tmp_path / "out" / "batch.hl7").read_bytes()
     assert out.count(b"NTE|1|L|") == 2
-    assert out.startswith(b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\rMSH") and out.endswith(b"BTS|3\rZNOTE|after the trailer\rFTS|1\r")
+    assert out.startswith(b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\rMSH") and out.endswith(
+        b"BTS|3\rZNOTE|after the trailer\rFTS|1\r"
+    )
 
 
 def test_include_exclude_and_dry_run(tmp_path):
@@ -112,11 +121,15 @@ def test_include_exclude_and_dry_run(tmp_path):
     (src / "a" / "one.hl7").write_bytes(CHILD)
     (src / "a" / "two.txt").write_bytes(CHILD)
     (src / "skip.hl7").write_bytes(CHILD)
-    proc = cli(src, "--out", tmp_path / "out", "--include", "*.hl7", "--exclude", "skip*",
-               "--report", tmp_path / "r.json")
+    proc = cli(
+        src, "--out", tmp_path / "out", "--include", "*.hl7", "--exclude", "skip*", "--report", tmp_path / "r.json"
+    )
     assert proc.returncode == 0
-    written = sorted(p.relative_to(tmp_path / "out").as_posix()
-                     for p in (tmp_path / "out").rglob("*") if p.is_file() and not p.name.startswith("."))
+    written = sorted(
+        p.relative_to(tmp_path / "out").as_posix()
+        for p in (tmp_path / "out").rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
     assert written == ["a/one.hl7"]
     proc = cli(src, "--dry-run", "--report", tmp_path / "d.json")
     assert proc.returncode == 0
@@ -133,32 +146,58 @@ def make_archive(root: Path, files: int, per_file: int, fast: bool = False) -> N
         folder = root / f"day{f % 7}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"f{f:04d}.hl7").write_bytes(
-            b"".join(numbered(kinds[(f + i) % len(kinds)], f * per_file + i) for i in range(per_file)))
+            b"".join(numbered(kinds[(f + i) % len(kinds)], f * per_file + i) for i in range(per_file))
+        )
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def test_workers_give_identical_output_and_report(tmp_path):
     make_archive(tmp_path / "in", files=12, per_file=40)
-    assert cli(tmp_path / "in", "--out", tmp_path / "w1", "--workers", 1, "--report", tmp_path / "1.json").returncode == 0
-    assert cli(tmp_path / "in", "--out", tmp_path / "w2", "--workers", 2, "--report", tmp_path / "2.json").returncode == 0
+    assert (
+        cli(tmp_path / "in", "--out", tmp_path / "w1", "--workers", 1, "--report", tmp_path / "1.json").returncode == 0
+    )
+    assert (
+        cli(tmp_path / "in", "--out", tmp_path / "w2", "--workers", 2, "--report", tmp_path / "2.json").returncode == 0
+    )
     assert tree(tmp_path / "w1") == tree(tmp_path / "w2")
     r1, r2 = (json.loads((tmp_path / n).read_text()) for n in ("1.json", "2.json"))
     assert untimed(r1) == untimed(r2)
     assert r1["messages"] == 480 and r1["commented"] == 120
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
     make_archive(tmp_path / "in", files=200, per_file=60, fast=True)
-    assert cli(tmp_path / "in", "--out", tmp_path / "clean", "--workers", 1,
-               "--report", tmp_path / "clean.json").returncode == 0
+    assert (
+        cli(
+            tmp_path / "in", "--out", tmp_path / "clean", "--workers", 1, "--report", tmp_path / "clean.json"
+        ).returncode
+        == 0
+    )
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "b12comment", "replay", "--quiet", "--workers", "1",
-                             str(tmp_path / "in"), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "b12comment",
+            "replay",
+            "--quiet",
+            "--workers",
+            "1",
+            str(tmp_path / "in"),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     progress = out / ".b12comment-replay.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -177,8 +216,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
     assert not list(out.rglob(".*.partial"))
     report, clean = json.loads((tmp_path / "r.json").read_text()), json.loads((tmp_path / "clean.json").read_text())
     assert report["resumed_files"] >= done_before
-    assert {k: v for k, v in untimed(report).items() if k != "resumed_files"} == \
-        {k: v for k, v in untimed(clean).items() if k != "resumed_files"}
+    assert {k: v for k, v in untimed(report).items() if k != "resumed_files"} == {
+        k: v for k, v in untimed(clean).items() if k != "resumed_files"
+    }
 
 
 def test_resume_refuses_a_changed_rule(tmp_path):
@@ -207,8 +247,11 @@ def test_compare_with_reports_every_difference(tmp_path):
 
 
 def peak_rss_kb(args) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "b12comment", "replay", "--quiet", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "b12comment", "replay", "--quiet", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     return usage.ru_maxrss
@@ -238,9 +281,14 @@ def test_html_report_is_self_contained(tmp_path):
 def run_on_terminal(args) -> bytes:
     """Run replay with stderr on a pseudo-terminal; return what the terminal showed."""
     import pty
+
     main, child = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "b12comment", "replay", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=child, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "b12comment", "replay", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=child,
+        stdin=subprocess.DEVNULL,
+    )
     os.close(child)
     shown = b""
     while True:
@@ -263,6 +311,9 @@ def test_progress_line_on_a_terminal_only(tmp_path):
     assert b"replayed 3 files, 15 messages" in shown  # the closing summary
     quiet = run_on_terminal([tmp_path / "in", "--dry-run", "--workers", 1, "--quiet"])
     assert b"msg/s, ETA" not in quiet
-    piped = subprocess.run([sys.executable, "-m", "b12comment", "replay", str(tmp_path / "in"), "--dry-run"],
-                           capture_output=True, timeout=120)
+    piped = subprocess.run(
+        [sys.executable, "-m", "b12comment", "replay", str(tmp_path / "in"), "--dry-run"],
+        capture_output=True,
+        timeout=120,
+    )
     assert b"ETA" not in piped.stderr and b"replayed 3 files" in piped.stderr

@@ -1,4 +1,5 @@
 """`b12comment replay` and `preview` as real subprocesses on real files."""
+
 from __future__ import annotations
 
 import json
@@ -6,14 +7,15 @@ import re
 import subprocess
 import sys
 
-from b12comment.replay.inputs import iter_pieces, split_messages
-
 from conftest import SAMPLES, corpus_files
+
+from b12comment.replay.inputs import iter_pieces, split_messages
 
 
 def run(*args, input=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "b12comment", *args], capture_output=True,
-                          input=input, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "b12comment", *args], capture_output=True, input=input, timeout=120, cwd=cwd
+    )
 
 
 def test_replay_corpus_byte_identical_and_malformed_counted(corpus_dir, tmp_path):
@@ -27,8 +29,7 @@ def test_replay_corpus_byte_identical_and_malformed_counted(corpus_dir, tmp_path
         assert (out / src.name).read_bytes() == src.read_bytes(), src.name
     totals = json.loads(report.read_text())
     assert totals["files"] == 139
-    expected_messages = sum(
-        1 for f in corpus_files() for p in split_messages(f.read_bytes()) if p.kind == "message")
+    expected_messages = sum(1 for f in corpus_files() for p in split_messages(f.read_bytes()) if p.kind == "message")
     assert totals["messages"] == expected_messages
     assert totals["commented"] == 0
     assert totals["malformed"] == len(totals["malformed_positions"]) >= 4
@@ -77,7 +78,12 @@ def test_replay_samples_layout_and_report(tmp_path):
     assert totals["paediatric_b12_results"] == 9 and totals["paediatric_b12_commented"] == 6
     assert totals["commented"] == 6  # 4 single samples + 1 in the batch + the LF copy
     assert totals["not_commented_by_reason"] == {
-        "adult": 1, "not_elevated": 1, "not_oru": 1, "other_abnormal": 1, "status_not_final": 1}
+        "adult": 1,
+        "not_elevated": 1,
+        "not_oru": 1,
+        "other_abnormal": 1,
+        "status_not_final": 1,
+    }
     # LF file: the inserted NTE ends with \n like its neighbours, and nothing else changed
     got = (out / "lf.hl7").read_bytes()
     assert b"\r" not in got
@@ -136,7 +142,10 @@ def test_preview_json_from_stdin_with_reasons():
     assert proc.returncode == 0
     records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
     assert [(r["control_id"], r["commented"], r["reasons"]) for r in records] == [
-        ("S010", True, []), ("S011", False, ["not_elevated"]), ("S012", False, ["status_not_final"])]
+        ("S010", True, []),
+        ("S011", False, ["not_elevated"]),
+        ("S012", False, ["status_not_final"]),
+    ]
     assert "NTE|1|L|" in records[0]["output"] and "NTE|" not in records[1]["output"]
 
 
@@ -151,7 +160,7 @@ def test_preview_reports_input_without_messages(tmp_path):
 def test_stream_pieces_rejoin_exactly_across_chunk_edges():
     data = (SAMPLES / "night_batch_crlf.hl7").read_bytes() + b"\n\ntrailing junk\r"
     for size in (1, 2, 3, 7, 64):
-        chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
         pieces = list(iter_pieces(chunks))
         assert b"".join(p.data for p in pieces) == data
         assert [p.kind for p in pieces].count("message") == 3

@@ -1,5 +1,6 @@
 """`replay --forward`: replayed messages go downstream through a journal and
 the service's forwarder; an interrupted replay resumes without sending twice."""
+
 from __future__ import annotations
 
 import json
@@ -11,20 +12,25 @@ import sys
 import time
 from pathlib import Path
 
-from b12comment.core.rule_config import RuleConfig
-from b12comment.core.engine import process
-from b12comment.replay.inputs import split_messages
-
+import pytest
 from conftest import SAMPLES
 from service_helpers import Downstream, free_port, msh10, subprocess_env
 from test_replay_archive import make_archive
+
+from b12comment.core.engine import process
+from b12comment.core.rule_config import RuleConfig
+from b12comment.replay.inputs import split_messages
 
 RULE = RuleConfig()
 
 
 def replay(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "b12comment", "replay", "--quiet", *map(str, args)],
-                          capture_output=True, timeout=timeout, env=subprocess_env())
+    return subprocess.run(
+        [sys.executable, "-m", "b12comment", "replay", "--quiet", *map(str, args)],
+        capture_output=True,
+        timeout=timeout,
+        env=subprocess_env(),
+    )
 
 
 def expected_in_order(root: Path) -> list[bytes]:
@@ -50,8 +56,7 @@ def test_forward_delivers_every_message_in_order(tmp_path):
         (src / f.name).write_bytes(f.read_bytes())
     expected = expected_in_order(src)
     with Downstream() as down:
-        proc = replay(src, "--forward", down.url, "--journal", tmp_path / "j.sqlite3",
-                      "--report", tmp_path / "r.json")
+        proc = replay(src, "--forward", down.url, "--journal", tmp_path / "j.sqlite3", "--report", tmp_path / "r.json")
         assert proc.returncode == 0, proc.stderr.decode()
         assert down.received == expected
     report = json.loads((tmp_path / "r.json").read_text())
@@ -64,15 +69,25 @@ def test_forward_dead_letters_a_rejected_message_and_goes_on(tmp_path):
     src.mkdir()
     (src / "a.hl7").write_bytes((SAMPLES / "night_batch_crlf.hl7").read_bytes())
     with Downstream(answer=lambda i, payload: "AR" if msh10(payload) == "S011" else "AA") as down:
-        proc = replay(src, "--forward", down.url, "--journal", tmp_path / "j.sqlite3",
-                      "--report", tmp_path / "r.json")
+        proc = replay(src, "--forward", down.url, "--journal", tmp_path / "j.sqlite3", "--report", tmp_path / "r.json")
         assert proc.returncode == 0, proc.stderr.decode()
         assert [msh10(p) for p in down.received] == ["S010", "S011", "S012"]
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["forwarded"], report["dead_lettered"]) == (2, 1)
-    dead = subprocess.run([sys.executable, "-m", "b12comment", "queue", "--config",
-                           str(_config(tmp_path, tmp_path / "j.sqlite3")), "dead"],
-                          capture_output=True, timeout=60, env=subprocess_env())
+    dead = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "b12comment",
+            "queue",
+            "--config",
+            str(_config(tmp_path, tmp_path / "j.sqlite3")),
+            "dead",
+        ],
+        capture_output=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
     assert b"S011" in dead.stdout
 
 
@@ -82,13 +97,24 @@ def _config(tmp_path: Path, journal: Path) -> Path:
     return cfg
 
 
+@pytest.mark.slow
 def test_killed_replay_resumes_without_sending_twice(tmp_path):
     make_archive(tmp_path / "in", files=40, per_file=50, fast=True)
     expected = expected_in_order(tmp_path / "in")
     journal = tmp_path / "j.sqlite3"
     port = free_port()  # the downstream is down while the first run journals and waits
-    args = [sys.executable, "-m", "b12comment", "replay", "--quiet", str(tmp_path / "in"),
-            "--forward", f"mllp://127.0.0.1:{port}", "--journal", str(journal)]
+    args = [
+        sys.executable,
+        "-m",
+        "b12comment",
+        "replay",
+        "--quiet",
+        str(tmp_path / "in"),
+        "--forward",
+        f"mllp://127.0.0.1:{port}",
+        "--journal",
+        str(journal),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -107,8 +133,9 @@ def test_killed_replay_resumes_without_sending_twice(tmp_path):
     again = replay(tmp_path / "in", "--forward", f"mllp://127.0.0.1:{port}", "--journal", journal)
     assert again.returncode == 2 and b"--resume" in again.stderr
     with Downstream(port=port) as down:
-        resumed = replay(tmp_path / "in", "--forward", down.url, "--journal", journal, "--resume",
-                         "--report", tmp_path / "r.json")
+        resumed = replay(
+            tmp_path / "in", "--forward", down.url, "--journal", journal, "--resume", "--report", tmp_path / "r.json"
+        )
         assert resumed.returncode == 0, resumed.stderr.decode()
         assert down.received == expected  # each message once, in order
     assert json.loads((tmp_path / "r.json").read_text())["forwarded"] == len(expected)

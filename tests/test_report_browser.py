@@ -1,5 +1,6 @@
 """The HTML replay report rendered by a real headless Chromium: the page
 draws, and its charts show (bar and limit colours are on the screenshot)."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,8 +11,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLES
+
+pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -22,8 +24,8 @@ def read_png(path: Path) -> tuple[int, int, list[bytes]]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat, width = 8, b"", 0
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             width, height, depth, colour = struct.unpack(">IIBB", body[:10])
             assert depth == 8 and colour in (2, 6)
@@ -36,7 +38,7 @@ def read_png(path: Path) -> tuple[int, int, list[bytes]]:
     rows, prev = [], bytearray(stride)
     for y in range(height):
         start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         for i in range(stride):
             a = line[i - bpp] if i >= bpp else 0
             b, c = prev[i], prev[i - bpp] if i >= bpp else 0
@@ -71,15 +73,33 @@ def test_html_report_renders_with_its_charts(tmp_path):
     for f in SAMPLES.glob("*.hl7"):
         (src / f.name).write_bytes(f.read_bytes())
     html = tmp_path / "report.html"
-    proc = subprocess.run([sys.executable, "-m", "b12comment", "replay", "--quiet", "--dry-run",
-                           str(src), "--html", str(html)], capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "b12comment", "replay", "--quiet", "--dry-run", str(src), "--html", str(html)],
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
-                    "--window-size=1200,1600", f"--screenshot={shot}", html.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--hide-scrollbars",
+            "--window-size=1200,1600",
+            f"--screenshot={shot}",
+            html.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists(), "Chromium wrote no screenshot"
     width, bpp, rows = read_png(shot)
     assert width == 1200

@@ -8,16 +8,16 @@ again with the comment NTE already in place.
 
 Facts cited are from ../shared/clinical-facts.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
-
-from b12comment.core.rule_config import TEXT_DA, TEXT_EN, RuleConfig
-from b12comment.core.engine import process
-
 from builders import Obx, b12, build, segments
+
+from b12comment.core.engine import process
+from b12comment.core.rule_config import TEXT_DA, TEXT_EN, RuleConfig
 
 RULE = RuleConfig()
 COLLECTED = "20240110083000"
@@ -42,10 +42,10 @@ def comment_nte(set_id: int, charset: str = "", text: str = TEXT_DA) -> tuple[st
 
 ANY = object()
 
-INFANT = "20231201"          # 40 days old on COLLECTED
-CHILD = "20160315"           # 7 years old -> band 1-12, limit 1200
-TEEN_17Y364D = "20060111"    # 17 years 364 days on 2024-01-10
-ADULT_18Y0D = "20060110"     # 18th birthday on 2024-01-10
+INFANT = "20231201"  # 40 days old on COLLECTED
+CHILD = "20160315"  # 7 years old -> band 1-12, limit 1200
+TEEN_17Y364D = "20060111"  # 17 years 364 days on 2024-01-10
+ADULT_18Y0D = "20060110"  # 18th birthday on 2024-01-10
 
 OTHER_LOW = Obx(code="718-7^Hemoglobin^LN", value="6.1", units="mmol/L", range="6.5-8.5", flags="L")
 OTHER_OK = Obx()
@@ -58,19 +58,39 @@ CASES = [
     ("teen_17y364d", dict(birth=TEEN_17Y364D), True, (), (17, 1500.0, 800.0, "age_band")),
     ("adult_18y0d", dict(birth=ADULT_18Y0D), False, ("adult",), (18, ANY, ANY, ANY)),
     ("adult_old", dict(birth="19700101"), False, ("adult",), (54, ANY, ANY, ANY)),
-    ("infant_1300_not_elevated", dict(birth=INFANT, value="1300"), False, ("not_elevated",),
-     (0, 1300.0, 1400.0, "age_band")),
+    (
+        "infant_1300_not_elevated",
+        dict(birth=INFANT, value="1300"),
+        False,
+        ("not_elevated",),
+        (0, 1300.0, 1400.0, "age_band"),
+    ),
     ("infant_1450_elevated", dict(birth=INFANT, value="1450"), True, (), (0, 1450.0, 1400.0, "age_band")),
     # Age band boundaries (clinical-facts.md: <1 y 1400, 1 to <12 y 1200, 12 to <18 y 800)
-    ("band_364_days_1300", dict(birth="20230111", value="1300"), False, ("not_elevated",),
-     (0, 1300.0, 1400.0, "age_band")),
+    (
+        "band_364_days_1300",
+        dict(birth="20230111", value="1300"),
+        False,
+        ("not_elevated",),
+        (0, 1300.0, 1400.0, "age_band"),
+    ),
     ("band_1y0d_1300", dict(birth="20230110", value="1300"), True, (), (1, 1300.0, 1200.0, "age_band")),
-    ("band_11y364d_1000", dict(birth="20120111", value="1000"), False, ("not_elevated",),
-     (11, 1000.0, 1200.0, "age_band")),
+    (
+        "band_11y364d_1000",
+        dict(birth="20120111", value="1000"),
+        False,
+        ("not_elevated",),
+        (11, 1000.0, 1200.0, "age_band"),
+    ),
     ("band_12y0d_1000", dict(birth="20120110", value="1000"), True, (), (12, 1000.0, 800.0, "age_band")),
     # A partial date straddling a band boundary takes the youngest age: the higher limit.
-    ("band_partial_straddles_12", dict(birth="2012", value="1000"), False, ("not_elevated",),
-     (11, 1000.0, 1200.0, "age_band")),
+    (
+        "band_partial_straddles_12",
+        dict(birth="2012", value="1000"),
+        False,
+        ("not_elevated",),
+        (11, 1000.0, 1200.0, "age_band"),
+    ),
     ("partial_birth_2016", dict(birth="2016"), True, (), (7, 1500.0, 1200.0, "age_band")),
     ("partial_birth_201603", dict(birth="201603"), True, (), (7, 1500.0, 1200.0, "age_band")),
     # 2006 could be 2006-01-01 (18 on collection) or 2006-12-31 (17): could be adult.
@@ -82,12 +102,27 @@ CASES = [
     ("no_collection_time", dict(collected=""), False, ("age_unknown",), None),
     ("unparseable_birth", dict(birth="2016-03-15"), False, ("age_unknown",), None),
     # OBX-14 comes before OBR-7: OBR-7 would make the patient 18y2d.
-    ("obx14_before_obr7", dict(birth=TEEN_17Y364D, collected="20240112", obx14=COLLECTED),
-     True, (), (17, 1500.0, 800.0, "age_band")),
-    ("obx14_adult_over_obr7_child", dict(birth=TEEN_17Y364D, collected="20240101", obx14="20240111"),
-     False, ("adult",), None),
-    ("spm17_when_no_obr7", dict(collected="", spm17="20240110083000^20240110090000"),
-     True, (), (7, 1500.0, 1200.0, "age_band")),
+    (
+        "obx14_before_obr7",
+        dict(birth=TEEN_17Y364D, collected="20240112", obx14=COLLECTED),
+        True,
+        (),
+        (17, 1500.0, 800.0, "age_band"),
+    ),
+    (
+        "obx14_adult_over_obr7_child",
+        dict(birth=TEEN_17Y364D, collected="20240101", obx14="20240111"),
+        False,
+        ("adult",),
+        None,
+    ),
+    (
+        "spm17_when_no_obr7",
+        dict(collected="", spm17="20240110083000^20240110090000"),
+        True,
+        (),
+        (7, 1500.0, 1200.0, "age_band"),
+    ),
     # Values
     ("sn_censored_gt", dict(vtype="SN", value=">^1476"), True, (), (7, 1476.0, 1200.0, "age_band")),
     ("sn_plain", dict(vtype="SN", value="^1350"), True, (), (7, 1350.0, 1200.0, "age_band")),
@@ -96,20 +131,34 @@ CASES = [
     # ">1200" against limit 1200: true value is above 1200, elevated (facts: "at or above").
     ("st_censored_at_limit", dict(vtype="ST", value=">1200"), True, (), (7, 1200.0, 1200.0, "age_band")),
     ("st_censored_lt", dict(vtype="ST", value="<1476"), False, ("not_elevated",), (7, 1476.0, 1200.0, "age_band")),
-    ("sn_censored_lt_with_flag_h", dict(vtype="SN", value="<^2000", flags="H"), False, ("not_elevated",),
-     (7, 2000.0, None, "flag")),
+    (
+        "sn_censored_lt_with_flag_h",
+        dict(vtype="SN", value="<^2000", flags="H"),
+        False,
+        ("not_elevated",),
+        (7, 2000.0, None, "flag"),
+    ),
     ("st_decimal_comma", dict(vtype="ST", value="1476,0"), True, (), (7, 1476.0, 1200.0, "age_band")),
-    ("st_ambiguous_thousands", dict(vtype="ST", value="1,476"), False, ("unreadable_value",),
-     (7, None, None, None)),
+    ("st_ambiguous_thousands", dict(vtype="ST", value="1,476"), False, ("unreadable_value",), (7, None, None, None)),
     ("nm_text_not_number", dict(value="see note"), False, ("unreadable_value",), None),
     ("sn_range_not_one_quantity", dict(vtype="SN", value="^1200^-^1500"), False, ("unreadable_value",), None),
     ("nm_equal_to_band_limit", dict(value="1200"), False, ("not_elevated",), (7, 1200.0, 1200.0, "age_band")),
     # Units: 2000 pg/mL = 1475.6 pmol/L
-    ("pg_per_ml", dict(value="2000", units="pg/mL", code="2132-9^Cobalamin^LN"), True, (),
-     (7, 1475.6, 1200.0, "age_band")),
+    (
+        "pg_per_ml",
+        dict(value="2000", units="pg/mL", code="2132-9^Cobalamin^LN"),
+        True,
+        (),
+        (7, 1475.6, 1200.0, "age_band"),
+    ),
     ("ng_per_l", dict(value="2000", units="ng/L"), True, (), (7, 1475.6, 1200.0, "age_band")),
-    ("pg_per_ml_below_band", dict(value="1600", units="pg/mL"), False, ("not_elevated",),
-     (7, 1180.5, 1200.0, "age_band")),
+    (
+        "pg_per_ml_below_band",
+        dict(value="1600", units="pg/mL"),
+        False,
+        ("not_elevated",),
+        (7, 1180.5, 1200.0, "age_band"),
+    ),
     ("unit_in_text_component", dict(units="^pmol/L"), True, (), (7, 1500.0, 1200.0, "age_band")),
     ("unknown_unit", dict(units="nmol/L"), False, ("unknown_unit",), (7, None, None, None)),
     ("missing_unit", dict(units=""), False, ("unknown_unit",), None),
@@ -118,26 +167,40 @@ CASES = [
     ("npu_local_system", dict(code="NPU01700^P-Cobalamin^NPU"), True, (), None),
     ("alternate_identifier", dict(code="VB12^B12^L^14685-2^Cobalamin^LN"), True, (), None),
     ("loinc_wrong_system", dict(code="14685-2^Cobalamin^L"), False, ("no_b12",), None),
-    ("holotranscobalamin", dict(code="72160-5^Holotranscobalamin^LN", vtype="ST", value=">150"),
-     False, ("no_b12",), None),
+    (
+        "holotranscobalamin",
+        dict(code="72160-5^Holotranscobalamin^LN", vtype="ST", value=">150"),
+        False,
+        ("no_b12",),
+        None,
+    ),
     ("substring_lab125", dict(code="LAB125^B12 lab^L"), False, ("no_b12",), None),
     ("substring_b1222", dict(code="B1222^fish^L"), False, ("no_b12",), None),
     ("not_loinc_14685_3", dict(code="14685-3^Cobalamin^LN"), False, ("no_b12",), None),
     ("code_only_in_text", dict(code="XYZ^14685-2^L"), False, ("no_b12",), None),
     ("no_b12_at_all", dict(with_b12=False, others=(OTHER_OK,)), False, ("no_b12",), None),
     # Elevated: flag, range, band
-    ("flag_n_value_in_range", dict(value="500", range="200-600", flags="N"), False, ("not_elevated",),
-     (7, 500.0, 600.0, "flag")),
+    (
+        "flag_n_value_in_range",
+        dict(value="500", range="200-600", flags="N"),
+        False,
+        ("not_elevated",),
+        (7, 500.0, 600.0, "flag"),
+    ),
     ("flag_h_no_range", dict(value="500", flags="H"), True, (), (7, 500.0, None, "flag")),
     ("flag_h_second_repetition", dict(value="500", flags="A~H"), True, (), (7, 500.0, None, "flag")),
     ("flag_l", dict(value="150", range="200-600", flags="L"), False, ("not_elevated",), (7, 150.0, 600.0, "flag")),
     ("range_200_600", dict(value="700", range="200-600"), True, (), (7, 700.0, 600.0, "range")),
     ("range_lt_600", dict(value="700", range="<600"), True, (), (7, 700.0, 600.0, "range")),
     ("range_spaces_900_above", dict(value="1000", range="200 - 900"), True, (), (7, 1000.0, 900.0, "range")),
-    ("range_spaces_900_below", dict(value="700", range="200 - 900"), False, ("not_elevated",),
-     (7, 700.0, 900.0, "range")),
-    ("range_pg_ml_converted", dict(value="1000", units="pg/mL", range="200-900"), True, (),
-     (7, 737.8, 664.0, "range")),
+    (
+        "range_spaces_900_below",
+        dict(value="700", range="200 - 900"),
+        False,
+        ("not_elevated",),
+        (7, 700.0, 900.0, "range"),
+    ),
+    ("range_pg_ml_converted", dict(value="1000", units="pg/mL", range="200-900"), True, (), (7, 737.8, 664.0, "range")),
     # Status
     ("status_corrected", dict(status="C"), True, (), None),
     ("status_preliminary", dict(status="P"), False, ("status_not_final",), None),
@@ -151,11 +214,21 @@ CASES = [
     ("other_unknown_flag", dict(others=(Obx(flags="XYZ"),)), False, ("other_abnormal",), None),
     ("other_outside_range_no_flag", dict(others=(OTHER_OUTSIDE_NO_FLAG,)), False, ("other_abnormal",), None),
     ("other_pending", dict(others=(OTHER_PENDING,)), False, ("context_pending",), None),
-    ("other_pending_and_abnormal", dict(others=(OTHER_PENDING, OTHER_LOW)), False,
-     ("other_abnormal", "context_pending"), None),
+    (
+        "other_pending_and_abnormal",
+        dict(others=(OTHER_PENDING, OTHER_LOW)),
+        False,
+        ("other_abnormal", "context_pending"),
+        None,
+    ),
     ("other_deleted_abnormal_ignored", dict(others=(dataclasses.replace(OTHER_LOW, status="D"),)), True, (), None),
-    ("other_b12_pg_ml_does_not_count", dict(others=(b12("2000", "pg/mL", code="2132-9^Cobalamin^LN", flags="H"),)),
-     True, (), None),
+    (
+        "other_b12_pg_ml_does_not_count",
+        dict(others=(b12("2000", "pg/mL", code="2132-9^Cobalamin^LN", flags="H"),)),
+        True,
+        (),
+        None,
+    ),
     # Existing NTEs under the B12 OBX: the comment goes after them, NTE-1 continues.
     ("existing_ntes", dict(ntes=("Analysed at Aarhus", "Haemolysed sample: no effect")), True, (), None),
     ("existing_nte_ids_gap", dict(ntes=(("1", "first"), ("4", "fourth"))), True, (), None),
@@ -186,8 +259,7 @@ CASES = [
 
 
 def _params():
-    return [pytest.param(kw, commented, reasons, figures, id=cid)
-            for cid, kw, commented, reasons, figures in CASES]
+    return [pytest.param(kw, commented, reasons, figures, id=cid) for cid, kw, commented, reasons, figures in CASES]
 
 
 def expected_commented(kw: dict) -> bytes:
@@ -210,10 +282,10 @@ def expected_commented(kw: dict) -> bytes:
 
 def test_all_reason_codes_covered():
     from b12comment.core import decision
+
     covered = {r for _, _, _, reasons, _ in CASES for r in reasons}
     covered |= {"already_commented", "internal_error", "too_many_b12"}  # tested below
-    codes = {v for k, v in vars(decision).items() if k.isupper() and isinstance(v, str)
-             and k not in ("RULE_VERSION",)}
+    codes = {v for k, v in vars(decision).items() if k.isupper() and isinstance(v, str) and k not in ("RULE_VERSION",)}
     assert codes <= covered, codes - covered
 
 
@@ -226,7 +298,7 @@ def test_case(kw, commented, reasons, figures):
     if figures is not None:
         first = decision.results[0]
         got = (first.age_years, first.value_pmol_l, first.limit_pmol_l, first.limit_source)
-        assert tuple(g if f is ANY else f for g, f in zip(got, figures)) == got
+        assert tuple(g if f is ANY else f for g, f in zip(got, figures, strict=False)) == got
     if not commented:
         assert out == message
         return
@@ -246,6 +318,7 @@ def test_case(kw, commented, reasons, figures):
 
 # ---------------------------------------------------------------------------
 # Cases that need more than the table.
+
 
 def test_commented_output_exact_bytes_spelled_out():
     """One case with the expected bytes written out by hand."""
@@ -281,11 +354,11 @@ def test_mixed_terminators_use_the_b12_segment_terminator():
     # the B12 OBX line alone ends with LF
     pos = message.index(b"OBX|1|")
     end = message.index(b"\r", pos)
-    message = message[:end] + b"\n" + message[end + 1:]
+    message = message[:end] + b"\n" + message[end + 1 :]
     out, decision = process(message, RULE)
     assert decision.commented
     nte = b"NTE|1|L|" + ascii_da(TEXT_DA).encode("ascii") + b"|RE\n"
-    assert out == message[:end + 1] + nte + message[end + 1:]
+    assert out == message[: end + 1] + nte + message[end + 1 :]
 
 
 def test_leading_whitespace_kept():
@@ -308,10 +381,10 @@ def test_latin1_comment_bytes_are_single_byte_danish():
 
 def test_utf8_comment_bytes_are_multi_byte_danish():
     message = build(charset="UNICODE UTF-8", patient_name="Ærø^Søren")
-    assert "Ærø".encode("utf-8") in message
+    assert "Ærø".encode() in message
     out, decision = process(message, RULE)
     assert decision.commented
-    assert "forhøjet".encode("utf-8") in out and "børn".encode("utf-8") in out
+    assert "forhøjet".encode() in out and "børn".encode() in out
     assert out.decode("utf-8").count(TEXT_DA) == 1
 
 
@@ -322,7 +395,7 @@ def test_msh18_empty_comment_is_pure_ascii_transliterated():
     out, decision = process(message, rule)
     assert decision.commented
     assert out.startswith(message)
-    inserted = out[len(message):]
+    inserted = out[len(message) :]
     assert inserted == b"NTE|1|L|Aebler, oel og aal: AeOeAa aeoeaa|RE\r"
     assert all(b < 0x80 for b in inserted)
 
@@ -371,14 +444,18 @@ def test_internal_error_returns_original_bytes():
     assert decision.detail
 
 
-@pytest.mark.parametrize("message", [
-    b"",
-    b"PID|1||x\r",
-    b"MSH|^~",
-    b"MSH\r",
-    b"  \r\n",
-    b"MSH|^^\\&|A|B\r",
-], ids=["empty", "no_msh", "msh_too_short", "msh_no_fields", "blank", "duplicate_enc"])
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"",
+        b"PID|1||x\r",
+        b"MSH|^~",
+        b"MSH\r",
+        b"  \r\n",
+        b"MSH|^^\\&|A|B\r",
+    ],
+    ids=["empty", "no_msh", "msh_too_short", "msh_no_fields", "blank", "duplicate_enc"],
+)
 def test_malformed_returned_unchanged(message):
     out, decision = process(message, RULE)
     assert out == message
@@ -418,14 +495,19 @@ def test_one_b12_commented_other_b12_not():
 # Suspected core bugs, pinned (strict: they turn red when fixed, so the
 # marker gets removed).
 
+
 # Was a crash (AttributeError in FieldReader.components, internal_error) until
 # the reader learned to place components beyond the data type's own.
-@pytest.mark.parametrize("kw", [
-    dict(units="pmol/L^pmol/L^UCUM^^^^x"),          # OBX-6 CE with 7 components (2.5.1)
-    dict(birth="20160315^D^x^y"),                   # PID-7 TS with 4 components
-    dict(obx14="20240110083000^x^y"),
-    dict(collected="", spm17="20240110^x^y^z"),
-], ids=["obx6", "pid7", "obx14", "spm17"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(units="pmol/L^pmol/L^UCUM^^^^x"),  # OBX-6 CE with 7 components (2.5.1)
+        dict(birth="20160315^D^x^y"),  # PID-7 TS with 4 components
+        dict(obx14="20240110083000^x^y"),
+        dict(collected="", spm17="20240110^x^y^z"),
+    ],
+    ids=["obx6", "pid7", "obx14", "spm17"],
+)
 def test_fields_with_extra_components_read_from_component_1(kw):
     message = build(**kw)
     out, decision = process(message, RULE)
@@ -444,11 +526,15 @@ def test_ambiguous_other_value_outside_range_under_every_reading_is_abnormal():
     assert decision.reasons == ("other_abnormal",)
 
 
-@pytest.mark.parametrize("value, rng, reasons", [
-    ("1,500", "1-2", ("other_abnormal",)),     # 1.5 inside, 1500 outside: in doubt, no comment
-    ("1,476", "0-2000", ()),                   # both readings inside: isolated
-    (">1,000", "0-2", ("other_abnormal",)),    # >1.0 or >1000: the second is certainly outside
-], ids=["one_reading_outside", "both_inside", "censored_ambiguous"])
+@pytest.mark.parametrize(
+    "value, rng, reasons",
+    [
+        ("1,500", "1-2", ("other_abnormal",)),  # 1.5 inside, 1500 outside: in doubt, no comment
+        ("1,476", "0-2000", ()),  # both readings inside: isolated
+        (">1,000", "0-2", ("other_abnormal",)),  # >1.0 or >1000: the second is certainly outside
+    ],
+    ids=["one_reading_outside", "both_inside", "censored_ambiguous"],
+)
 def test_ambiguous_other_value(value, rng, reasons):
     other = Obx(code="6690-2^Leukocytes^LN", vtype="ST", value=value, units="x", range=rng)
     _, decision = process(build(others=(other,)), RULE)

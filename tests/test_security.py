@@ -11,6 +11,7 @@
   `preview --json` and `queue dead`; every name, identifier, birth date,
   address and phone number of the messages is looked for in every log line.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -25,13 +26,25 @@ from pathlib import Path
 
 import pytest
 import trustme
+from service_helpers import (
+    CORPUS,
+    SAMPLES,
+    Downstream,
+    MllpConnection,
+    Serve,
+    frame,
+    msa,
+    msh10,
+    subprocess_env,
+    wait_until,
+    write_config,
+)
 
-from service_helpers import (CORPUS, SAMPLES, Downstream, MllpConnection, Serve, frame, msa, msh10,
-                             subprocess_env, wait_until, write_config)
-
-MSG = (b"MSH|^~\\&|LAB|RH|EPJ|RH|20240301120000||ORU^R01|SEC-%d|P|2.5.1\r"
-       b"PID|1||0101159999^^^CPR||Hemmelig^Patient||20150101|F\r"
-       b"OBX|1|NM|2345-7^Glucose^LN||5|mmol/L|3-6|N|||F\r")
+MSG = (
+    b"MSH|^~\\&|LAB|RH|EPJ|RH|20240301120000||ORU^R01|SEC-%d|P|2.5.1\r"
+    b"PID|1||0101159999^^^CPR||Hemmelig^Patient||20150101|F\r"
+    b"OBX|1|NM|2345-7^Glucose^LN||5|mmol/L|3-6|N|||F\r"
+)
 
 
 def message(n: int) -> bytes:
@@ -55,6 +68,7 @@ def outbox_names(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------
 # TLS
 
+
 @pytest.fixture
 def pki(tmp_path):
     ca = trustme.CA()
@@ -64,12 +78,13 @@ def pki(tmp_path):
     server.cert_chain_pems[0].write_to_path(str(files["server"]))
     server.private_key_pem.write_to_path(str(files["server_key"]))
     ca.issue_cert("sender.lab.example").private_key_and_cert_chain_pem.write_to_path(str(files["client"]))
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca.issue_cert("old-sender.lab.example", not_before=now - datetime.timedelta(days=60),
-                  not_after=now - datetime.timedelta(days=1)
-                  ).private_key_and_cert_chain_pem.write_to_path(str(files["expired"]))
-    trustme.CA().issue_cert("sender.lab.example").private_key_and_cert_chain_pem.write_to_path(
-        str(files["other_ca"]))
+    now = datetime.datetime.now(datetime.UTC)
+    ca.issue_cert(
+        "old-sender.lab.example",
+        not_before=now - datetime.timedelta(days=60),
+        not_after=now - datetime.timedelta(days=1),
+    ).private_key_and_cert_chain_pem.write_to_path(str(files["expired"]))
+    trustme.CA().issue_cert("sender.lab.example").private_key_and_cert_chain_pem.write_to_path(str(files["other_ca"]))
     return files
 
 
@@ -84,8 +99,12 @@ def tls_serve(tmp_path, files, mutual: bool, **listener) -> Serve:
     lis = dict(port=0, tls_cert=str(files["server"]), tls_key=str(files["server_key"]), **listener)
     if mutual:
         lis["tls_client_ca"] = str(files["ca"])
-    cfg = write_config(tmp_path / "config.toml", listener=lis, journal=dict(path=str(tmp_path / "j.sqlite3")),
-                       downstream=dict(url=f"dir:{tmp_path / 'out'}", retry_initial_s=0.05, retry_max_s=0.2))
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=lis,
+        journal=dict(path=str(tmp_path / "j.sqlite3")),
+        downstream=dict(url=f"dir:{tmp_path / 'out'}", retry_initial_s=0.05, retry_max_s=0.2),
+    )
     return Serve(cfg)
 
 
@@ -112,9 +131,8 @@ def test_tls_listener_refuses_tls_1_1(tmp_path, pki):
     except (ssl.SSLError, ValueError) as exc:
         pytest.skip(f"this OpenSSL cannot even offer TLS 1.1: {exc}")
     with tls_serve(tmp_path, pki, mutual=False) as serve:
-        with pytest.raises((ssl.SSLError, ConnectionError)):
-            with MllpConnection(serve.port, ssl_context=old) as conn:
-                conn.send(message(1))
+        with pytest.raises((ssl.SSLError, ConnectionError)), MllpConnection(serve.port, ssl_context=old) as conn:
+            conn.send(message(1))
         assert serve.wait_record("tls_handshake_failed")
         with MllpConnection(serve.port, ssl_context=client_ctx(pki)) as conn:  # TLS 1.2+ still works
             assert msa(conn.send(message(2))) == ("AA", "SEC-2")
@@ -163,10 +181,19 @@ def test_mllps_downstream_whose_certificate_cannot_be_verified_gets_nothing(tmp_
         trusted.issue_cert("downstream.lab.example").configure_cert(server_ctx)
     trusted.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     with Downstream(ssl_context=server_ctx) as down:
-        cfg = write_config(tmp_path / "config.toml", listener=dict(port=0),
-                           journal=dict(path=str(tmp_path / "j.sqlite3")),
-                           downstream=dict(url=down.url, tls_ca=str(tmp_path / "ca.pem"), timeout_s=5.0,
-                                           retry_initial_s=0.05, retry_max_s=0.2, max_attempts=1000))
+        cfg = write_config(
+            tmp_path / "config.toml",
+            listener=dict(port=0),
+            journal=dict(path=str(tmp_path / "j.sqlite3")),
+            downstream=dict(
+                url=down.url,
+                tls_ca=str(tmp_path / "ca.pem"),
+                timeout_s=5.0,
+                retry_initial_s=0.05,
+                retry_max_s=0.2,
+                max_attempts=1000,
+            ),
+        )
         with Serve(cfg) as serve:
             with MllpConnection(serve.port) as conn:
                 assert msa(conn.send(message(1)))[0] == "AA"
@@ -183,6 +210,7 @@ def test_mllps_downstream_whose_certificate_cannot_be_verified_gets_nothing(tmp_
 # --------------------------------------------------------------------------
 # allowed_peers
 
+
 def connect_from(source: str, port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0))
     return sock
@@ -195,7 +223,7 @@ def read_frame(sock: socket.socket) -> bytes:
         if not chunk:
             raise ConnectionError("closed without an answer")
         data += chunk
-    return data[data.index(b"\x0b") + 1:data.index(b"\x1c")]
+    return data[data.index(b"\x0b") + 1 : data.index(b"\x1c")]
 
 
 def test_allowed_peers_refuses_others_and_serves_the_listed_address(tmp_path):
@@ -205,9 +233,12 @@ def test_allowed_peers_refuses_others_and_serves_the_listed_address(tmp_path):
         pass
     except OSError as exc:
         pytest.skip(f"cannot use 127.0.0.2 as a source address here: {exc}")
-    cfg = write_config(tmp_path / "config.toml", listener=dict(port=0, allowed_peers=["127.0.0.2/32"]),
-                       journal=dict(path=str(tmp_path / "j.sqlite3")),
-                       downstream=dict(url=f"dir:{tmp_path / 'out'}"))
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0, allowed_peers=["127.0.0.2/32"]),
+        journal=dict(path=str(tmp_path / "j.sqlite3")),
+        downstream=dict(url=f"dir:{tmp_path / 'out'}"),
+    )
     with Serve(cfg) as serve:
         with connect_from("127.0.0.1", serve.port) as sock:
             sock.sendall(frame(message(1)))
@@ -245,7 +276,7 @@ _WORD = re.compile(r"[^0-9A-Za-z\u00c0-\u024f]+")
 
 def split_messages(blob: bytes) -> list[bytes]:
     starts = [m.start() for m in re.finditer(rb"(?:^|(?<=[\r\n]))MSH", blob)]
-    return [blob[a:b] for a, b in zip(starts, starts[1:] + [len(blob)])]
+    return [blob[a:b] for a, b in zip(starts, starts[1:] + [len(blob)], strict=False)]
 
 
 def _text(raw: bytes) -> str:
@@ -267,7 +298,7 @@ def patient_values(msg: bytes) -> set[str]:
         if not seg.startswith(b"PID" + fs):
             continue
         fields = seg.split(fs)
-        get = lambda n: fields[n] if n < len(fields) else b""  # noqa: E731
+        get = lambda n, fields=fields: fields[n] if n < len(fields) else b""  # noqa: E731
         for n in (2, 3, 4, 5, 7, 11, 13):
             for repetition in get(n).split(rep):
                 comps = repetition.split(comp)
@@ -301,6 +332,17 @@ def product_vocabulary() -> set[str]:
     return words
 
 
+def _strings(value) -> list[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [str(k), *_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 def log_words(lines: list[str]) -> set[str]:
     """Words of every string in every log line. JSON records: every key and
     string value except the timestamp and the peer's address; other lines:
@@ -312,19 +354,7 @@ def log_words(lines: list[str]) -> set[str]:
         except ValueError:
             record = None
         if isinstance(record, dict):
-            texts = []
-
-            def walk(value):
-                if isinstance(value, str):
-                    texts.append(value)
-                elif isinstance(value, dict):
-                    for k, v in value.items():
-                        texts.append(str(k))
-                        walk(v)
-                elif isinstance(value, list):
-                    for v in value:
-                        walk(v)
-            walk({k: v for k, v in record.items() if k not in ("timestamp", "peer")})
+            texts = _strings({k: v for k, v in record.items() if k not in ("timestamp", "peer")})
         else:
             texts = [line]
         for text in texts:
@@ -342,8 +372,15 @@ def test_the_leak_detector_can_fail():
     assert secrets & log_words([leaky]) == {"sørensen"}
     assert secrets & log_words(["b12comment: ÅSE MARIE was here"]) == {"marie"}
     assert secrets & log_words(['{"reason": "Åse Marie"}']) == {"åse marie", "marie"}
-    clean = json.dumps({"event": "decision", "control_id": "S0001", "timestamp": "2015-06-02T00:00:00Z",
-                        "peer": "127.0.0.1:2015", "journal_id": 20150602})
+    clean = json.dumps(
+        {
+            "event": "decision",
+            "control_id": "S0001",
+            "timestamp": "2015-06-02T00:00:00Z",
+            "peer": "127.0.0.1:2015",
+            "journal_id": 20150602,
+        }
+    )
     assert not secrets & log_words([clean])
 
 
@@ -364,9 +401,12 @@ def _downstream_answer(patients: dict[str, str]):
         else:
             return "AA"
         fs = "|"
-        return (f"MSH|^~\\&|DOWN|STREAM|B12|B12|20240101||ACK|D{index}|P|2.5.1\r"
-                f"MSA{fs}{code}{fs}{cid}{fs}{text}\r"
-                f"ERR|||207^{text}^HL70357|E||||{text}\r").encode("utf-8")
+        return (
+            f"MSH|^~\\&|DOWN|STREAM|B12|B12|20240101||ACK|D{index}|P|2.5.1\r"
+            f"MSA{fs}{code}{fs}{cid}{fs}{text}\r"
+            f"ERR|||207^{text}^HL70357|E||||{text}\r"
+        ).encode()
+
     return answer
 
 
@@ -390,9 +430,12 @@ def test_no_patient_data_in_any_log_line(tmp_path):
 
     # 1. serve: every message over MLLP, a junk frame, a downstream that names patients in its errors
     with Downstream(answer=_downstream_answer(patients)) as down:
-        cfg = write_config(tmp_path / "config.toml", listener=dict(port=0),
-                           journal=dict(path=str(tmp_path / "j.sqlite3")),
-                           downstream=dict(url=down.url, timeout_s=10.0, retry_initial_s=0.02, retry_max_s=0.1))
+        cfg = write_config(
+            tmp_path / "config.toml",
+            listener=dict(port=0),
+            journal=dict(path=str(tmp_path / "j.sqlite3")),
+            downstream=dict(url=down.url, timeout_s=10.0, retry_initial_s=0.02, retry_max_s=0.1),
+        )
         with Serve(cfg) as serve:
             codes = []
             with MllpConnection(serve.port) as conn:
@@ -405,25 +448,48 @@ def test_no_patient_data_in_any_log_line(tmp_path):
             assert fresh >= accepted - 5
             assert serve.wait_record("decision", fresh), serve.stderr
             done = len(serve.records("decision"))
-            assert wait_until(lambda: len(serve.records("forwarded")) + len(serve.records("dead_lettered"))
-                              >= done), serve.stderr
+            assert wait_until(lambda: len(serve.records("forwarded")) + len(serve.records("dead_lettered")) >= done), (
+                serve.stderr
+            )
             assert serve.stop() == 0
         logs["serve"] = serve.lines
     assert serve.records("delivery_failed") and serve.records("dead_lettered")  # the answers naming patients
 
     # 2. queue dead / status (stdout is for the operator, but says it has no patient data)
     for action in ("dead", "status"):
-        proc = subprocess.run([sys.executable, "-m", "b12comment", "queue", action, "--config", str(cfg)],
-                              env=env, cwd=tmp_path, capture_output=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "b12comment", "queue", action, "--config", str(cfg)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         logs[f"queue {action}"] = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
 
     # 3. replay of the same files (from where they are; nothing is copied)
     inputs = [str(SAMPLES)] + ([str(CORPUS)] if CORPUS.is_dir() else [])
-    proc = subprocess.run([sys.executable, "-m", "b12comment", "replay", *inputs, "--out", str(tmp_path / "out"),
-                           "--report", str(tmp_path / "report.json"), "--html", str(tmp_path / "report.html"),
-                           "--workers", "1"],
-                          env=env, cwd=tmp_path, capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "b12comment",
+            "replay",
+            *inputs,
+            "--out",
+            str(tmp_path / "out"),
+            "--report",
+            str(tmp_path / "report.json"),
+            "--html",
+            str(tmp_path / "report.html"),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     logs["replay"] = proc.stderr.decode("utf-8", "replace").splitlines()
     # The reports are not logs, but they are shared the same way: held to the same rule.
@@ -432,9 +498,14 @@ def test_no_patient_data_in_any_log_line(tmp_path):
     assert sum(1 for line in logs["replay"] if '"decision"' in line) >= len(messages) - 5
 
     # 4. preview --json of every message on stdin: stdout carries the messages by design, stderr must not
-    proc = subprocess.run([sys.executable, "-m", "b12comment", "preview", "-", "--json"], env=env, cwd=tmp_path,
-                          input=b"".join(m if m.endswith((b"\r", b"\n")) else m + b"\r" for m in messages),
-                          capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "b12comment", "preview", "-", "--json"],
+        env=env,
+        cwd=tmp_path,
+        input=b"".join(m if m.endswith((b"\r", b"\n")) else m + b"\r" for m in messages),
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(proc.stdout.splitlines()) >= len(messages) - 5
     assert "sørensen" in proc.stdout.decode("utf-8", "replace").lower()  # by design, on stdout
@@ -457,13 +528,16 @@ def test_patient_data_switch_only_lets_named_keys_through():
         "    buf = io.StringIO()\n"
         "    logs.configure('info', 'json', allow, stream=buf)\n"
         "    logs.get_logger().info('x', patient_name='Hemmelig', control_id='C1')\n"
-        "    print(buf.getvalue().strip())\n")
+        "    print(buf.getvalue().strip())\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     off, on = (json.loads(line) for line in proc.stdout.decode().splitlines())
     assert off["patient_name"] == "[withheld]" and off["control_id"] == "C1"
     assert on["patient_name"] == "Hemmelig"
-    src = "\n".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "b12comment").glob("*.py")
-                    if p.name != "logs.py")
+    src = "\n".join(
+        p.read_text() for p in (Path(__file__).resolve().parents[1] / "b12comment").glob("*.py") if p.name != "logs.py"
+    )
     from b12comment.logs import PATIENT_KEYS
+
     assert not [k for k in PATIENT_KEYS if re.search(rf"\b{k}\s*=", src)]

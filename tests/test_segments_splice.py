@@ -1,14 +1,23 @@
 """Unit tests of b12comment.framing (MSH, delimiters, segment offsets),
 b12comment.splice (NTE bytes, escaping, insertion) and b12comment.charset."""
+
 from __future__ import annotations
 
 import pytest
 
 from b12comment.core import charset
-from b12comment.core.segments import (DEFAULT_DELIMITERS, Delimiters, Malformed, Segment, component,
-                                read_header, repetitions, segment_fields, split_segments)
-from b12comment.core.splice import (Insertion, apply, comment_field, insertion_after, next_set_id,
-                               nte_segment)
+from b12comment.core.segments import (
+    DEFAULT_DELIMITERS,
+    Delimiters,
+    Malformed,
+    Segment,
+    component,
+    read_header,
+    repetitions,
+    segment_fields,
+    split_segments,
+)
+from b12comment.core.splice import Insertion, apply, comment_field, insertion_after, next_set_id, nte_segment
 
 MSH = b"MSH|^~\\&|LAB|HOSP|MW|HOSP|20240110120000||ORU^R01^ORU_R01|C42|P|2.5.1|||||DK|8859/1"
 
@@ -89,34 +98,40 @@ def test_read_header_message_type_without_trigger():
     assert h.message_type == "ACK" and h.trigger_event == ""
 
 
-@pytest.mark.parametrize("message", [
-    b"",
-    b"   ",
-    b"PID|1||x\rMSH|^~\\&|A\r",          # MSH not first
-    b"msh|^~\\&|A|B\r",                  # lower case
-    b"MSH|^~",                           # too short for MSH-2
-    b"MSH|^\\",
-    b"MSH|^|A|B|C|D\r",                  # MSH-2 one character
-    b"MSH||A|B|C|D\r",                   # MSH-2 empty
-    b"MSH|^~\\&#$|A|B\r",                # MSH-2 six characters
-    b"MSHA^~\\&|A|B\r",                  # alphanumeric field separator
-    b"MSH ^~\\& A B\r",                  # space as field separator
-    b"MSH\r^~\\&|A|B\r",
-    b"\x0bMSH|^~\\&|A|B\r\x1c\r",        # MLLP framing is not the message
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"",
+        b"   ",
+        b"PID|1||x\rMSH|^~\\&|A\r",  # MSH not first
+        b"msh|^~\\&|A|B\r",  # lower case
+        b"MSH|^~",  # too short for MSH-2
+        b"MSH|^\\",
+        b"MSH|^|A|B|C|D\r",  # MSH-2 one character
+        b"MSH||A|B|C|D\r",  # MSH-2 empty
+        b"MSH|^~\\&#$|A|B\r",  # MSH-2 six characters
+        b"MSHA^~\\&|A|B\r",  # alphanumeric field separator
+        b"MSH ^~\\& A B\r",  # space as field separator
+        b"MSH\r^~\\&|A|B\r",
+        b"\x0bMSH|^~\\&|A|B\r\x1c\r",  # MLLP framing is not the message
+    ],
+)
 def test_read_header_malformed(message):
     with pytest.raises(Malformed):
         read_header(message)
 
 
-@pytest.mark.parametrize("msh", [
-    b"MSH|^^\\&|A",        # component == repetition
-    b"MSH|^~\\^|A",        # subcomponent == component
-    b"MSH|^~\\\\|A",       # escape == subcomponent
-    b"MSH|^~\\&&|A",       # truncation == subcomponent
-    b"MSH|A~\\&|A",        # alphanumeric delimiter
-    b"MSH|^~1&|A",
-])
+@pytest.mark.parametrize(
+    "msh",
+    [
+        b"MSH|^^\\&|A",  # component == repetition
+        b"MSH|^~\\^|A",  # subcomponent == component
+        b"MSH|^~\\\\|A",  # escape == subcomponent
+        b"MSH|^~\\&&|A",  # truncation == subcomponent
+        b"MSH|A~\\&|A",  # alphanumeric delimiter
+        b"MSH|^~1&|A",
+    ],
+)
 def test_duplicate_or_bad_encoding_chars_invalid(msh):
     assert read_header(msh + b"\r").delimiters.valid is False
 
@@ -133,11 +148,11 @@ def test_split_segments_offsets_mixed_terminators():
         Segment(b"MSH", 0, 5, 6),
         Segment(b"PID", 6, 11, 12),
         Segment(b"OBR", 12, 17, 19),
-        Segment(b"OBX", 19, 24, 25),     # "\r" then an empty line "\r\n"
-        Segment(b"NTE", 27, 32, 32),     # no final terminator: next == end
+        Segment(b"OBX", 19, 24, 25),  # "\r" then an empty line "\r\n"
+        Segment(b"NTE", 27, 32, 32),  # no final terminator: next == end
     ]
     for s in segs:
-        assert msg[s.start:s.end].count(b"\r") == 0 and msg[s.start:s.end].count(b"\n") == 0
+        assert msg[s.start : s.end].count(b"\r") == 0 and msg[s.start : s.end].count(b"\n") == 0
 
 
 def test_split_segments_from_start_and_trailing_terminators():
@@ -206,11 +221,14 @@ def test_comment_field_without_escape_char_replaces_specials():
     assert not any(s in out for s in (b"|", b"^", b"~", b"&", b"\n", b"\r"))
 
 
-@pytest.mark.parametrize("codec, expected", [
-    ("latin-1", "forhøjet børn år".encode("latin-1")),
-    ("utf-8", "forhøjet børn år".encode("utf-8")),
-    ("ascii", b"forhoejet boern aar"),
-])
+@pytest.mark.parametrize(
+    "codec, expected",
+    [
+        ("latin-1", "forhøjet børn år".encode("latin-1")),
+        ("utf-8", "forhøjet børn år".encode()),
+        ("ascii", b"forhoejet boern aar"),
+    ],
+)
 def test_comment_field_charsets(codec, expected):
     assert comment_field("forhøjet børn år", DEFAULT_DELIMITERS, codec) == expected
 
@@ -229,7 +247,7 @@ def test_comment_field_character_outside_charset_gives_valid_bytes():
 
 def test_comment_field_utf8_never_splits_multibyte():
     out = comment_field("ø|ø", DEFAULT_DELIMITERS, "utf-8")
-    assert out == "ø\\F\\ø".encode("utf-8")
+    assert out == "ø\\F\\ø".encode()
     out.decode("utf-8")
 
 
@@ -237,16 +255,19 @@ def test_comment_field_utf8_never_splits_multibyte():
 # next_set_id, nte_segment, insertion
 
 
-@pytest.mark.parametrize("existing, expected", [
-    ((), 1),
-    (("1",), 2),
-    (("1", "2"), 3),
-    (("1", "4"), 5),
-    (("3",), 4),
-    (("", ""), 3),
-    (("x",), 2),
-    (("2", "1"), 3),
-])
+@pytest.mark.parametrize(
+    "existing, expected",
+    [
+        ((), 1),
+        (("1",), 2),
+        (("1", "2"), 3),
+        (("1", "4"), 5),
+        (("3",), 4),
+        (("", ""), 3),
+        (("x",), 2),
+        (("2", "1"), 3),
+    ],
+)
 def test_next_set_id(existing, expected):
     assert next_set_id(existing) == expected
 
@@ -292,19 +313,22 @@ def test_apply_sorts_insertions_and_keeps_everything_else():
 # charset
 
 
-@pytest.mark.parametrize("msh18, codec", [
-    ("", "ascii"),
-    ("ASCII", "ascii"),
-    ("8859/1", "latin-1"),
-    ("ISO IR100", "latin-1"),
-    ("UNICODE UTF-8", "utf-8"),
-    ("unicode utf-8", "utf-8"),
-    (" UTF-8 ", "utf-8"),
-    ("8859/15", "iso8859-15"),
-    ("ISO IR87", None),
-    ("UNICODE", None),
-    ("UTF-16", None),
-])
+@pytest.mark.parametrize(
+    "msh18, codec",
+    [
+        ("", "ascii"),
+        ("ASCII", "ascii"),
+        ("8859/1", "latin-1"),
+        ("ISO IR100", "latin-1"),
+        ("UNICODE UTF-8", "utf-8"),
+        ("unicode utf-8", "utf-8"),
+        (" UTF-8 ", "utf-8"),
+        ("8859/15", "iso8859-15"),
+        ("ISO IR87", None),
+        ("UNICODE", None),
+        ("UTF-16", None),
+    ],
+)
 def test_codec_for(msh18, codec):
     assert charset.codec_for(msh18) == codec
 

@@ -1,6 +1,7 @@
 """`b12comment serve` as a real subprocess, with real sockets and SQLite:
 third-party client, corpus, framing on the wire, limits, durability across
 SIGKILL, an unwritable journal, start-up errors, metrics, clean stop."""
+
 from __future__ import annotations
 
 import signal
@@ -12,22 +13,39 @@ import urllib.request
 
 import hl7.client
 import pytest
+from service_helpers import (
+    CORPUS,
+    SAMPLES,
+    Downstream,
+    MllpConnection,
+    Serve,
+    frame,
+    free_port,
+    hl7_client_send,
+    msa,
+    msh10,
+    segment,
+    wait_until,
+    write_config,
+)
 
-from b12comment.core.rule_config import RuleConfig
 from b12comment.core.engine import process
-from service_helpers import (CORPUS, SAMPLES, Downstream, MllpConnection, Serve, frame, free_port,
-                             hl7_client_send, msa, msh10, segment, wait_until, write_config)
+from b12comment.core.rule_config import RuleConfig
 
-CHILD = (b"MSH|^~\\&|LAB|RH|EPJ|RH|20240301120000||ORU^R01^ORU_R01|KID-1|P|2.5.1|||||DNK|8859/1\r"
-         b"PID|1||0101151234^^^CPR||Jensen^Anna||20150101|F\r"
-         b"OBR|1||LAB123|14685-2^Cobalamin^LN|||20240301080000\r"
-         b"OBX|1|NM|14685-2^Cobalamin^LN||1500|pmol/L|200-600|H|||F|||20240301080000\r")
+CHILD = (
+    b"MSH|^~\\&|LAB|RH|EPJ|RH|20240301120000||ORU^R01^ORU_R01|KID-1|P|2.5.1|||||DNK|8859/1\r"
+    b"PID|1||0101151234^^^CPR||Jensen^Anna||20150101|F\r"
+    b"OBR|1||LAB123|14685-2^Cobalamin^LN|||20240301080000\r"
+    b"OBX|1|NM|14685-2^Cobalamin^LN||1500|pmol/L|200-600|H|||F|||20240301080000\r"
+)
 
 
 def oru(n: int, tag: str = "M") -> bytes:
-    return (f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|{tag}{n}|P|2.5.1\r"
-            f"PID|1||ID{n}||Doe^John||19700101|M\r"
-            f"OBX|1|NM|2345-7^Glucose^LN||{n}|mmol/L|3-6|N|||F\r").encode()
+    return (
+        f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|{tag}{n}|P|2.5.1\r"
+        f"PID|1||ID{n}||Doe^John||19700101|M\r"
+        f"OBX|1|NM|2345-7^Glucose^LN||{n}|mmol/L|3-6|N|||F\r"
+    ).encode()
 
 
 def fast_downstream(url: str) -> dict:
@@ -49,13 +67,16 @@ def journal_states(path) -> list[str]:
 # --------------------------------------------------------------------------
 # One shared service with a folder drop, for the wire-level tests.
 
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     base = tmp_path_factory.mktemp("served")
-    cfg = write_config(base / "config.toml",
-                       listener=dict(port=0, max_message_bytes=4000, idle_timeout_s=1.0, max_connections=16),
-                       journal=dict(path=str(base / "journal.sqlite3")),
-                       downstream=fast_downstream(f"dir:{base / 'outbox'}"))
+    cfg = write_config(
+        base / "config.toml",
+        listener=dict(port=0, max_message_bytes=4000, idle_timeout_s=1.0, max_connections=16),
+        journal=dict(path=str(base / "journal.sqlite3")),
+        downstream=fast_downstream(f"dir:{base / 'outbox'}"),
+    )
     serve = Serve(cfg).start()
     serve.base = base
     yield serve
@@ -96,7 +117,7 @@ def test_frame_split_across_many_reads(served):
     data = frame(oru(1, "SPLIT"))
     with MllpConnection(served.port) as conn:
         for i in range(0, len(data), 7):
-            conn.send_raw(data[i:i + 7])
+            conn.send_raw(data[i : i + 7])
             time.sleep(0.002)
         assert msa(conn.read_ack()) == ("AA", "SPLIT1")
 
@@ -120,8 +141,9 @@ def test_pipelined_frames_each_get_aa_only_once_journaled(served):
             assert (code, acked) == ("AA", msh10(m))
             db = sqlite3.connect(path)
             try:
-                stored = db.execute("SELECT raw FROM messages WHERE control_id = ? AND state != 'rejected'",
-                                    (acked,)).fetchall()
+                stored = db.execute(
+                    "SELECT raw FROM messages WHERE control_id = ? AND state != 'rejected'", (acked,)
+                ).fetchall()
             finally:
                 db.close()
             assert [bytes(r) for (r,) in stored] == [m]
@@ -190,6 +212,7 @@ def test_retransmission_is_acked_again_and_forwarded_once(served):
 # --------------------------------------------------------------------------
 # A third-party sender: python-hl7's MLLPClient with the samples and the corpus.
 
+
 def test_python_hl7_client_samples_and_corpus_reach_downstream_byte_identical(tmp_path):
     if not CORPUS.is_dir():
         pytest.skip(f"the shared corpus is not at {CORPUS} (it sits beside the checkout)")
@@ -198,8 +221,12 @@ def test_python_hl7_client_samples_and_corpus_reach_downstream_byte_identical(tm
     assert (CORPUS / "cdcdex_3.hl7").read_bytes() == (CORPUS / "cdcdex_4.hl7").read_bytes()
     rule = RuleConfig()
     with Downstream() as down:
-        cfg = write_config(tmp_path / "config.toml", listener=dict(port=0),
-                           journal=dict(path=str(tmp_path / "j.sqlite3")), downstream=fast_downstream(down.url))
+        cfg = write_config(
+            tmp_path / "config.toml",
+            listener=dict(port=0),
+            journal=dict(path=str(tmp_path / "j.sqlite3")),
+            downstream=fast_downstream(down.url),
+        )
         with Serve(cfg) as serve:
             expected, commented, seen = [], 0, set()
             with hl7.client.MLLPClient("127.0.0.1", serve.port) as client:
@@ -238,11 +265,16 @@ def test_python_hl7_client_samples_and_corpus_reach_downstream_byte_identical(tm
 # --------------------------------------------------------------------------
 # Durability
 
+
+@pytest.mark.slow
 def test_sigkill_after_acks_before_delivery_then_restart_delivers_all_in_order(tmp_path):
     port = free_port()  # the downstream is down: nothing listens here yet
-    cfg = write_config(tmp_path / "config.toml", listener=dict(port=0),
-                       journal=dict(path=str(tmp_path / "j.sqlite3")),
-                       downstream=fast_downstream(f"mllp://127.0.0.1:{port}"))
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0),
+        journal=dict(path=str(tmp_path / "j.sqlite3")),
+        downstream=fast_downstream(f"mllp://127.0.0.1:{port}"),
+    )
     messages = [oru(n, "KILL") for n in range(1, 8)] + [CHILD]
     first = Serve(cfg).start()
     try:
@@ -254,20 +286,22 @@ def test_sigkill_after_acks_before_delivery_then_restart_delivers_all_in_order(t
     finally:
         first.kill()
     assert "forwarded" not in journal_states(tmp_path / "j.sqlite3")
-    with Downstream(port=port) as down:
-        with Serve(cfg) as second:
-            assert down.wait_for(len(messages)), second.stderr
-            assert down.received == [process(m, RuleConfig())[0] for m in messages]
-            assert second.stop() == 0
+    with Downstream(port=port) as down, Serve(cfg) as second:
+        assert down.wait_for(len(messages)), second.stderr
+        assert down.received == [process(m, RuleConfig())[0] for m in messages]
+        assert second.stop() == 0
     assert journal_states(tmp_path / "j.sqlite3") == ["forwarded"] * len(messages)
 
 
 def test_unwritable_journal_answers_ae_never_aa(tmp_path):
     (tmp_path / "afile").write_text("a regular file, so no folder can be made under it, even by root")
     outbox = tmp_path / "outbox"
-    cfg = write_config(tmp_path / "config.toml", listener=dict(port=0),
-                       journal=dict(path=str(tmp_path / "afile" / "journal.sqlite3")),
-                       downstream=fast_downstream(f"dir:{outbox}"))
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0),
+        journal=dict(path=str(tmp_path / "afile" / "journal.sqlite3")),
+        downstream=fast_downstream(f"dir:{outbox}"),
+    )
     with Serve(cfg) as serve:
         with MllpConnection(serve.port) as conn:
             for n in range(1, 4):
@@ -282,14 +316,16 @@ def test_unwritable_journal_answers_ae_never_aa(tmp_path):
 
 
 def test_sigterm_closes_open_connections_and_exits_zero(tmp_path):
-    cfg = write_config(tmp_path / "config.toml", listener=dict(port=0, idle_timeout_s=300.0),
-                       journal=dict(path=str(tmp_path / "j.sqlite3")),
-                       downstream=fast_downstream(f"dir:{tmp_path / 'outbox'}"))
-    with Serve(cfg) as serve:
-        with MllpConnection(serve.port) as conn:
-            assert msa(conn.send(oru(1, "TERM")))[0] == "AA"
-            assert serve.stop(signal.SIGTERM) == 0  # does not wait for the 300 s idle timeout
-            assert conn.sock.recv(10) == b""
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0, idle_timeout_s=300.0),
+        journal=dict(path=str(tmp_path / "j.sqlite3")),
+        downstream=fast_downstream(f"dir:{tmp_path / 'outbox'}"),
+    )
+    with Serve(cfg) as serve, MllpConnection(serve.port) as conn:
+        assert msa(conn.send(oru(1, "TERM")))[0] == "AA"
+        assert serve.stop(signal.SIGTERM) == 0  # does not wait for the 300 s idle timeout
+        assert conn.sock.recv(10) == b""
     assert any(r.get("reason") == "service stopping" for r in serve.records("connection_closed"))  # read after exit
     with Serve(cfg) as again:  # what was ACKed is delivered (if it was not yet); SIGINT stops it too
         assert wait_until(lambda: len(outbox_files(tmp_path / "outbox")) == 1)
@@ -300,12 +336,17 @@ def test_sigterm_closes_open_connections_and_exits_zero(tmp_path):
 # --------------------------------------------------------------------------
 # Start-up errors, limits, metrics
 
+
 def test_port_in_use_is_one_clear_line_and_non_zero(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
-        cfg = write_config(tmp_path / "config.toml", listener=dict(port=busy.getsockname()[1]),
-                           journal=dict(path=str(tmp_path / "j.sqlite3")), downstream=dict(url=f"dir:{tmp_path}/o"))
+        cfg = write_config(
+            tmp_path / "config.toml",
+            listener=dict(port=busy.getsockname()[1]),
+            journal=dict(path=str(tmp_path / "j.sqlite3")),
+            downstream=dict(url=f"dir:{tmp_path}/o"),
+        )
         serve = Serve(cfg).start(expect_listening=False)
         assert serve.wait_exit() == 1
     errors = [line for line in serve.lines if line.startswith("b12comment:")]
@@ -314,9 +355,12 @@ def test_port_in_use_is_one_clear_line_and_non_zero(tmp_path):
 
 
 def test_bad_tls_file_is_one_clear_line_and_non_zero(tmp_path):
-    cfg = write_config(tmp_path / "config.toml",
-                       listener=dict(port=0, tls_cert=str(tmp_path / "missing.pem"), tls_key=str(tmp_path / "k.pem")),
-                       journal=dict(path=str(tmp_path / "j.sqlite3")), downstream=dict(url=f"dir:{tmp_path}/o"))
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0, tls_cert=str(tmp_path / "missing.pem"), tls_key=str(tmp_path / "k.pem")),
+        journal=dict(path=str(tmp_path / "j.sqlite3")),
+        downstream=dict(url=f"dir:{tmp_path}/o"),
+    )
     serve = Serve(cfg).start(expect_listening=False)
     assert serve.wait_exit() == 2
     errors = [line for line in serve.lines if line.startswith("b12comment:")]
@@ -325,8 +369,12 @@ def test_bad_tls_file_is_one_clear_line_and_non_zero(tmp_path):
 
 
 def test_allowed_peers_and_max_connections(tmp_path):
-    cfg = write_config(tmp_path / "config.toml", listener=dict(port=0, allowed_peers=["10.0.0.0/8"]),
-                       journal=dict(path=str(tmp_path / "j.sqlite3")), downstream=dict(url=f"dir:{tmp_path}/o"))
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0, allowed_peers=["10.0.0.0/8"]),
+        journal=dict(path=str(tmp_path / "j.sqlite3")),
+        downstream=dict(url=f"dir:{tmp_path}/o"),
+    )
     with Serve(cfg) as serve:
         with MllpConnection(serve.port) as conn:
             conn.send_raw(frame(oru(1)))
@@ -334,9 +382,12 @@ def test_allowed_peers_and_max_connections(tmp_path):
                 conn.read_ack()
         assert serve.wait_record("connection_refused")
         assert serve.stop() == 0
-    cfg = write_config(tmp_path / "config2.toml", listener=dict(port=0, max_connections=1,
-                                                               allowed_peers=["127.0.0.0/8"]),
-                       journal=dict(path=str(tmp_path / "j2.sqlite3")), downstream=dict(url=f"dir:{tmp_path}/o"))
+    cfg = write_config(
+        tmp_path / "config2.toml",
+        listener=dict(port=0, max_connections=1, allowed_peers=["127.0.0.0/8"]),
+        journal=dict(path=str(tmp_path / "j2.sqlite3")),
+        downstream=dict(url=f"dir:{tmp_path}/o"),
+    )
     with Serve(cfg) as serve:
         with MllpConnection(serve.port) as first:
             assert msa(first.send(oru(1)))[0] == "AA"
@@ -351,9 +402,13 @@ def test_allowed_peers_and_max_connections(tmp_path):
 
 def test_metrics_and_healthz(tmp_path):
     metrics_port = free_port()
-    cfg = write_config(tmp_path / "config.toml", listener=dict(port=0), metrics=dict(port=metrics_port),
-                       journal=dict(path=str(tmp_path / "j.sqlite3")),
-                       downstream=fast_downstream(f"dir:{tmp_path / 'outbox'}"))
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0),
+        metrics=dict(port=metrics_port),
+        journal=dict(path=str(tmp_path / "j.sqlite3")),
+        downstream=fast_downstream(f"dir:{tmp_path / 'outbox'}"),
+    )
     with Serve(cfg) as serve:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10) as resp:
             assert resp.status == 200 and resp.read() == b"ok\n"

@@ -14,6 +14,7 @@
 Knobs (environment): SOAK_SEED (default 20241125), SOAK_MESSAGES (20000).
 Run with -s to see the figures.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,11 +29,23 @@ import urllib.request
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
+import pytest
+from service_helpers import Serve, free_port, wait_until, write_config
+from soak_helpers import (
+    RestartableDownstream,
+    RssMonitor,
+    Sender,
+    expected_outputs,
+    rss_kb,
+    scrape,
+    set_control_id,
+    templates,
+)
+
 from b12comment.config import Config
 from b12comment.core.engine import process
-from service_helpers import Serve, free_port, wait_until, write_config
-from soak_helpers import (RestartableDownstream, RssMonitor, Sender, expected_outputs, rss_kb, scrape,
-                          set_control_id, templates)
+
+pytestmark = pytest.mark.slow
 
 SEED = int(os.environ.get("SOAK_SEED", "20241125"))
 MESSAGES = int(os.environ.get("SOAK_MESSAGES", "20000"))
@@ -51,10 +64,14 @@ def journal_rows(path) -> list[tuple[str, str]]:
 
 
 def soak_config(path, port: int, journal, downstream_url: str, **extra):
-    return write_config(path, listener=dict(port=port, idle_timeout_s=300.0),
-                        journal=dict(path=str(journal)),
-                        downstream=dict(url=downstream_url, timeout_s=10.0, retry_initial_s=0.05, retry_max_s=0.5),
-                        logging=dict(format="json", level="info"), **extra)
+    return write_config(
+        path,
+        listener=dict(port=port, idle_timeout_s=300.0),
+        journal=dict(path=str(journal)),
+        downstream=dict(url=downstream_url, timeout_s=10.0, retry_initial_s=0.05, retry_max_s=0.5),
+        logging=dict(format="json", level="info"),
+        **extra,
+    )
 
 
 class Incarnations:
@@ -91,8 +108,9 @@ def match_duplicates(positions: dict[str, list[int]], events: list[int]) -> tupl
     list: copies before `e` arrived before the event). Greedy by the later
     copy, earliest free event first: optimal for points in intervals.
     Returns (matched pairs, unexplained pairs)."""
-    pairs = sorted(((p[i], p[i + 1], cid) for cid, p in positions.items() for i in range(len(p) - 1)),
-                   key=lambda x: x[1])
+    pairs = sorted(
+        ((p[i], p[i + 1], cid) for cid, p in positions.items() for i in range(len(p) - 1)), key=lambda x: x[1]
+    )
     free = sorted(events)
     matched, unexplained = [], []
     for first, second, cid in pairs:
@@ -117,8 +135,10 @@ def test_crash_soak(tmp_path):
     rng = random.Random(SEED)
     mix = templates()
     per_sender = MESSAGES // SENDERS
-    plans = {k: [(f"S{k}-{n}", set_control_id(mix[rng.randrange(len(mix))], f"S{k}-{n}"))
-                 for n in range(1, per_sender + 1)] for k in range(1, SENDERS + 1)}
+    plans = {
+        k: [(f"S{k}-{n}", set_control_id(mix[rng.randrange(len(mix))], f"S{k}-{n}")) for n in range(1, per_sender + 1)]
+        for k in range(1, SENDERS + 1)
+    }
     originals = {cid: payload for plan in plans.values() for cid, payload in plan}
     total = len(originals)
 
@@ -130,7 +150,7 @@ def test_crash_soak(tmp_path):
     down = RestartableDownstream(port=free_port()).start()
     journal = tmp_path / "journal.sqlite3"
     serves = Incarnations(soak_config(tmp_path / "config.toml", free_port(), journal, down.url))
-    events: list[int] = []        # downstream delivery count at each kill / downstream restart
+    events: list[int] = []  # downstream delivery count at each kill / downstream restart
     event_log: list[str] = []
     journal_checks: list[tuple[int, int]] = []  # (ACKed AA so far, of them found in the journal) at each kill
     senders = [Sender(str(k), serves.port, plans[k]) for k in plans]
@@ -158,8 +178,9 @@ def test_crash_soak(tmp_path):
         missing = acked - in_journal
         assert not missing, f"ACKed AA but not in the journal after SIGKILL ({why}): {sorted(missing)[:10]}"
         journal_checks.append((len(acked), len(acked & in_journal)))
-        event_log.append(f"SIGKILL {why}: {len(acked)} ACKed AA so far, all in the journal; "
-                         f"{events[-1]} deliveries so far")
+        event_log.append(
+            f"SIGKILL {why}: {len(acked)} ACKed AA so far, all in the journal; {events[-1]} deliveries so far"
+        )
         time.sleep(rng.uniform(0.0, 1.0))
         serves.start()
 
@@ -197,8 +218,10 @@ def test_crash_soak(tmp_path):
 
         def delivered_all() -> bool:
             return len({d.control_id for d in down.snapshot()}) >= total
+
         assert wait_until(delivered_all, timeout=RUN_LIMIT_S, interval=0.2), (
-            f"{len({d.control_id for d in down.snapshot()})} of {total} delivered")
+            f"{len({d.control_id for d in down.snapshot()})} of {total} delivered"
+        )
         last = serves.current
         assert last.stop(signal.SIGTERM) == 0, last.stderr[-3000:]
         elapsed = time.monotonic() - started
@@ -207,7 +230,7 @@ def test_crash_soak(tmp_path):
             s.stopping = True
         serves.cleanup()
         down.stop()
-    expected = dict(zip(cids, expected_future.result(timeout=600)))
+    expected = dict(zip(cids, expected_future.result(timeout=600), strict=False))
     pool.shutdown()
 
     # ---- what the senders saw
@@ -249,11 +272,24 @@ def test_crash_soak(tmp_path):
     reconnects = sum(s.log.reconnects for s in senders)
     resends = sum(s.log.attempts for s in senders) - total
     figures = dict(
-        seed=SEED, senders=SENDERS, sent=total, acked_aa=len(acked), delivered_distinct=len(delivered),
-        deliveries=len(deliveries), duplicates=duplicates, lost=len(lost), commented=commented,
-        sigkills=len(serves.all) - 1, downstream_restarts=1, sender_resends=resends, sender_reconnects=reconnects,
-        journal_checks_after_kills=journal_checks, sending_s=round(sending_s, 1), total_s=round(elapsed, 1),
-        duplicate_detail=[f"{cid} (copies at {a} and {b}, event at {e})" for cid, a, b, e in matched])
+        seed=SEED,
+        senders=SENDERS,
+        sent=total,
+        acked_aa=len(acked),
+        delivered_distinct=len(delivered),
+        deliveries=len(deliveries),
+        duplicates=duplicates,
+        lost=len(lost),
+        commented=commented,
+        sigkills=len(serves.all) - 1,
+        downstream_restarts=1,
+        sender_resends=resends,
+        sender_reconnects=reconnects,
+        journal_checks_after_kills=journal_checks,
+        sending_s=round(sending_s, 1),
+        total_s=round(elapsed, 1),
+        duplicate_detail=[f"{cid} (copies at {a} and {b}, event at {e})" for cid, a, b, e in matched],
+    )
     assert figures["sigkills"] >= 4
     print("\n" + "\n".join(event_log))
     print("SOAK FIGURES " + json.dumps(figures))
@@ -267,9 +303,16 @@ def test_crash_soak(tmp_path):
 def padded(n: int, size: int, tag: str) -> bytes:
     """An ORU without B12, made large by an NTE: process() leaves it as it is."""
     filler = (b"lorem ipsum dolor sit amet " * (size // 27 + 1))[:size]
-    return (f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|{tag}{n}|P|2.5.1\r"
+    return (
+        (
+            f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|{tag}{n}|P|2.5.1\r"
             f"PID|1||ID{n}||Doe^John||19700101|M\r"
-            f"OBX|1|NM|2345-7^Glucose^LN||{n}|mmol/L|3-6|N|||F\r").encode() + b"NTE|1||" + filler + b"\r"
+            f"OBX|1|NM|2345-7^Glucose^LN||{n}|mmol/L|3-6|N|||F\r"
+        ).encode()
+        + b"NTE|1||"
+        + filler
+        + b"\r"
+    )
 
 
 def test_outage_queue_grows_on_disk_then_drains_in_order(tmp_path):
@@ -282,8 +325,7 @@ def test_outage_queue_grows_on_disk_then_drains_in_order(tmp_path):
         out = []
         for n in range(1, count + 1):
             cid = f"{tag}{n}"
-            out.append((cid, set_control_id(mix[rng.randrange(len(mix))], cid) if n % 4 == 0
-                        else padded(n, pad, tag)))
+            out.append((cid, set_control_id(mix[rng.randrange(len(mix))], cid) if n % 4 == 0 else padded(n, pad, tag)))
         return out
 
     warm = plan("W-", 300)
@@ -295,8 +337,9 @@ def test_outage_queue_grows_on_disk_then_drains_in_order(tmp_path):
 
     down = RestartableDownstream(port=free_port(), keep_payload=lambda p: False).start()
     metrics_port = free_port()
-    cfg = soak_config(tmp_path / "config.toml", 0, tmp_path / "journal.sqlite3", down.url,
-                      metrics=dict(port=metrics_port))
+    cfg = soak_config(
+        tmp_path / "config.toml", 0, tmp_path / "journal.sqlite3", down.url, metrics=dict(port=metrics_port)
+    )
     serve = Serve(cfg).start()
     monitor = RssMonitor(serve.proc.pid)
     monitor.start()
@@ -322,7 +365,7 @@ def test_outage_queue_grows_on_disk_then_drains_in_order(tmp_path):
             time.sleep(0.25)
         for s in senders:
             s.join(10)
-        for s, (k, p) in zip(senders, during.items()):
+        for s, p in zip(senders, during.values(), strict=True):
             assert s.acked_aa() == {cid for cid, _ in p}, "serve journals and ACKs while the downstream is down"
         final = scrape(metrics_port)
         depths.append(int(final["b12comment_queue_depth"]))
@@ -354,7 +397,7 @@ def test_outage_queue_grows_on_disk_then_drains_in_order(tmp_path):
     assert drain_peak_kb - baseline_kb < queued_bytes / 1024 / 2, (baseline_kb, drain_peak_kb)
     # Drained in order: exactly once each, each sender's messages in its order, bytes as process() made them.
     deliveries = down.snapshot()
-    assert [d.control_id for d in deliveries[:len(warm)]] == [cid for cid, _ in warm]
+    assert [d.control_id for d in deliveries[: len(warm)]] == [cid for cid, _ in warm]
     assert Counter(d.control_id for d in deliveries) == Counter(cid for cid, _ in everything)
     for k, p in during.items():
         assert [d.control_id for d in deliveries if d.control_id.startswith(f"O{k}-")] == [cid for cid, _ in p]
@@ -362,9 +405,19 @@ def test_outage_queue_grows_on_disk_then_drains_in_order(tmp_path):
     assert after["b12comment_dead_lettered_total"] == 0
     assert after["b12comment_forwarded_total"] == len(everything)
     assert after["b12comment_retries_total"] > 0  # it did try while the downstream was down
-    figures = dict(warm_up=len(warm), sent_during_outage=outage_total, queued_mb=round(queued_bytes / 2**20, 1),
-                   depth_samples=len(depths), max_depth=max(depths), baseline_rss_mb=round(baseline_kb / 1024, 1),
-                   outage_peak_rss_mb=round(outage_peak_kb / 1024, 1), drain_peak_rss_mb=round(drain_peak_kb / 1024, 1),
-                   delivered=len(deliveries), duplicates=len(deliveries) - len(everything), lost=0,
-                   retries=after["b12comment_retries_total"], drain_s=round(drain_s, 1))
+    figures = dict(
+        warm_up=len(warm),
+        sent_during_outage=outage_total,
+        queued_mb=round(queued_bytes / 2**20, 1),
+        depth_samples=len(depths),
+        max_depth=max(depths),
+        baseline_rss_mb=round(baseline_kb / 1024, 1),
+        outage_peak_rss_mb=round(outage_peak_kb / 1024, 1),
+        drain_peak_rss_mb=round(drain_peak_kb / 1024, 1),
+        delivered=len(deliveries),
+        duplicates=len(deliveries) - len(everything),
+        lost=0,
+        retries=after["b12comment_retries_total"],
+        drain_s=round(drain_s, 1),
+    )
     print("\nOUTAGE FIGURES " + json.dumps(figures))

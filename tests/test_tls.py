@@ -1,13 +1,14 @@
 """TLS and mutual TLS on the listener, with certificates made by trustme."""
+
 from __future__ import annotations
 
 import ssl
 
 import pytest
 import trustme
+from service_helpers import MllpConnection, Serve, frame, msa, write_config
 
 from b12comment.serve.tls import TlsError, client_context, server_context
-from service_helpers import MllpConnection, Serve, frame, msa, write_config
 
 MSG = b"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|TLS1|P|2.5.1\rOBX|1|NM|X||1\r"
 
@@ -23,8 +24,7 @@ def pki(tmp_path):
         extra.write_to_path(str(files["server"]), append=True)
     server.private_key_pem.write_to_path(str(files["server_key"]))
     ca.issue_cert("sender.lab.example").private_key_and_cert_chain_pem.write_to_path(str(files["client"]))
-    trustme.CA().issue_cert("sender.lab.example").private_key_and_cert_chain_pem.write_to_path(
-        str(files["other_ca"]))
+    trustme.CA().issue_cert("sender.lab.example").private_key_and_cert_chain_pem.write_to_path(str(files["other_ca"]))
     return ca, files
 
 
@@ -39,8 +39,12 @@ def tls_config(tmp_path, files, mutual: bool):
     listener = dict(port=0, tls_cert=str(files["server"]), tls_key=str(files["server_key"]))
     if mutual:
         listener["tls_client_ca"] = str(files["ca"])
-    return write_config(tmp_path / "config.toml", listener=listener,
-                        journal=dict(path=str(tmp_path / "j.sqlite3")), downstream=dict(url=f"dir:{tmp_path}/out"))
+    return write_config(
+        tmp_path / "config.toml",
+        listener=listener,
+        journal=dict(path=str(tmp_path / "j.sqlite3")),
+        downstream=dict(url=f"dir:{tmp_path}/out"),
+    )
 
 
 def plain_client_gets_no_ack(port: int) -> bool:
@@ -70,9 +74,11 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(tmp_path, pki):
         with MllpConnection(serve.port, ssl_context=client_ctx(files, "client")) as conn:
             assert msa(conn.send(MSG)) == ("AA", "TLS1")
         for cert in (None, "other_ca"):
-            with pytest.raises((ssl.SSLError, ConnectionError)):
-                with MllpConnection(serve.port, ssl_context=client_ctx(files, cert)) as conn:
-                    conn.send(MSG)  # TLS 1.3: the refusal shows on the first read
+            with (
+                pytest.raises((ssl.SSLError, ConnectionError)),
+                MllpConnection(serve.port, ssl_context=client_ctx(files, cert)) as conn,
+            ):
+                conn.send(MSG)  # TLS 1.3: the refusal shows on the first read
         assert plain_client_gets_no_ack(serve.port)
         assert serve.wait_record("tls_handshake_failed", 3)
         assert serve.stop() == 0
@@ -82,8 +88,10 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(tmp_path, pki):
 
 def test_context_builders_name_the_bad_file(tmp_path, pki):
     _, files = pki
-    assert server_context(str(files["server"]), str(files["server_key"]), str(files["ca"])).verify_mode \
+    assert (
+        server_context(str(files["server"]), str(files["server_key"]), str(files["ca"])).verify_mode
         == ssl.CERT_REQUIRED
+    )
     assert client_context(str(files["ca"]), str(files["client"])).verify_mode == ssl.CERT_REQUIRED
     with pytest.raises(TlsError, match="nope.pem"):
         server_context(str(tmp_path / "nope.pem"), str(files["server_key"]))

@@ -7,6 +7,7 @@ Danish letters are transliterated (æ→ae, ø→oe, å→aa), other accented le
 lose their accents, and anything left becomes '?'. The same happens for any
 character a declared set cannot hold, so the bytes are always valid.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -32,8 +33,21 @@ _CODECS = {
     "UTF8": "utf-8",
 }
 
-_TRANSLITERATE = {"æ": "ae", "ø": "oe", "å": "aa", "Æ": "Ae", "Ø": "Oe", "Å": "Aa",
-                  "ß": "ss", "–": "-", "—": "-", "’": "'", "‘": "'", "“": '"', "”": '"'}
+_TRANSLITERATE = {
+    "æ": "ae",
+    "ø": "oe",
+    "å": "aa",
+    "Æ": "Ae",
+    "Ø": "Oe",
+    "Å": "Aa",
+    "ß": "ss",
+    "–": "-",
+    "—": "-",
+    "’": "'",
+    "‘": "'",
+    "“": '"',
+    "”": '"',
+}
 
 
 def codec_for(msh18: str) -> str | None:

@@ -1,5 +1,6 @@
 """HL7 dates of any precision, as the interval of days they could stand for,
 and age in completed years between two such intervals."""
+
 from __future__ import annotations
 
 import calendar
@@ -11,7 +12,8 @@ from dateutil.relativedelta import relativedelta
 
 _TS = re.compile(
     r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.\d{1,4})?)?)?)?)?)?"
-    r"(?:[+-]\d{4})?$")
+    r"(?:[+-]\d{4})?$"
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def completed_years(birth: date, on: date) -> int:
 @dataclass(frozen=True)
 class Age:
     youngest: int  # completed years, youngest the patient could be
-    oldest: int    # completed years, oldest the patient could be
+    oldest: int  # completed years, oldest the patient could be
 
 
 def age_at(birth: DayRange, collected: DayRange) -> Age | None:

@@ -1,4 +1,5 @@
 """What the rule decided about one message, and why. Holds no patient data."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -34,7 +35,9 @@ REASONS = {
     INTERNAL_ERROR: "interpretation failed unexpectedly; the message is forwarded unchanged",
     ALREADY_COMMENTED: "the B12 OBX already carries the comment (idempotent re-processing)",
     STATUS_NOT_FINAL: "the B12 result status (OBX-11) is not final (F) or corrected (C)",
-    AGE_UNKNOWN: "age at collection is not known for sure (no or partial birth date, no collection time, birth after collection)",
+    AGE_UNKNOWN: (
+        "age at collection is not known for sure (no or partial birth date, no collection time, birth after collection)"
+    ),
     ADULT: "the patient was 18 or older at collection (or could have been)",
     UNKNOWN_UNIT: "the B12 unit (OBX-6) is missing or not a configured unit",
     UNREADABLE_VALUE: "the B12 value (OBX-5) is not a number that can be compared",
@@ -48,17 +51,17 @@ REASONS = {
 class ResultDecision:
     """The decision for one total-B12 OBX."""
 
-    obx_index: int            # 1-based position among the message's OBX segments
-    code: str                 # the configured code that matched
+    obx_index: int  # 1-based position among the message's OBX segments
+    code: str  # the configured code that matched
     commented: bool
     reasons: tuple[str, ...]
-    age_years: int | None = None       # completed years at collection (youngest possible)
+    age_years: int | None = None  # completed years at collection (youngest possible)
     value_pmol_l: float | None = None
-    comparator: str = ""               # ">" for a censored ">1476", etc.
+    comparator: str = ""  # ">" for a censored ">1476", etc.
     limit_pmol_l: float | None = None
-    limit_source: str | None = None    # "flag", "range" or "age_band"
-    elevated: bool | None = None       # None: could not be told
-    paediatric: bool = False           # certainly under 18 at collection
+    limit_source: str | None = None  # "flag", "range" or "age_band"
+    elevated: bool | None = None  # None: could not be told
+    paediatric: bool = False  # certainly under 18 at collection
 
 
 @dataclass(frozen=True)

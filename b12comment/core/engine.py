@@ -4,17 +4,28 @@ that serve, replay and preview all call.
 Pure and total: no I/O, no clock, no globals, never raises. The output is the
 input itself, or the input with NTE segments inserted; nothing else changes.
 """
+
 from __future__ import annotations
+
+from typing import Any
 
 from hl7apy.exceptions import HL7apyException
 
 from b12comment.core import charset
-from b12comment.core.rule_config import RuleConfig
-from b12comment.core.decision import (INTERNAL_ERROR, MALFORMED, MULTIPLE_PATIENTS, NO_B12, NOT_ORU,
-                       TOO_MANY_B12, UNSUPPORTED_CHARSET, Decision)
+from b12comment.core.decision import (
+    INTERNAL_ERROR,
+    MALFORMED,
+    MULTIPLE_PATIENTS,
+    NO_B12,
+    NOT_ORU,
+    TOO_MANY_B12,
+    UNSUPPORTED_CHARSET,
+    Decision,
+)
 from b12comment.core.facts import MAX_B12_RESULTS, read_detail, read_facts
-from b12comment.core.segments import Header, Malformed, read_header
 from b12comment.core.rule import decide_result, is_paediatric, patient_age
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.segments import Header, Malformed, read_header
 from b12comment.core.splice import apply, comment_field, insertion_after, next_set_id, nte_segment
 
 
@@ -27,8 +38,9 @@ def process(message: bytes, rule: RuleConfig, *, precheck: bool = True) -> tuple
     try:
         return _process(bytes(message), rule, precheck)
     except Exception as exc:  # the comment is advice: never hold a result back
-        return message, Decision(False, (INTERNAL_ERROR,), control_id=_control_id(message),
-                                 detail=f"{type(exc).__name__}: {exc}"[:300])
+        return message, Decision(
+            False, (INTERNAL_ERROR,), control_id=_control_id(message), detail=f"{type(exc).__name__}: {exc}"[:300]
+        )
 
 
 def _control_id(message: bytes) -> str:
@@ -48,11 +60,11 @@ def _process(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[bytes, D
         header = read_header(message)
     except Malformed as exc:
         return message, Decision(False, (MALFORMED,), detail=str(exc))
-    base = dict(control_id=header.control_id, message_type=header.message_type,
-                version=header.version)
+    base: dict[str, Any] = dict(control_id=header.control_id, message_type=header.message_type, version=header.version)
     if not header.delimiters.valid:
-        return message, Decision(False, (MALFORMED,), detail=(
-            "MSH-2 encoding characters repeat or clash with the field separator"), **base)
+        return message, Decision(
+            False, (MALFORMED,), detail=("MSH-2 encoding characters repeat or clash with the field separator"), **base
+        )
     code = f"{header.message_code.upper()}^{header.trigger_event.upper()}"
     if code not in rule.message_types:
         return message, Decision(False, (NOT_ORU,), **base)
@@ -67,13 +79,15 @@ def _process(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[bytes, D
     if not facts.b12:  # the same Decision the pre-check gives
         return message, Decision(False, (NO_B12,), **base)
     if len(facts.b12) > MAX_B12_RESULTS:
-        return message, Decision(False, (TOO_MANY_B12,), notes=notes,
-                                 detail=f"{len(facts.b12)} total-B12 results", **base)
+        return message, Decision(
+            False, (TOO_MANY_B12,), notes=notes, detail=f"{len(facts.b12)} total-B12 results", **base
+        )
     if facts.patient_count > 1:
         return message, Decision(False, (MULTIPLE_PATIENTS,), notes=notes, **base)
     if codec is None or not _delimiters_safe(header, codec):
-        return message, Decision(False, (UNSUPPORTED_CHARSET,), notes=notes,
-                                 detail=f"MSH-18 {header.charset!r}", **base)
+        return message, Decision(
+            False, (UNSUPPORTED_CHARSET,), notes=notes, detail=f"MSH-18 {header.charset!r}", **base
+        )
     d = header.delimiters
     known = frozenset(comment_field(t, d, codec) for t in rule.all_comment_texts())
     text = comment_field(rule.comment_text(), d, codec)
@@ -85,10 +99,8 @@ def _process(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[bytes, D
         rd = decide_result(facts, result, rule, known, age)
         results.append(rd)
         if rd.commented:
-            nte = nte_segment(next_set_id(result.nte_set_ids), rule.nte_source, text,
-                              rule.nte_comment_type, d)
-            insertions.append(insertion_after(message, facts.segments[result.last_segment],
-                                              nte, header.terminator))
+            nte = nte_segment(next_set_id(result.nte_set_ids), rule.nte_source, text, rule.nte_comment_type, d)
+            insertions.append(insertion_after(message, facts.segments[result.last_segment], nte, header.terminator))
     reasons = tuple(dict.fromkeys(r for rd in results if not rd.commented for r in rd.reasons))
     decision = Decision(bool(insertions), reasons, results=tuple(results), notes=notes, **base)
     return apply(message, insertions), decision

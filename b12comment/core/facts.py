@@ -6,6 +6,7 @@ OBR-7, SPM-17 and MSH-7, are read with hl7apy field by field (no whole-message
 parse). Every other OBX is read cheaply from the bytes: flags, range, value,
 status. Nothing here decides anything.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -17,8 +18,16 @@ from hl7apy.parser import parse_field
 
 from b12comment.core.charset import decode
 from b12comment.core.rule_config import RuleConfig
-from b12comment.core.segments import (Delimiters, Header, Segment, component, field_of, repetitions,
-                      segment_fields, split_segments)
+from b12comment.core.segments import (
+    Delimiters,
+    Header,
+    Segment,
+    component,
+    field_of,
+    repetitions,
+    segment_fields,
+    split_segments,
+)
 
 FALLBACK_VERSION = "2.5.1"
 # More total-B12 results than this in one message is not a lab report of one
@@ -31,27 +40,27 @@ MAX_B12_RESULTS = 10
 class Observation:
     """One OBX: its position, OBR group and the fields the rule reads."""
 
-    position: int            # 1-based among the message's OBX segments
-    segment_index: int       # index into Facts.segments
-    group: int               # OBR group (0 = before any OBR)
+    position: int  # 1-based among the message's OBX segments
+    segment_index: int  # index into Facts.segments
+    group: int  # OBR group (0 = before any OBR)
     value_type: str
-    value: tuple[str, ...]   # components of OBX-5, first repetition
+    value: tuple[str, ...]  # components of OBX-5, first repetition
     units: str
     range_text: str
-    flags: tuple[str, ...]   # OBX-8, one per repetition (first component)
+    flags: tuple[str, ...]  # OBX-8, one per repetition (first component)
     status: str
-    observed_at: str         # OBX-14
+    observed_at: str  # OBX-14
 
 
 @dataclass(frozen=True)
 class B12Result:
     observation: Observation
     code: str
-    last_segment: int                  # index of the OBX or of the last NTE under it
-    nte_texts: tuple[bytes, ...]       # raw NTE-3 of the NTEs already under it
+    last_segment: int  # index of the OBX or of the last NTE under it
+    nte_texts: tuple[bytes, ...]  # raw NTE-3 of the NTEs already under it
     nte_set_ids: tuple[str, ...]
-    fields: tuple[bytes, ...] = ()     # the OBX's raw fields
-    detailed: bool = False             # observation read with hl7apy (read_detail)
+    fields: tuple[bytes, ...] = ()  # the OBX's raw fields
+    detailed: bool = False  # observation read with hl7apy (read_detail)
 
 
 @dataclass(frozen=True)
@@ -59,13 +68,13 @@ class Facts:
     header: Header
     segments: tuple[Segment, ...]
     codec: str
-    hl7_version: str                   # the version hl7apy reads with
+    hl7_version: str  # the version hl7apy reads with
     notes: tuple[str, ...]
     patient_count: int
-    birth: str                         # PID-7 (first component)
-    message_time: str                  # MSH-7
-    order_times: dict[int, str]        # OBR group -> OBR-7
-    specimen_times: dict[int, str]     # OBR group -> SPM-17 (start)
+    birth: str  # PID-7 (first component)
+    message_time: str  # MSH-7
+    order_times: dict[int, str]  # OBR group -> OBR-7
+    specimen_times: dict[int, str]  # OBR group -> SPM-17 (start)
     observations: tuple[Observation, ...]
     b12: tuple[B12Result, ...]
 
@@ -95,7 +104,8 @@ class FieldReader:
         escape = d.escape or next(spare)
         subcomponent = d.subcomponent or next(spare)
         self.encoding_chars = {
-            "GROUP": "\r", "SEGMENT": "\r",
+            "GROUP": "\r",
+            "SEGMENT": "\r",
             "FIELD": d.field.decode("latin-1"),
             "COMPONENT": d.component.decode("latin-1"),
             "SUBCOMPONENT": subcomponent.decode("latin-1"),
@@ -108,26 +118,31 @@ class FieldReader:
     def components(self, raw: bytes, name: str) -> list[list[str]]:
         """Field `name` (e.g. "OBX_5"): per repetition, its components (1-based
         positions kept; empty ones are "")."""
-        result = []
+        result: list[list[str]] = []
         for rep in repetitions(raw, self.delims):
             if not rep:
                 result.append([])
                 continue
             text = decode(rep, self.codec)
-            field = parse_field(text, name=name, version=self.version,
-                                encoding_chars=self.encoding_chars,
-                                validation_level=VALIDATION_LEVEL.TOLERANT)
+            field = parse_field(
+                text,
+                name=name,
+                version=self.version,
+                encoding_chars=self.encoding_chars,
+                validation_level=VALIDATION_LEVEL.TOLERANT,
+            )
             comps: dict[int, str] = {}
             children = list(field.children)
-            named = [_position(child.name) for child in children]
-            if None in named:
+            positions = [_position(child.name) for child in children]
+            named = [p for p in positions if p is not None]
+            if len(named) != len(positions):
                 # More components than the data type has: hl7apy leaves the extra
                 # ones unnamed. Its children are the non-empty components in order.
                 raw_comps = text.split(self.encoding_chars["COMPONENT"])
                 named = [i + 1 for i, c in enumerate(raw_comps) if c]
                 if len(named) != len(children):
                     raise HL7apyException(f"cannot place the components of {name}")
-            for position, child in zip(named, children):
+            for position, child in zip(named, children, strict=False):
                 comps[position] = child.to_er7(encoding_chars=self.encoding_chars)
             size = max(comps, default=0)
             result.append([comps.get(i, "") for i in range(1, size + 1)])
@@ -162,15 +177,18 @@ def _text(raw: bytes, codec: str) -> str:
     return decode(raw, codec).strip()
 
 
-def _cheap_observation(fields: list[bytes], header: Header, codec: str,
-                       position: int, index: int, group: int) -> Observation:
+def _cheap_observation(
+    fields: list[bytes], header: Header, codec: str, position: int, index: int, group: int
+) -> Observation:
     d = header.delimiters
     value_raw = field_of(fields, 5)
     first_rep = value_raw.split(d.repetition, 1)[0] if d.repetition else value_raw
     value = tuple(_text(c, codec) for c in first_rep.split(d.component))
     flags = tuple(_text(component(rep, d, 1), codec) for rep in repetitions(field_of(fields, 8), d))
     return Observation(
-        position=position, segment_index=index, group=group,
+        position=position,
+        segment_index=index,
+        group=group,
         value_type=_text(component(field_of(fields, 2), d, 1), codec).upper(),
         value=value,
         units=_text(component(field_of(fields, 6), d, 1), codec) or _text(component(field_of(fields, 6), d, 2), codec),
@@ -181,18 +199,20 @@ def _cheap_observation(fields: list[bytes], header: Header, codec: str,
     )
 
 
-def _hl7apy_observation(fields: list[bytes], reader: FieldReader,
-                        position: int, index: int, group: int) -> Observation:
+def _hl7apy_observation(fields: list[bytes], reader: FieldReader, position: int, index: int, group: int) -> Observation:
     value_reps = reader.components(field_of(fields, 5), "OBX_5")
     value = tuple(c.strip() for c in value_reps[0]) if value_reps else ()
     flag_reps = reader.components(field_of(fields, 8), "OBX_8")
     flags = tuple(r[0].strip() for r in flag_reps if r and r[0].strip())
     unit_reps = reader.components(field_of(fields, 6), "OBX_6")
-    unit_comps = [c.split(reader.encoding_chars["SUBCOMPONENT"], 1)[0].strip()
-                  for c in (unit_reps[0] if unit_reps else [])]
+    unit_comps = [
+        c.split(reader.encoding_chars["SUBCOMPONENT"], 1)[0].strip() for c in (unit_reps[0] if unit_reps else [])
+    ]
     units = next((c for c in unit_comps[:2] if c), "")
     return Observation(
-        position=position, segment_index=index, group=group,
+        position=position,
+        segment_index=index,
+        group=group,
         value_type=reader.first(field_of(fields, 2), "OBX_2").upper(),
         value=value,
         units=units,
@@ -203,7 +223,7 @@ def _hl7apy_observation(fields: list[bytes], reader: FieldReader,
     )
 
 
-def read_detail(facts: "Facts", result: B12Result) -> B12Result:
+def read_detail(facts: Facts, result: B12Result) -> B12Result:
     """The B12 OBX's fields the rule needs, read with hl7apy."""
     reader = FieldReader(facts.header, facts.codec)
     obs = result.observation
@@ -218,7 +238,7 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
     reader = FieldReader(header, codec)
     patient_count = 0
     raw_birth = b""
-    raw_order_times: dict[int, bytes] = {}     # read with hl7apy only where a B12 needs them
+    raw_order_times: dict[int, bytes] = {}  # read with hl7apy only where a B12 needs them
     raw_specimen_times: dict[int, bytes] = {}
     observations: list[Observation] = []
     b12: list[B12Result] = []
@@ -228,9 +248,16 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
     def close_block() -> None:
         nonlocal open_b12
         if open_b12 is not None:
-            b12.append(B12Result(open_b12["obs"], open_b12["code"], open_b12["last"],
-                                 tuple(open_b12["texts"]), tuple(open_b12["ids"]),
-                                 tuple(open_b12["fields"])))
+            b12.append(
+                B12Result(
+                    open_b12["obs"],
+                    open_b12["code"],
+                    open_b12["last"],
+                    tuple(open_b12["texts"]),
+                    tuple(open_b12["ids"]),
+                    tuple(open_b12["fields"]),
+                )
+            )
             open_b12 = None
 
     for index, seg in enumerate(segments):
@@ -262,26 +289,43 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
                 # rest only if the age says so (read_detail).
                 obs = _cheap_observation(fields, header, codec, position, index, group)
                 observations.append(obs)
-                open_b12 = {"obs": obs, "code": code, "last": index, "texts": [], "ids": [],
-                            "fields": fields}
+                open_b12 = {"obs": obs, "code": code, "last": index, "texts": [], "ids": [], "fields": fields}
     close_block()
     if not b12 or len(b12) > MAX_B12_RESULTS:  # nothing more is read: no comment either way
-        return Facts(header=header, segments=segments, codec=codec, hl7_version=reader.version,
-                     notes=reader.notes, patient_count=patient_count, birth="", message_time="",
-                     order_times={}, specimen_times={}, observations=tuple(observations),
-                     b12=tuple(b12))
-    b12 = [replace(r, observation=replace(r.observation,
-                                          observed_at=reader.first(field_of(list(r.fields), 14), "OBX_14")))
-           for r in b12]
+        return Facts(
+            header=header,
+            segments=segments,
+            codec=codec,
+            hl7_version=reader.version,
+            notes=reader.notes,
+            patient_count=patient_count,
+            birth="",
+            message_time="",
+            order_times={},
+            specimen_times={},
+            observations=tuple(observations),
+            b12=tuple(b12),
+        )
+    b12 = [
+        replace(r, observation=replace(r.observation, observed_at=reader.first(field_of(list(r.fields), 14), "OBX_14")))
+        for r in b12
+    ]
     birth = reader.first(raw_birth, "PID_7")
     b12_groups = {r.observation.group for r in b12}
     order_times = {g: reader.first(raw, "OBR_7") for g, raw in raw_order_times.items() if g in b12_groups}
-    specimen_times = {g: reader.first(raw, "SPM_17") for g, raw in raw_specimen_times.items()
-                      if g in b12_groups}
+    specimen_times = {g: reader.first(raw, "SPM_17") for g, raw in raw_specimen_times.items() if g in b12_groups}
     message_time = reader.first(header.field(7), "MSH_7") if rule.use_message_time else ""
     return Facts(
-        header=header, segments=segments, codec=codec, hl7_version=reader.version,
-        notes=reader.notes, patient_count=patient_count, birth=birth,
-        message_time=message_time, order_times=order_times, specimen_times=specimen_times,
-        observations=tuple(observations), b12=tuple(b12),
+        header=header,
+        segments=segments,
+        codec=codec,
+        hl7_version=reader.version,
+        notes=reader.notes,
+        patient_count=patient_count,
+        birth=birth,
+        message_time=message_time,
+        order_times=order_times,
+        specimen_times=specimen_times,
+        observations=tuple(observations),
+        b12=tuple(b12),
     )

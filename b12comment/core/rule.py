@@ -9,21 +9,36 @@ Comment only when sure (shared/clinical-facts.md):
   - nothing else in the message is abnormal or still pending.
 Every failed condition is recorded as a reason code. Pure: facts in, decisions out.
 """
+
 from __future__ import annotations
 
-from b12comment.core.rule_config import RuleConfig
 from b12comment.core.dates import Age, age_at, parse_ts
-from b12comment.core.decision import (ADULT, AGE_UNKNOWN, ALREADY_COMMENTED, CONTEXT_PENDING, NOT_ELEVATED,
-                       OTHER_ABNORMAL, STATUS_NOT_FINAL, UNKNOWN_UNIT, UNREADABLE_VALUE,
-                       ResultDecision)
+from b12comment.core.decision import (
+    ADULT,
+    AGE_UNKNOWN,
+    ALREADY_COMMENTED,
+    CONTEXT_PENDING,
+    INTERNAL_ERROR,
+    NOT_ELEVATED,
+    OTHER_ABNORMAL,
+    STATUS_NOT_FINAL,
+    UNKNOWN_UNIT,
+    UNREADABLE_VALUE,
+    ResultDecision,
+)
 from b12comment.core.facts import B12Result, Facts, Observation
+from b12comment.core.rule_config import RuleConfig
 from b12comment.core.values import Quantity, outside, parse_quantity, parse_range, possible_quantities
 
 
 def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:
     """OBX-14, else OBR-7 of its order, else SPM-17, else (if allowed) MSH-7."""
-    for candidate in (obs.observed_at, facts.order_times.get(obs.group, ""),
-                      facts.specimen_times.get(obs.group, ""), facts.message_time):
+    for candidate in (
+        obs.observed_at,
+        facts.order_times.get(obs.group, ""),
+        facts.specimen_times.get(obs.group, ""),
+        facts.message_time,
+    ):
         if candidate:
             return candidate
     return ""
@@ -73,8 +88,9 @@ def context_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
     return reasons
 
 
-def elevation(q: Quantity, obs: Observation, factor: float, age: Age,
-              rule: RuleConfig) -> tuple[bool, float | None, str]:
+def elevation(
+    q: Quantity, obs: Observation, factor: float, age: Age, rule: RuleConfig
+) -> tuple[bool, float | None, str]:
     """(elevated?, limit in pmol/L, where the limit came from) for a patient
     under 18: the lab's flag, else its OBX-7 range, else the age band."""
     flags = {f.upper() for f in obs.flags}
@@ -94,20 +110,25 @@ def is_paediatric(age: Age | None, rule: RuleConfig) -> bool:
     return age is not None and age.oldest < rule.adult_age_years
 
 
-def decide_result(facts: Facts, result: B12Result, rule: RuleConfig,
-                  known_comments: frozenset[bytes], age: Age | None) -> ResultDecision:
+def decide_result(
+    facts: Facts, result: B12Result, rule: RuleConfig, known_comments: frozenset[bytes], age: Age | None
+) -> ResultDecision:
     """`age` is patient_age() for this result; a result of a patient not
     certainly under 18 is decided on that alone (its other fields are not
     read); a paediatric one must have been read in full (facts.read_detail)."""
     obs = result.observation
     if any(text in known_comments for text in result.nte_texts):
         return ResultDecision(obs.position, result.code, False, (ALREADY_COMMENTED,))
-    if not is_paediatric(age, rule):
-        return ResultDecision(obs.position, result.code, False,
-                              (AGE_UNKNOWN,) if age is None else (ADULT,),
-                              age_years=age.youngest if age is not None else None)
-    if not result.detailed:
-        raise ValueError("a paediatric B12 result must be read in full before deciding")
+    if age is None or not is_paediatric(age, rule):
+        return ResultDecision(
+            obs.position,
+            result.code,
+            False,
+            (AGE_UNKNOWN,) if age is None else (ADULT,),
+            age_years=age.youngest if age is not None else None,
+        )
+    if not result.detailed:  # the engine reads every paediatric result in full first
+        return ResultDecision(obs.position, result.code, False, (INTERNAL_ERROR,), age_years=age.youngest)
     reasons: list[str] = []
     if obs.status not in rule.final_statuses:
         reasons.append(STATUS_NOT_FINAL)
@@ -129,9 +150,15 @@ def decide_result(facts: Facts, result: B12Result, rule: RuleConfig,
             limit = round(limit, 1)
     reasons.extend(context_reasons(facts, rule))
     return ResultDecision(
-        obx_index=obs.position, code=result.code, commented=not reasons,
+        obx_index=obs.position,
+        code=result.code,
+        commented=not reasons,
         reasons=tuple(dict.fromkeys(reasons)),
         age_years=age.youngest,
-        value_pmol_l=value_pmol, comparator=comparator,
-        limit_pmol_l=limit, limit_source=source, elevated=elevated, paediatric=True,
+        value_pmol_l=value_pmol,
+        comparator=comparator,
+        limit_pmol_l=limit,
+        limit_source=source,
+        elevated=elevated,
+        paediatric=True,
     )

@@ -2,6 +2,7 @@
 statuses, flags and comment texts. Loading them from TOML is config.py's job;
 the core only reads them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

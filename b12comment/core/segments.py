@@ -5,6 +5,7 @@ segment boundaries as byte offsets, and the few MSH fields every part of the
 product needs (type, control ID, version, character set). Nothing here decodes
 the whole message or changes a byte of it.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,15 +31,16 @@ class Delimiters:
 
     @cached_property
     def valid(self) -> bool:
-        chars = [self.field, self.component, self.repetition, self.escape,
-                 self.subcomponent, self.truncation]
+        chars = [self.field, self.component, self.repetition, self.escape, self.subcomponent, self.truncation]
         present = [c for c in chars if c]
-        return len(set(present)) == len(present) and not any(
-            c in b"\r\n" or c.isalnum() for c in present)
+        return len(set(present)) == len(present) and not any(c in b"\r\n" or c.isalnum() for c in present)
 
     def special(self) -> tuple[bytes, ...]:
-        return tuple(c for c in (self.field, self.component, self.repetition, self.escape,
-                                 self.subcomponent, self.truncation) if c)
+        return tuple(
+            c
+            for c in (self.field, self.component, self.repetition, self.escape, self.subcomponent, self.truncation)
+            if c
+        )
 
 
 DEFAULT_DELIMITERS = Delimiters(b"|", b"^", b"~", b"\\", b"&", None)
@@ -47,9 +49,9 @@ DEFAULT_DELIMITERS = Delimiters(b"|", b"^", b"~", b"\\", b"&", None)
 @dataclass(frozen=True)
 class Segment:
     name: bytes  # segment ID, e.g. b"OBX"
-    start: int   # offset of the first byte
-    end: int     # offset just past the content (before the terminator)
-    next: int    # offset just past the terminator (== end when there is none)
+    start: int  # offset of the first byte
+    end: int  # offset just past the content (before the terminator)
+    next: int  # offset just past the terminator (== end when there is none)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Header:
     delimiters: Delimiters
     terminator: bytes
     fields: tuple[bytes, ...]  # fields[n] is MSH-n for n >= 1 (fields[0] is b"MSH")
-    start: int                 # offset of "MSH"
+    start: int  # offset of "MSH"
 
     def field(self, n: int) -> bytes:
         return self.fields[n] if n < len(self.fields) else b""
@@ -99,11 +101,11 @@ def read_header(message: bytes) -> Header:
     start = 0
     while start < len(message) and message[start] in _LEADING_SPACE:
         start += 1
-    if message[start:start + 3] != b"MSH":
+    if message[start : start + 3] != b"MSH":
         raise Malformed("message does not start with an MSH segment")
     if len(message) < start + 8:
         raise Malformed("MSH segment is too short to hold its encoding characters")
-    fs = message[start + 3:start + 4]
+    fs = message[start + 3 : start + 4]
     if fs.isalnum() or fs in b"\r\n \t":
         raise Malformed(f"MSH-1 field separator {fs!r} is not usable")
     m = _LINE_BREAK.search(message, start)
@@ -117,12 +119,12 @@ def read_header(message: bytes) -> Header:
         raise Malformed(f"MSH-2 encoding characters {enc!r} must be 2 to 5 characters")
 
     def at(i: int) -> bytes | None:
-        return enc[i:i + 1] if len(enc) > i else None
+        return enc[i : i + 1] if len(enc) > i else None
 
     delims = Delimiters(
         field=fs,
-        component=at(0),
-        repetition=at(1),
+        component=enc[0:1],  # two characters at least (checked above)
+        repetition=enc[1:2],
         escape=at(2),
         subcomponent=at(3),
         truncation=at(4),
@@ -147,12 +149,12 @@ def split_segments(message: bytes, start: int = 0) -> list[Segment]:
 
 
 def _segment(message: bytes, start: int, end: int, nxt: int) -> Segment:
-    return Segment(message[start:start + 3], start, end, nxt)
+    return Segment(message[start : start + 3], start, end, nxt)
 
 
 def segment_fields(message: bytes, seg: Segment, delims: Delimiters) -> list[bytes]:
     """fields[n] is field n of the segment (fields[0] is its name)."""
-    parts = message[seg.start:seg.end].split(delims.field)
+    parts = message[seg.start : seg.end].split(delims.field)
     if seg.name == b"MSH":
         return [b"MSH", delims.field] + parts[1:]
     return parts

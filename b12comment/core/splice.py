@@ -6,6 +6,7 @@ the message's character set, and inserted right after the B12 OBX and the
 NTEs already under it, with the terminator that segment uses. No other byte
 moves.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,13 @@ def comment_field(text: str, delims: Delimiters, codec: str) -> bytes:
         for special in delims.special():
             raw = raw.replace(special, b" ")
         return raw.replace(b"\n", b" ")
-    codes = [(esc, b"E"), (delims.field, b"F"), (delims.component, b"S"),
-             (delims.subcomponent, b"T"), (delims.repetition, b"R")]
+    codes: list[tuple[bytes | None, bytes]] = [
+        (esc, b"E"),
+        (delims.field, b"F"),
+        (delims.component, b"S"),
+        (delims.subcomponent, b"T"),
+        (delims.repetition, b"R"),
+    ]
     if delims.truncation:
         codes.append((delims.truncation, b"P"))
     out = bytearray()
@@ -34,8 +40,8 @@ def comment_field(text: str, delims: Delimiters, codec: str) -> bytes:
         if ch == b"\n":
             out += esc + b".br" + esc
             continue
-        for special, code in codes:
-            if ch == special:
+        for char, code in codes:
+            if ch == char:
                 out += esc + code + esc
                 break
         else:
@@ -48,8 +54,7 @@ def next_set_id(existing: tuple[str, ...]) -> int:
     return max([len(existing), *numbers]) + 1
 
 
-def nte_segment(set_id: int, source: str, text_field: bytes, comment_type: str,
-                delims: Delimiters) -> bytes:
+def nte_segment(set_id: int, source: str, text_field: bytes, comment_type: str, delims: Delimiters) -> bytes:
     fs = delims.field
     seg = b"NTE" + fs + str(set_id).encode() + fs + source.encode("ascii") + fs + text_field
     if comment_type:
@@ -63,11 +68,10 @@ class Insertion:
     data: bytes
 
 
-def insertion_after(message: bytes, seg: Segment, segment_bytes: bytes,
-                    default_terminator: bytes) -> Insertion:
+def insertion_after(message: bytes, seg: Segment, segment_bytes: bytes, default_terminator: bytes) -> Insertion:
     """Insert a segment after `seg`, using the terminator `seg` itself ends with."""
     if seg.next > seg.end:
-        return Insertion(seg.next, segment_bytes + message[seg.end:seg.next])
+        return Insertion(seg.next, segment_bytes + message[seg.end : seg.next])
     # The last segment has no terminator: keep it that way for the new last one.
     return Insertion(seg.end, default_terminator + segment_bytes)
 
@@ -78,7 +82,7 @@ def apply(message: bytes, insertions: list[Insertion]) -> bytes:
     out = bytearray()
     pos = 0
     for ins in sorted(insertions, key=lambda i: i.offset):
-        out += message[pos:ins.offset]
+        out += message[pos : ins.offset]
         out += ins.data
         pos = ins.offset
     out += message[pos:]

@@ -3,6 +3,7 @@
 Everything here is strict on purpose: a value that could be read two ways
 (`1,476` is 1.476 in Danish and 1476 in English) is not read at all.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,18 @@ _RANGE_BOTH = re.compile(rf"^\s*({_NUMBER})\s*(?:-|–|—|to)\s*({_NUMBER})\s*$
 _RANGE_UPPER = re.compile(rf"^\s*(<=|<|≤|=<)\s*({_NUMBER})\s*$")
 _RANGE_LOWER = re.compile(rf"^\s*(>=|>|≥|=>)\s*({_NUMBER})\s*$")
 _AMBIGUOUS = re.compile(r"^[+-]?\d{1,3},\d{3}$")
-_COMPARATORS = {"": "", "=": "", ">": ">", "<": "<", ">=": ">=", "<=": "<=",
-                "=>": ">=", "=<": "<=", "≥": ">=", "≤": "<="}
+_COMPARATORS = {
+    "": "",
+    "=": "",
+    ">": ">",
+    "<": "<",
+    ">=": ">=",
+    "<=": "<=",
+    "=>": ">=",
+    "=<": "<=",
+    "≥": ">=",
+    "≤": "<=",
+}
 
 
 @dataclass(frozen=True)
@@ -23,7 +34,7 @@ class Quantity:
     number: float
     comparator: str = ""  # "", ">", ">=", "<", "<="
 
-    def scaled(self, factor: float) -> "Quantity":
+    def scaled(self, factor: float) -> Quantity:
         return Quantity(self.number * factor, self.comparator)
 
     def above(self, limit: float) -> bool:
@@ -87,8 +98,9 @@ def possible_quantities(value_type: str, components: list[str]) -> list[Quantity
     q = parse_quantity(value_type, components)
     if q is not None:
         return [q]
-    text = (components[1] if value_type == "SN" and len(components) > 1 else
-            components[0] if components else "").strip()
+    text = (
+        components[1] if value_type == "SN" and len(components) > 1 else components[0] if components else ""
+    ).strip()
     m = re.match(r"^(>=|<=|>|<)?\s*([+-]?\d{1,3}),(\d{3})$", text)
     if not m or (value_type == "SN" and any(c.strip() for c in components[2:])):
         return []

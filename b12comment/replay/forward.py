@@ -10,6 +10,7 @@ as in `serve`: a kill between the downstream's AA and the journal update
 resends that one message, with the same control ID). Then the forwarder runs
 until nothing is left to deliver: every message is delivered or dead-lettered.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,13 +19,13 @@ from pathlib import Path
 
 from b12comment.config import Config
 from b12comment.core.engine import process
+from b12comment.logs import get_logger
+from b12comment.replay.inputs import open_input, read_pieces
+from b12comment.replay.tally import Tally
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.journal import Journal
 from b12comment.serve.journal_writer import JournalThread
-from b12comment.logs import get_logger
 from b12comment.serve.metrics import Metrics
-from b12comment.replay.inputs import open_input, read_pieces
-from b12comment.replay.tally import Tally
 
 BATCH = 500
 SOURCE_PREFIX = "replay:"
@@ -56,8 +57,17 @@ def enqueue_file(journal: Journal, src: str, rel: str, config: Config, resume: b
             log.info("decision", file=rel, position=position, **decision.log_fields())
             if position <= already:
                 continue
-            batch.append((piece.data, output, decision.control_id, decision.message_type,
-                          decision.commented, decision.reasons, position))
+            batch.append(
+                (
+                    piece.data,
+                    output,
+                    decision.control_id,
+                    decision.message_type,
+                    decision.commented,
+                    decision.reasons,
+                    position,
+                )
+            )
             if len(batch) >= BATCH:
                 journal.enqueue_processed(source, batch)
                 batch = []
@@ -73,8 +83,9 @@ async def drain(path: Path, config: Config, url: str, poll_s: float = 0.2) -> di
     ds = dataclasses.replace(config.downstream, url=url)
     journal = JournalThread(path)
     stop, wake = asyncio.Event(), asyncio.Event()
-    forwarder = Forwarder(journal, transport_for(ds), ds, Metrics(), get_logger("b12comment.forward"),
-                          wake, poll_s=poll_s)
+    forwarder = Forwarder(
+        journal, transport_for(ds), ds, Metrics(), get_logger("b12comment.forward"), wake, poll_s=poll_s
+    )
     task = asyncio.create_task(forwarder.run(stop))
     try:
         while await journal.call("depth") and not task.done():

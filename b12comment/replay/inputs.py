@@ -9,12 +9,14 @@ pieces gives back the (decompressed) file exactly, so a writer that copies
 the "other" pieces and processes the "message" pieces keeps the file's layout
 byte for byte. Reads in chunks: memory holds one message at a time.
 """
+
 from __future__ import annotations
 
 import gzip
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 CHUNK = 1 << 20
 
@@ -46,7 +48,7 @@ def _units(buf: bytes, final: bool) -> tuple[list[tuple[int, int, bool]], int]:
     first = _FIRST.match(buf)
     starts = [(0, first is not None and first.group(1) == b"MSH")]
     starts += [(m.start(1), m.group(2) == b"MSH") for m in _BOUNDARY.finditer(buf)]
-    for (begin, is_msg), (nxt, _) in zip(starts, starts[1:]):
+    for (begin, is_msg), (nxt, _) in zip(starts, starts[1:], strict=False):
         units.append((begin, nxt, is_msg))
     last_begin, last_is_msg = starts[-1]
     if final:
@@ -77,8 +79,6 @@ def split_messages(data: bytes) -> list[Piece]:
     return list(iter_pieces([data]))
 
 
-
-
 START, END = b"\x0b", b"\x1c\x0d"
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -92,10 +92,11 @@ def open_input(path) -> BinaryIO:
     return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
 
 
-def open_output(path, compressed: bool) -> BinaryIO:
-    f = open(path, "wb")
+def open_output(path, compressed: bool) -> tuple[BinaryIO, BinaryIO]:
+    """(the stream to write, the file under it): close both, the first first."""
+    f = open(path, "wb")  # noqa: SIM115 - the caller closes both handles
     if compressed:  # no name, no time in the header: the same input gives the same bytes
-        return gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0), f
+        return gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0), f  # type: ignore[return-value]
     return f, f
 
 
@@ -123,9 +124,9 @@ def iter_mllp_pieces(chunks: Iterable[bytes]) -> Iterator[Piece]:
             if start:
                 yield Piece("other", buf[:start])
             yield Piece("other", START)
-            yield Piece("message", buf[start + 1:end])
+            yield Piece("message", buf[start + 1 : end])
             yield Piece("other", END)
-            buf = buf[end + 2:]
+            buf = buf[end + 2 :]
     if buf:
         yield Piece("other", buf)
 

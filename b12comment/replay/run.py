@@ -11,6 +11,7 @@ merged in input order, so the output and the report are the same whatever
 the number of workers. A progress journal in the output folder makes an
 interrupted run resumable file by file.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -24,10 +25,11 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from b12comment.core.rule_config import RuleConfig
 from b12comment.config import Config
 from b12comment.core.engine import process
+from b12comment.core.rule_config import RuleConfig
 from b12comment.logs import configure, get_logger
 from b12comment.replay.inputs import is_gzip, open_input, open_output, read_pieces
 from b12comment.replay.tally import Tally
@@ -43,16 +45,16 @@ class UsageError(Exception):
 class Job:
     src: str
     rel: str
-    out_dir: str | None     # None: dry run
+    out_dir: str | None  # None: dry run
     rule: RuleConfig
     old_rule: RuleConfig | None
 
 
 @dataclass(frozen=True)
 class Options:
-    out: str | None = None          # neither out nor forward: a dry run
-    forward: str | None = None      # a downstream URL
-    journal: str | None = None      # with forward: the journal to queue in
+    out: str | None = None  # neither out nor forward: a dry run
+    forward: str | None = None  # a downstream URL
+    journal: str | None = None  # with forward: the journal to queue in
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     resume: bool = False
@@ -68,6 +70,7 @@ def _selected(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> b
 
     def hit(patterns):
         return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
     return (not include or hit(include)) and not hit(exclude)
 
 
@@ -122,8 +125,9 @@ class BatchCheck:
             counted = self.in_batch if name == b"BTS" else self.batches
             text = declared[0].decode("latin-1").strip() if declared else ""
             if text and (not text.isdigit() or int(text) != counted):
-                self.mismatches.append({"file": self.rel, "segment": name.decode(),
-                                        "declared": text, "counted": counted})
+                self.mismatches.append(
+                    {"file": self.rel, "segment": name.decode(), "declared": text, "counted": counted}
+                )
 
 
 def replay_file(job: Job) -> Tally:
@@ -136,11 +140,11 @@ def replay_file(job: Job) -> Tally:
     check = BatchCheck(job.rel)
     try:
         with open_input(job.src) as fin:
+            fout: BinaryIO | None = None
+            raw: BinaryIO | None = None
             if tmp is not None:
                 tmp.parent.mkdir(parents=True, exist_ok=True)
                 fout, raw = open_output(tmp, is_gzip(job.src))
-            else:
-                fout = raw = None
             try:
                 for piece in read_pieces(fin):
                     if piece.kind != "message":
@@ -162,9 +166,9 @@ def replay_file(job: Job) -> Tally:
             finally:
                 if fout is not None:
                     fout.close()
-                    if raw is not fout:
-                        raw.close()
-        if tmp is not None:
+                if raw is not None and raw is not fout:
+                    raw.close()
+        if tmp is not None and dst is not None:
             if position:
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
@@ -195,6 +199,7 @@ def _describe(exc: Exception) -> str:
 # --------------------------------------------------------------------------
 # Resume
 
+
 def _fingerprint(config: Config, old: Config | None, pairs) -> str:
     h = hashlib.sha256(repr((config.rule, old.rule if old else None)).encode())
     for src, rel in pairs:
@@ -215,8 +220,10 @@ def _load_progress(path: Path, fingerprint: str) -> dict[str, Tally]:
     except json.JSONDecodeError:
         return done
     if header.get("fingerprint") != fingerprint:
-        raise UsageError("cannot --resume: the inputs or the rule differ from the interrupted run "
-                         f"(see {path}); run without --resume to start again")
+        raise UsageError(
+            "cannot --resume: the inputs or the rule differ from the interrupted run "
+            f"(see {path}); run without --resume to start again"
+        )
     for line in lines[1:]:
         try:
             record = json.loads(line)
@@ -233,7 +240,7 @@ class Progress:
         self.file = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "a" if resumed else "w", encoding="utf-8")
+            self.file = open(path, "a" if resumed else "w", encoding="utf-8")  # noqa: SIM115 - open for the run
             if not resumed or self.file.tell() == 0:
                 self.file.write(json.dumps({"fingerprint": fingerprint}) + "\n")
                 self.file.flush()
@@ -254,8 +261,10 @@ class Progress:
             elapsed = max(time.monotonic() - self.started, 1e-6)
             rate = self.messages / elapsed
             eta = elapsed * (self.total_bytes - self.done_bytes) / max(self.done_bytes, 1)
-            sys.stderr.write(f"\r{self.files} files, {self.messages} messages, {rate:,.0f} msg/s, "
-                             f"ETA {int(eta) // 60}:{int(eta) % 60:02d}   ")
+            sys.stderr.write(
+                f"\r{self.files} files, {self.messages} messages, {rate:,.0f} msg/s, "
+                f"ETA {int(eta) // 60}:{int(eta) % 60:02d}   "
+            )
             sys.stderr.flush()
 
     def close(self) -> None:
@@ -266,6 +275,7 @@ class Progress:
 
 
 # --------------------------------------------------------------------------
+
 
 def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     configure(config.logging.level, config.logging.format, config.logging.patient_data)
@@ -296,6 +306,7 @@ def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
         status = max(status, _write(opts.report, json.dumps(report, indent=2) + "\n"))
     if opts.html:
         from b12comment.replay.report_html import render
+
         status = max(status, _write(opts.html, render(report, config.rule)))
     for err in total.errors:
         print(f"b12comment replay: {err['file']}: {err['error']}", file=sys.stderr)
@@ -309,17 +320,25 @@ def _to_files(config: Config, pairs, out_dir: Path | None, opts: Options) -> tup
     progress_path = out_dir / PROGRESS_NAME if out_dir is not None else None
     done = _load_progress(progress_path, fingerprint) if opts.resume and progress_path else {}
     old_rule = opts.old_config.rule if opts.old_config else None
-    jobs = [Job(str(src), rel, str(out_dir) if out_dir else None, config.rule, old_rule)
-            for src, rel in pairs if rel not in done]
+    jobs = [
+        Job(str(src), rel, str(out_dir) if out_dir else None, config.rule, old_rule)
+        for src, rel in pairs
+        if rel not in done
+    ]
     sizes = {rel: _size(src) for src, rel in pairs}
     try:
-        progress = Progress(progress_path, fingerprint, bool(done) or opts.resume,
-                            sum(sizes[j.rel] for j in jobs), not opts.quiet and sys.stderr.isatty())
+        progress = Progress(
+            progress_path,
+            fingerprint,
+            bool(done) or opts.resume,
+            sum(sizes[j.rel] for j in jobs),
+            not opts.quiet and sys.stderr.isatty(),
+        )
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write to {out_dir}: {_describe(exc)}") from None
     tallies: dict[str, Tally] = dict(done)
     try:
-        for job, tally in zip(jobs, _run_jobs(jobs, opts.workers)):
+        for job, tally in zip(jobs, _run_jobs(jobs, opts.workers), strict=False):
             tallies[job.rel] = tally
             progress.record(job.rel, tally, sizes[job.rel])
     finally:
@@ -331,8 +350,9 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
     """--forward: journal every processed message, then deliver them all."""
     import asyncio
 
-    from b12comment.serve.journal import Journal, JournalError
     from b12comment.replay.forward import SOURCE_PREFIX, drain, enqueue_file, journal_path_for
+    from b12comment.serve.journal import Journal, JournalError
+
     path = journal_path_for(config, opts.journal)
     path.parent.mkdir(parents=True, exist_ok=True)
     tallies: dict[str, Tally] = {}
@@ -344,8 +364,10 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
             if not opts.resume:
                 seen = [rel for _, rel in pairs if journal.last_position(SOURCE_PREFIX + rel)]
                 if seen:
-                    raise UsageError(f"{seen[0]} was already queued in {path}: add --resume to go on "
-                                     "with that replay, or give another --journal to send it again")
+                    raise UsageError(
+                        f"{seen[0]} was already queued in {path}: add --resume to go on "
+                        "with that replay, or give another --journal to send it again"
+                    )
             for src, rel in pairs:
                 try:
                     tallies[rel] = enqueue_file(journal, str(src), rel, config, opts.resume)
@@ -354,13 +376,17 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
                 progress.record(rel, tallies[rel], sizes[rel])
         finally:
             journal.close()
+        assert opts.forward is not None  # run_forward is only called with --forward
         counts = asyncio.run(drain(path, config, opts.forward))
     except JournalError as exc:
         raise OSError(0, str(exc)) from None
     finally:
         progress.close()
-    return tallies, {"journal": str(path), "forwarded": counts.get("forwarded", 0),
-                     "dead_lettered": counts.get("dead", 0)}
+    return tallies, {
+        "journal": str(path),
+        "forwarded": counts.get("forwarded", 0),
+        "dead_lettered": counts.get("dead", 0),
+    }
 
 
 def _run_jobs(jobs: list[Job], workers: int):

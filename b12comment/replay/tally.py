@@ -4,17 +4,18 @@ A Tally is built per file (in a worker), merged in input order, and turned
 into the report. Paediatric B12 values are kept as a histogram per age band,
 never as a list, so memory does not grow with the archive.
 """
+
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 
-from b12comment.core.rule_config import RuleConfig
 from b12comment.core.decision import MALFORMED, Decision
+from b12comment.core.rule_config import RuleConfig
 
-BIN_PMOL_L = 100          # histogram bin width
-TOP_BIN_PMOL_L = 3000     # values at or above go in the last bin
-MAX_LISTED = 1000         # positions and differences listed in full; all are counted
+BIN_PMOL_L = 100  # histogram bin width
+TOP_BIN_PMOL_L = 3000  # values at or above go in the last bin
+MAX_LISTED = 1000  # positions and differences listed in full; all are counted
 
 
 def band_name(age: int, rule: RuleConfig) -> str:
@@ -77,15 +78,28 @@ class Tally:
     def add_difference(self, rel: str, position: int, new: Decision, old: Decision) -> None:
         self.differences += 1
         if len(self.difference_list) < MAX_LISTED:
-            self.difference_list.append({
-                "file": rel, "message": position, "control_id": new.control_id,
-                "new": {"commented": new.commented, "reasons": list(new.reasons)},
-                "old": {"commented": old.commented, "reasons": list(old.reasons)},
-            })
+            self.difference_list.append(
+                {
+                    "file": rel,
+                    "message": position,
+                    "control_id": new.control_id,
+                    "new": {"commented": new.commented, "reasons": list(new.reasons)},
+                    "old": {"commented": old.commented, "reasons": list(old.reasons)},
+                }
+            )
 
-    def merge(self, other: "Tally") -> None:
-        for name in ("files", "messages", "commented_messages", "b12_results", "paediatric_b12",
-                     "paediatric_elevated", "paediatric_commented", "malformed", "differences"):
+    def merge(self, other: Tally) -> None:
+        for name in (
+            "files",
+            "messages",
+            "commented_messages",
+            "b12_results",
+            "paediatric_b12",
+            "paediatric_elevated",
+            "paediatric_commented",
+            "malformed",
+            "differences",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("by_type", "by_version", "not_commented", "paediatric_reasons"):
             getattr(self, name).update(getattr(other, name))
@@ -95,7 +109,7 @@ class Tally:
                 mine[lower] = mine.get(lower, 0) + count
         for name in ("malformed_positions", "difference_list"):
             room = MAX_LISTED - len(getattr(self, name))
-            getattr(self, name).extend(getattr(other, name)[:max(room, 0)])
+            getattr(self, name).extend(getattr(other, name)[: max(room, 0)])
         for name in ("batch_mismatches", "not_hl7", "errors"):
             getattr(self, name).extend(getattr(other, name))
 
@@ -113,8 +127,8 @@ class Tally:
             "paediatric_b12_commented": self.paediatric_commented,
             "paediatric_b12_not_commented_by_reason": dict(sorted(self.paediatric_reasons.items())),
             "paediatric_b12_histogram_pmol_l": {
-                band: {str(k): v for k, v in sorted(bins.items())}
-                for band, bins in sorted(self.histogram.items())},
+                band: {str(k): v for k, v in sorted(bins.items())} for band, bins in sorted(self.histogram.items())
+            },
             "malformed": self.malformed,
             "malformed_positions": self.malformed_positions,
             "batch_count_mismatches": self.batch_mismatches,
@@ -125,20 +139,29 @@ class Tally:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Tally":
+    def from_json(cls, data: dict) -> Tally:
         t = cls(
-            files=data["files"], messages=data["messages"], commented_messages=data["commented"],
-            by_type=Counter(data["by_message_type"]), by_version=Counter(data["by_version"]),
+            files=data["files"],
+            messages=data["messages"],
+            commented_messages=data["commented"],
+            by_type=Counter(data["by_message_type"]),
+            by_version=Counter(data["by_version"]),
             not_commented=Counter(data["not_commented_by_reason"]),
-            b12_results=data["b12_results"], paediatric_b12=data["paediatric_b12_results"],
+            b12_results=data["b12_results"],
+            paediatric_b12=data["paediatric_b12_results"],
             paediatric_elevated=data["paediatric_b12_elevated"],
             paediatric_commented=data["paediatric_b12_commented"],
             paediatric_reasons=Counter(data["paediatric_b12_not_commented_by_reason"]),
-            histogram={band: {int(k): v for k, v in bins.items()}
-                       for band, bins in data["paediatric_b12_histogram_pmol_l"].items()},
-            malformed=data["malformed"], malformed_positions=data["malformed_positions"],
-            batch_mismatches=data["batch_count_mismatches"], not_hl7=data["files_without_hl7"],
-            errors=data["errors"], differences=data["rule_differences"],
+            histogram={
+                band: {int(k): v for k, v in bins.items()}
+                for band, bins in data["paediatric_b12_histogram_pmol_l"].items()
+            },
+            malformed=data["malformed"],
+            malformed_positions=data["malformed_positions"],
+            batch_mismatches=data["batch_count_mismatches"],
+            not_hl7=data["files_without_hl7"],
+            errors=data["errors"],
+            differences=data["rule_differences"],
             difference_list=data["rule_difference_list"],
         )
         return t

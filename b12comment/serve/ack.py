@@ -10,6 +10,7 @@ delimiters. Versions before 2.5 have neither ERR-3 nor ERR-8, so there the
 code goes in ERR-1 and the text in MSA-3. Bytes without a readable MSH get
 the default delimiters `|^~\\&`. Segments end with `\\r`, as MLLP expects.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,8 +40,14 @@ class AckError:
     text: str
 
 
-def build_ack(received: bytes, code: str, control_id: str, timestamp: str,
-              error: AckError | None = None, header: Header | None = None) -> bytes:
+def build_ack(
+    received: bytes,
+    code: str,
+    control_id: str,
+    timestamp: str,
+    error: AckError | None = None,
+    header: Header | None = None,
+) -> bytes:
     """The ACK message (without MLLP framing) answering `received`.
 
     `control_id` is the ACK's own MSH-10 and `timestamp` its MSH-7 (HL7 DTM);
@@ -68,9 +75,20 @@ def build_ack(received: bytes, code: str, control_id: str, timestamp: str,
         version_field, version, trigger = DEFAULT_VERSION, _version_tuple("2.5.1"), b""
         processing_id, received_id, charset = b"", b"", b""
 
-    msh = [b"MSH", encoding_chars, receiver[0], receiver[1], sender[0], sender[1],
-           timestamp.encode("ascii"), b"", _message_type(trigger, version, d),
-           control_id.encode("ascii"), processing_id or b"P", version_field or DEFAULT_VERSION]
+    msh = [
+        b"MSH",
+        encoding_chars,
+        receiver[0],
+        receiver[1],
+        sender[0],
+        sender[1],
+        timestamp.encode("ascii"),
+        b"",
+        _message_type(trigger, version, d),
+        control_id.encode("ascii"),
+        processing_id or b"P",
+        version_field or DEFAULT_VERSION,
+    ]
     if charset:
         msh += [b""] * 5 + [charset]
     msa = [b"MSA", code.encode("ascii"), received_id]
@@ -102,8 +120,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(n) for n in numbers) if numbers else (2, 5, 1)
 
 
-_ESCAPES = (("field", b"F"), ("component", b"S"), ("subcomponent", b"T"),
-            ("repetition", b"R"), ("truncation", b"P"))
+_ESCAPES = (("field", b"F"), ("component", b"S"), ("subcomponent", b"T"), ("repetition", b"R"), ("truncation", b"P"))
 
 
 def escape(text: str, d: Delimiters) -> bytes:
@@ -113,7 +130,7 @@ def escape(text: str, d: Delimiters) -> bytes:
     out = bytearray()
     table = {getattr(d, name): code for name, code in _ESCAPES if getattr(d, name)}
     for i in range(len(raw)):
-        ch = raw[i:i + 1]
+        ch = raw[i : i + 1]
         if d.escape and ch == d.escape:
             out += d.escape + b"E" + d.escape
         elif ch in table:

@@ -25,9 +25,11 @@ written and fsynced, then the folder is fsynced once and the batch marked
 forwarded in one journal transaction. An MLLP downstream gets one message
 at a time (each waits for its ACK), each marked forwarded as it is answered.
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -36,9 +38,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from b12comment.serve import mllp
 from b12comment.config import DownstreamConfig
-from b12comment.core.segments import Malformed, component, read_header, segment_fields, split_segments
+from b12comment.core.segments import Malformed, component, field_of, read_header, segment_fields, split_segments
+from b12comment.serve import mllp
 from b12comment.serve.journal import JournalError, Row
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.tls import client_context
@@ -80,13 +82,12 @@ def read_ack(payload: bytes) -> tuple[str, str, str]:
     found = False
     for seg in split_segments(payload, header.start):
         fields = segment_fields(payload, seg, d)
-        get = lambda n: fields[n] if n < len(fields) else b""  # noqa: E731
         if seg.name == b"MSA" and not found:
             found = True
-            code = get(1).decode("latin-1").strip().upper()
-            acked = get(2).decode("latin-1").strip()
+            code = field_of(fields, 1).decode("latin-1").strip().upper()
+            acked = field_of(fields, 2).decode("latin-1").strip()
         elif seg.name == b"ERR" and not error:
-            raw = component(get(3), d, 1) or component(get(1), d, 4)
+            raw = component(field_of(fields, 3), d, 1) or component(field_of(fields, 1), d, 4)
             error = re.sub(r"[^A-Za-z0-9]", "", raw.decode("latin-1"))[:10]
     if not found:
         raise Malformed("the answer has no MSA segment")
@@ -139,7 +140,7 @@ class DirTransport:
                 opened.append((fd, tmp, final))
                 data = memoryview(row.processed if row.processed is not None else row.raw)
                 while data:
-                    data = data[os.write(fd, data):]
+                    data = data[os.write(fd, data) :]
                 written += 1
         except OSError as exc:
             error = exc
@@ -152,10 +153,8 @@ class DirTransport:
             error = exc
         finally:
             for fd, _, _ in opened:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
         done = 0
         try:
             for _, tmp, final in opened[:synced]:
@@ -182,8 +181,14 @@ class MllpTransport:
     """One MLLP connection downstream, opened when needed and dropped after
     any failure (a late ACK on an old connection cannot be mistaken)."""
 
-    def __init__(self, host: str, port: int, timeout_s: float, ssl_context: ssl.SSLContext | None = None,
-                 max_ack_bytes: int = 1024 * 1024):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+        max_ack_bytes: int = 1024 * 1024,
+    ):
         self.host, self.port, self.timeout_s = host, port, timeout_s
         self.ssl_context = ssl_context
         self.max_ack_bytes = max_ack_bytes
@@ -200,14 +205,16 @@ class MllpTransport:
         if self._writer is None:
             try:
                 await self._connect()
-            except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            except (TimeoutError, OSError, ssl.SSLError) as exc:
                 await self.close()
                 return Retry(f"cannot connect to {self.host}:{self.port}: {_why(exc)}", counts=False)
+        writer = self._writer
+        assert writer is not None  # connected above
         try:
-            self._writer.write(frame)
-            await asyncio.wait_for(self._writer.drain(), self.timeout_s)
+            writer.write(frame)
+            await asyncio.wait_for(writer.drain(), self.timeout_s)
             return await asyncio.wait_for(self._await_ack(row.control_id), self.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.close()
             return Retry(f"no ACK within {self.timeout_s:g} s")
         except ssl.SSLError as exc:  # a TLS set-up problem, not this message's fault
@@ -219,14 +226,18 @@ class MllpTransport:
 
     async def _connect(self) -> None:
         self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, ssl=self.ssl_context,
-                                    server_hostname=self.host if self.ssl_context else None),
-            self.timeout_s)
+            asyncio.open_connection(
+                self.host, self.port, ssl=self.ssl_context, server_hostname=self.host if self.ssl_context else None
+            ),
+            self.timeout_s,
+        )
         self._decoder = mllp.Decoder(self.max_ack_bytes)
 
     async def _await_ack(self, control_id: str) -> Outcome:
+        reader = self._reader
+        assert reader is not None  # connected before a message is sent
         while True:
-            data = await self._reader.read(65536)
+            data = await reader.read(65536)
             if not data:
                 raise EOFError("downstream closed the connection before answering")
             for event in self._decoder.feed(data):
@@ -249,10 +260,8 @@ class MllpTransport:
         writer, self._reader, self._writer = self._writer, None, None
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
-            except (OSError, asyncio.TimeoutError, ssl.SSLError):
-                pass
 
 
 def _why(exc: BaseException) -> str:
@@ -272,8 +281,17 @@ def transport_for(ds: DownstreamConfig):
 class Forwarder:
     """The one task that empties the queue downstream."""
 
-    def __init__(self, journal: JournalThread, transport, ds: DownstreamConfig, metrics, log,
-                 wake: asyncio.Event, poll_s: float = 1.0, batch: int = 100):
+    def __init__(
+        self,
+        journal: JournalThread,
+        transport,
+        ds: DownstreamConfig,
+        metrics,
+        log,
+        wake: asyncio.Event,
+        poll_s: float = 1.0,
+        batch: int = 100,
+    ):
         self.journal, self.transport, self.ds = journal, transport, ds
         self.metrics, self.log, self.wake, self.poll_s = metrics, log, wake, poll_s
         self.batch = batch
@@ -302,7 +320,7 @@ class Forwarder:
         deliver_many = getattr(self.transport, "deliver_many", None)
         if deliver_many is not None:
             outcomes = await deliver_many(rows)
-            delivered = [(row, o) for row, o in zip(rows, outcomes) if isinstance(o, Delivered)]
+            delivered = [(row, o) for row, o in zip(rows, outcomes, strict=False) if isinstance(o, Delivered)]
             if delivered:
                 await self._forwarded(delivered)
             if len(delivered) < len(outcomes):
@@ -324,9 +342,15 @@ class Forwarder:
         journal_ms = round((time.monotonic() - started) * 1000, 2)
         for row, outcome in delivered:
             self.metrics.inc("b12comment_forwarded_total")
-            self.log.info("forwarded", journal_id=row.id, control_id=row.control_id,
-                          message_type=row.message_type, attempts=row.attempts + 1, answer=outcome.detail,
-                          journal_ms=journal_ms)
+            self.log.info(
+                "forwarded",
+                journal_id=row.id,
+                control_id=row.control_id,
+                message_type=row.message_type,
+                attempts=row.attempts + 1,
+                answer=outcome.detail,
+                journal_ms=journal_ms,
+            )
 
     async def _handle(self, row: Row, outcome: Outcome, stop: asyncio.Event) -> None:
         fields = dict(journal_id=row.id, control_id=row.control_id, message_type=row.message_type)
@@ -343,8 +367,9 @@ class Forwarder:
             return
         delay = backoff_delay(self._failures, self.ds.retry_initial_s, self.ds.retry_max_s)
         self.metrics.inc("b12comment_retries_total")
-        self.log.warning("delivery_failed", **fields, attempts=attempts, error=outcome.reason,
-                         retry_in_s=round(delay, 3))
+        self.log.warning(
+            "delivery_failed", **fields, attempts=attempts, error=outcome.reason, retry_in_s=round(delay, 3)
+        )
         await _wait(stop, delay)
 
     async def _dead(self, row: Row, reason: str, fields: dict) -> None:
@@ -355,7 +380,5 @@ class Forwarder:
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
-        pass

@@ -31,18 +31,19 @@ single thread through `JournalThread` (journal_writer.py), so the event loop nev
 one transaction (group commit: one fsync for all of them, each ACKed only
 after that commit) and runs intake before any other work.
 """
+
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
-import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 RECEIVED, PROCESSED, FORWARDED, DEAD, REJECTED = "received", "processed", "forwarded", "dead", "rejected"
 STATES = (RECEIVED, PROCESSED, FORWARDED, DEAD, REJECTED)
@@ -99,16 +100,32 @@ class Row:
     reasons: tuple[str, ...]
 
 
-_COLUMNS = ("id, received_at, updated_at, peer, conn_seq, control_id, message_type, raw, "
-            "processed, state, attempts, last_error, commented, reasons")
+_COLUMNS = (
+    "id, received_at, updated_at, peer, conn_seq, control_id, message_type, raw, "
+    "processed, state, attempts, last_error, commented, reasons"
+)
 
 
 def _row(r) -> Row:
     raw = bytes(r[7])
     # commented is set by mark_processed; processed is NULL there when unchanged.
     processed = bytes(r[8]) if r[8] is not None else (raw if r[12] is not None else None)
-    return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], raw, processed, r[9], r[10], r[11],
-               None if r[12] is None else bool(r[12]), tuple(json.loads(r[13] or "[]")))
+    return Row(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        raw,
+        processed,
+        r[9],
+        r[10],
+        r[11],
+        None if r[12] is None else bool(r[12]),
+        tuple(json.loads(r[13] or "[]")),
+    )
 
 
 def digest(raw: bytes) -> bytes:
@@ -125,8 +142,7 @@ class Journal:
             # Whole messages with patient data: readable by the service user only.
             # SQLite gives its -wal and -shm files the same permissions.
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            self._db = sqlite3.connect(str(self.path), isolation_level=None,
-                                       check_same_thread=False, timeout=10.0)
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._full = True
@@ -160,20 +176,16 @@ class Journal:
             return result
         except BaseException as exc:
             if self._db.in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
             if isinstance(exc, sqlite3.Error):
                 raise JournalError(f"journal {self.path}: {exc}") from None
             raise
 
     def _restore_full(self) -> None:
         if self._db.in_transaction:  # a failed commit: roll back first
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
         self._db.execute("PRAGMA synchronous=FULL")
         self._full = True
 
@@ -185,19 +197,56 @@ class Journal:
 
     # -- the listener
 
-    def record(self, raw: bytes, *, control_id: str, message_type: str, peer: str = "",
-               conn_seq: int = 0, retransmit_window_s: float = 0.0, now: float | None = None) -> Receipt:
+    def record(
+        self,
+        raw: bytes,
+        *,
+        control_id: str,
+        message_type: str,
+        peer: str = "",
+        conn_seq: int = 0,
+        retransmit_window_s: float = 0.0,
+        now: float | None = None,
+    ) -> Receipt:
         """Journal a received message, or find it already journaled when it is a
         retransmission (same MSH-10 and same bytes within the window)."""
-        return self._tx(lambda cur: self._record(cur, raw, control_id=control_id, message_type=message_type,
-                                                 peer=peer, conn_seq=conn_seq,
-                                                 retransmit_window_s=retransmit_window_s, now=now))
+        return self._tx(
+            lambda cur: self._record(
+                cur,
+                raw,
+                control_id=control_id,
+                message_type=message_type,
+                peer=peer,
+                conn_seq=conn_seq,
+                retransmit_window_s=retransmit_window_s,
+                now=now,
+            )
+        )
 
-    def reject(self, raw: bytes, reason: str, *, peer: str = "", conn_seq: int = 0, control_id: str = "",
-               message_type: str = "", now: float | None = None) -> int:
+    def reject(
+        self,
+        raw: bytes,
+        reason: str,
+        *,
+        peer: str = "",
+        conn_seq: int = 0,
+        control_id: str = "",
+        message_type: str = "",
+        now: float | None = None,
+    ) -> int:
         """Keep a frame that was answered AR (not an HL7 message, too large), for inspection."""
-        return self._tx(lambda cur: self._reject(cur, raw, reason, peer=peer, conn_seq=conn_seq,
-                                                 control_id=control_id, message_type=message_type, now=now))
+        return self._tx(
+            lambda cur: self._reject(
+                cur,
+                raw,
+                reason,
+                peer=peer,
+                conn_seq=conn_seq,
+                control_id=control_id,
+                message_type=message_type,
+                now=now,
+            )
+        )
 
     def intake(self, calls: list[tuple[str, tuple, dict]]) -> list:
         """Several `record` and `reject` calls, (method, args, kwargs), in one
@@ -207,7 +256,7 @@ class Journal:
         if len(calls) == 1:
             method, args, kwargs = calls[0]
             return [getattr(self, method)(*args, **kwargs)]
-        bodies = {"record": self._record, "reject": self._reject}
+        bodies: dict[str, Callable[..., Any]] = {"record": self._record, "reject": self._reject}
 
         def tx(cur):
             results = []
@@ -220,40 +269,61 @@ class Journal:
                     results.append(JournalError(f"journal {self.path}: {exc}"))
                 cur.execute("RELEASE item")
             return results
+
         return self._tx(tx)
 
     @staticmethod
-    def _record(cur, raw: bytes, *, control_id: str, message_type: str, peer: str = "", conn_seq: int = 0,
-                retransmit_window_s: float = 0.0, now: float | None = None) -> Receipt:
+    def _record(
+        cur,
+        raw: bytes,
+        *,
+        control_id: str,
+        message_type: str,
+        peer: str = "",
+        conn_seq: int = 0,
+        retransmit_window_s: float = 0.0,
+        now: float | None = None,
+    ) -> Receipt:
         now = time.time() if now is None else now
         sha = digest(raw)
         if retransmit_window_s > 0:
             hit = cur.execute(
                 "SELECT id FROM messages WHERE control_id = ? AND digest = ? AND received_at >= ? "
                 "AND state != 'rejected' ORDER BY id DESC LIMIT 1",
-                (control_id, sha, now - retransmit_window_s)).fetchone()
+                (control_id, sha, now - retransmit_window_s),
+            ).fetchone()
             if hit:
                 return Receipt(hit[0], True)
         cur.execute(
             "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, "
             "digest, raw, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'received')",
-            (now, now, peer, conn_seq, control_id, message_type, sha, raw))
+            (now, now, peer, conn_seq, control_id, message_type, sha, raw),
+        )
         return Receipt(cur.lastrowid, False)
 
     @staticmethod
-    def _reject(cur, raw: bytes, reason: str, *, peer: str = "", conn_seq: int = 0, control_id: str = "",
-                message_type: str = "", now: float | None = None) -> int:
+    def _reject(
+        cur,
+        raw: bytes,
+        reason: str,
+        *,
+        peer: str = "",
+        conn_seq: int = 0,
+        control_id: str = "",
+        message_type: str = "",
+        now: float | None = None,
+    ) -> int:
         now = time.time() if now is None else now
         return cur.execute(
             "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, digest, "
             "raw, state, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'rejected', ?)",
-            (now, now, peer, conn_seq, control_id, message_type, digest(raw), raw, reason)).lastrowid
+            (now, now, peer, conn_seq, control_id, message_type, digest(raw), raw, reason),
+        ).lastrowid
 
     # -- the processing stage
 
     def unprocessed(self, limit: int = 100) -> list[Row]:
-        rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE state = 'received' ORDER BY id LIMIT ?",
-                           (limit,))
+        rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE state = 'received' ORDER BY id LIMIT ?", (limit,))
         return [_row(r) for r in rows]
 
     def mark_processed(self, id: int, processed: bytes, commented: bool, reasons, now: float | None = None) -> None:
@@ -263,25 +333,33 @@ class Journal:
         """(id, processed bytes, commented, reasons) of each message, in one
         transaction. Processed bytes equal to the received ones are not stored again."""
         now = time.time() if now is None else now
-        self._tx(lambda cur: cur.executemany(
-            "UPDATE messages SET processed = CASE WHEN raw = ?1 THEN NULL ELSE ?1 END, commented = ?2, "
-            "reasons = ?3, state = 'processed', updated_at = ?4 WHERE id = ?5 AND state = 'received'",
-            [(processed, int(commented), json.dumps(list(reasons)), now, id)
-             for id, processed, commented, reasons in results]), durable=False)
+        self._tx(
+            lambda cur: cur.executemany(
+                "UPDATE messages SET processed = CASE WHEN raw = ?1 THEN NULL ELSE ?1 END, commented = ?2, "
+                "reasons = ?3, state = 'processed', updated_at = ?4 WHERE id = ?5 AND state = 'received'",
+                [
+                    (processed, int(commented), json.dumps(list(reasons)), now, id)
+                    for id, processed, commented, reasons in results
+                ],
+            ),
+            durable=False,
+        )
 
     # -- the forwarder
 
     def next_undelivered(self) -> Row | None:
         """The oldest message not yet forwarded or dead: the head of the queue."""
-        rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE state IN ('received', 'processed') "
-                           "ORDER BY id LIMIT 1")
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM messages WHERE state IN ('received', 'processed') ORDER BY id LIMIT 1"
+        )
         return _row(rows[0]) if rows else None
 
     def deliverable(self, limit: int = 100) -> list[Row]:
         """The head of the queue: up to `limit` processed messages in journal
         order, stopping before the first one not yet processed."""
-        rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE state IN ('received', 'processed') "
-                           "ORDER BY id LIMIT ?", (limit,))
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM messages WHERE state IN ('received', 'processed') ORDER BY id LIMIT ?", (limit,)
+        )
         out = []
         for r in rows:
             if r[9] != PROCESSED:
@@ -294,18 +372,25 @@ class Journal:
 
     def mark_forwarded_many(self, ids, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self._tx(lambda cur: cur.executemany(
-            "UPDATE messages SET state = 'forwarded', updated_at = ? WHERE id = ?",
-            [(now, id) for id in ids]), durable=False)
+        self._tx(
+            lambda cur: cur.executemany(
+                "UPDATE messages SET state = 'forwarded', updated_at = ? WHERE id = ?", [(now, id) for id in ids]
+            ),
+            durable=False,
+        )
 
     def mark_dead(self, id: int, reason: str, now: float | None = None) -> None:
         self._set_state(id, DEAD, reason, now)
 
     def _set_state(self, id: int, state: str, error: str | None, now: float | None) -> None:
         now = time.time() if now is None else now
-        self._tx(lambda cur: cur.execute(
-            "UPDATE messages SET state = ?, last_error = COALESCE(?, last_error), updated_at = ? WHERE id = ?",
-            (state, error, now, id)), durable=False)
+        self._tx(
+            lambda cur: cur.execute(
+                "UPDATE messages SET state = ?, last_error = COALESCE(?, last_error), updated_at = ? WHERE id = ?",
+                (state, error, now, id),
+            ),
+            durable=False,
+        )
 
     def mark_attempt_failed(self, id: int, error: str, counts: bool = True, now: float | None = None) -> int:
         """Record a failed delivery (counted as an attempt, or only noted);
@@ -313,18 +398,23 @@ class Journal:
         now = time.time() if now is None else now
 
         def tx(cur):
-            cur.execute("UPDATE messages SET attempts = attempts + ?, last_error = ?, updated_at = ? WHERE id = ?",
-                        (int(counts), error, now, id))
+            cur.execute(
+                "UPDATE messages SET attempts = attempts + ?, last_error = ?, updated_at = ? WHERE id = ?",
+                (int(counts), error, now, id),
+            )
             return cur.execute("SELECT attempts FROM messages WHERE id = ?", (id,)).fetchone()[0]
+
         return self._tx(tx, durable=False)
 
     def prune(self, retention_days: float, now: float | None = None) -> int:
         """Delete forwarded and rejected rows older than the retention."""
         now = time.time() if now is None else now
         cutoff = now - retention_days * 86400
-        return self._tx(lambda cur: cur.execute(
-            "DELETE FROM messages WHERE state IN ('forwarded', 'rejected') AND updated_at < ?",
-            (cutoff,)).rowcount)
+        return self._tx(
+            lambda cur: cur.execute(
+                "DELETE FROM messages WHERE state IN ('forwarded', 'rejected') AND updated_at < ?", (cutoff,)
+            ).rowcount
+        )
 
     # -- replay --forward
 
@@ -334,12 +424,28 @@ class Journal:
         each. `source` is kept as the peer and the position in the file as
         conn_seq, so that `last_position` can resume an interrupted replay."""
         now = time.time() if now is None else now
-        self._tx(lambda cur: cur.executemany(
-            "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, digest, raw, "
-            "processed, state, commented, reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'processed', ?, ?)",
-            [(now, now, source, position, control_id, message_type, digest(raw), raw,
-              None if processed == raw else processed, int(commented), json.dumps(list(reasons)))
-             for raw, processed, control_id, message_type, commented, reasons, position in batch]))
+        self._tx(
+            lambda cur: cur.executemany(
+                "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, digest, raw, "
+                "processed, state, commented, reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'processed', ?, ?)",
+                [
+                    (
+                        now,
+                        now,
+                        source,
+                        position,
+                        control_id,
+                        message_type,
+                        digest(raw),
+                        raw,
+                        None if processed == raw else processed,
+                        int(commented),
+                        json.dumps(list(reasons)),
+                    )
+                    for raw, processed, control_id, message_type, commented, reasons, position in batch
+                ],
+            )
+        )
 
     def last_position(self, source: str) -> int:
         """The highest position journaled from `source` (0 if none)."""
@@ -372,12 +478,16 @@ class Journal:
     def retry(self, control_id: str | None = None, now: float | None = None) -> int:
         """Put dead messages (all, or those with this control ID) back in the queue."""
         now = time.time() if now is None else now
-        where, args = "state = 'dead'", ()
+        where, args = "state = 'dead'", cast(tuple[str, ...], ())
         if control_id is not None:
             where, args = "state = 'dead' AND control_id = ?", (control_id,)
-        return self._tx(lambda cur: cur.execute(
-            "UPDATE messages SET state = CASE WHEN commented IS NULL THEN 'received' ELSE 'processed' END, "
-            f"attempts = 0, updated_at = ? WHERE {where}", (now, *args)).rowcount)
+        return self._tx(
+            lambda cur: cur.execute(
+                "UPDATE messages SET state = CASE WHEN commented IS NULL THEN 'received' ELSE 'processed' END, "
+                f"attempts = 0, updated_at = ? WHERE {where}",
+                (now, *args),
+            ).rowcount
+        )
 
     def settings(self) -> tuple[str, int]:
         """(journal_mode, synchronous) as SQLite reports them."""

@@ -1,9 +1,11 @@
 """The journal's writer: drives the synchronous `Journal` for asyncio code,
 with group commit of intake (see `JournalThread`).
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from pathlib import Path
@@ -38,8 +40,8 @@ class JournalThread:
         self.path = Path(path)
         self.max_batch = max_batch
         self._journal: Journal | None = None
-        self._lock = threading.Lock()       # held while the journal is in use
-        self._cv = threading.Condition()    # guards the queues below
+        self._lock = threading.Lock()  # held while the journal is in use
+        self._cv = threading.Condition()  # guards the queues below
         self._intake: deque = deque()
         self._calls: deque = deque()
         self._flush_scheduled = False
@@ -137,9 +139,11 @@ class JournalThread:
         method = batch[0][1]
         if method in INTAKE:
             try:
-                results = [(r, not isinstance(r, JournalError)) for r in self._open().intake(
-                    [(m, a, k) for _, m, a, k in batch])]
-            except Exception as exc:  # noqa: BLE001 - handed to every caller
+                results = [
+                    (r, not isinstance(r, JournalError))
+                    for r in self._open().intake([(m, a, k) for _, m, a, k in batch])
+                ]
+            except Exception as exc:
                 results = [(exc, False)] * len(batch)
         elif method == "close":
             if self._journal is not None:
@@ -150,9 +154,9 @@ class JournalThread:
             try:
                 _, _, args, kwargs = batch[0]
                 results = [(getattr(self._open(), method)(*args, **kwargs), True)]
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 results = [(exc, False)]
-        return [(item[0], value, ok) for item, (value, ok) in zip(batch, results)]
+        return [(item[0], value, ok) for item, (value, ok) in zip(batch, results, strict=False)]
 
     def _open(self) -> Journal:
         if self._journal is None:
@@ -166,10 +170,8 @@ class JournalThread:
         for entry in done:
             by_loop.setdefault(entry[0].get_loop(), []).append(entry)
         for loop, entries in by_loop.items():
-            try:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_resolve, entries)
-            except RuntimeError:  # that loop is closed: nobody waits any more
-                pass
 
 
 def _resolve(entries: list) -> None:

@@ -13,6 +13,7 @@ the journal commits all frames waiting for it (from every connection) in
 one transaction. Each ACK is still written only after the commit that
 holds its frame, and ACKs go out in the order of the frames.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,15 +22,23 @@ import itertools
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from b12comment.serve import mllp
-from b12comment.serve.ack import (ACCEPT, APPLICATION_INTERNAL_ERROR, ERROR, REJECT, SEGMENT_SEQUENCE_ERROR, AckError,
-                  build_ack)
 from b12comment.config import JournalConfig, ListenerConfig
 from b12comment.core.segments import Header, Malformed, read_header
+from b12comment.serve import mllp
+from b12comment.serve.ack import (
+    ACCEPT,
+    APPLICATION_INTERNAL_ERROR,
+    ERROR,
+    REJECT,
+    SEGMENT_SEQUENCE_ERROR,
+    AckError,
+    build_ack,
+)
 from b12comment.serve.journal import JournalError
 from b12comment.serve.journal_writer import JournalThread
 
@@ -69,32 +78,41 @@ class Intake:
         self.journal, self.cfg, self.log = journal, cfg, log
         self.on_journaled = on_journaled
 
-    def accept(self, payload: bytes, peer: str, seq: int) -> Awaitable[Answer]:
+    def accept(self, payload: bytes, peer: str, seq: int) -> Coroutine[Any, Any, Answer]:
         """Hand the frame to the journal now; await the result for its answer."""
         try:
             header = read_header(payload)
         except Malformed as exc:
             return self._reject(payload, peer, seq, SEGMENT_SEQUENCE_ERROR, f"not an HL7 message: {exc}", "", "")
         cid, mtype = header.control_id, header.message_type
-        stored = self.journal.submit("record", payload, control_id=cid, message_type=mtype, peer=peer,
-                                     conn_seq=seq, retransmit_window_s=self.cfg.retransmit_window_s)
+        stored = self.journal.submit(
+            "record",
+            payload,
+            control_id=cid,
+            message_type=mtype,
+            peer=peer,
+            conn_seq=seq,
+            retransmit_window_s=self.cfg.retransmit_window_s,
+        )
         return self._accepted(stored, payload, header, peer, dict(control_id=cid, message_type=mtype))
 
-    async def _accepted(self, stored: asyncio.Future, payload: bytes, header: Header, peer: str,
-                        fields: dict) -> Answer:
+    async def _accepted(
+        self, stored: asyncio.Future, payload: bytes, header: Header, peer: str, fields: dict
+    ) -> Answer:
         try:
             receipt = await stored
         except JournalError as exc:
             self.log.error("journal_unavailable", stage="listener", error=str(exc), peer=peer, **fields)
-            error = AckError(APPLICATION_INTERNAL_ERROR,
-                             "message not stored: the journal cannot be written; send it again later")
+            error = AckError(
+                APPLICATION_INTERNAL_ERROR, "message not stored: the journal cannot be written; send it again later"
+            )
             return Answer(build_ack(payload, ERROR, _ack_id(), _now_dtm(), error, header), ERROR, fields)
         if not receipt.duplicate:
             self.on_journaled()
         fields.update(journal_id=receipt.id, duplicate=receipt.duplicate)
         return Answer(build_ack(payload, ACCEPT, _ack_id(), _now_dtm(), header=header), ACCEPT, fields)
 
-    def oversize(self, size: int, head: bytes, limit: int, peer: str, seq: int) -> Awaitable[Answer]:
+    def oversize(self, size: int, head: bytes, limit: int, peer: str, seq: int) -> Coroutine[Any, Any, Answer]:
         try:
             header = read_header(head)
             cid, mtype = header.control_id, header.message_type
@@ -103,14 +121,17 @@ class Intake:
         why = f"message of {size} bytes is over the limit of {limit} bytes (max_message_bytes); not stored"
         return self._reject(head, peer, seq, APPLICATION_INTERNAL_ERROR, why, cid, mtype)
 
-    def _reject(self, payload: bytes, peer: str, seq: int, code: str, why: str,
-                cid: str, mtype: str) -> Awaitable[Answer]:
-        stored = self.journal.submit("reject", payload, why, peer=peer, conn_seq=seq, control_id=cid,
-                                     message_type=mtype)
+    def _reject(
+        self, payload: bytes, peer: str, seq: int, code: str, why: str, cid: str, mtype: str
+    ) -> Coroutine[Any, Any, Answer]:
+        stored = self.journal.submit(
+            "reject", payload, why, peer=peer, conn_seq=seq, control_id=cid, message_type=mtype
+        )
         return self._rejected(stored, payload, peer, code, why, dict(control_id=cid, message_type=mtype, reason=why))
 
-    async def _rejected(self, stored: asyncio.Future, payload: bytes, peer: str, code: str, why: str,
-                        fields: dict) -> Answer:
+    async def _rejected(
+        self, stored: asyncio.Future, payload: bytes, peer: str, code: str, why: str, fields: dict
+    ) -> Answer:
         try:
             fields["journal_id"] = await stored
         except JournalError as exc:
@@ -125,15 +146,14 @@ class _Refused(Exception):
 class Listener:
     """The asyncio MLLP server."""
 
-    def __init__(self, cfg: ListenerConfig, intake: Intake, log, metrics,
-                 ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, cfg: ListenerConfig, intake: Intake, log, metrics, ssl_context: ssl.SSLContext | None = None):
         self.cfg, self.intake, self.log, self.metrics = cfg, intake, log, metrics
         self.ssl_context = ssl_context
         self.networks = [ipaddress.ip_network(p, strict=False) for p in cfg.allowed_peers]
         self.port = cfg.port
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
-        self._reading: set[asyncio.Task] = set()    # connections waiting for bytes
+        self._reading: set[asyncio.Task] = set()  # connections waiting for bytes
         self._interrupted: set[asyncio.Task] = set()  # ... whose wait stop() cancelled
         self._stop = asyncio.Event()
 
@@ -182,6 +202,7 @@ class Listener:
             writer.close()
             return
         task = asyncio.current_task()
+        assert task is not None  # a connection handler runs as a task
         self._connections.add(task)
         try:
             client = await self._start_tls(writer, peer) if self.ssl_context else None
@@ -197,11 +218,13 @@ class Listener:
 
     async def _start_tls(self, writer: asyncio.StreamWriter, peer: str) -> str | None:
         """Upgrade to TLS; returns the client certificate's name (CN, else first SAN)."""
+        assert self.ssl_context is not None
         try:
             await writer.start_tls(self.ssl_context, ssl_handshake_timeout=min(self.cfg.idle_timeout_s, 30.0))
-        except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
-            self.log.warning("tls_handshake_failed", peer=peer,
-                             error=getattr(exc, "reason", None) or type(exc).__name__)
+        except (TimeoutError, ssl.SSLError, OSError) as exc:
+            self.log.warning(
+                "tls_handshake_failed", peer=peer, error=getattr(exc, "reason", None) or type(exc).__name__
+            )
             raise _Refused() from None
         cert = writer.get_extra_info("peercert") or {}
         names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
@@ -211,6 +234,7 @@ class Listener:
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         decoder = mllp.Decoder(self.cfg.max_message_bytes)
         task = asyncio.current_task()
+        assert task is not None
         seq = 0
         while True:
             if self._stop.is_set():
@@ -238,15 +262,18 @@ class Listener:
             if events:
                 seq = await self._on_events(events, writer, peer, seq)
         for event in decoder.close():
-            self.log.warning("incomplete_frame" if isinstance(event, mllp.Incomplete) else "junk_skipped",
-                             peer=peer, bytes=event.size)
+            assert isinstance(event, (mllp.Incomplete, mllp.Junk))  # close() reports only these
+            self.log.warning(
+                "incomplete_frame" if isinstance(event, mllp.Incomplete) else "junk_skipped",
+                peer=peer,
+                bytes=event.size,
+            )
         self.log.info("connection_closed", peer=peer, reason="closed by peer")
 
-    async def _on_events(self, events: list[mllp.Event], writer: asyncio.StreamWriter, peer: str,
-                         seq: int) -> int:
+    async def _on_events(self, events: list[mllp.Event], writer: asyncio.StreamWriter, peer: str, seq: int) -> int:
         """Answer the frames of one read: all go to the journal at once (one
         commit), then each ACK is written, in order, once its frame is stored."""
-        pending = []
+        pending: list[tuple[float, int, Coroutine[Any, Any, Answer]]] = []
         for event in events:
             if isinstance(event, mllp.Junk):
                 self.log.warning("junk_skipped", peer=peer, bytes=event.size)
@@ -262,19 +289,18 @@ class Listener:
                 answer = self.intake.oversize(event.size, event.head, self.cfg.max_message_bytes, peer, seq)
             pending.append((started, seq, answer))
         try:
-            for i, (started, n, answer) in enumerate(pending):
+            for i, (started, n, answer) in enumerate(pending):  # noqa: B007 - i is read below
                 await self._answer(await answer, started, writer, peer, n)
         except BaseException:
             # The connection failed: the frames after it stay journaled (the
             # sender resends them for want of an ACK; they are then
             # retransmissions) and their answers are dropped.
-            for _, _, answer in pending[i + 1:]:
+            for _, _, answer in pending[i + 1 :]:
                 answer.close()
             raise
         return seq
 
-    async def _answer(self, answer: Answer, started: float, writer: asyncio.StreamWriter, peer: str,
-                      seq: int) -> None:
+    async def _answer(self, answer: Answer, started: float, writer: asyncio.StreamWriter, peer: str, seq: int) -> None:
         writer.write(mllp.encode(answer.ack))
         if writer.transport.get_write_buffer_size():  # not all sent at once: wait, but not for ever
             async with asyncio.timeout(self.cfg.idle_timeout_s):  # (a peer that never reads)

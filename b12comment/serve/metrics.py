@@ -1,5 +1,6 @@
 """Counters and histograms in memory, served as Prometheus text over a tiny
 asyncio HTTP endpoint (`/healthz`, `/metrics`). Standard library only."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,17 +64,18 @@ class Metrics:
             for (n, labels), value in sorted(self.counters.items()):
                 if n == name:
                     lines.append(f"{name}{_labels(labels)} {value:g}")
-        lines += ["# HELP b12comment_queue_depth Messages journaled and not yet delivered or dead.",
-                  "# TYPE b12comment_queue_depth gauge"]
+        lines += [
+            "# HELP b12comment_queue_depth Messages journaled and not yet delivered or dead.",
+            "# TYPE b12comment_queue_depth gauge",
+        ]
         if queue_depth is not None:
             lines.append(f"b12comment_queue_depth {queue_depth}")
         for name, help_text in HISTOGRAMS.items():
             h = self.histograms[name]
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-            for bound, count in zip(h.buckets, h.counts):
+            for bound, count in zip(h.buckets, h.counts, strict=False):
                 lines.append(f'{name}_bucket{{le="{bound:g}"}} {count}')
-            lines += [f'{name}_bucket{{le="+Inf"}} {h.count}', f"{name}_sum {h.total:.6f}",
-                      f"{name}_count {h.count}"]
+            lines += [f'{name}_bucket{{le="+Inf"}} {h.count}', f"{name}_sum {h.total:.6f}", f"{name}_count {h.count}"]
         return "\n".join(lines) + "\n"
 
 
@@ -123,10 +125,13 @@ class MetricsServer:
             else:
                 status, body = "404 Not Found", "try /healthz or /metrics\n"
             data = body.encode("utf-8")
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode("ascii") + data)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode("ascii")
+                + data
+            )
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -16,6 +16,7 @@ sender that leaves it out still gets its frame (nothing waits for the 0x0D).
 In the style of h11: the protocol is a small state machine, and the socket
 handling lives elsewhere (listener and forwarder).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class Junk:
 
 @dataclass(frozen=True)
 class Oversize:
-    size: int    # payload bytes seen (start and end blocks not counted)
+    size: int  # payload bytes seen (start and end blocks not counted)
     head: bytes  # the first bytes of the payload
 
 
@@ -64,12 +65,14 @@ class Decoder:
     """Turns a byte stream into MLLP events; never holds more than one
     frame of at most `max_message_bytes`."""
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 head_bytes: int = DEFAULT_HEAD_BYTES):
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, head_bytes: int = DEFAULT_HEAD_BYTES):
         if max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be positive")
         self.max_message_bytes = max_message_bytes
         self.head_bytes = head_bytes
+        self._reset()
+
+    def _reset(self) -> None:
         self._state = _OUTSIDE
         self._junk = 0
         self._buffer = bytearray()
@@ -88,7 +91,7 @@ class Decoder:
         while pos < n:
             if self._skip_cr:
                 self._skip_cr = False
-                if data[pos:pos + 1] == CARRIAGE_RETURN:
+                if data[pos : pos + 1] == CARRIAGE_RETURN:
                     pos += 1
                     continue
             if self._state == _OUTSIDE:
@@ -126,7 +129,7 @@ class Decoder:
             events.append(Incomplete(self._size))
         elif self._junk:
             events.append(Junk(self._junk))
-        self.__init__(self.max_message_bytes, self.head_bytes)
+        self._reset()
         return events
 
     # -- internals
@@ -142,7 +145,7 @@ class Decoder:
             return
         if self._state == _INSIDE and self._size + len(chunk) > self.max_message_bytes:
             self._state = _DISCARDING
-            self._head = bytes((self._buffer + chunk[:self.head_bytes])[:self.head_bytes])
+            self._head = bytes((self._buffer + chunk[: self.head_bytes])[: self.head_bytes])
             self._buffer = bytearray()
         elif self._state == _INSIDE:
             self._buffer += chunk

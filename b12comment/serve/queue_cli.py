@@ -5,11 +5,12 @@ IDs, message types, times, states and reasons only.
 Safe while `serve` runs: SQLite in WAL mode lets readers and one writer
 share the file, and the forwarder picks up retried messages within a second.
 """
+
 from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from b12comment.config import Config
@@ -45,7 +46,7 @@ def run_queue(config: Config, args) -> int:
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _age(seconds: float) -> str:
@@ -81,8 +82,10 @@ def _dead(journal: Journal) -> int:
         return EXIT_OK
     print(f"{'id':>8}  {'control ID':<24} {'type':<10} {'received':<23} {'dead since':<23} {'tries':>5}  reason")
     for r in rows:
-        print(f"{r.id:>8}  {r.control_id or '-':<24} {r.message_type or '-':<10} {_when(r.received_at):<23} "
-              f"{_when(r.updated_at):<23} {r.attempts:>5}  {r.last_error or ''}")
+        print(
+            f"{r.id:>8}  {r.control_id or '-':<24} {r.message_type or '-':<10} {_when(r.received_at):<23} "
+            f"{_when(r.updated_at):<23} {r.attempts:>5}  {r.last_error or ''}"
+        )
     print(f"{len(rows)} dead-lettered; put back with: b12comment queue retry CONTROL_ID|--all")
     return EXIT_OK
 
@@ -93,6 +96,5 @@ def _retry(journal: Journal, control_id: str | None) -> int:
         what = f"with control ID {control_id!r}" if control_id else "at all"
         print(f"b12comment: no dead-lettered message {what}", file=sys.stderr)
         return EXIT_IO
-    print(f"requeued {count} message{'s' if count != 1 else ''}; the running service delivers "
-          "them in journal order")
+    print(f"requeued {count} message{'s' if count != 1 else ''}; the running service delivers them in journal order")
     return EXIT_OK

@@ -15,9 +15,11 @@ The stages meet only in the journal, so each can stop and restart on its own:
 SIGTERM and SIGINT stop accepting, let open connections finish the frames
 they have read, let the forwarder finish its current delivery, and exit 0.
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -59,9 +61,19 @@ class Processor:
     with the listener for the two cores).
     """
 
-    def __init__(self, journal: JournalThread, rule, metrics: Metrics, log,
-                 wake: asyncio.Event, processed: asyncio.Event, poll_s: float = 1.0,
-                 batch: int = 200, batch_s: float = 0.05, linger_s: float = LINGER_S):
+    def __init__(
+        self,
+        journal: JournalThread,
+        rule,
+        metrics: Metrics,
+        log,
+        wake: asyncio.Event,
+        processed: asyncio.Event,
+        poll_s: float = 1.0,
+        batch: int = 200,
+        batch_s: float = 0.05,
+        linger_s: float = LINGER_S,
+    ):
         self.journal, self.rule, self.metrics, self.log = journal, rule, metrics, log
         self.wake, self.processed, self.poll_s = wake, processed, poll_s
         self.batch, self.batch_s, self.linger_s = batch, batch_s, linger_s
@@ -81,22 +93,28 @@ class Processor:
                 drained = len(rows) < self.batch
                 while rows and not stop.is_set():
                     done = await loop.run_in_executor(self._executor, _process_rows, rows, self.rule, self.batch_s)
-                    rows = rows[len(done):]
+                    rows = rows[len(done) :]
                     try:
-                        await self.journal.call("mark_processed_many",
-                                                [(row.id, out, fields["commented"], fields["reasons"])
-                                                 for row, out, fields, _ in done])
+                        await self.journal.call(
+                            "mark_processed_many",
+                            [(row.id, out, fields["commented"], fields["reasons"]) for row, out, fields, _ in done],
+                        )
                     except JournalError as exc:
                         self.log.error("journal_unavailable", stage="processing", error=str(exc))
                         await _wait(stop, self.poll_s)
                         break
-                    for row, out, fields, elapsed in done:
+                    for row, _out, fields, elapsed in done:
                         self.metrics.observe("b12comment_processing_seconds", elapsed)
                         if fields["commented"]:
                             self.metrics.inc("b12comment_commented_total")
                         fields = {"control_id": row.control_id, "message_type": row.message_type, **fields}
-                        self.log.info("decision", journal_id=row.id, peer=row.peer,
-                                      processing_ms=round(elapsed * 1000, 3), **fields)
+                        self.log.info(
+                            "decision",
+                            journal_id=row.id,
+                            peer=row.peer,
+                            processing_ms=round(elapsed * 1000, 3),
+                            **fields,
+                        )
                     self.processed.set()
                 if drained:
                     await _wait(self.wake, self.poll_s)
@@ -130,15 +148,13 @@ def _safe_process(raw: bytes, rule) -> tuple[bytes, dict]:
         if not decision.commented and out != raw:
             out = raw
         return out, fields
-    except Exception as exc:  # noqa: BLE001 - results must keep flowing
+    except Exception as exc:
         return raw, {"commented": False, "reasons": [INTERNAL_ERROR], "error": type(exc).__name__}
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
-        pass
 
 
 class Service:
@@ -168,8 +184,12 @@ class Service:
         try:
             await self.journal.call("depth")
         except JournalError as exc:
-            self.log.error("journal_unavailable", stage="start", error=str(exc),
-                               consequence="messages are answered AE until the journal can be written")
+            self.log.error(
+                "journal_unavailable",
+                stage="start",
+                error=str(exc),
+                consequence="messages are answered AE until the journal can be written",
+            )
         intake = Intake(self.journal, cfg.journal, self.log, on_journaled=self.journaled.set)
         self.listener = Listener(lis, intake, self.log, self.metrics, ssl_ctx)
         try:
@@ -178,29 +198,42 @@ class Service:
             raise StartupError(f"cannot listen on {lis.host}:{lis.port}: {exc.strerror or exc}") from None
         if cfg.metrics.port:
             self.metrics_server = MetricsServer(
-                self.metrics, cfg.metrics.host, cfg.metrics.port,
-                queue_depth=lambda: self.journal.call("depth"), healthy=self.journal.available)
+                self.metrics,
+                cfg.metrics.host,
+                cfg.metrics.port,
+                queue_depth=lambda: self.journal.call("depth"),
+                healthy=self.journal.available,
+            )
             try:
                 await self.metrics_server.start()
             except OSError as exc:
                 await self.listener.stop(0)
-                raise StartupError(f"cannot serve metrics on {cfg.metrics.host}:{cfg.metrics.port}: "
-                                   f"{exc.strerror or exc}") from None
+                raise StartupError(
+                    f"cannot serve metrics on {cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror or exc}"
+                ) from None
         processor = Processor(self.journal, cfg.rule, self.metrics, self.log, self.journaled, self.processed)
         forwarder = Forwarder(self.journal, transport, ds, self.metrics, self.log, self.processed)
-        self._tasks = [asyncio.create_task(self._supervise("processing", processor.run), name="processing"),
-                       asyncio.create_task(self._supervise("forwarder", forwarder.run), name="forwarder"),
-                       asyncio.create_task(self._prune(), name="prune")]
-        self.log.info("listening", host=lis.host, port=self.listener.port, tls=ssl_ctx is not None,
-                      mutual_tls=bool(lis.tls_client_ca), downstream=ds.url.split("://")[0],
-                      metrics_port=self.metrics_server.port if self.metrics_server else None)
+        self._tasks = [
+            asyncio.create_task(self._supervise("processing", processor.run), name="processing"),
+            asyncio.create_task(self._supervise("forwarder", forwarder.run), name="forwarder"),
+            asyncio.create_task(self._prune(), name="prune"),
+        ]
+        self.log.info(
+            "listening",
+            host=lis.host,
+            port=self.listener.port,
+            tls=ssl_ctx is not None,
+            mutual_tls=bool(lis.tls_client_ca),
+            downstream=ds.url.split("://")[0],
+            metrics_port=self.metrics_server.port if self.metrics_server else None,
+        )
 
     async def _supervise(self, name: str, run) -> None:
         """Keep a stage running: a bug in one must not silently stop the flow."""
         while not self.stop_event.is_set():
             try:
                 await run(self.stop_event)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.log.error("stage_failed", stage=name, error=type(exc).__name__, restart_in_s=1.0)
                 await _wait(self.stop_event, 1.0)
 

@@ -3,6 +3,7 @@ the downstream (client, optional client certificate), from config paths.
 
 A file that cannot be loaded raises `TlsError` with a one-line reason, so
 `serve` can say so and stop before it listens."""
+
 from __future__ import annotations
 
 import ssl
@@ -47,8 +48,10 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
     try:
         ctx.load_cert_chain(cert, key or None, password=_no_passphrase)
     except _Encrypted:
-        raise TlsError(f"TLS key {key or cert!r} is protected by a passphrase; "
-                       "give a key file without one (readable only by the service user)") from None
+        raise TlsError(
+            f"TLS key {key or cert!r} is protected by a passphrase; "
+            "give a key file without one (readable only by the service user)"
+        ) from None
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(f"cannot load TLS certificate {cert!r} with key {key!r}: {_why(exc)}") from None
 
