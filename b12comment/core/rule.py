@@ -69,6 +69,16 @@ def is_abnormal(obs: Observation, rule: RuleConfig) -> bool:
     return any(outside(q, rng) for q in possible_quantities(obs.value_type, list(obs.value)))
 
 
+# How the rule judges one other (non-B12) result's value: the verdict the
+# message context, the patient context and the context store all share.
+NORMAL, ABNORMAL, UNKNOWN = "normal", "abnormal", "unknown"
+
+
+def judge_value(obs: Observation, rule: RuleConfig) -> str:
+    """NORMAL, ABNORMAL or UNKNOWN (a result that cannot be read counts as doubt)."""
+    return ABNORMAL if is_abnormal(obs, rule) else NORMAL
+
+
 def context_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
     """Reasons found in the other results of the message (not other B12 results)."""
     b12_positions = {r.observation.position for r in facts.b12}
@@ -79,7 +89,7 @@ def context_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
             continue
         if obs.status in rule.pending_statuses:
             pending = True
-        if is_abnormal(obs, rule):
+        if judge_value(obs, rule) == ABNORMAL:
             abnormal = True
     if abnormal:
         reasons.append(OTHER_ABNORMAL)
