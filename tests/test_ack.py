@@ -5,7 +5,7 @@ from __future__ import annotations
 import hl7
 
 from b12comment.core.segments import DEFAULT_DELIMITERS, Delimiters, read_header
-from b12comment.serve.ack import AckError, build_ack, escape
+from b12comment.serve.ack import AckError, build_ack, escape_text
 
 ORU = (
     b"MSH|^~\\&|LABSYS|LABFAC|EHR|HOSP|20240102030405||ORU^R01^ORU_R01|CTRL-42|P|2.5.1||||||UNICODE UTF-8\r"
@@ -93,7 +93,7 @@ def test_odd_delimiters_from_the_corpus_still_give_a_readable_ack():
 
 
 def test_escape_text():
-    assert escape("a|b^c~d\\e&f", DEFAULT_DELIMITERS) == b"a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f"
-    assert escape("line\nbreak ø", DEFAULT_DELIMITERS) == b"line?break ?"
+    assert escape_text("a|b^c~d\\e&f", DEFAULT_DELIMITERS) == b"a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f"
+    assert escape_text("line\nbreak ø", DEFAULT_DELIMITERS) == b"line?break ?"
     no_escape = Delimiters(b"|", b"^", b"~", None, b"&", None)
-    assert escape("a|b^c", no_escape) == b"a b c"
+    assert escape_text("a|b^c", no_escape) == b"a b c"

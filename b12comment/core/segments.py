@@ -180,3 +180,27 @@ def component(raw: bytes, delims: Delimiters, k: int) -> bytes:
 
 def field_of(fields: list[bytes], n: int) -> bytes:
     return fields[n] if n < len(fields) else b""
+
+
+def escape(raw: bytes, delims: Delimiters) -> bytes:
+    """Bytes of a text field with the message's own delimiters escaped (HL7:
+    \\E\\ \\F\\ \\S\\ \\T\\ \\R\\, \\P\\ for a truncation character, \\.br\\ for a
+    line break). With no escape character, each delimiter and line break
+    becomes a space. The one HL7 escaper: the comment and ACK texts use it."""
+    esc = delims.escape
+    if esc is None:
+        for special in delims.special():
+            raw = raw.replace(special, b" ")
+        return raw.replace(b"\n", b" ")
+    codes = {esc: b"E", delims.field: b"F", delims.component: b"S", delims.repetition: b"R"}
+    if delims.subcomponent:
+        codes[delims.subcomponent] = b"T"
+    if delims.truncation:
+        codes[delims.truncation] = b"P"
+    codes[b"\n"] = b".br"
+    out = bytearray()
+    for byte in raw:
+        ch = bytes((byte,))
+        code = codes.get(ch)
+        out += ch if code is None else esc + code + esc
+    return bytes(out)

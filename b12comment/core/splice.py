@@ -13,40 +13,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from b12comment.core import charset
-from b12comment.core.segments import Delimiters, Segment
+from b12comment.core.segments import Delimiters, Segment, escape
 
 
 @lru_cache(maxsize=64)
 def comment_field(text: str, delims: Delimiters, codec: str) -> bytes:
     """NTE-3 bytes for `text`: encoded, then escaped byte-wise."""
     raw = charset.encode(text.replace("\r\n", "\n").replace("\r", "\n"), codec)
-    esc = delims.escape
-    if esc is None:
-        for special in delims.special():
-            raw = raw.replace(special, b" ")
-        return raw.replace(b"\n", b" ")
-    codes: list[tuple[bytes | None, bytes]] = [
-        (esc, b"E"),
-        (delims.field, b"F"),
-        (delims.component, b"S"),
-        (delims.subcomponent, b"T"),
-        (delims.repetition, b"R"),
-    ]
-    if delims.truncation:
-        codes.append((delims.truncation, b"P"))
-    out = bytearray()
-    for byte in raw:
-        ch = bytes((byte,))
-        if ch == b"\n":
-            out += esc + b".br" + esc
-            continue
-        for char, code in codes:
-            if ch == char:
-                out += esc + code + esc
-                break
-        else:
-            out += ch
-    return bytes(out)
+    return escape(raw, delims)
 
 
 def next_set_id(existing: tuple[str, ...]) -> int:

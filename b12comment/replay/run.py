@@ -30,6 +30,7 @@ from typing import BinaryIO
 from b12comment.config import Config
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
+from b12comment.files import replace_durably, write_atomically
 from b12comment.logs import configure, get_logger
 from b12comment.replay.inputs import is_gzip, open_input, open_output, read_pieces
 from b12comment.replay.tally import Tally
@@ -170,9 +171,7 @@ def replay_file(job: Job) -> Tally:
                     raw.close()
         if tmp is not None and dst is not None:
             if position:
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, dst)
+                replace_durably(tmp, dst)
             else:
                 tmp.unlink()
     except (OSError, EOFError, ValueError, zlib.error) as exc:  # unreadable, cut or corrupt gzip, no space...
@@ -407,7 +406,7 @@ def _size(path: Path) -> int:
 
 def _write(path: str, text: str) -> int:
     try:
-        Path(path).write_text(text, encoding="utf-8")
+        write_atomically(path, text.encode("utf-8"))
         return 0
     except OSError as exc:
         print(f"b12comment replay: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from b12comment.core.segments import DEFAULT_DELIMITERS, Delimiters, Header, Malformed, read_header
+from b12comment.core.segments import DEFAULT_DELIMITERS, Delimiters, Header, Malformed, escape, read_header
 
 ACCEPT, ERROR, REJECT = "AA", "AE", "AR"
 
@@ -95,12 +95,12 @@ def build_ack(
     segments = [msh, msa]
     if error is not None:
         description = TABLE_0357.get(error.code, "")
-        text = escape(error.text, d)
+        text = escape_text(error.text, d)
         if version >= (2, 5):
-            coded = d.component.join([error.code.encode("ascii"), escape(description, d), b"HL70357"])
+            coded = d.component.join([error.code.encode("ascii"), escape_text(description, d), b"HL70357"])
             segments.append([b"ERR", b"", b"", coded, b"E", b"", b"", b"", text])
         else:
-            coded = (d.subcomponent or b"&").join([error.code.encode("ascii"), escape(description, d), b"HL70357"])
+            coded = (d.subcomponent or b"&").join([error.code.encode("ascii"), escape_text(description, d), b"HL70357"])
             segments.append([b"ERR", d.component * 3 + coded])
             msa.append(text)
     return b"".join(d.field.join(seg) + b"\r" for seg in segments)
@@ -120,21 +120,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(n) for n in numbers) if numbers else (2, 5, 1)
 
 
-_ESCAPES = (("field", b"F"), ("component", b"S"), ("subcomponent", b"T"), ("repetition", b"R"), ("truncation", b"P"))
-
-
-def escape(text: str, d: Delimiters) -> bytes:
+def escape_text(text: str, d: Delimiters) -> bytes:
     """Text as printable ASCII with every delimiter escaped (or, with no
     escape character, replaced by a space)."""
-    raw = re.sub(r"[^\x20-\x7e]", "?", text).encode("ascii")
-    out = bytearray()
-    table = {getattr(d, name): code for name, code in _ESCAPES if getattr(d, name)}
-    for i in range(len(raw)):
-        ch = raw[i : i + 1]
-        if d.escape and ch == d.escape:
-            out += d.escape + b"E" + d.escape
-        elif ch in table:
-            out += d.escape + table[ch] + d.escape if d.escape else b" "
-        else:
-            out += ch
-    return bytes(out)
+    return escape(re.sub(r"[^\x20-\x7e]", "?", text).encode("ascii"), d)

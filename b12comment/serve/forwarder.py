@@ -40,7 +40,9 @@ from pathlib import Path
 
 from b12comment.config import DownstreamConfig
 from b12comment.core.segments import Malformed, component, field_of, read_header, segment_fields, split_segments
+from b12comment.files import fsync_dir
 from b12comment.serve import mllp
+from b12comment.serve.aio import describe_error, wait_event
 from b12comment.serve.journal import JournalError, Row
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.tls import client_context
@@ -164,11 +166,7 @@ class DirTransport:
             error = exc
         if done:
             try:
-                fd = os.open(self.folder, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_dir(self.folder)
             except OSError as exc:  # the renames may not last: write them all again
                 return 0, exc
         return done, error
@@ -207,7 +205,7 @@ class MllpTransport:
                 await self._connect()
             except (TimeoutError, OSError, ssl.SSLError) as exc:
                 await self.close()
-                return Retry(f"cannot connect to {self.host}:{self.port}: {_why(exc)}", counts=False)
+                return Retry(f"cannot connect to {self.host}:{self.port}: {describe_error(exc)}", counts=False)
         writer = self._writer
         assert writer is not None  # connected above
         try:
@@ -219,10 +217,10 @@ class MllpTransport:
             return Retry(f"no ACK within {self.timeout_s:g} s")
         except ssl.SSLError as exc:  # a TLS set-up problem, not this message's fault
             await self.close()
-            return Retry(f"TLS failure: {_why(exc)}", counts=False)
+            return Retry(f"TLS failure: {describe_error(exc)}", counts=False)
         except (OSError, EOFError) as exc:
             await self.close()
-            return Retry(f"connection lost: {_why(exc)}")
+            return Retry(f"connection lost: {describe_error(exc)}")
 
     async def _connect(self) -> None:
         self._reader, self._writer = await asyncio.wait_for(
@@ -264,10 +262,6 @@ class MllpTransport:
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
 
-def _why(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
 def transport_for(ds: DownstreamConfig):
     """The transport for `[downstream] url`; TLS files are loaded here (TlsError)."""
     if ds.url.startswith("dir:"):
@@ -304,13 +298,13 @@ class Forwarder:
                 try:
                     rows = await self.journal.call("deliverable", self.batch)
                     if not rows:
-                        await _wait(self.wake, self.poll_s)
+                        await wait_event(self.wake, self.poll_s)
                         continue
                     if await self._deliver(rows, stop) and len(rows) < self.batch:
-                        await _wait(self.wake, self.poll_s)  # drained: wait for the next batch
+                        await wait_event(self.wake, self.poll_s)  # drained: wait for the next batch
                 except JournalError as exc:
                     self.log.error("journal_unavailable", stage="forwarder", error=str(exc))
-                    await _wait(stop, self.ds.retry_initial_s)
+                    await wait_event(stop, self.ds.retry_initial_s)
         finally:
             await self.transport.close()
 
@@ -370,15 +364,10 @@ class Forwarder:
         self.log.warning(
             "delivery_failed", **fields, attempts=attempts, error=outcome.reason, retry_in_s=round(delay, 3)
         )
-        await _wait(stop, delay)
+        await wait_event(stop, delay)
 
     async def _dead(self, row: Row, reason: str, fields: dict) -> None:
         await self.journal.call("mark_dead", row.id, reason)
         self._failures = 0
         self.metrics.inc("b12comment_dead_lettered_total")
         self.log.error("dead_lettered", **fields, reason=reason)
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)

@@ -19,7 +19,6 @@ they have read, let the forwarder finish its current delivery, and exit 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 import time
@@ -29,6 +28,7 @@ from b12comment import logs
 from b12comment.config import Config
 from b12comment.core.decision import INTERNAL_ERROR
 from b12comment.core.engine import process
+from b12comment.serve.aio import wait_event
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.journal import JournalError
 from b12comment.serve.journal_writer import JournalThread
@@ -88,7 +88,7 @@ class Processor:
                     rows = await self.journal.call("unprocessed", self.batch)
                 except JournalError as exc:
                     self.log.error("journal_unavailable", stage="processing", error=str(exc))
-                    await _wait(stop, self.poll_s)
+                    await wait_event(stop, self.poll_s)
                     continue
                 drained = len(rows) < self.batch
                 while rows and not stop.is_set():
@@ -101,7 +101,7 @@ class Processor:
                         )
                     except JournalError as exc:
                         self.log.error("journal_unavailable", stage="processing", error=str(exc))
-                        await _wait(stop, self.poll_s)
+                        await wait_event(stop, self.poll_s)
                         break
                     for row, _out, fields, elapsed in done:
                         self.metrics.observe("b12comment_processing_seconds", elapsed)
@@ -117,8 +117,8 @@ class Processor:
                         )
                     self.processed.set()
                 if drained:
-                    await _wait(self.wake, self.poll_s)
-                    await _wait(stop, self.linger_s)
+                    await wait_event(self.wake, self.poll_s)
+                    await wait_event(stop, self.linger_s)
         finally:
             self._executor.shutdown(wait=False)
 
@@ -150,11 +150,6 @@ def _safe_process(raw: bytes, rule) -> tuple[bytes, dict]:
         return out, fields
     except Exception as exc:
         return raw, {"commented": False, "reasons": [INTERNAL_ERROR], "error": type(exc).__name__}
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
 
 
 class Service:
@@ -235,7 +230,7 @@ class Service:
                 await run(self.stop_event)
             except Exception as exc:
                 self.log.error("stage_failed", stage=name, error=type(exc).__name__, restart_in_s=1.0)
-                await _wait(self.stop_event, 1.0)
+                await wait_event(self.stop_event, 1.0)
 
     async def _prune(self) -> None:
         while not self.stop_event.is_set():
@@ -245,7 +240,7 @@ class Service:
                     self.log.info("journal_pruned", rows=removed)
             except JournalError as exc:
                 self.log.error("journal_unavailable", stage="prune", error=str(exc))
-            await _wait(self.stop_event, PRUNE_EVERY_S)
+            await wait_event(self.stop_event, PRUNE_EVERY_S)
 
     async def stop(self) -> None:
         self.log.info("stopping")

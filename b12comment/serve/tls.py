@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ssl
 
+from b12comment.serve.aio import describe_error
+
 
 class TlsError(Exception):
     """A TLS certificate, key or CA file that cannot be used."""
@@ -53,15 +55,11 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
             "give a key file without one (readable only by the service user)"
         ) from None
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot load TLS certificate {cert!r} with key {key!r}: {_why(exc)}") from None
+        raise TlsError(f"cannot load TLS certificate {cert!r} with key {key!r}: {describe_error(exc)}") from None
 
 
 def _load_ca(ctx: ssl.SSLContext, ca: str) -> None:
     try:
         ctx.load_verify_locations(cafile=ca)
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot load TLS CA file {ca!r}: {_why(exc)}") from None
-
-
-def _why(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise TlsError(f"cannot load TLS CA file {ca!r}: {describe_error(exc)}") from None
