@@ -1,22 +1,12 @@
-"""Shared test fixtures: where the corpus and the samples are."""
+"""Shared fixtures. Shared helpers live in modules of their own (paths,
+builders, service_helpers, soak_helpers), never imported from here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "sample_messages"
-CORPUS = REPO.parent / "shared" / "corpus" / "messages"
-
-
-def corpus_files() -> list[Path]:
-    return sorted(CORPUS.glob("*.hl7")) if CORPUS.is_dir() else []
-
-
-def sample_files() -> list[Path]:
-    return sorted(SAMPLES.glob("*.hl7"))
+from paths import CORPUS
 
 
 @pytest.fixture

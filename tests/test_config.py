@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from paths import REPO
 
 from b12comment.config import Config, ConfigError, load_config, parse_config
 

@@ -3,11 +3,15 @@ decisions the README promises; the cheap pre-check agrees with the full path."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
-from conftest import corpus_files, sample_files
+from paths import corpus_files, sample_files
 
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
+from b12comment.core.segments import read_header
 from b12comment.replay.inputs import split_messages
 
 RULE = RuleConfig()
@@ -17,8 +21,23 @@ def messages_of(path):
     return [p.data for p in split_messages(path.read_bytes()) if p.kind == "message"]
 
 
-def test_corpus_present_or_skip(corpus_dir):
-    assert len(corpus_files()) == 139
+def test_corpus_is_the_one_its_manifest_describes(corpus_dir):
+    """The files are the manifest's, byte for byte (sha256), and each holds
+    messages of the type the manifest gives, so the corpus tests below run
+    over what they claim to."""
+    manifest = json.loads((corpus_dir.parent / "manifest.json").read_text(encoding="utf-8"))
+    assert len(manifest) == 139
+    assert {e["file"] for e in manifest} == {p.name for p in corpus_files()}
+    for entry in manifest:
+        data = (corpus_dir / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["file"]
+        messages = messages_of(corpus_dir / entry["file"])
+        if entry["type"] == "(no MSH)":
+            assert messages == [], entry["file"]
+            continue
+        types = {read_header(m).message_type for m in messages}
+        expected = entry["type"].rstrip("^")[:7]
+        assert any(t[:7] == expected for t in types), (entry["file"], entry["type"], types)
 
 
 @pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.name)
@@ -57,7 +76,7 @@ def test_every_sample_has_an_expectation():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_sample_decisions(name, tmp_path):
-    from conftest import SAMPLES
+    from paths import SAMPLES
 
     got = []
     for message in messages_of(SAMPLES / name):

@@ -183,6 +183,17 @@ class Hostile:
         self.figures[f"{name}_rss_growth_mb"] = round(growth / 1024, 1)
         assert growth < MEMORY_MARGIN_KB, f"{name}: serve grew by {growth} kB over its baseline"
 
+    def frame_without_end(self) -> socket.socket:
+        """The connection that sent a start block and a message but no end
+        block, opened once and left hanging for serve's idle timeout."""
+        if not self.held:
+            sock = connect(self.serve.port)
+            sock.sendall(SB + oru("NOEND-1"))
+            self.held.append(sock)
+            self.never.add("NOEND-1")
+            self.opened_noend = time.monotonic()
+        return self.held[0]
+
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
@@ -227,11 +238,7 @@ def hostile(tmp_path_factory):
 def test_frame_without_an_end_is_never_answered(hostile):
     """Opened now and left hanging: the last test checks serve closed it
     (idle timeout) without an answer. Meanwhile others are answered."""
-    sock = connect(hostile.serve.port)
-    sock.sendall(SB + oru("NOEND-1"))
-    hostile.held.append(sock)
-    hostile.never.add("NOEND-1")
-    hostile.opened_noend = time.monotonic()
+    hostile.frame_without_end()
     assert hostile.good.progressed(5)
 
 
@@ -572,7 +579,7 @@ def test_journal_that_cannot_be_written_answers_ae_never_aa(hostile):
 def test_zz_promises_kept_still_alive_and_sigterm_exits_zero(hostile):
     serve, down = hostile.serve, hostile.down
     # The frame without an end: closed by serve at the idle timeout, never answered.
-    sock = hostile.held[0]
+    sock = hostile.frame_without_end()  # opened by the test above, or now when run alone
     sock.settimeout(IDLE_TIMEOUT_S + WAIT)
     assert sock.recv(100) == b"", "a frame without an end must not be answered"
     assert wait_until(

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES
+from paths import SAMPLES
 
 CHILD = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
 ADULT = (SAMPLES / "adult_high_b12.hl7").read_bytes()

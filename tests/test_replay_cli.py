@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from conftest import SAMPLES, corpus_files
+from paths import SAMPLES, corpus_files
 
 from b12comment.replay.inputs import iter_pieces, split_messages
 
@@ -103,8 +103,11 @@ def test_replay_is_idempotent(tmp_path):
     first, second = tmp_path / "1", tmp_path / "2"
     assert run("replay", str(SAMPLES), "--out", str(first)).returncode == 0
     assert run("replay", str(first), "--out", str(second)).returncode == 0
-    for f in first.rglob("*.hl7"):
-        assert (second / f.relative_to(first)).read_bytes() == f.read_bytes()
+    once = {f.relative_to(first): f.read_bytes() for f in first.rglob("*.hl7")}
+    twice = {f.relative_to(second): f.read_bytes() for f in second.rglob("*.hl7")}
+    assert once and twice == once
+    # the first run did comment something: the second had a comment to keep
+    assert any(data != (SAMPLES / rel).read_bytes() for rel, data in once.items())
 
 
 def test_replay_single_file_and_missing_input(tmp_path):
@@ -124,6 +127,8 @@ def test_replay_unwritable_output_is_an_error(tmp_path):
     proc = run("replay", str(SAMPLES / "adult_high_b12.hl7"), "--out", str(blocker))
     assert proc.returncode == 1
     assert b"Traceback" not in proc.stderr
+    assert str(blocker).encode() in proc.stderr  # the line names what could not be written
+    assert blocker.read_text() == "not a folder"  # and nothing was written over it
 
 
 def test_preview_text_explains_and_shows_diff():

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES
+from paths import SAMPLES
 from service_helpers import Downstream, free_port, msh10, subprocess_env
 from test_replay_archive import make_archive
 

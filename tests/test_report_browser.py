@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES
+from paths import SAMPLES
 
 pytestmark = pytest.mark.slow
 
