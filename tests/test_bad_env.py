@@ -429,7 +429,7 @@ def test_journal_on_a_full_disk_answers_ae_then_recovers(tmp_path):
         assert "Traceback" not in serve.stderr
         assert any(r.get("stage") == "listener" for r in serve.records("journal_unavailable"))
         db = sqlite3.connect(disk / "journal.sqlite3")
-        journaled = {cid for (cid,) in db.execute("SELECT control_id FROM messages WHERE state != 'rejected'")}
+        journaled = {cid for (cid,) in db.execute("SELECT control_id FROM messages WHERE state != 'invalid'")}
         db.close()
     delivered = {p.name.split("_", 1)[1][:-4] for p in (tmp_path / "outbox").glob("*.hl7")}
     assert aa <= journaled, aa - journaled  # nothing ACKed AA that is not on disk

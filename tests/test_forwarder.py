@@ -9,6 +9,7 @@ import ssl
 import pytest
 import structlog
 import trustme
+from journal_helpers import mark_processed, record
 from service_helpers import Downstream, ack_for, free_port, msh10
 
 from b12comment.config import DownstreamConfig
@@ -38,8 +39,8 @@ def fill(path, count: int) -> list[bytes]:
     out = []
     for n in range(1, count + 1):
         raw = message(n)
-        rid = j.record(raw, control_id=f"MSG{n}", message_type="ORU^R01").id
-        j.mark_processed(rid, raw + b"NTE|1|L|processed|RE\r", True, [])
+        rid = record(j, raw, f"MSG{n}").id
+        mark_processed(j, rid, raw + b"NTE|1|L|processed|RE\r", True, [])
         out.append(raw + b"NTE|1|L|processed|RE\r")
     j.close()
     return out
@@ -57,7 +58,7 @@ def run_forwarder(path, ds: DownstreamConfig, until, transport=None, timeout: fl
         try:
 
             async def done():
-                while not until(await journal.call("rows")):
+                while not until(await journal.rows()):
                     await asyncio.sleep(0.02)
 
             await asyncio.wait_for(done(), timeout)

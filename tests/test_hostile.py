@@ -165,7 +165,7 @@ class Hostile:
             assert cid not in self.acked or self.acked[cid] == message
             self.acked[cid] = message
 
-    def journal_ids(self, state: str | None = None, rejected: bool = False) -> list[str]:
+    def journal_ids(self, state: str | None = None, invalid: bool = False) -> list[str]:
         db = sqlite3.connect(self.journal, timeout=30)
         try:
             rows = db.execute("SELECT control_id, state FROM messages").fetchall()
@@ -173,7 +173,7 @@ class Hostile:
             db.close()
         if state is not None:
             return [cid for cid, s in rows if s == state]
-        return [cid for cid, s in rows if (s == "rejected") == rejected]
+        return [cid for cid, s in rows if (s == "invalid") == invalid]
 
     def peak_growth_kb(self, since: float) -> int:
         return self.monitor.peak_since(since) - self.baseline_kb
@@ -375,7 +375,7 @@ def test_gigabyte_frame_is_refused_without_holding_it(hostile):
     db = sqlite3.connect(hostile.journal, timeout=30)
     rows = db.execute("SELECT state, length(raw) FROM messages WHERE control_id = 'BIG-1'").fetchall()
     db.close()
-    assert rows and all(state == "rejected" and size <= 4096 for state, size in rows), rows
+    assert rows and all(state == "invalid" and size <= 4096 for state, size in rows), rows
     hostile.figures["gigabyte_frame"] = dict(
         bytes=sent,
         seconds=round(seconds, 1),
@@ -535,7 +535,7 @@ def test_connections_that_close_mid_frame(hostile):
         sock.close()
     assert hostile.serve.wait_record("incomplete_frame", records_before + 50)  # the 50 closed with FIN
     assert hostile.good.progressed(3)
-    journaled = set(hostile.journal_ids()) | set(hostile.journal_ids(rejected=True))
+    journaled = set(hostile.journal_ids()) | set(hostile.journal_ids(invalid=True))
     assert not {f"MID-{i}" for i in range(100)} & journaled
     hostile.figures["closed_mid_frame"] = 100
     hostile.assert_memory_bounded(since, "mid_frame")
@@ -616,6 +616,6 @@ def test_zz_promises_kept_still_alive_and_sigterm_exits_zero(hostile):
         delivered=len(deliveries),
         duplicates=len(deliveries) - len(delivered),
         peak_rss_mb=round(overall / 1024, 1),
-        rejected_rows=len(hostile.journal_ids(rejected=True)),
+        invalid_rows=len(hostile.journal_ids(invalid=True)),
     )
     print("\nHOSTILE FIGURES " + json.dumps(hostile.figures))

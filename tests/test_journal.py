@@ -7,8 +7,9 @@ import asyncio
 import sqlite3
 
 import pytest
+from journal_helpers import head, keep_invalid, mark_processed, record
 
-from b12comment.serve.journal import Journal, JournalError
+from b12comment.serve.journal import InvalidFrame, Journal, JournalError, NewMessage, Processed
 from b12comment.serve.journal_writer import JournalThread
 
 MSG1 = b"MSH|^~\\&|L|F|R|F|2024||ORU^R01|C1|P|2.5.1\rOBX|1|NM|X||1\r"
@@ -20,10 +21,6 @@ def journal(tmp_path):
     j = Journal(tmp_path / "j.sqlite3")
     yield j
     j.close()
-
-
-def record(j: Journal, raw: bytes, cid: str, **kw):
-    return j.record(raw, control_id=cid, message_type="ORU^R01", **kw)
 
 
 def test_wal_and_full_sync(journal):
@@ -75,25 +72,25 @@ def test_queue_order_and_state_flow(journal):
     a = record(journal, MSG1, "C1").id
     b = record(journal, MSG2, "C2").id
     assert [r.id for r in journal.unprocessed()] == [a, b]
-    assert journal.next_undelivered().id == a
-    journal.mark_processed(b, MSG2 + b"NTE|1\r", True, ["x"])
-    assert journal.next_undelivered().id == a  # the head stays the head until it is done
-    journal.mark_processed(a, MSG1, False, ["no_b12"])
-    head = journal.next_undelivered()
-    assert (head.id, head.state, head.processed, head.reasons, head.commented) == (
+    assert head(journal).id == a
+    mark_processed(journal, b, MSG2 + b"NTE|1\r", True, ["x"])
+    assert head(journal).id == a  # the head stays the head until it is done
+    mark_processed(journal, a, MSG1, False, ["no_b12"])
+    first = head(journal)
+    assert (first.id, first.state, first.processed, first.reasons, first.commented) == (
         a,
         "processed",
         MSG1,
         ("no_b12",),
         False,
     )
-    journal.mark_forwarded(a)
-    assert journal.next_undelivered().id == b
+    journal.mark_forwarded_many([a])
+    assert head(journal).id == b
     assert journal.mark_attempt_failed(b, "AE") == 1
     assert journal.mark_attempt_failed(b, "timeout") == 2
     journal.mark_dead(b, "AR: unknown patient")
-    assert journal.next_undelivered() is None
-    assert journal.counts() == {"received": 0, "processed": 0, "forwarded": 1, "dead": 1, "rejected": 0}
+    assert head(journal) is None
+    assert journal.counts() == {"received": 0, "processed": 0, "forwarded": 1, "dead": 1, "invalid": 0}
     dead = journal.rows("dead")[0]
     assert (dead.control_id, dead.last_error, dead.attempts) == ("C2", "AR: unknown patient", 2)
 
@@ -101,7 +98,7 @@ def test_queue_order_and_state_flow(journal):
 def test_retry_puts_dead_back_in_order(journal):
     a = record(journal, MSG1, "C1").id
     b = record(journal, MSG2, "C2").id
-    journal.mark_processed(a, MSG1, False, [])
+    mark_processed(journal, a, MSG1, False, [])
     journal.mark_dead(a, "AR")
     journal.mark_dead(b, "AR")  # dead before processing
     assert journal.retry("nope") == 0
@@ -109,22 +106,22 @@ def test_retry_puts_dead_back_in_order(journal):
     assert journal.get(a).state == "processed" and journal.get(a).attempts == 0
     assert journal.retry() == 1
     assert journal.get(b).state == "received"
-    assert journal.next_undelivered().id == a
+    assert head(journal).id == a
 
 
-def test_rejected_frames_are_kept_and_not_queued(journal):
-    rid = journal.reject(b"garbage", "no MSH segment", peer="127.0.0.1:1")
-    assert journal.get(rid).state == "rejected"
+def test_invalid_frames_are_kept_and_not_queued(journal):
+    rid = keep_invalid(journal, b"garbage", "no MSH segment", peer="127.0.0.1:1")
+    assert journal.get(rid).state == "invalid"
     assert journal.get(rid).last_error == "no MSH segment"
-    assert journal.next_undelivered() is None
+    assert head(journal) is None
     assert journal.depth() == 0
 
 
 def test_prune_removes_only_old_delivered_rows(journal):
     old = record(journal, MSG1, "C1", now=1000.0).id
-    journal.mark_forwarded(old, now=1000.0)
+    journal.mark_forwarded_many([old], now=1000.0)
     recent = record(journal, MSG2, "C2", now=1000.0).id
-    journal.mark_forwarded(recent, now=1000.0 + 86400 * 6)
+    journal.mark_forwarded_many([recent], now=1000.0 + 86400 * 6)
     dead = record(journal, MSG2 + b"X", "C3", now=1000.0).id
     journal.mark_dead(dead, "AR", now=1000.0)
     waiting = record(journal, MSG2 + b"Y", "C4", now=1000.0).id
@@ -161,11 +158,11 @@ def test_journal_thread_opens_lazily_and_reports_failure(tmp_path):
         bad = JournalThread(tmp_path / "afile" / "j.sqlite3")
         assert not await bad.available()
         with pytest.raises(JournalError):
-            await bad.call("record", MSG1, control_id="C1", message_type="ORU^R01")
+            await bad.record(MSG1, control_id="C1", message_type="ORU^R01")
         await bad.close()
         good = JournalThread(tmp_path / "sub" / "j.sqlite3")
-        receipt = await good.call("record", MSG1, control_id="C1", message_type="ORU^R01")
-        assert (await good.call("get", receipt.id)).raw == MSG1
+        receipt = await good.record(MSG1, control_id="C1", message_type="ORU^R01")
+        assert (await good.get(receipt.id)).raw == MSG1
         await good.close()
 
     asyncio.run(main())
@@ -183,21 +180,21 @@ def test_failure_that_does_not_count_is_still_noted(journal):
 
 def test_intake_batch_is_one_transaction_in_order_with_retransmission_and_reject(journal):
     calls = [
-        ("record", (MSG1,), dict(control_id="C1", message_type="ORU^R01", retransmit_window_s=60)),
-        ("reject", (b"junk", "not an HL7 message"), dict(peer="p")),
-        ("record", (MSG2,), dict(control_id="C2", message_type="ORU^R01", retransmit_window_s=60)),
-        ("record", (MSG1,), dict(control_id="C1", message_type="ORU^R01", retransmit_window_s=60)),
+        NewMessage(MSG1, "C1", "ORU^R01", retransmit_window_s=60),
+        InvalidFrame(b"junk", "not an HL7 message", peer="p"),
+        NewMessage(MSG2, "C2", "ORU^R01", retransmit_window_s=60),
+        NewMessage(MSG1, "C1", "ORU^R01", retransmit_window_s=60),
     ]
-    first, rejected, second, again = journal.intake(calls)
+    first, invalid, second, again = journal.intake(calls)
     assert not first.duplicate and not second.duplicate
     assert again.duplicate and again.id == first.id  # a retransmission within the same batch
-    assert [r.id for r in journal.rows()] == [first.id, rejected, second.id]
-    assert [r.state for r in journal.rows()] == ["received", "rejected", "received"]
+    assert [r.id for r in journal.rows()] == [first.id, invalid, second.id]
+    assert [r.state for r in journal.rows()] == ["received", "invalid", "received"]
 
 
 def test_intake_batch_that_cannot_commit_stores_nothing(journal):
     journal._db.execute("PRAGMA query_only = ON")
-    calls = [("record", (m,), dict(control_id=c, message_type="ORU^R01")) for m, c in ((MSG1, "C1"), (MSG2, "C2"))]
+    calls = [NewMessage(m, c, "ORU^R01") for m, c in ((MSG1, "C1"), (MSG2, "C2"))]
     with pytest.raises(JournalError):  # every caller gets it: answered AE, none AA
         journal.intake(calls)
     journal._db.execute("PRAGMA query_only = OFF")
@@ -206,7 +203,7 @@ def test_intake_batch_that_cannot_commit_stores_nothing(journal):
 
 def test_state_changes_commit_without_fsync_but_intake_keeps_full_sync(journal):
     rid = record(journal, MSG1, "C1").id
-    journal.mark_processed(rid, MSG1, False, [])
+    mark_processed(journal, rid, MSG1, False, [])
     assert journal.settings() == ("wal", 2)  # back to FULL for the next intake
     journal.mark_forwarded_many([rid])
     assert journal.settings() == ("wal", 2)
@@ -216,7 +213,7 @@ def test_state_changes_commit_without_fsync_but_intake_keeps_full_sync(journal):
 def test_unchanged_processed_bytes_are_not_stored_twice(journal, tmp_path):
     a, b = record(journal, MSG1, "C1").id, record(journal, MSG2, "C2").id
     changed = MSG2 + b"NTE|1|L|comment|RE\r"
-    journal.mark_processed_many([(a, MSG1, False, ["no_b12"]), (b, changed, True, [])])
+    journal.mark_processed_many([Processed(a, MSG1, False, ["no_b12"]), Processed(b, changed, True, [])])
     db = sqlite3.connect(tmp_path / "j.sqlite3")
     stored = dict(db.execute("SELECT id, processed FROM messages"))
     db.close()
@@ -229,7 +226,7 @@ def test_unchanged_processed_bytes_are_not_stored_twice(journal, tmp_path):
 
 def test_deliverable_is_the_processed_head_of_the_queue(journal):
     ids = [record(journal, MSG1 + str(n).encode(), f"C{n}").id for n in range(4)]
-    journal.mark_processed_many([(ids[0], MSG1, False, []), (ids[1], MSG1, False, []), (ids[3], MSG1, False, [])])
+    journal.mark_processed_many([Processed(i, MSG1, False, []) for i in (ids[0], ids[1], ids[3])])
     assert [r.id for r in journal.deliverable(10)] == ids[:2]  # stops before the unprocessed third
     assert [r.id for r in journal.deliverable(1)] == ids[:1]
     journal.mark_forwarded_many(ids[:2])
@@ -259,9 +256,7 @@ def test_journal_thread_commits_frames_of_one_loop_turn_together_before_answerin
 
     async def main():
         jt = JournalThread(path)
-        futures = [
-            jt.submit("record", MSG1 + str(n).encode(), control_id=f"G{n}", message_type="ORU^R01") for n in range(5)
-        ]
+        futures = [jt.record(MSG1 + str(n).encode(), control_id=f"G{n}", message_type="ORU^R01") for n in range(5)]
         seen = []
         for n, future in enumerate(futures):
             receipt = await future
@@ -278,14 +273,14 @@ def test_journal_thread_commits_frames_of_one_loop_turn_together_before_answerin
 def test_journal_thread_hands_intake_to_its_thread_while_the_journal_is_busy(tmp_path):
     async def main():
         jt = JournalThread(tmp_path / "j.sqlite3")
-        await jt.call("depth")  # opens the journal, starts the thread
+        await jt.depth()  # opens the journal, starts the thread
         jt._lock.acquire()
-        future = jt.submit("record", MSG1, control_id="C1", message_type="ORU^R01")
+        future = jt.record(MSG1, control_id="C1", message_type="ORU^R01")
         await asyncio.sleep(0.05)
         assert not future.done()  # waits; the event loop did not block
         jt._lock.release()
         receipt = await asyncio.wait_for(future, 10)
-        assert (await jt.call("get", receipt.id)).raw == MSG1
+        assert (await jt.get(receipt.id)).raw == MSG1
         await jt.close()
 
     asyncio.run(main())
@@ -302,10 +297,69 @@ def test_new_journal_is_readable_by_its_owner_only(tmp_path):
     old = os.umask(0o022)
     try:
         journal = Journal(path)
-        journal.record(b"MSH|^~\\&|A|B|C|D|2024||ORU^R01|X1|P|2.5.1\r", control_id="X1", message_type="ORU^R01")
+        record(journal, b"MSH|^~\\&|A|B|C|D|2024||ORU^R01|X1|P|2.5.1\r", "X1")
         wal = tmp_path / "j.sqlite3-wal"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert wal.exists() and stat.S_IMODE(wal.stat().st_mode) == 0o600
         journal.close()
     finally:
         os.umask(old)
+
+
+_V0_SCHEMA = """
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, received_at REAL NOT NULL, updated_at REAL NOT NULL,
+    peer TEXT NOT NULL DEFAULT '', conn_seq INTEGER NOT NULL DEFAULT 0, control_id TEXT NOT NULL DEFAULT '',
+    message_type TEXT NOT NULL DEFAULT '', digest BLOB NOT NULL, raw BLOB NOT NULL, processed BLOB,
+    state TEXT NOT NULL CHECK (state IN ('received', 'processed', 'forwarded', 'dead', 'rejected')),
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, commented INTEGER, reasons TEXT
+);
+CREATE INDEX messages_by_state ON messages (state, id);
+CREATE INDEX messages_by_control_id ON messages (control_id, received_at);
+"""
+
+
+def test_journal_of_the_first_schema_is_migrated_in_place(tmp_path):
+    """Replay's rows kept their file in peer and position in conn_seq, and a
+    frame answered AR was 'rejected': they get their own columns and name."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(_V0_SCHEMA)
+    rows = [
+        ("127.0.0.1:4000", 3, "C1", MSG1, "processed", None),
+        ("replay:a/b.hl7", 17, "C2", MSG2, "processed", None),
+        ("127.0.0.1:4001", 1, "", b"junk", "rejected", "not an HL7 message"),
+    ]
+    for peer, seq, cid, raw, state, error in rows:
+        db.execute(
+            "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, digest, raw, state, last_error,"
+            " commented, reasons) VALUES (1, 1, ?, ?, ?, x'00', ?, ?, ?, 0, '[]')",
+            (peer, seq, cid, raw, state, error),
+        )
+    db.commit()
+    db.close()
+    j = Journal(path)
+    try:
+        live, replayed, invalid = j.rows()
+        assert (live.peer, live.conn_seq, live.source, live.position) == ("127.0.0.1:4000", 3, "", 0)
+        assert (replayed.peer, replayed.conn_seq, replayed.source, replayed.position) == ("", 0, "replay:a/b.hl7", 17)
+        assert (invalid.state, invalid.last_error, invalid.peer) == ("invalid", "not an HL7 message", "127.0.0.1:4001")
+        assert j.last_position("replay:a/b.hl7") == 17
+        assert j.counts()["invalid"] == 1
+        assert record(j, MSG1 + b"X", "C9").id == 4  # the id sequence goes on
+    finally:
+        j.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.close()
+    Journal(path).close()  # opening again changes nothing
+
+
+def test_journal_of_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "new.sqlite3"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(JournalError, match="schema version 99"):
+        Journal(path)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from journal_helpers import keep_invalid, mark_processed, record
 from service_helpers import subprocess_env, write_config
 
 from b12comment.serve.journal import Journal
@@ -33,13 +34,13 @@ def cfg(tmp_path):
     j = Journal(path)
     ids = {}
     for cid in ("OK1", "DEAD1", "DEAD2", "WAIT1"):
-        ids[cid] = j.record(msg(cid), control_id=cid, message_type="ORU^R01", now=1_700_000_000.0).id
-        j.mark_processed(ids[cid], msg(cid), False, ["no_b12"])
-    j.mark_forwarded(ids["OK1"])
+        ids[cid] = record(j, msg(cid), cid, now=1_700_000_000.0).id
+        mark_processed(j, ids[cid], msg(cid), False, ["no_b12"])
+    j.mark_forwarded_many([ids["OK1"]])
     j.mark_attempt_failed(ids["DEAD1"], "downstream answered AE")
     j.mark_dead(ids["DEAD1"], "downstream rejected it (AR, error code 207)")
     j.mark_dead(ids["DEAD2"], "gave up after 20 attempts: no ACK within 30 s")
-    j.reject(b"not hl7", "not an HL7 message: message does not start with an MSH segment")
+    keep_invalid(j, b"not hl7", "not an HL7 message: message does not start with an MSH segment")
     j.close()
     return write_config(tmp_path / "config.toml", journal=dict(path=str(path)))
 
@@ -48,7 +49,7 @@ def test_status_counts_and_oldest_undelivered(cfg):
     result = queue(cfg, "status")
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[1:6]}
-    assert lines == {"received": "0", "processed": "1", "forwarded": "1", "dead": "2", "rejected": "1"}
+    assert lines == {"received": "0", "processed": "1", "forwarded": "1", "dead": "2", "invalid": "1"}
     assert "undelivered: 1, oldest received 2023-11-14 22:13:20 UTC" in result.stdout
 
 

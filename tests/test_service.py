@@ -13,6 +13,7 @@ import urllib.request
 
 import hl7.client
 import pytest
+from journal_helpers import record
 from service_helpers import (
     CORPUS,
     SAMPLES,
@@ -142,7 +143,7 @@ def test_pipelined_frames_each_get_aa_only_once_journaled(served):
             db = sqlite3.connect(path)
             try:
                 stored = db.execute(
-                    "SELECT raw FROM messages WHERE control_id = ? AND state != 'rejected'", (acked,)
+                    "SELECT raw FROM messages WHERE control_id = ? AND state != 'invalid'", (acked,)
                 ).fetchall()
             finally:
                 db.close()
@@ -177,14 +178,14 @@ def test_oversized_frame_gets_a_nak_and_the_connection_keeps_serving(served):
     assert not any("_BIG1" in f.name for f in outbox_files(outbox))
 
 
-def test_non_hl7_frame_gets_ar_with_err_and_is_kept_as_rejected(served):
+def test_non_hl7_frame_gets_ar_with_err_and_is_kept_as_invalid(served):
     with MllpConnection(served.port) as conn:
         ack = conn.send(b"this is not HL7 at all")
         assert msa(ack) == ("AR", "")
         assert b"not an HL7 message" in segment(ack, b"ERR")[8]
         assert msa(conn.send(oru(1, "AFTER"))) == ("AA", "AFTER1")
     db = sqlite3.connect(served.base / "journal.sqlite3")
-    rows = db.execute("SELECT raw, last_error FROM messages WHERE state = 'rejected'").fetchall()
+    rows = db.execute("SELECT raw, last_error FROM messages WHERE state = 'invalid'").fetchall()
     db.close()
     assert any(raw == b"this is not HL7 at all" and "MSH" in why for raw, why in rows)
 
@@ -258,7 +259,7 @@ def test_python_hl7_client_samples_and_corpus_reach_downstream_byte_identical(tm
     decisions = serve.records("decision")
     assert {"control_id", "message_type", "commented", "reasons", "rule_version"} <= decisions[0].keys()
     assert sum(1 for r in decisions if r["commented"]) == commented
-    assert set(journal_states(tmp_path / "j.sqlite3")) == {"forwarded", "rejected"}
+    assert set(journal_states(tmp_path / "j.sqlite3")) == {"forwarded", "invalid"}
     assert sum(1 for r in serve.records("ack") if r.get("duplicate")) == 1
 
 
@@ -448,7 +449,7 @@ def test_processing_failure_forwards_the_original(tmp_path):
     raw = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
     assert process(raw, RuleConfig())[0] != raw  # with a good rule it gets the comment
     j = Journal(tmp_path / "j.sqlite3")
-    rid = j.record(raw, control_id=msh10(raw), message_type="ORU^R01").id
+    rid = record(j, raw, msh10(raw)).id
     j.close()
 
     async def main():
@@ -460,7 +461,7 @@ def test_processing_failure_forwards_the_original(tmp_path):
         stop.set()
         wake.set()
         await asyncio.wait_for(task, 10)
-        row = await journal.call("get", rid)
+        row = await journal.get(rid)
         await journal.close()
         return row
 

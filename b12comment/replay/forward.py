@@ -23,7 +23,7 @@ from b12comment.logs import get_logger
 from b12comment.replay.inputs import open_input, read_pieces
 from b12comment.replay.tally import Tally
 from b12comment.serve.forwarder import Forwarder, transport_for
-from b12comment.serve.journal import Journal
+from b12comment.serve.journal import Journal, Replayed
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
 
@@ -45,7 +45,7 @@ def enqueue_file(journal: Journal, src: str, rel: str, config: Config, resume: b
     source = SOURCE_PREFIX + rel
     already = journal.last_position(source) if resume else 0
     tally = Tally(files=1)
-    batch: list[tuple] = []
+    batch: list[Replayed] = []
     position = 0
     with open_input(src) as fin:
         for piece in read_pieces(fin):
@@ -58,14 +58,14 @@ def enqueue_file(journal: Journal, src: str, rel: str, config: Config, resume: b
             if position <= already:
                 continue
             batch.append(
-                (
-                    piece.data,
-                    output,
-                    decision.control_id,
-                    decision.message_type,
-                    decision.commented,
-                    decision.reasons,
-                    position,
+                Replayed(
+                    raw=piece.data,
+                    processed=output,
+                    control_id=decision.control_id,
+                    message_type=decision.message_type,
+                    commented=decision.commented,
+                    reasons=tuple(decision.reasons),
+                    position=position,
                 )
             )
             if len(batch) >= BATCH:
@@ -88,12 +88,12 @@ async def drain(path: Path, config: Config, url: str, poll_s: float = 0.2) -> di
     )
     task = asyncio.create_task(forwarder.run(stop))
     try:
-        while await journal.call("depth") and not task.done():
+        while await journal.depth() and not task.done():
             await asyncio.sleep(poll_s)
     finally:
         stop.set()
         wake.set()
         await task
-        counts = await journal.call("counts")
+        counts = await journal.counts()
         await journal.close()
     return counts

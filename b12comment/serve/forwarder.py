@@ -296,7 +296,7 @@ class Forwarder:
             while not stop.is_set():
                 self.wake.clear()
                 try:
-                    rows = await self.journal.call("deliverable", self.batch)
+                    rows = await self.journal.deliverable(self.batch)
                     if not rows:
                         await wait_event(self.wake, self.poll_s)
                         continue
@@ -331,7 +331,7 @@ class Forwarder:
 
     async def _forwarded(self, delivered: list[tuple[Row, Delivered]]) -> None:
         started = time.monotonic()
-        await self.journal.call("mark_forwarded_many", [row.id for row, _ in delivered])
+        await self.journal.mark_forwarded_many([row.id for row, _ in delivered])
         self._failures = 0
         journal_ms = round((time.monotonic() - started) * 1000, 2)
         for row, outcome in delivered:
@@ -355,7 +355,7 @@ class Forwarder:
             await self._dead(row, outcome.reason, fields)
             return
         self._failures += 1
-        attempts = await self.journal.call("mark_attempt_failed", row.id, outcome.reason, outcome.counts)
+        attempts = await self.journal.mark_attempt_failed(row.id, outcome.reason, outcome.counts)
         if outcome.counts and attempts >= self.ds.max_attempts:
             await self._dead(row, f"gave up after {attempts} attempts: {outcome.reason}", fields)
             return
@@ -367,7 +367,7 @@ class Forwarder:
         await wait_event(stop, delay)
 
     async def _dead(self, row: Row, reason: str, fields: dict) -> None:
-        await self.journal.call("mark_dead", row.id, reason)
+        await self.journal.mark_dead(row.id, reason)
         self._failures = 0
         self.metrics.inc("b12comment_dead_lettered_total")
         self.log.error("dead_lettered", **fields, reason=reason)

@@ -4,9 +4,11 @@ States of a row::
 
     received --process--> processed --forward--> forwarded
                                       \\-------> dead  --queue retry--> processed
-    rejected   (a frame that was not an HL7 message; kept for inspection)
+    invalid    (a frame answered AR: not an HL7 message, or over the size limit;
+                kept for inspection; not to be confused with a message the
+                downstream rejected, which is dead)
 
-`record()` commits before it returns, so the caller may ACK afterwards.
+`intake()` commits before it returns, so the caller may ACK afterwards.
 `synchronous=FULL`: in WAL mode each commit then fsyncs the WAL file, so a
 message ACKed with AA survives a power cut, not only a crash of the process
 (NORMAL would be durable against a crash but may lose the last commits on
@@ -40,36 +42,52 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-RECEIVED, PROCESSED, FORWARDED, DEAD, REJECTED = "received", "processed", "forwarded", "dead", "rejected"
-STATES = (RECEIVED, PROCESSED, FORWARDED, DEAD, REJECTED)
+RECEIVED, PROCESSED, FORWARDED, DEAD, INVALID = "received", "processed", "forwarded", "dead", "invalid"
+STATES = (RECEIVED, PROCESSED, FORWARDED, DEAD, INVALID)
 UNDELIVERED = (RECEIVED, PROCESSED)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
+# The schema's version, in PRAGMA user_version. A journal of an older version
+# is migrated when it is opened (see _migrate); one of a newer version is refused.
+SCHEMA_VERSION = 1
+
+# peer and conn_seq: where a frame came from (address, its number on that
+# connection). source and position: where `replay --forward` read a message
+# (`replay:<file>`, its number in the file).
+_TABLE = """
+CREATE TABLE {name} (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at  REAL    NOT NULL,
     updated_at   REAL    NOT NULL,
     peer         TEXT    NOT NULL DEFAULT '',
     conn_seq     INTEGER NOT NULL DEFAULT 0,
+    source       TEXT    NOT NULL DEFAULT '',
+    position     INTEGER NOT NULL DEFAULT 0,
     control_id   TEXT    NOT NULL DEFAULT '',
     message_type TEXT    NOT NULL DEFAULT '',
     digest       BLOB    NOT NULL,
     raw          BLOB    NOT NULL,
     processed    BLOB,
-    state        TEXT    NOT NULL CHECK (state IN ('received', 'processed', 'forwarded', 'dead', 'rejected')),
+    state        TEXT    NOT NULL CHECK (state IN ({states})),
     attempts     INTEGER NOT NULL DEFAULT 0,
     last_error   TEXT,
     commented    INTEGER,
     reasons      TEXT
-);
+)
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS messages_by_state ON messages (state, id);
 CREATE INDEX IF NOT EXISTS messages_by_control_id ON messages (control_id, received_at);
+CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source, position) WHERE source != '';
 """
+
+
+def _table(name: str) -> str:
+    return _TABLE.format(name=name, states=", ".join(f"'{s}'" for s in STATES))
 
 
 class JournalError(Exception):
@@ -83,12 +101,66 @@ class Receipt:
 
 
 @dataclass(frozen=True)
+class NewMessage:
+    """Intake: a frame that is an HL7 message, to be journaled before its AA."""
+
+    raw: bytes
+    control_id: str
+    message_type: str
+    peer: str = ""
+    conn_seq: int = 0
+    retransmit_window_s: float = 0.0
+    now: float | None = None
+
+
+@dataclass(frozen=True)
+class InvalidFrame:
+    """Intake: a frame answered AR (not an HL7 message, or too large), kept for inspection."""
+
+    raw: bytes
+    reason: str
+    peer: str = ""
+    conn_seq: int = 0
+    control_id: str = ""
+    message_type: str = ""
+    now: float | None = None
+
+
+Arrival = NewMessage | InvalidFrame
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A message `replay --forward` has processed, from `position` in its file."""
+
+    raw: bytes
+    processed: bytes
+    control_id: str
+    message_type: str
+    commented: bool
+    reasons: tuple[str, ...]
+    position: int
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What the processing stage made of one journaled message."""
+
+    id: int
+    processed: bytes
+    commented: bool
+    reasons: tuple[str, ...] | list[str]
+
+
+@dataclass(frozen=True)
 class Row:
     id: int
     received_at: float
     updated_at: float
     peer: str
     conn_seq: int
+    source: str
+    position: int
     control_id: str
     message_type: str
     raw: bytes
@@ -101,30 +173,32 @@ class Row:
 
 
 _COLUMNS = (
-    "id, received_at, updated_at, peer, conn_seq, control_id, message_type, raw, "
+    "id, received_at, updated_at, peer, conn_seq, source, position, control_id, message_type, raw, "
     "processed, state, attempts, last_error, commented, reasons"
 )
 
 
 def _row(r) -> Row:
-    raw = bytes(r[7])
-    # commented is set by mark_processed; processed is NULL there when unchanged.
-    processed = bytes(r[8]) if r[8] is not None else (raw if r[12] is not None else None)
+    raw = bytes(r[9])
+    # commented is set by mark_processed_many; processed is NULL there when unchanged.
+    processed = bytes(r[10]) if r[10] is not None else (raw if r[14] is not None else None)
     return Row(
-        r[0],
-        r[1],
-        r[2],
-        r[3],
-        r[4],
-        r[5],
-        r[6],
-        raw,
-        processed,
-        r[9],
-        r[10],
-        r[11],
-        None if r[12] is None else bool(r[12]),
-        tuple(json.loads(r[13] or "[]")),
+        id=r[0],
+        received_at=r[1],
+        updated_at=r[2],
+        peer=r[3],
+        conn_seq=r[4],
+        source=r[5],
+        position=r[6],
+        control_id=r[7],
+        message_type=r[8],
+        raw=raw,
+        processed=processed,
+        state=r[11],
+        attempts=r[12],
+        last_error=r[13],
+        commented=None if r[14] is None else bool(r[14]),
+        reasons=tuple(json.loads(r[15] or "[]")),
     )
 
 
@@ -147,9 +221,55 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._full = True
             self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
+            self._migrate()
+        except (sqlite3.Error, OSError, JournalError) as exc:
+            with contextlib.suppress(AttributeError, sqlite3.Error):
+                self._db.close()
+            if isinstance(exc, JournalError):
+                raise
             raise JournalError(f"cannot open journal {self.path}: {exc}") from None
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older journal's up to SCHEMA_VERSION
+        in one transaction (a crash half-way leaves the old one intact)."""
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            version = cur.execute("PRAGMA user_version").fetchone()[0]
+            exists = cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'").fetchone()
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"journal {self.path} has schema version {version}; this b12comment knows up to {SCHEMA_VERSION}"
+                )
+            if not exists:
+                cur.execute(_table("messages"))
+            elif version < 1:
+                # Version 0: replay's rows kept their file in peer and their
+                # position in conn_seq, and a frame answered AR was 'rejected'.
+                cur.execute(_table("messages_v1"))
+                cur.execute(
+                    "INSERT INTO messages_v1 (id, received_at, updated_at, peer, conn_seq, source, position, "
+                    "control_id, message_type, digest, raw, processed, state, attempts, last_error, commented, "
+                    "reasons) SELECT id, received_at, updated_at, "
+                    "CASE WHEN peer LIKE 'replay:%' THEN '' ELSE peer END, "
+                    "CASE WHEN peer LIKE 'replay:%' THEN 0 ELSE conn_seq END, "
+                    "CASE WHEN peer LIKE 'replay:%' THEN peer ELSE '' END, "
+                    "CASE WHEN peer LIKE 'replay:%' THEN conn_seq ELSE 0 END, "
+                    "control_id, message_type, digest, raw, processed, "
+                    "CASE WHEN state = 'rejected' THEN 'invalid' ELSE state END, "
+                    "attempts, last_error, commented, reasons FROM messages ORDER BY id"
+                )
+                cur.execute("DROP TABLE messages")
+                cur.execute("ALTER TABLE messages_v1 RENAME TO messages")
+            for statement in _INDEXES.strip().splitlines():
+                cur.execute(statement)
+            if version != SCHEMA_VERSION:
+                cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            cur.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -197,73 +317,22 @@ class Journal:
 
     # -- the listener
 
-    def record(
-        self,
-        raw: bytes,
-        *,
-        control_id: str,
-        message_type: str,
-        peer: str = "",
-        conn_seq: int = 0,
-        retransmit_window_s: float = 0.0,
-        now: float | None = None,
-    ) -> Receipt:
-        """Journal a received message, or find it already journaled when it is a
-        retransmission (same MSH-10 and same bytes within the window)."""
-        return self._tx(
-            lambda cur: self._record(
-                cur,
-                raw,
-                control_id=control_id,
-                message_type=message_type,
-                peer=peer,
-                conn_seq=conn_seq,
-                retransmit_window_s=retransmit_window_s,
-                now=now,
-            )
-        )
-
-    def reject(
-        self,
-        raw: bytes,
-        reason: str,
-        *,
-        peer: str = "",
-        conn_seq: int = 0,
-        control_id: str = "",
-        message_type: str = "",
-        now: float | None = None,
-    ) -> int:
-        """Keep a frame that was answered AR (not an HL7 message, too large), for inspection."""
-        return self._tx(
-            lambda cur: self._reject(
-                cur,
-                raw,
-                reason,
-                peer=peer,
-                conn_seq=conn_seq,
-                control_id=control_id,
-                message_type=message_type,
-                now=now,
-            )
-        )
-
-    def intake(self, calls: list[tuple[str, tuple, dict]]) -> list:
-        """Several `record` and `reject` calls, (method, args, kwargs), in one
-        transaction and one fsync (group commit), in the order given. Returns
-        one result per call, or the JournalError of a call that failed alone;
-        raises JournalError when the commit fails (then nothing is stored)."""
-        if len(calls) == 1:
-            method, args, kwargs = calls[0]
-            return [getattr(self, method)(*args, **kwargs)]
-        bodies: dict[str, Callable[..., Any]] = {"record": self._record, "reject": self._reject}
+    def intake(self, arrivals: Sequence[Arrival]) -> list[Receipt | int | JournalError]:
+        """Journal frames in one transaction and one fsync (group commit), in
+        the order given: a `Receipt` for each `NewMessage` (a retransmission,
+        same MSH-10 and same bytes within its window, is found, not stored
+        again), the row id of each `InvalidFrame`, or the JournalError of one
+        that failed alone. Raises JournalError when the commit fails: then
+        nothing is stored."""
 
         def tx(cur):
-            results = []
-            for method, args, kwargs in calls:
+            if len(arrivals) == 1:
+                return [self._arrive(cur, arrivals[0])]
+            results: list[Receipt | int | JournalError] = []
+            for arrival in arrivals:
                 cur.execute("SAVEPOINT item")
                 try:
-                    results.append(bodies[method](cur, *args, **kwargs))
+                    results.append(self._arrive(cur, arrival))
                 except sqlite3.Error as exc:
                     cur.execute("ROLLBACK TO item")
                     results.append(JournalError(f"journal {self.path}: {exc}"))
@@ -273,52 +342,29 @@ class Journal:
         return self._tx(tx)
 
     @staticmethod
-    def _record(
-        cur,
-        raw: bytes,
-        *,
-        control_id: str,
-        message_type: str,
-        peer: str = "",
-        conn_seq: int = 0,
-        retransmit_window_s: float = 0.0,
-        now: float | None = None,
-    ) -> Receipt:
-        now = time.time() if now is None else now
-        sha = digest(raw)
-        if retransmit_window_s > 0:
+    def _arrive(cur, a: Arrival) -> Receipt | int:
+        now = time.time() if a.now is None else a.now
+        sha = digest(a.raw)
+        if isinstance(a, InvalidFrame):
+            return cur.execute(
+                "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, digest, "
+                "raw, state, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'invalid', ?)",
+                (now, now, a.peer, a.conn_seq, a.control_id, a.message_type, sha, a.raw, a.reason),
+            ).lastrowid
+        if a.retransmit_window_s > 0:
             hit = cur.execute(
                 "SELECT id FROM messages WHERE control_id = ? AND digest = ? AND received_at >= ? "
-                "AND state != 'rejected' ORDER BY id DESC LIMIT 1",
-                (control_id, sha, now - retransmit_window_s),
+                "AND state != 'invalid' ORDER BY id DESC LIMIT 1",
+                (a.control_id, sha, now - a.retransmit_window_s),
             ).fetchone()
             if hit:
                 return Receipt(hit[0], True)
         cur.execute(
             "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, "
             "digest, raw, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'received')",
-            (now, now, peer, conn_seq, control_id, message_type, sha, raw),
+            (now, now, a.peer, a.conn_seq, a.control_id, a.message_type, sha, a.raw),
         )
         return Receipt(cur.lastrowid, False)
-
-    @staticmethod
-    def _reject(
-        cur,
-        raw: bytes,
-        reason: str,
-        *,
-        peer: str = "",
-        conn_seq: int = 0,
-        control_id: str = "",
-        message_type: str = "",
-        now: float | None = None,
-    ) -> int:
-        now = time.time() if now is None else now
-        return cur.execute(
-            "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, digest, "
-            "raw, state, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'rejected', ?)",
-            (now, now, peer, conn_seq, control_id, message_type, digest(raw), raw, reason),
-        ).lastrowid
 
     # -- the processing stage
 
@@ -326,33 +372,20 @@ class Journal:
         rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE state = 'received' ORDER BY id LIMIT ?", (limit,))
         return [_row(r) for r in rows]
 
-    def mark_processed(self, id: int, processed: bytes, commented: bool, reasons, now: float | None = None) -> None:
-        self.mark_processed_many([(id, processed, commented, reasons)], now)
-
-    def mark_processed_many(self, results, now: float | None = None) -> None:
-        """(id, processed bytes, commented, reasons) of each message, in one
-        transaction. Processed bytes equal to the received ones are not stored again."""
+    def mark_processed_many(self, results: Sequence[Processed], now: float | None = None) -> None:
+        """Record what processing made of each message, in one transaction.
+        Processed bytes equal to the received ones are not stored again."""
         now = time.time() if now is None else now
         self._tx(
             lambda cur: cur.executemany(
                 "UPDATE messages SET processed = CASE WHEN raw = ?1 THEN NULL ELSE ?1 END, commented = ?2, "
                 "reasons = ?3, state = 'processed', updated_at = ?4 WHERE id = ?5 AND state = 'received'",
-                [
-                    (processed, int(commented), json.dumps(list(reasons)), now, id)
-                    for id, processed, commented, reasons in results
-                ],
+                [(p.processed, int(p.commented), json.dumps(list(p.reasons)), now, p.id) for p in results],
             ),
             durable=False,
         )
 
     # -- the forwarder
-
-    def next_undelivered(self) -> Row | None:
-        """The oldest message not yet forwarded or dead: the head of the queue."""
-        rows = self._query(
-            f"SELECT {_COLUMNS} FROM messages WHERE state IN ('received', 'processed') ORDER BY id LIMIT 1"
-        )
-        return _row(rows[0]) if rows else None
 
     def deliverable(self, limit: int = 100) -> list[Row]:
         """The head of the queue: up to `limit` processed messages in journal
@@ -362,15 +395,12 @@ class Journal:
         )
         out = []
         for r in rows:
-            if r[9] != PROCESSED:
+            if r[11] != PROCESSED:
                 break
             out.append(_row(r))
         return out
 
-    def mark_forwarded(self, id: int, now: float | None = None) -> None:
-        self._set_state(id, FORWARDED, None, now)
-
-    def mark_forwarded_many(self, ids, now: float | None = None) -> None:
+    def mark_forwarded_many(self, ids: Sequence[int], now: float | None = None) -> None:
         now = time.time() if now is None else now
         self._tx(
             lambda cur: cur.executemany(
@@ -407,49 +437,48 @@ class Journal:
         return self._tx(tx, durable=False)
 
     def prune(self, retention_days: float, now: float | None = None) -> int:
-        """Delete forwarded and rejected rows older than the retention."""
+        """Delete forwarded rows and invalid frames older than the retention."""
         now = time.time() if now is None else now
         cutoff = now - retention_days * 86400
         return self._tx(
             lambda cur: cur.execute(
-                "DELETE FROM messages WHERE state IN ('forwarded', 'rejected') AND updated_at < ?", (cutoff,)
+                "DELETE FROM messages WHERE state IN ('forwarded', 'invalid') AND updated_at < ?", (cutoff,)
             ).rowcount
         )
 
     # -- replay --forward
 
-    def enqueue_processed(self, source: str, batch, now: float | None = None) -> None:
-        """Journal messages that replay has already processed, in one transaction:
-        (raw, processed, control_id, message_type, commented, reasons, position)
-        each. `source` is kept as the peer and the position in the file as
-        conn_seq, so that `last_position` can resume an interrupted replay."""
+    def enqueue_processed(self, source: str, batch: Sequence[Replayed], now: float | None = None) -> None:
+        """Journal messages that replay has already processed, in one
+        transaction, with their source (`replay:<file>`) and position in the
+        file, so that `last_position` can resume an interrupted replay."""
         now = time.time() if now is None else now
         self._tx(
             lambda cur: cur.executemany(
-                "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, digest, raw, "
-                "processed, state, commented, reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'processed', ?, ?)",
+                "INSERT INTO messages (received_at, updated_at, source, position, control_id, message_type, digest, "
+                "raw, processed, state, commented, reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'processed', ?, ?)",
                 [
                     (
                         now,
                         now,
                         source,
-                        position,
-                        control_id,
-                        message_type,
-                        digest(raw),
-                        raw,
-                        None if processed == raw else processed,
-                        int(commented),
-                        json.dumps(list(reasons)),
+                        m.position,
+                        m.control_id,
+                        m.message_type,
+                        digest(m.raw),
+                        m.raw,
+                        None if m.processed == m.raw else m.processed,
+                        int(m.commented),
+                        json.dumps(list(m.reasons)),
                     )
-                    for raw, processed, control_id, message_type, commented, reasons, position in batch
+                    for m in batch
                 ],
             )
         )
 
     def last_position(self, source: str) -> int:
         """The highest position journaled from `source` (0 if none)."""
-        return self._query("SELECT COALESCE(MAX(conn_seq), 0) FROM messages WHERE peer = ?", (source,))[0][0]
+        return self._query("SELECT COALESCE(MAX(position), 0) FROM messages WHERE source = ?", (source,))[0][0]
 
     # -- inspection (queue CLI, metrics)
 

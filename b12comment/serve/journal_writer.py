@@ -1,5 +1,7 @@
 """The journal's writer: drives the synchronous `Journal` for asyncio code,
 with group commit of intake (see `JournalThread`).
+
+Every operation is a typed method here, so mypy checks each call.
 """
 
 from __future__ import annotations
@@ -8,17 +10,28 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
-from b12comment.serve.journal import Journal, JournalError
+from b12comment.serve.journal import (
+    Arrival,
+    InvalidFrame,
+    Journal,
+    JournalError,
+    NewMessage,
+    Processed,
+    Receipt,
+    Row,
+)
 
-INTAKE = frozenset({"record", "reject"})
+T = TypeVar("T")
 
 
 class JournalThread:
     """The journal for asyncio code: intake on the event loop, the rest on a thread.
 
-    Intake (`record`, `reject`) is what a sender waits for, so it takes the
+    Intake (`record`, `keep_invalid`) is what a sender waits for, so it takes the
     shortest path: the frames handed in during one turn of the event loop,
     from every connection, are committed together at the end of that turn,
     on the event loop itself, in one transaction and one fsync (group
@@ -42,50 +55,121 @@ class JournalThread:
         self._journal: Journal | None = None
         self._lock = threading.Lock()  # held while the journal is in use
         self._cv = threading.Condition()  # guards the queues below
-        self._intake: deque = deque()
-        self._calls: deque = deque()
+        self._intake: deque[tuple[asyncio.Future, Arrival]] = deque()
+        self._calls: deque[tuple[asyncio.Future, Callable[[Journal], Any] | None]] = deque()
         self._flush_scheduled = False
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    # -- the event loop side
+    # -- intake: handed in now, the future is done once committed
 
-    def submit(self, method: str, *args, **kwargs) -> asyncio.Future:
-        """Queue a call now; the future has its result once it is committed."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the journal is closed")
-            if method in INTAKE:
-                self._intake.append((future, method, args, kwargs))
-                if not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    loop.call_soon(self._flush)
-            else:
-                self._calls.append((future, method, args, kwargs))
-                self._wake_thread()
-        return future
+    def record(
+        self,
+        raw: bytes,
+        *,
+        control_id: str,
+        message_type: str,
+        peer: str = "",
+        conn_seq: int = 0,
+        retransmit_window_s: float = 0.0,
+    ) -> asyncio.Future[Receipt]:
+        """Journal a message (group commit); the future has its `Receipt`."""
+        return self._arrive(NewMessage(raw, control_id, message_type, peer, conn_seq, retransmit_window_s))
 
-    async def call(self, method: str, *args, **kwargs):
-        return await self.submit(method, *args, **kwargs)
+    def keep_invalid(
+        self,
+        raw: bytes,
+        reason: str,
+        *,
+        peer: str = "",
+        conn_seq: int = 0,
+        control_id: str = "",
+        message_type: str = "",
+    ) -> asyncio.Future[int]:
+        """Keep a frame answered AR (group commit); the future has its row id."""
+        return self._arrive(InvalidFrame(raw, reason, peer, conn_seq, control_id, message_type))
+
+    # -- everything else, one at a time on the journal thread
+
+    async def unprocessed(self, limit: int = 100) -> list[Row]:
+        return await self._call(lambda j: j.unprocessed(limit))
+
+    async def mark_processed_many(self, results: Sequence[Processed]) -> None:
+        await self._call(lambda j: j.mark_processed_many(results))
+
+    async def deliverable(self, limit: int = 100) -> list[Row]:
+        return await self._call(lambda j: j.deliverable(limit))
+
+    async def mark_forwarded_many(self, ids: Sequence[int]) -> None:
+        await self._call(lambda j: j.mark_forwarded_many(ids))
+
+    async def mark_attempt_failed(self, id: int, error: str, counts: bool = True) -> int:
+        return await self._call(lambda j: j.mark_attempt_failed(id, error, counts))
+
+    async def mark_dead(self, id: int, reason: str) -> None:
+        await self._call(lambda j: j.mark_dead(id, reason))
+
+    async def prune(self, retention_days: float) -> int:
+        return await self._call(lambda j: j.prune(retention_days))
+
+    async def depth(self) -> int:
+        return await self._call(lambda j: j.depth())
+
+    async def counts(self) -> dict[str, int]:
+        return await self._call(lambda j: j.counts())
+
+    async def get(self, id: int) -> Row | None:
+        return await self._call(lambda j: j.get(id))
+
+    async def rows(self, state: str | None = None) -> list[Row]:
+        return await self._call(lambda j: j.rows(state))
+
+    async def settings(self) -> tuple[str, int]:
+        return await self._call(lambda j: j.settings())
 
     async def available(self) -> bool:
         try:
-            await self.call("depth")
+            await self.depth()
             return True
         except JournalError:
             return False
 
     async def close(self) -> None:
         """Finish what is queued, close the file, end the thread."""
-        await self.call("close")
+        await self._submit(None)
         with self._cv:
             self._closed = True
             self._cv.notify()
             thread = self._thread
         if thread is not None:
             await asyncio.to_thread(thread.join)
+
+    # -- the event loop side
+
+    def _arrive(self, arrival: Arrival) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the journal is closed")
+            self._intake.append((future, arrival))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        return future
+
+    def _call(self, fn: Callable[[Journal], T]) -> asyncio.Future[T]:
+        return self._submit(fn)
+
+    def _submit(self, fn: Callable[[Journal], Any] | None) -> asyncio.Future:
+        """Queue fn(journal) for the thread (None: close the journal)."""
+        future = asyncio.get_running_loop().create_future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the journal is closed")
+            self._calls.append((future, fn))
+            self._wake_thread()
+        return future
 
     def _flush(self) -> None:
         """End of a loop turn: commit the intake batch here, unless the thread
@@ -101,7 +185,7 @@ class JournalThread:
                 batch = self._take_intake()
                 if not batch:
                     return
-                _resolve(self._run_batch(batch))
+                _resolve(self._run_intake(batch))
         finally:
             self._lock.release()
 
@@ -111,7 +195,7 @@ class JournalThread:
             self._thread.start()
         self._cv.notify()
 
-    def _take_intake(self) -> list:
+    def _take_intake(self) -> list[tuple[asyncio.Future, Arrival]]:
         with self._cv:
             return [self._intake.popleft() for _ in range(min(len(self._intake), self.max_batch))]
 
@@ -124,39 +208,37 @@ class JournalThread:
                     self._cv.wait()
                 if not (self._intake or self._calls):
                     return
+            done: list = []
             with self._lock:
                 batch = self._take_intake()
-                if not batch:
-                    with self._cv:
-                        batch = [self._calls.popleft()] if self._calls else []
                 if batch:
-                    done = self._run_batch(batch)
-            if batch:
+                    done = self._run_intake(batch)
+                else:
+                    with self._cv:
+                        call = self._calls.popleft() if self._calls else None
+                    if call is not None:
+                        done = [self._run_call(*call)]
+            if done:
                 self._settle(done)
 
-    def _run_batch(self, batch: list) -> list:
-        """Run intake calls together, or one other call; (future, value, ok) each."""
-        method = batch[0][1]
-        if method in INTAKE:
-            try:
-                results = [
-                    (r, not isinstance(r, JournalError))
-                    for r in self._open().intake([(m, a, k) for _, m, a, k in batch])
-                ]
-            except Exception as exc:
-                results = [(exc, False)] * len(batch)
-        elif method == "close":
+    def _run_intake(self, batch: list[tuple[asyncio.Future, Arrival]]) -> list:
+        """Commit intake together; (future, value, ok) each."""
+        try:
+            results = self._open().intake([arrival for _, arrival in batch])
+        except Exception as exc:
+            return [(future, exc, False) for future, _ in batch]
+        return [(future, r, not isinstance(r, JournalError)) for (future, _), r in zip(batch, results, strict=True)]
+
+    def _run_call(self, future: asyncio.Future, fn: Callable[[Journal], Any] | None) -> tuple:
+        if fn is None:
             if self._journal is not None:
                 self._journal.close()
                 self._journal = None
-            results = [(None, True)]
-        else:
-            try:
-                _, _, args, kwargs = batch[0]
-                results = [(getattr(self._open(), method)(*args, **kwargs), True)]
-            except Exception as exc:
-                results = [(exc, False)]
-        return [(item[0], value, ok) for item, (value, ok) in zip(batch, results, strict=False)]
+            return (future, None, True)
+        try:
+            return (future, fn(self._open()), True)
+        except Exception as exc:
+            return (future, exc, False)
 
     def _open(self) -> Journal:
         if self._journal is None:

@@ -3,7 +3,7 @@
 `Intake` decides the answer to one frame: journal it (the commit comes
 before the answer), then AA; AE with an ERR when the journal cannot be
 written; AR with an ERR for a frame that is not an HL7 message or is too
-large (kept in the journal as rejected). `Listener` runs the asyncio server:
+large (kept in the journal as invalid). `Listener` runs the asyncio server:
 many connections, many messages per connection, answered in order, with the
 limits of `[listener]` (frame size, idle timeout, connection count, allowed
 peers, TLS).
@@ -39,7 +39,7 @@ from b12comment.serve.ack import (
     AckError,
     build_ack,
 )
-from b12comment.serve.journal import JournalError
+from b12comment.serve.journal import JournalError, Receipt
 from b12comment.serve.journal_writer import JournalThread
 
 
@@ -83,10 +83,9 @@ class Intake:
         try:
             header = read_header(payload)
         except Malformed as exc:
-            return self._reject(payload, peer, seq, SEGMENT_SEQUENCE_ERROR, f"not an HL7 message: {exc}", "", "")
+            return self._invalid(payload, peer, seq, SEGMENT_SEQUENCE_ERROR, f"not an HL7 message: {exc}", "", "")
         cid, mtype = header.control_id, header.message_type
-        stored = self.journal.submit(
-            "record",
+        stored = self.journal.record(
             payload,
             control_id=cid,
             message_type=mtype,
@@ -97,7 +96,7 @@ class Intake:
         return self._accepted(stored, payload, header, peer, dict(control_id=cid, message_type=mtype))
 
     async def _accepted(
-        self, stored: asyncio.Future, payload: bytes, header: Header, peer: str, fields: dict
+        self, stored: asyncio.Future[Receipt], payload: bytes, header: Header, peer: str, fields: dict
     ) -> Answer:
         try:
             receipt = await stored
@@ -119,18 +118,17 @@ class Intake:
         except Malformed:
             cid = mtype = ""
         why = f"message of {size} bytes is over the limit of {limit} bytes (max_message_bytes); not stored"
-        return self._reject(head, peer, seq, APPLICATION_INTERNAL_ERROR, why, cid, mtype)
+        return self._invalid(head, peer, seq, APPLICATION_INTERNAL_ERROR, why, cid, mtype)
 
-    def _reject(
+    def _invalid(
         self, payload: bytes, peer: str, seq: int, code: str, why: str, cid: str, mtype: str
     ) -> Coroutine[Any, Any, Answer]:
-        stored = self.journal.submit(
-            "reject", payload, why, peer=peer, conn_seq=seq, control_id=cid, message_type=mtype
-        )
-        return self._rejected(stored, payload, peer, code, why, dict(control_id=cid, message_type=mtype, reason=why))
+        stored = self.journal.keep_invalid(payload, why, peer=peer, conn_seq=seq, control_id=cid, message_type=mtype)
+        fields = dict(control_id=cid, message_type=mtype, reason=why)
+        return self._invalid_kept(stored, payload, peer, code, why, fields)
 
-    async def _rejected(
-        self, stored: asyncio.Future, payload: bytes, peer: str, code: str, why: str, fields: dict
+    async def _invalid_kept(
+        self, stored: asyncio.Future[int], payload: bytes, peer: str, code: str, why: str, fields: dict
     ) -> Answer:
         try:
             fields["journal_id"] = await stored

@@ -30,7 +30,7 @@ from b12comment.core.decision import INTERNAL_ERROR
 from b12comment.core.engine import process
 from b12comment.serve.aio import wait_event
 from b12comment.serve.forwarder import Forwarder, transport_for
-from b12comment.serve.journal import JournalError
+from b12comment.serve.journal import JournalError, Processed
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.listener import Intake, Listener
 from b12comment.serve.metrics import Metrics, MetricsServer
@@ -85,7 +85,7 @@ class Processor:
             while not stop.is_set():
                 self.wake.clear()
                 try:
-                    rows = await self.journal.call("unprocessed", self.batch)
+                    rows = await self.journal.unprocessed(self.batch)
                 except JournalError as exc:
                     self.log.error("journal_unavailable", stage="processing", error=str(exc))
                     await wait_event(stop, self.poll_s)
@@ -95,10 +95,8 @@ class Processor:
                     done = await loop.run_in_executor(self._executor, _process_rows, rows, self.rule, self.batch_s)
                     rows = rows[len(done) :]
                     try:
-                        await self.journal.call(
-                            "mark_processed_many",
-                            [(row.id, out, fields["commented"], fields["reasons"]) for row, out, fields, _ in done],
-                        )
+                        results = [Processed(r.id, out, f["commented"], f["reasons"]) for r, out, f, _ in done]
+                        await self.journal.mark_processed_many(results)
                     except JournalError as exc:
                         self.log.error("journal_unavailable", stage="processing", error=str(exc))
                         await wait_event(stop, self.poll_s)
@@ -177,7 +175,7 @@ class Service:
         except TlsError as exc:
             raise StartupError(str(exc), EXIT_USAGE) from None
         try:
-            await self.journal.call("depth")
+            await self.journal.depth()
         except JournalError as exc:
             self.log.error(
                 "journal_unavailable",
@@ -196,7 +194,7 @@ class Service:
                 self.metrics,
                 cfg.metrics.host,
                 cfg.metrics.port,
-                queue_depth=lambda: self.journal.call("depth"),
+                queue_depth=self.journal.depth,
                 healthy=self.journal.available,
             )
             try:
@@ -235,7 +233,7 @@ class Service:
     async def _prune(self) -> None:
         while not self.stop_event.is_set():
             try:
-                removed = await self.journal.call("prune", self.config.journal.retention_days)
+                removed = await self.journal.prune(self.config.journal.retention_days)
                 if removed:
                     self.log.info("journal_pruned", rows=removed)
             except JournalError as exc:
