@@ -1,9 +1,9 @@
-"""Command line: serve, replay, preview, queue.
+"""Command line: serve, send, preview, replay, queue.
 
-Exit codes scripts can rely on:
-  0  done, every input read and every output written
-  1  some input could not be read or some output not written (said on stderr)
-  2  usage or configuration error (said on stderr, nothing ran)
+Each sub-command's parser names its handler with `set_defaults(func=...)`;
+`main` parses, loads the configuration and calls it. A handler returns an
+exit code or raises `B12Error` (errors.py), which `main` turns into one line
+on stderr and that error's exit code. The codes are defined once, in errors.py.
 """
 
 from __future__ import annotations
@@ -13,33 +13,108 @@ import os
 import sys
 
 from b12comment import __version__
-from b12comment.config import ConfigError, load_config
+from b12comment.config import Config, load_config
+from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error, UsageError, describe_os_error
 
-EXIT_OK, EXIT_IO, EXIT_USAGE = 0, 1, 2
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="b12comment",
-        description=(
-            "Adds an interpretive NTE comment to isolated elevated vitamin B12 results "
-            "of patients under 18 in HL7 v2 ORU^R01 messages, changing no other byte."
-        ),
-        epilog="Run 'b12comment COMMAND --help' for the options of one command.",
+def _with_config(sp: argparse.ArgumentParser, default=None) -> argparse.ArgumentParser:
+    sp.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help="configuration file (TOML); default: the built-in defaults, which are what the shipped config.toml holds",
     )
-    p.add_argument("--version", action="version", version=f"b12comment {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    return sp
 
-    def with_config(sp):
-        sp.add_argument(
-            "--config",
-            metavar="PATH",
-            help="configuration file (TOML); default: the built-in defaults, "
-            "which are what the shipped config.toml holds",
-        )
-        return sp
 
-    sp = with_config(
+# --------------------------------------------------------------------------
+# Handlers: (config, args) -> exit code
+
+
+def _preview(config: Config, args: argparse.Namespace) -> int:
+    from b12comment.preview import run_preview
+
+    return run_preview(config, args.file, as_json=args.json)
+
+
+def _replay(config: Config, args: argparse.Namespace) -> int:
+    from b12comment.replay.run import Options, run_replay
+
+    if args.workers < 1:
+        raise UsageError("replay: --workers must be 1 or more")
+    if args.resume and not (args.out or args.forward):
+        raise UsageError("replay: --resume needs --out or --forward")
+    if args.journal and not args.forward:
+        raise UsageError("replay: --journal goes with --forward")
+    old = None
+    if args.compare_with:
+        try:
+            old = load_config(args.compare_with)
+        except B12Error as exc:
+            raise UsageError(f"configuration error (--compare-with): {exc}") from None
+    return run_replay(
+        config,
+        args.inputs,
+        Options(
+            out=args.out,
+            forward=args.forward,
+            journal=args.journal,
+            include=tuple(args.include),
+            exclude=tuple(args.exclude),
+            resume=args.resume,
+            workers=args.workers,
+            quiet=args.quiet,
+            log_file=args.log_file,
+            skip_non_hl7=args.skip_non_hl7,
+            report=args.report,
+            html=args.html,
+            old_config=old,
+        ),
+    )
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from b12comment.serve.service import run_serve
+
+    return run_serve(config)
+
+
+def _send(config: Config, args: argparse.Namespace) -> int:
+    from b12comment.send import SendOptions, parse_address, run_send
+
+    if args.count is not None and args.count < 1:
+        raise UsageError("send: --count must be 1 or more")
+    if args.rate < 0:
+        raise UsageError("send: --rate must be 0 (no limit) or more")
+    host, port = parse_address(args.to)
+    return run_send(
+        args.files,
+        SendOptions(
+            host=host,
+            port=port,
+            timeout_s=args.timeout,
+            count=args.count,
+            rate=args.rate,
+            tls=args.tls,
+            tls_ca=args.tls_ca or "",
+            tls_cert=args.tls_cert or "",
+            tls_key=args.tls_key or "",
+        ),
+    )
+
+
+def _queue(config: Config, args: argparse.Namespace) -> int:
+    from b12comment.serve.queue_cli import run_queue
+
+    return run_queue(config, args)
+
+
+# --------------------------------------------------------------------------
+# Parsers
+
+
+def _add_preview(sub) -> None:
+    sp = _with_config(
         sub.add_parser(
             "preview",
             help="show what each message would get, and why",
@@ -51,8 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--json", action="store_true", help="one JSON object per message (control_id, commented, reasons, output, ...)"
     )
+    sp.set_defaults(func=_preview)
 
-    sp = with_config(
+
+def _add_replay(sub) -> None:
+    sp = _with_config(
         sub.add_parser(
             "replay",
             help="process archived messages from files and folders",
@@ -77,20 +155,11 @@ def _parser() -> argparse.ArgumentParser:
         help="with --forward: the journal to queue in (default: [journal] path with "
         "'-replay' added to its name, never the one serve uses)",
     )
-    sp.add_argument(
-        "--include",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="only files whose relative path or name matches (repeatable)",
-    )
-    sp.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="skip files whose relative path or name matches (repeatable)",
-    )
+    for name, text in (
+        ("--include", "only files whose relative path or name matches (repeatable)"),
+        ("--exclude", "skip files whose relative path or name matches (repeatable)"),
+    ):
+        sp.add_argument(name, action="append", default=[], metavar="GLOB", help=text)
     sp.add_argument(
         "--resume",
         action="store_true",
@@ -103,7 +172,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes (default: the number of cores); output is the same for any N",
     )
-    sp.add_argument("--quiet", action="store_true", help="no progress line")
+    sp.add_argument(
+        "--skip-non-hl7",
+        action="store_true",
+        help="give files that hold no HL7 message no output (by default they are copied unchanged)",
+    )
+    sp.add_argument("--quiet", action="store_true", help="no progress line and no warnings: errors and the summary")
+    sp.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="write one JSON decision record per message here (no patient data)",
+    )
     sp.add_argument("--report", metavar="PATH", help="write the JSON report here")
     sp.add_argument("--html", metavar="PATH", help="write a self-contained HTML report here")
     sp.add_argument(
@@ -111,8 +190,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OLD_CONFIG",
         help="also run the rule of OLD_CONFIG and report every message where the two differ",
     )
+    sp.set_defaults(func=_replay)
 
-    sp = with_config(
+
+def _add_serve(sub) -> None:
+    sp = _with_config(
         sub.add_parser(
             "serve",
             help="run the MLLP listener and forwarder",
@@ -120,8 +202,38 @@ def _parser() -> argparse.ArgumentParser:
             "and forward to [downstream] url. Stops cleanly on SIGTERM or SIGINT.",
         )
     )
+    sp.set_defaults(func=_serve)
 
-    sp = with_config(
+
+def _add_send(sub) -> None:
+    sp = sub.add_parser(
+        "send",
+        help="send messages to an MLLP listener and show each ACK",
+        description="Send every message of every FILE (any segment terminator, batch files, MLLP "
+        "captures, gzip) in its own MLLP frame, wait for its ACK, and print one line per message: "
+        "control ID, ACK code, whether MSA-2 matches, round trip. Exits 3 if any message was not "
+        "answered AA.",
+    )
+    sp.add_argument("files", nargs="+", metavar="FILE")
+    sp.add_argument("--to", required=True, metavar="HOST:PORT", help="the listener, such as 127.0.0.1:2575")
+    sp.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait this long for each ACK (10)")
+    sp.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="a load run: send N messages, the files' messages in turn (repeats get -2, -3, ... on MSH-10), "
+        "print only those not AA and a summary",
+    )
+    sp.add_argument("--rate", type=float, default=0.0, metavar="R", help="at most R messages a second (0: no limit)")
+    sp.add_argument("--tls", action="store_true", help="MLLP over TLS, the server checked against the system store")
+    sp.add_argument("--tls-ca", metavar="PATH", help="TLS, the server checked against this CA")
+    sp.add_argument("--tls-cert", metavar="PATH", help="TLS client certificate")
+    sp.add_argument("--tls-key", metavar="PATH", help="its key")
+    sp.set_defaults(func=_send, config=None)
+
+
+def _add_queue(sub) -> None:
+    sp = _with_config(
         sub.add_parser(
             "queue",
             help="inspect the journal: status, dead letters, retry",
@@ -133,72 +245,75 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "counts by state and the age of the oldest undelivered message"),
         ("dead", "dead-lettered messages: control IDs, times, reasons"),
     ):
-        qsub.add_parser(name, help=text).add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
-    qr = qsub.add_parser("retry", help="put dead-lettered messages back in the queue")
-    qr.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
+        _with_config(qsub.add_parser(name, help=text), default=argparse.SUPPRESS)
+    qr = _with_config(qsub.add_parser("retry", help="put dead-lettered messages back in the queue"), argparse.SUPPRESS)
     qr.add_argument("control_id", nargs="?", metavar="CONTROL_ID")
     qr.add_argument("--all", action="store_true", help="retry every dead-lettered message")
+    sp.set_defaults(func=_queue, queue_parser=sp)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="b12comment",
+        description=(
+            "Adds an interpretive NTE comment to isolated elevated vitamin B12 results "
+            "of patients under 18 in HL7 v2 ORU^R01 messages, changing no other byte."
+        ),
+        epilog="Run 'b12comment COMMAND --help' for the options of one command. "
+        "Exit codes: 0 done, 1 an input could not be read or an output not written, "
+        "2 usage or configuration error, 3 send: a message was not answered AA.",
+    )
+    p.add_argument("--version", action="version", version=f"b12comment {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_serve, _add_send, _add_preview, _add_replay, _add_queue):
+        add(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.command:
+    if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command == "queue" and not args.queue_command:
+        args.queue_parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # the reader went away (`| head`): end quietly, as Unix tools do
+        _silence_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("b12comment: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+    except B12Error as exc:
         print(f"b12comment: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.command == "preview":
-        from b12comment.preview import run_preview
+        return exc.exit_code
+    try:
+        return args.func(config, args)
+    except B12Error as exc:
+        print(f"b12comment: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # a path nobody foresaw: still one line, never a traceback
+        print(f"b12comment: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_IO
 
-        return run_preview(config, args.file, as_json=args.json)
-    if args.command == "replay":
-        from b12comment.replay.run import Options, run_replay
 
-        if args.workers < 1:
-            parser.error("--workers must be 1 or more")
-        if args.resume and not (args.out or args.forward):
-            parser.error("--resume needs --out or --forward")
-        if args.journal and not args.forward:
-            parser.error("--journal goes with --forward")
-        try:
-            old = load_config(args.compare_with) if args.compare_with else None
-        except ConfigError as exc:
-            print(f"b12comment: configuration error (--compare-with): {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        return run_replay(
-            config,
-            args.inputs,
-            Options(
-                out=args.out,
-                forward=args.forward,
-                journal=args.journal,
-                include=tuple(args.include),
-                exclude=tuple(args.exclude),
-                resume=args.resume,
-                workers=args.workers,
-                quiet=args.quiet,
-                report=args.report,
-                html=args.html,
-                old_config=old,
-            ),
-        )
-    if args.command == "serve":
-        from b12comment.serve.service import run_serve
-
-        return run_serve(config)
-    if args.command == "queue":
-        if not args.queue_command:
-            parser.parse_args(["queue", "--help"])
-        from b12comment.serve.queue_cli import run_queue
-
-        return run_queue(config, args)
-    parser.error(f"unknown command {args.command}")
-    return EXIT_USAGE
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from b12comment.core.rule_config import AgeBand, CodeMatch, RuleConfig
+from b12comment.errors import UsageError
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """A configuration file that cannot be used; the message names file and key."""
 
 

@@ -16,6 +16,7 @@ from b12comment.core import charset
 from b12comment.core.decision import REASONS, Decision
 from b12comment.core.engine import process
 from b12comment.core.segments import read_header
+from b12comment.errors import EXIT_OK, B12Error
 from b12comment.replay.inputs import iter_chunks, iter_pieces
 
 
@@ -71,13 +72,13 @@ def run_preview(config: Config, file: str, as_json: bool = False) -> int:
     try:
         with sys.stdin.buffer if file == "-" else open(Path(file), "rb") as stream:
             count = _preview_stream(config, stream, as_json)
+    except BrokenPipeError:
+        raise  # stdout closed (`| head`): cli.main ends quietly
     except OSError as exc:  # cannot open, or a read fails half-way
-        print(f"b12comment preview: cannot read {file}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        raise B12Error(f"preview: cannot read {file}: {exc.strerror or exc}") from None
     if count == 0:
-        print(f"b12comment preview: no HL7 message (no MSH segment) in {file}", file=sys.stderr)
-        return 1
-    return 0
+        raise B12Error(f"preview: no HL7 message (no MSH segment) in {file}")
+    return EXIT_OK
 
 
 def _preview_stream(config: Config, stream, as_json: bool) -> int:

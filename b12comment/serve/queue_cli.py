@@ -8,30 +8,32 @@ share the file, and the forwarder picks up retried messages within a second.
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from b12comment.config import Config
+from b12comment.errors import EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.serve.journal import STATES, Journal, JournalError
-
-EXIT_OK, EXIT_IO, EXIT_USAGE = 0, 1, 2
 
 
 def run_queue(config: Config, args) -> int:
     path = Path(config.journal.path)
     if args.queue_command == "retry" and bool(args.control_id) == bool(getattr(args, "all", False)):
-        print("b12comment: queue retry needs a CONTROL_ID or --all (not both)", file=sys.stderr)
-        return EXIT_USAGE
-    if not path.is_file():
-        print(f"b12comment: no journal at {path} ([journal] path in {config.source})", file=sys.stderr)
-        return EXIT_IO
+        raise UsageError("queue retry needs a CONTROL_ID or --all (not both)")
+    try:
+        found = path.is_file()
+        if found:
+            with open(path, "rb"):  # readable? (SQLite would say only "unable to open database file")
+                pass
+    except OSError as exc:
+        raise B12Error(f"cannot read the journal ([journal] path in {config.source}): {describe_os_error(exc)}") from None
+    if not found:
+        raise B12Error(f"no journal at {path} ([journal] path in {config.source})")
     try:
         journal = Journal(path)
     except JournalError as exc:
-        print(f"b12comment: {exc}", file=sys.stderr)
-        return EXIT_IO
+        raise B12Error(str(exc)) from None
     try:
         if args.queue_command == "status":
             return _status(journal)
@@ -39,8 +41,7 @@ def run_queue(config: Config, args) -> int:
             return _dead(journal)
         return _retry(journal, None if args.all else args.control_id)
     except JournalError as exc:
-        print(f"b12comment: {exc}", file=sys.stderr)
-        return EXIT_IO
+        raise B12Error(str(exc)) from None
     finally:
         journal.close()
 
@@ -92,9 +93,10 @@ def _dead(journal: Journal) -> int:
 
 def _retry(journal: Journal, control_id: str | None) -> int:
     count = journal.retry(control_id)
+    if count == 0 and control_id is None:
+        print("nothing to retry: no dead-lettered messages")
+        return EXIT_OK
     if count == 0:
-        what = f"with control ID {control_id!r}" if control_id else "at all"
-        print(f"b12comment: no dead-lettered message {what}", file=sys.stderr)
-        return EXIT_IO
+        raise B12Error(f"no dead-lettered message with control ID {control_id!r}")
     print(f"requeued {count} message{'s' if count != 1 else ''}; the running service delivers them in journal order")
     return EXIT_OK
