@@ -64,8 +64,6 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
             resume=args.resume,
             workers=args.workers,
             quiet=args.quiet,
-            log_file=args.log_file,
-            skip_non_hl7=args.skip_non_hl7,
             report=args.report,
             html=args.html,
             old_config=old,
@@ -172,17 +170,7 @@ def _add_replay(sub) -> None:
         metavar="N",
         help="worker processes (default: the number of cores); output is the same for any N",
     )
-    sp.add_argument(
-        "--skip-non-hl7",
-        action="store_true",
-        help="give files that hold no HL7 message no output (by default they are copied unchanged)",
-    )
-    sp.add_argument("--quiet", action="store_true", help="no progress line and no warnings: errors and the summary")
-    sp.add_argument(
-        "--log-file",
-        metavar="PATH",
-        help="write one JSON decision record per message here (no patient data)",
-    )
+    sp.add_argument("--quiet", action="store_true", help="no progress line")
     sp.add_argument("--report", metavar="PATH", help="write the JSON report here")
     sp.add_argument("--html", metavar="PATH", help="write a self-contained HTML report here")
     sp.add_argument(

@@ -76,6 +76,9 @@ def test_retry_one_then_all(cfg, tmp_path):
     result = queue(cfg, "retry", "--all")
     assert result.returncode == 0 and "requeued 1 message" in result.stdout
     assert "no dead-lettered messages" in queue(cfg, "dead").stdout
+    result = queue(cfg, "retry", "--all")  # nothing dead any more: not a failure
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "nothing to retry: no dead-lettered messages"
 
 
 def test_retry_needs_an_id_or_all(cfg):

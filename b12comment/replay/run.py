@@ -75,6 +75,10 @@ def _selected(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> b
     return (not include or hit(include)) and not hit(exclude)
 
 
+def _unreadable_folder(exc: OSError) -> None:
+    raise exc  # os.walk would skip it silently: an archive must never be half-read unnoticed
+
+
 def plan(inputs: list[str], out_dir: Path | None, include=(), exclude=()) -> list[tuple[Path, str]]:
     """(input file, relative output path) for every input; raises UsageError."""
     skip = out_dir.resolve() if out_dir is not None else None
@@ -84,7 +88,7 @@ def plan(inputs: list[str], out_dir: Path | None, include=(), exclude=()) -> lis
         if p.is_file():
             pairs.append((p, p.name))
         elif p.is_dir():
-            for root, dirs, files in os.walk(p):
+            for root, dirs, files in os.walk(p, onerror=_unreadable_folder):
                 dirs[:] = sorted(d for d in dirs if (Path(root) / d).resolve() != skip)
                 for name in sorted(files):
                     f = Path(root) / name

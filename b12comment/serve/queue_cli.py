@@ -27,7 +27,9 @@ def run_queue(config: Config, args) -> int:
             with open(path, "rb"):  # readable? (SQLite would say only "unable to open database file")
                 pass
     except OSError as exc:
-        raise B12Error(f"cannot read the journal ([journal] path in {config.source}): {describe_os_error(exc)}") from None
+        raise B12Error(
+            f"cannot read the journal ([journal] path in {config.source}): {describe_os_error(exc)}"
+        ) from None
     if not found:
         raise B12Error(f"no journal at {path} ([journal] path in {config.source})")
     try:
