@@ -221,6 +221,8 @@ def _load_rule(path: str, table: dict[str, Any]) -> RuleConfig:
         elevated_flags=r.take_strings("elevated_flags", d.elevated_flags, _FLAG_RE),
         low_flags=r.take_strings("low_flags", d.low_flags, _FLAG_RE),
         use_message_time=r.take("use_message_time", bool, d.use_message_time),
+        normal_texts=r.take_strings("normal_texts", d.normal_texts),
+        ignored_codes=r.take_strings("ignored_codes", d.ignored_codes, _CODE_RE),
         language=language,
         text_da=r.take("text_da", str, d.text_da),
         text_en=r.take("text_en", str, d.text_en),

@@ -54,8 +54,8 @@ def describe(index: int, decision: Decision, before: bytes, after: bytes, commen
     for r in decision.results:
         value = "?" if r.value_pmol_l is None else f"{r.comparator}{r.value_pmol_l:g} pmol/L"
         limit = "?" if r.limit_pmol_l is None else f"{r.limit_pmol_l:g} pmol/L ({r.limit_source})"
-        if r.limit_pmol_l is None and r.limit_source:
-            limit = f"({r.limit_source})"
+        if r.decided_by:
+            limit += f", decided by {r.decided_by}"
         age = "?" if r.age_years is None else f"{r.age_years} y"
         verdict = "comment" if r.commented else "no comment: " + ", ".join(r.reasons)
         out.append(

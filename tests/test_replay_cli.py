@@ -136,7 +136,7 @@ def test_preview_text_explains_and_shows_diff():
     assert proc.returncode == 0
     text = proc.stdout.decode()
     assert "decision: COMMENT" in text
-    assert "age 11 y, value 1350 pmol/L, limit 900 pmol/L (flag)" in text
+    assert "age 11 y, value 1350 pmol/L, limit 900 pmol/L (range), decided by flag -> comment" in text
     assert "+NTE|1|L|Isoleret forhøjet B12" in text
     assert "--- original" in text and "+++ processed" in text
 

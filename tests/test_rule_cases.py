@@ -36,8 +36,11 @@ def comment_nte(set_id: int, charset: str = "", text: str = TEXT_DA) -> tuple[st
 
 
 # ---------------------------------------------------------------------------
-# The table. Columns: builder parameters, commented, reasons, figures of the
-# first B12 result (age_years, value_pmol_l, limit_pmol_l, limit_source);
+# The table.
+# Columns: builder parameters, commented, reasons, figures of the
+# first B12 result (age_years, value_pmol_l, limit_pmol_l, limit_source[,
+# decided_by]): limit_source says where the number came from (OBX-7 "range" or
+# "age_band"), decided_by what decided "elevated" ("flag", "range", "age_band");
 # ANY where a figure is irrelevant (the value of an adult's B12 need not be read).
 
 ANY = object()
@@ -136,7 +139,7 @@ CASES = [
         dict(vtype="SN", value="<^2000", flags="H"),
         False,
         ("not_elevated",),
-        (7, 2000.0, None, "flag"),
+        (7, 2000.0, None, None, "flag"),
     ),
     ("st_decimal_comma", dict(vtype="ST", value="1476,0"), True, (), (7, 1476.0, 1200.0, "age_band")),
     ("st_ambiguous_thousands", dict(vtype="ST", value="1,476"), False, ("unreadable_value",), (7, None, None, None)),
@@ -185,11 +188,17 @@ CASES = [
         dict(value="500", range="200-600", flags="N"),
         False,
         ("not_elevated",),
-        (7, 500.0, 600.0, "flag"),
+        (7, 500.0, 600.0, "range", "flag"),
     ),
-    ("flag_h_no_range", dict(value="500", flags="H"), True, (), (7, 500.0, None, "flag")),
-    ("flag_h_second_repetition", dict(value="500", flags="A~H"), True, (), (7, 500.0, None, "flag")),
-    ("flag_l", dict(value="150", range="200-600", flags="L"), False, ("not_elevated",), (7, 150.0, 600.0, "flag")),
+    ("flag_h_no_range", dict(value="500", flags="H"), True, (), (7, 500.0, None, None, "flag")),
+    ("flag_h_second_repetition", dict(value="500", flags="A~H"), True, (), (7, 500.0, None, None, "flag")),
+    (
+        "flag_l",
+        dict(value="150", range="200-600", flags="L"),
+        False,
+        ("not_elevated",),
+        (7, 150.0, 600.0, "range", "flag"),
+    ),
     ("range_200_600", dict(value="700", range="200-600"), True, (), (7, 700.0, 600.0, "range")),
     ("range_lt_600", dict(value="700", range="<600"), True, (), (7, 700.0, 600.0, "range")),
     ("range_spaces_900_above", dict(value="1000", range="200 - 900"), True, (), (7, 1000.0, 900.0, "range")),
@@ -201,6 +210,44 @@ CASES = [
         (7, 700.0, 900.0, "range"),
     ),
     ("range_pg_ml_converted", dict(value="1000", units="pg/mL", range="200-900"), True, (), (7, 737.8, 664.0, "range")),
+    # B12's own OBX-7: present but unreadable is not "no range" (no age-band fallback)
+    ("range_words", dict(range="se kommentar"), False, ("range_unreadable",), (7, 1500.0, None, None, None)),
+    ("range_sex_specific", dict(range="M: 200-900; F: 250-950"), False, ("range_unreadable",), None),
+    ("range_reversed", dict(range="900-200"), False, ("range_unreadable",), None),
+    ("range_other_unit", dict(range="200-600 pg/mL"), False, ("range_unreadable",), None),
+    (
+        "range_unit_after",
+        dict(value="700", range="200-600 pmol/L"),
+        True,
+        (),
+        (7, 700.0, 600.0, "range", "range"),
+    ),
+    ("range_brackets", dict(value="700", range="[200;600]"), True, (), (7, 700.0, 600.0, "range", "range")),
+    ("range_prefix", dict(value="950", range="Ref.: 250-900"), True, (), (7, 950.0, 900.0, "range", "range")),
+    (
+        "range_decimal_comma_below",
+        dict(value="850", range="250,0–900,0", charset="UNICODE UTF-8"),
+        False,
+        ("not_elevated",),
+        (7, 850.0, 900.0, "range", "range"),
+    ),
+    ("range_lower_only", dict(range=">150"), False, ("not_elevated",), (7, 1500.0, None, None, "range")),
+    # The lab's flag decides before its range: an unreadable range does not matter then.
+    ("range_unreadable_flag_h", dict(range="se kommentar", flags="H"), True, (), (7, 1500.0, None, None, "flag")),
+    # A unit inside OBX-5
+    ("value_unit_inside_no_obx6", dict(vtype="ST", value="1350 pmol/L", units=""), True, (), (7, 1350.0, 1200.0)),
+    ("value_unit_inside_same", dict(vtype="ST", value="1350 pmol/L"), True, (), (7, 1350.0, 1200.0)),
+    ("value_unit_inside_censored", dict(vtype="ST", value=">1476 pmol/L", units=""), True, (), (7, 1476.0)),
+    (
+        "value_unit_inside_pg_ml",
+        dict(vtype="ST", value="2000 pg/mL", units="", code="2132-9^Cobalamin^LN"),
+        True,
+        (),
+        (7, 1475.6, 1200.0),
+    ),
+    ("value_unit_disagrees", dict(vtype="ST", value="1350 pg/mL"), False, ("unreadable_value",), (7, None)),
+    ("value_unit_unknown", dict(vtype="ST", value="1350 nmol/L", units=""), False, ("unreadable_value",), None),
+    ("value_unit_unknown_obx6", dict(vtype="ST", value="1350 pmol", units="pmol"), False, ("unknown_unit",), None),
     # Status
     ("status_corrected", dict(status="C"), True, (), None),
     ("status_preliminary", dict(status="P"), False, ("status_not_final",), None),
@@ -222,6 +269,157 @@ CASES = [
         None,
     ),
     ("other_deleted_abnormal_ignored", dict(others=(dataclasses.replace(OTHER_LOW, status="D"),)), True, (), None),
+    # Other results that cannot be judged: doubt, no comment (context_unreadable)
+    ("other_range_unreadable", dict(others=(Obx(range="136-145 (M)"),)), False, ("context_unreadable",), None),
+    ("other_range_unreadable_flag_n", dict(others=(Obx(range="136-145 (M)", flags="N"),)), True, (), None),
+    ("other_value_unreadable", dict(others=(Obx(value="hemolyseret"),)), False, ("context_unreadable",), None),
+    ("other_value_empty_with_range", dict(others=(Obx(value=""),)), False, ("context_unreadable",), None),
+    ("other_range_unit_disagrees", dict(others=(Obx(range="136-145 µmol/L"),)), False, ("context_unreadable",), None),
+    ("other_range_same_unit", dict(others=(Obx(range="136-145 mmol/L"),)), True, (), None),
+    ("other_value_with_unit", dict(others=(Obx(value="140 mmol/L", vtype="ST"),)), True, (), None),
+    (
+        "other_value_with_other_unit",
+        dict(others=(Obx(value="140 mg/dL", vtype="ST"),)),
+        False,
+        ("context_unreadable",),
+        None,
+    ),
+    ("other_number_no_range_no_flag", dict(others=(Obx(range=""),)), True, (), None),
+    # Ranges the old grammar could not read made these count as normal: now outside is outside.
+    (
+        "other_outside_bracket_range",
+        dict(others=(Obx(value="130", range="[136;145]"),)),
+        False,
+        ("other_abnormal",),
+        None,
+    ),
+    (
+        "other_outside_joiner_range",
+        dict(others=(Obx(value="150", range="136..145"),)),
+        False,
+        ("other_abnormal",),
+        None,
+    ),
+    (
+        "other_outside_prefixed_range",
+        dict(others=(Obx(value="150", range="Ref: 136-145"),)),
+        False,
+        ("other_abnormal",),
+        None,
+    ),
+    (
+        "other_neutropenia_unit_range",
+        dict(others=(Obx(code="751-8^Neutrophils^LN", value="0,9", units="10*9/L", range="1,5-7,5 x10E9/l"),)),
+        False,
+        ("other_abnormal",),
+        None,
+    ),
+    (
+        "other_outside_unit_value",
+        dict(others=(Obx(code="1742-6^ALT^LN", value="88 U/L", vtype="ST", units="U/L", range="10-45"),)),
+        False,
+        ("other_abnormal",),
+        None,
+    ),
+    # Text results
+    (
+        "other_text_no_flag",
+        dict(others=(Obx(code="5778-6^Color^LN", vtype="ST", value="Rod", units="", range=""),)),
+        False,
+        ("context_unreadable",),
+        None,
+    ),
+    (
+        "other_text_normal",
+        dict(others=(Obx(code="X^Hb-elfo^L", vtype="ST", value="Normal", units="", range=""),)),
+        True,
+        (),
+        None,
+    ),
+    (
+        "other_text_negativ",
+        dict(others=(Obx(code="X^Test^L", vtype="TX", value="negativ.", units="", range=""),)),
+        True,
+        (),
+        None,
+    ),
+    (
+        "other_text_ikke_pavist",
+        dict(
+            charset="UNICODE UTF-8",
+            others=(Obx(code="X^Test^L", vtype="FT", value="Ikke  påvist", units="", range=""),),
+        ),
+        True,
+        (),
+        None,
+    ),
+    (
+        "other_coded_negative",
+        dict(others=(Obx(code="X^Test^L", vtype="CWE", value="260385009^Negative^SCT", units="", range=""),)),
+        True,
+        (),
+        None,
+    ),
+    (
+        "other_coded_yes",
+        dict(others=(Obx(code="X^Test^L", vtype="CWE", value="Y^Yes^HL70136", units="", range=""),)),
+        False,
+        ("context_unreadable",),
+        None,
+    ),
+    (
+        "other_coded_flag_n",
+        dict(others=(Obx(code="X^Test^L", vtype="CE", value="LA18592-8^In range^LN", units="", range="", flags="N"),)),
+        True,
+        (),
+        None,
+    ),
+    (
+        "other_coded_flag_a",
+        dict(others=(Obx(code="X^Test^L", vtype="CWE", value="10828004^Positive^SCT", units="", range="", flags="A"),)),
+        False,
+        ("other_abnormal",),
+        None,
+    ),
+    (
+        "other_text_matches_reference",
+        dict(
+            others=(
+                Obx(code="X^Test^L", vtype="CWE", value="260415000^Not Detected^SCT", units="", range="Not Detected"),
+            )
+        ),
+        True,
+        (),
+        None,
+    ),
+    (
+        "other_text_differs_from_reference",
+        dict(others=(Obx(code="X^Test^L", vtype="ST", value="Detected", units="", range="Not Detected"),)),
+        False,
+        ("context_unreadable",),
+        None,
+    ),
+    (
+        "other_date_result",
+        dict(others=(Obx(code="X^Onset^L", vtype="DT", value="20240101", units="", range=""),)),
+        False,
+        ("context_unreadable",),
+        None,
+    ),
+    (
+        "other_pending_unreadable_is_pending",
+        dict(others=(Obx(value="", status="P"),)),
+        False,
+        ("context_pending",),
+        None,
+    ),
+    (
+        "other_unreadable_and_abnormal",
+        dict(others=(Obx(value="x"), OTHER_LOW)),
+        False,
+        ("other_abnormal", "context_unreadable"),
+        None,
+    ),
     (
         "other_b12_pg_ml_does_not_count",
         dict(others=(b12("2000", "pg/mL", code="2132-9^Cobalamin^LN", flags="H"),)),
@@ -297,8 +495,9 @@ def test_case(kw, commented, reasons, figures):
     assert decision.reasons == reasons
     if figures is not None:
         first = decision.results[0]
-        got = (first.age_years, first.value_pmol_l, first.limit_pmol_l, first.limit_source)
-        assert tuple(g if f is ANY else f for g, f in zip(got, figures, strict=False)) == got
+        got = (first.age_years, first.value_pmol_l, first.limit_pmol_l, first.limit_source, first.decided_by)
+        got = got[: len(figures)]
+        assert tuple(g if f is ANY else f for g, f in zip(got, figures, strict=True)) == got
     if not commented:
         assert out == message
         return
@@ -571,3 +770,62 @@ def test_too_many_b12_results_in_one_message_get_no_comment():
     ten = base.replace(obx + b"\r", (obx + b"\r") * 10)
     out, d = process(ten, RULE)
     assert d.commented and out.count(b"\rNTE|1|L|") == 10
+
+
+# ---------------------------------------------------------------------------
+# The site's lists for unflagged text results (normal_texts, ignored_codes).
+
+SAMPLE_RECEIVED = Obx(code="PRV^Sample received^L", vtype="ST", value="Modtaget 10.01.2024", units="", range="")
+
+
+def test_ignored_code_lifts_the_doubt_of_an_administrative_result():
+    message = build(others=(SAMPLE_RECEIVED,))
+    out, decision = process(message, RULE)
+    assert (out, decision.reasons) == (message, ("context_unreadable",))
+    rule = dataclasses.replace(RULE, ignored_codes=("PRV",))
+    out, decision = process(message, rule)
+    assert decision.commented and out == expected_commented(dict(others=(SAMPLE_RECEIVED,)))
+
+
+def test_ignored_code_matches_the_alternate_identifier_and_never_hides_a_flag():
+    alt = dataclasses.replace(SAMPLE_RECEIVED, code="X1^Sample received^L^PRV^^L")
+    assert process(build(others=(alt,)), dataclasses.replace(RULE, ignored_codes=("PRV",)))[1].commented
+    flagged = dataclasses.replace(SAMPLE_RECEIVED, flags="A")
+    _, decision = process(build(others=(flagged,)), dataclasses.replace(RULE, ignored_codes=("PRV",)))
+    assert decision.reasons == ("other_abnormal",)
+    outside = Obx(code="PRV^x^L", value="150", range="136-145")
+    _, decision = process(build(others=(outside,)), dataclasses.replace(RULE, ignored_codes=("PRV",)))
+    assert decision.reasons == ("other_abnormal",)
+
+
+def test_normal_texts_are_the_sites():
+    text = Obx(code="X^Urine colour^L", vtype="ST", value="Lysegul", units="", range="")
+    assert process(build(others=(text,)), RULE)[1].reasons == ("context_unreadable",)
+    assert process(build(others=(text,)), dataclasses.replace(RULE, normal_texts=("lysegul",)))[1].commented
+    negative = Obx(code="X^Test^L", vtype="ST", value="Negative", units="", range="")
+    assert process(build(others=(negative,)), dataclasses.replace(RULE, normal_texts=()))[1].reasons == (
+        "context_unreadable",
+    )
+
+
+@pytest.mark.parametrize(
+    "obx, verdict",
+    [
+        (Obx(), "normal"),
+        (OTHER_LOW, "abnormal"),
+        (OTHER_OUTSIDE_NO_FLAG, "abnormal"),
+        (Obx(range="136-145 (M)"), "unknown"),
+        (Obx(value="?"), "unknown"),
+        (Obx(vtype="ST", value="Rod", units="", range=""), "unknown"),
+        (Obx(vtype="ST", value="Negativ", units="", range=""), "normal"),
+    ],
+)
+def test_judge_value_is_the_one_verdict(obx, verdict):
+    """judge_value() is what the message context (and a patient context) uses."""
+    from b12comment.core.facts import read_facts
+    from b12comment.core.rule import judge_value
+    from b12comment.core.segments import read_header
+
+    message = build(others=(obx,))
+    facts = read_facts(message, read_header(message), "latin-1", RULE)
+    assert judge_value(facts.observations[1], RULE) == verdict

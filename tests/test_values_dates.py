@@ -11,7 +11,7 @@ from datetime import date
 import pytest
 
 from b12comment.core.dates import Age, DayRange, age_at, parse_ts
-from b12comment.core.values import Quantity, Range, outside, parse_number, parse_quantity, parse_range
+from b12comment.core.values import Quantity, Range, outside, parse_number, parse_quantity
 
 # ---------------------------------------------------------------------------
 # parse_quantity
@@ -138,50 +138,6 @@ def test_quantity_scaled_keeps_comparator():
 )
 def test_outside(q, rng, expected):
     assert outside(q, rng) is expected
-
-
-# ---------------------------------------------------------------------------
-# parse_range
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("200-600", Range(200.0, 600.0)),
-        ("200 - 900", Range(200.0, 900.0)),
-        ("  200-600  ", Range(200.0, 600.0)),
-        ("200–600", Range(200.0, 600.0)),  # en dash
-        ("200 to 600", Range(200.0, 600.0)),
-        ("3,5-5,0", Range(3.5, 5.0)),
-        ("3.5-5.0", Range(3.5, 5.0)),
-        ("-5-5", Range(-5.0, 5.0)),
-        ("<600", Range(None, 600.0, upper_exclusive=True)),
-        ("< 600", Range(None, 600.0, upper_exclusive=True)),
-        ("<=600", Range(None, 600.0)),
-        (">5", Range(5.0, None, lower_exclusive=True)),
-        (">=5", Range(5.0, None)),
-    ],
-)
-def test_parse_range_reads(text, expected):
-    assert parse_range(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        "   ",
-        "600-200",
-        "normal",
-        "200-",
-        "-600",
-        "1,476-2,000",
-        "200-600 pmol/L",
-        "200~600",
-    ],
-)
-def test_parse_range_refuses(text):
-    assert parse_range(text) is None
 
 
 # ---------------------------------------------------------------------------

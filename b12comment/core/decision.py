@@ -24,6 +24,8 @@ UNREADABLE_VALUE = "unreadable_value"
 NOT_ELEVATED = "not_elevated"
 OTHER_ABNORMAL = "other_abnormal"
 CONTEXT_PENDING = "context_pending"
+RANGE_UNREADABLE = "range_unreadable"
+CONTEXT_UNREADABLE = "context_unreadable"
 
 REASONS = {
     MALFORMED: "the message could not be read as HL7 v2 (no MSH, bad encoding characters, unreadable B12 fields)",
@@ -40,10 +42,21 @@ REASONS = {
     ),
     ADULT: "the patient was 18 or older at collection (or could have been)",
     UNKNOWN_UNIT: "the B12 unit (OBX-6) is missing or not a configured unit",
-    UNREADABLE_VALUE: "the B12 value (OBX-5) is not a number that can be compared",
+    UNREADABLE_VALUE: (
+        "the B12 value (OBX-5) is not a number that can be compared (or its unit inside OBX-5 "
+        "is not a known one or disagrees with OBX-6)"
+    ),
     NOT_ELEVATED: "the B12 value is not elevated by the lab's flag, the OBX-7 range or the age-band limit",
     OTHER_ABNORMAL: "another result in the message is abnormal (flagged or outside its range)",
     CONTEXT_PENDING: "another result in the message is still pending or preliminary",
+    RANGE_UNREADABLE: (
+        "the B12 reference range (OBX-7) is present but cannot be read (or is in another unit): "
+        "the age-band limit is only for a result with no range"
+    ),
+    CONTEXT_UNREADABLE: (
+        "another result cannot be judged: its range or value cannot be read, or it is an unflagged text "
+        "result without a range that is not a configured normal text"
+    ),
 }
 
 
@@ -59,7 +72,8 @@ class ResultDecision:
     value_pmol_l: float | None = None
     comparator: str = ""  # ">" for a censored ">1476", etc.
     limit_pmol_l: float | None = None
-    limit_source: str | None = None  # "flag", "range" or "age_band"
+    limit_source: str | None = None  # where limit_pmol_l came from: "range" (OBX-7) or "age_band"
+    decided_by: str | None = None  # what decided elevated: "flag", "range" or "age_band"
     elevated: bool | None = None  # None: could not be told
     paediatric: bool = False  # certainly under 18 at collection
 

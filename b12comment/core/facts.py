@@ -50,6 +50,7 @@ class Observation:
     flags: tuple[str, ...]  # OBX-8, one per repetition (first component)
     status: str
     observed_at: str  # OBX-14
+    codes: tuple[str, ...] = ()  # OBX-3 identifiers: primary, alternate, second alternate
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,16 @@ def _text(raw: bytes, codec: str) -> str:
     return decode(raw, codec).strip()
 
 
+def _range_text(raw: bytes, delims: Delimiters, codec: str) -> str:
+    """OBX-7 as written, first repetition, with its components (a range sent
+    SN-shaped, `>^11.0`) joined by `^`: present-but-odd is never read as empty."""
+    first = raw.split(delims.repetition, 1)[0] if delims.repetition else raw
+    comps = [_text(c, codec) for c in first.split(delims.component)]
+    while comps and not comps[-1]:
+        comps.pop()
+    return "^".join(comps)
+
+
 def _cheap_observation(
     fields: list[bytes], header: Header, codec: str, position: int, index: int, group: int
 ) -> Observation:
@@ -192,10 +203,11 @@ def _cheap_observation(
         value_type=_text(component(field_of(fields, 2), d, 1), codec).upper(),
         value=value,
         units=_text(component(field_of(fields, 6), d, 1), codec) or _text(component(field_of(fields, 6), d, 2), codec),
-        range_text=_text(component(field_of(fields, 7), d, 1), codec),
+        range_text=_range_text(field_of(fields, 7), d, codec),
         flags=tuple(f for f in flags if f),
         status=_text(component(field_of(fields, 11), d, 1), codec).upper(),
         observed_at=_text(component(field_of(fields, 14), d, 1), codec),
+        codes=tuple(code for code, _ in obx3_codes(field_of(fields, 3), d)),
     )
 
 
@@ -216,7 +228,7 @@ def _hl7apy_observation(fields: list[bytes], reader: FieldReader, position: int,
         value_type=reader.first(field_of(fields, 2), "OBX_2").upper(),
         value=value,
         units=units,
-        range_text=reader.first(field_of(fields, 7), "OBX_7"),
+        range_text=_range_text(field_of(fields, 7), reader.delims, reader.codec),
         flags=flags,
         status=reader.first(field_of(fields, 11), "OBX_11").upper(),
         observed_at=reader.first(field_of(fields, 14), "OBX_14"),

@@ -12,15 +12,19 @@ Every failed condition is recorded as a reason code. Pure: facts in, decisions o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from b12comment.core.dates import Age, age_at, parse_ts
 from b12comment.core.decision import (
     ADULT,
     AGE_UNKNOWN,
     ALREADY_COMMENTED,
     CONTEXT_PENDING,
+    CONTEXT_UNREADABLE,
     INTERNAL_ERROR,
     NOT_ELEVATED,
     OTHER_ABNORMAL,
+    RANGE_UNREADABLE,
     STATUS_NOT_FINAL,
     UNKNOWN_UNIT,
     UNREADABLE_VALUE,
@@ -28,7 +32,17 @@ from b12comment.core.decision import (
 )
 from b12comment.core.facts import B12Result, Facts, Observation
 from b12comment.core.rule_config import RuleConfig
-from b12comment.core.values import Quantity, outside, parse_quantity, parse_range, possible_quantities
+from b12comment.core.values import (
+    Quantity,
+    Range,
+    TextReference,
+    outside,
+    parse_quantity,
+    parse_quantity_with_unit,
+    possible_quantities,
+    read_range,
+    same_unit,
+)
 
 
 def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:
@@ -59,61 +73,162 @@ def band_limit(age: Age, rule: RuleConfig) -> float:
     return next(b.upper_limit_pmol_l for b in rule.age_bands if age.youngest < b.below_years)
 
 
-def is_abnormal(obs: Observation, rule: RuleConfig) -> bool:
-    if any(flag.upper() not in rule.normal_flags for flag in obs.flags):
-        return True
-    rng = parse_range(obs.range_text)
-    if rng is None:
-        return False
-    # an ambiguous `15,000` is abnormal if any reading of it is outside
-    return any(outside(q, rng) for q in possible_quantities(obs.value_type, list(obs.value)))
-
-
 # How the rule judges one other (non-B12) result's value: the verdict the
 # message context, the patient context and the context store all share.
 NORMAL, ABNORMAL, UNKNOWN = "normal", "abnormal", "unknown"
 
+CODED_TYPES = ("CWE", "CE", "CNE", "CF")
+# Value types whose OBX-5 may hold a quantity (a date, a code or a name never does).
+QUANTITY_TYPES = ("NM", "SN", "ST", "TX", "FT", "")
+
+
+def _text_key(text: str) -> str:
+    return " ".join(text.split()).rstrip(".").casefold()
+
+
+def _value_texts(obs: Observation) -> list[str]:
+    """The texts of a value compared with normal_texts and a text reference:
+    the whole first component, and for a coded value its identifier and text."""
+    if obs.value_type in CODED_TYPES:
+        return [c for c in obs.value[:2] if c]
+    return [obs.value[0]] if obs.value and obs.value[0] else []
+
+
+def is_normal_text(obs: Observation, rule: RuleConfig) -> bool:
+    normal = {_text_key(t) for t in rule.normal_texts}
+    return any(_text_key(t) in normal for t in _value_texts(obs))
+
+
+def is_ignored_code(obs: Observation, rule: RuleConfig) -> bool:
+    return any(code in rule.ignored_codes for code in obs.codes)
+
+
+def other_quantities(obs: Observation, rng: Range | None) -> list[Quantity]:
+    """Every quantity another result's OBX-5 could mean, in the unit of its
+    range: [] when the value cannot be read, or its unit (in OBX-5, OBX-6 or
+    after the range) disagrees with another."""
+    if obs.value_type not in QUANTITY_TYPES:
+        return []
+    if rng is not None and rng.unit and obs.units and not same_unit(rng.unit, obs.units):
+        return []
+    found = possible_quantities(obs.value_type, list(obs.value))
+    if found:
+        return found
+    with_unit = parse_quantity_with_unit(obs.value_type, list(obs.value))
+    if with_unit is None:
+        return []
+    q, unit = with_unit
+    if any(other and not same_unit(unit, other) for other in (obs.units, rng.unit if rng else "")):
+        return []
+    return [q]
+
 
 def judge_value(obs: Observation, rule: RuleConfig) -> str:
-    """NORMAL, ABNORMAL or UNKNOWN (a result that cannot be read counts as doubt)."""
-    return ABNORMAL if is_abnormal(obs, rule) else NORMAL
+    """NORMAL, ABNORMAL or UNKNOWN: what one other result says about the patient.
+
+    ABNORMAL: a flag other than a normal flag, or a value outside its own
+    readable OBX-7 range (under every reading of an ambiguous `15,000`).
+    UNKNOWN (doubt): OBX-7 present but unreadable; a value that cannot be read
+    as a quantity while a numeric range is given; a text result with neither
+    flag nor range (or with a text reference it does not match), unless its
+    text is a configured normal text. A normal flag (`N`) or a configured
+    ignored code turns a doubt into NORMAL; neither hides an abnormal flag or
+    a value outside its range.
+    """
+    flags = [f.upper() for f in obs.flags]
+    if any(flag not in rule.normal_flags for flag in flags):
+        return ABNORMAL
+    reading = read_range(obs.range_text)
+    if isinstance(reading, Range):
+        quantities = other_quantities(obs, reading)
+        if any(outside(q, reading) for q in quantities):
+            return ABNORMAL
+        if quantities:
+            return NORMAL
+    elif isinstance(reading, TextReference):
+        reference = _text_key(reading.text)
+        if is_normal_text(obs, rule) or any(_text_key(t) == reference for t in _value_texts(obs)):
+            return NORMAL
+    elif reading is None and (other_quantities(obs, None) or is_normal_text(obs, rule)):
+        return NORMAL  # a number the lab did not flag, or a normal text
+    # In doubt: only the lab's normal flag or the site's list of codes lifts it.
+    if flags or is_ignored_code(obs, rule):
+        return NORMAL
+    return UNKNOWN
+
+
+def is_abnormal(obs: Observation, rule: RuleConfig) -> bool:
+    return judge_value(obs, rule) == ABNORMAL
 
 
 def context_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
-    """Reasons found in the other results of the message (not other B12 results)."""
+    """Reasons found in the other results of the message (not other B12 results).
+    A pending result is pending, whatever its value says so far."""
     b12_positions = {r.observation.position for r in facts.b12}
-    reasons = []
-    abnormal = pending = False
+    found = set()
     for obs in facts.observations:
         if obs.position in b12_positions or obs.status in rule.ignored_statuses:
             continue
+        verdict = judge_value(obs, rule)
         if obs.status in rule.pending_statuses:
-            pending = True
-        if judge_value(obs, rule) == ABNORMAL:
-            abnormal = True
-    if abnormal:
-        reasons.append(OTHER_ABNORMAL)
-    if pending:
-        reasons.append(CONTEXT_PENDING)
-    return reasons
+            found.add(CONTEXT_PENDING)
+            verdict = ABNORMAL if verdict == ABNORMAL else NORMAL
+        if verdict == ABNORMAL:
+            found.add(OTHER_ABNORMAL)
+        elif verdict == UNKNOWN:
+            found.add(CONTEXT_UNREADABLE)
+    return [r for r in (OTHER_ABNORMAL, CONTEXT_UNREADABLE, CONTEXT_PENDING) if r in found]
 
 
-def elevation(
-    q: Quantity, obs: Observation, factor: float, age: Age, rule: RuleConfig
-) -> tuple[bool, float | None, str]:
-    """(elevated?, limit in pmol/L, where the limit came from) for a patient
-    under 18: the lab's flag, else its OBX-7 range, else the age band."""
+@dataclass(frozen=True)
+class Elevation:
+    """Whether a B12 value is elevated, and on what grounds."""
+
+    elevated: bool | None  # None: cannot be told (OBX-7 present but unreadable)
+    limit: float | None  # the upper limit shown, in pmol/L
+    limit_source: str | None  # where that number came from: "range" or "age_band"
+    decided_by: str | None  # "flag", "range" or "age_band"
+
+
+def elevation(q: Quantity, obs: Observation, unit: str, factor: float, age: Age, rule: RuleConfig) -> Elevation:
+    """For a patient under 18: the lab's flag, else its OBX-7 range, else (only
+    when there is no range at all) the age band. A range that is present but
+    unreadable, in words, or in another unit than the value is not a missing
+    range: the lab's interval may make the value normal."""
     flags = {f.upper() for f in obs.flags}
-    rng = parse_range(obs.range_text)
-    range_upper = rng.upper * factor if rng is not None and rng.upper is not None else None
+    reading = read_range(obs.range_text)
+    usable = isinstance(reading, Range) and (not reading.unit or same_unit(reading.unit, unit))
+    upper = reading.upper * factor if isinstance(reading, Range) and usable and reading.upper is not None else None
+    source = "range" if upper is not None else None
     if flags & set(rule.elevated_flags):
-        return q.comparator not in ("<", "<="), range_upper, "flag"
+        return Elevation(q.comparator not in ("<", "<="), upper, source, "flag")
     if flags & (set(rule.normal_flags) | set(rule.low_flags)):
-        return False, range_upper, "flag"
-    if range_upper is not None:
-        return q.scaled(factor).above(range_upper), range_upper, "range"
-    limit = band_limit(age, rule)
-    return q.scaled(factor).above(limit), limit, "age_band"
+        return Elevation(False, upper, source, "flag")
+    if reading is None:
+        limit = band_limit(age, rule)
+        return Elevation(q.scaled(factor).above(limit), limit, "age_band", "age_band")
+    if not usable:
+        return Elevation(None, None, None, None)
+    if upper is None:  # `>200`: the lab's interval has no upper limit to be above
+        return Elevation(False, None, None, "range")
+    return Elevation(q.scaled(factor).above(upper), upper, "range", "range")
+
+
+def b12_quantity(obs: Observation, rule: RuleConfig) -> tuple[Quantity | None, str | None]:
+    """The B12 value and the unit it is in. OBX-5 as a quantity, in OBX-6; or a
+    value with its unit inside OBX-5 (`1350 pmol/L`), read only when that unit is
+    a configured one and OBX-6 is empty or the same unit. (None, None): the value
+    carries a unit that is unknown or disagrees with OBX-6 (unreadable_value)."""
+    q = parse_quantity(obs.value_type, list(obs.value))
+    if q is not None:
+        return q, obs.units
+    with_unit = parse_quantity_with_unit(obs.value_type, list(obs.value))
+    if with_unit is None:
+        return None, obs.units
+    q, unit = with_unit
+    if obs.units:  # the same unit in both (known or not: unknown_unit says so), else doubt
+        return (q, obs.units) if same_unit(unit, obs.units) else (None, None)
+    return (q, unit) if rule.unit_factor(unit) is not None else (None, None)
 
 
 def is_paediatric(age: Age | None, rule: RuleConfig) -> bool:
@@ -142,22 +257,25 @@ def decide_result(
     reasons: list[str] = []
     if obs.status not in rule.final_statuses:
         reasons.append(STATUS_NOT_FINAL)
-    factor = rule.unit_factor(obs.units) if obs.units else None
-    q = parse_quantity(obs.value_type, list(obs.value))
-    value_pmol = limit = source = elevated = None
+    q, unit = b12_quantity(obs, rule)
+    factor = rule.unit_factor(unit) if unit else None
+    value_pmol = limit = source = decided_by = elevated = None
     comparator = ""
-    if factor is None:
+    if factor is None and unit is not None:
         reasons.append(UNKNOWN_UNIT)
     if q is None:
         reasons.append(UNREADABLE_VALUE)
-    if factor is not None and q is not None:
+    if factor is not None and q is not None and unit is not None:
         value_pmol = round(q.number * factor, 1)
         comparator = q.comparator
-        elevated, limit, source = elevation(q, obs, factor, age, rule)
-        if not elevated:
+        found = elevation(q, obs, unit, factor, age, rule)
+        elevated, source, decided_by = found.elevated, found.limit_source, found.decided_by
+        if elevated is None:
+            reasons.append(RANGE_UNREADABLE)
+        elif not elevated:
             reasons.append(NOT_ELEVATED)
-        if limit is not None:
-            limit = round(limit, 1)
+        if found.limit is not None:
+            limit = round(found.limit, 1)
     reasons.extend(context_reasons(facts, rule))
     return ResultDecision(
         obx_index=obs.position,
@@ -169,6 +287,7 @@ def decide_result(
         comparator=comparator,
         limit_pmol_l=limit,
         limit_source=source,
+        decided_by=decided_by,
         elevated=elevated,
         paediatric=True,
     )

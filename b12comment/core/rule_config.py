@@ -45,6 +45,8 @@ DEFAULT_UNITS = (
     ("ng/L", 0.7378),
 )
 
+DEFAULT_NORMAL_TEXTS = ("Normal", "Negativ", "Negative", "Ikke påvist", "Not detected")
+
 TEXT_DA = (
     "Isoleret forhøjet B12 hos børn og unge under 18 år har ingen klinisk betydning: "
     "når B12 (uanset hvor højt) er det eneste abnorme biokemiske fund, skal det ikke "
@@ -70,6 +72,11 @@ class RuleConfig:
     elevated_flags: tuple[str, ...] = ("H", "HH", ">")
     low_flags: tuple[str, ...] = ("L", "LL", "<")
     use_message_time: bool = False
+    # Other results: unflagged text values that count as normal (compared
+    # ignoring case, spacing and a final full stop), and OBX-3 codes of
+    # administrative results that are never a doubt (a flag still counts).
+    normal_texts: tuple[str, ...] = DEFAULT_NORMAL_TEXTS
+    ignored_codes: tuple[str, ...] = ()
     # Comment
     language: str = "da"
     text_da: str = TEXT_DA
