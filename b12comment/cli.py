@@ -1,4 +1,4 @@
-"""Command line: serve, send, preview, replay, queue.
+"""Command line: serve, send, preview, replay, queue, context.
 
 Each sub-command's parser names its handler with `set_defaults(func=...)`;
 `main` parses, loads the configuration and calls it. A handler returns an
@@ -105,6 +105,12 @@ def _queue(config: Config, args: argparse.Namespace) -> int:
     from b12comment.serve.queue_cli import run_queue
 
     return run_queue(config, args)
+
+
+def _context(config: Config, args: argparse.Namespace) -> int:
+    from b12comment.context.rebuild import run_rebuild
+
+    return run_rebuild(config)
 
 
 # --------------------------------------------------------------------------
@@ -234,10 +240,28 @@ def _add_queue(sub) -> None:
         ("dead", "dead-lettered messages: control IDs, times, reasons"),
     ):
         _with_config(qsub.add_parser(name, help=text), default=argparse.SUPPRESS)
+    _with_config(
+        qsub.add_parser("review", help="comments a later result of the same patient contradicts, to follow up"),
+        default=argparse.SUPPRESS,
+    )
     qr = _with_config(qsub.add_parser("retry", help="put dead-lettered messages back in the queue"), argparse.SUPPRESS)
     qr.add_argument("control_id", nargs="?", metavar="CONTROL_ID")
     qr.add_argument("--all", action="store_true", help="retry every dead-lettered message")
     sp.set_defaults(func=_queue, queue_parser=sp)
+
+
+def _add_context(sub) -> None:
+    sp = _with_config(
+        sub.add_parser(
+            "context",
+            help="the context store: rebuild it from the journal",
+            description="The context store ([context] store) is derived data: rebuild makes it again "
+            "from the messages in the journal ([journal] path). Stop serve first.",
+        )
+    )
+    csub = sp.add_subparsers(dest="context_command", metavar="ACTION")
+    _with_config(csub.add_parser("rebuild", help="make the store again from the journal"), default=argparse.SUPPRESS)
+    sp.set_defaults(func=_context, context_parser=sp)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -253,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"b12comment {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_serve, _add_send, _add_preview, _add_replay, _add_queue):
+    for add in (_add_serve, _add_send, _add_preview, _add_replay, _add_queue, _add_context):
         add(sub)
     return p
 
@@ -266,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "queue" and not args.queue_command:
         args.queue_parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.command == "context" and not args.context_command:
+        args.context_parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
         return _run(args)

@@ -70,6 +70,17 @@ class LoggingConfig:
     patient_data: bool = False
 
 
+CONTEXT_MODES = ("message", "requisition", "patient")
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    mode: str = "patient"  # message (no store), requisition, patient (requisition plus look-back)
+    store: str = "var/context.sqlite3"
+    key_file: str = "var/context.key"
+    lookback_days: float = 30.0
+
+
 @dataclass(frozen=True)
 class Config:
     rule: RuleConfig = field(default_factory=RuleConfig)
@@ -78,6 +89,7 @@ class Config:
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
     source: str = "<built-in defaults>"
 
 
@@ -293,6 +305,14 @@ def _check_service(path: str, cfg: Config) -> None:
         raise lg.fail("level", f"must be debug, info, warning or error, not {cfg.logging.level!r}")
     if cfg.logging.format not in ("auto", "json", "console"):
         raise lg.fail("format", f"must be auto, json or console, not {cfg.logging.format!r}")
+    cx = cfg.context
+    r = _Reader(path, {}, "context")
+    if cx.mode not in CONTEXT_MODES:
+        raise r.fail("mode", f"must be message, requisition or patient, not {cx.mode!r}")
+    for key in ("store", "key_file"):
+        if not getattr(cx, key):
+            raise r.fail(key, "must not be empty")
+    _positive(r, "lookback_days", cx.lookback_days)
 
 
 def parse_config(text: str, path: str = "<string>") -> Config:
@@ -310,6 +330,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         ("downstream", DownstreamConfig),
         ("metrics", MetricsConfig),
         ("logging", LoggingConfig),
+        ("context", ContextConfig),
     ):
         sections[name] = _load_simple(cls, path, top.take_table(name), name)
     top.done()

@@ -77,15 +77,25 @@ def build(
     zseg: str | None = None,  # a Z-segment appended at the end
     term: bytes = b"\r",
     final_term: bool = True,
+    patient_id: str = "0101169999^^^CPR",  # PID-3
+    control_id: str = "CTRL0001",  # MSH-10
+    placer: str = "ORD1",  # OBR-2
+    filler: str = "FIL1",  # OBR-3
+    service: str = "B12^Vitamin B12^L",  # OBR-4
+    orc4: str | None = None,  # an ORC with this placer group number before each OBR
+    obr25: str = "",  # OBR-25 result status
 ) -> bytes:
     """An ORU^R01 message with one patient and a B12 OBX, as bytes."""
     segs: list[str] = []
-    msh_rest = f"LAB|HOSP|MW|HOSP|20240110120000||{msh9}|CTRL0001|P|{version}|||||{'DK'}|{charset}"
-    segs.append("PID|1||0101169999^^^CPR||" + patient_name + f"||{birth}|M")
+    msh_rest = f"LAB|HOSP|MW|HOSP|20240110120000||{msh9}|{control_id}|P|{version}|||||{'DK'}|{charset}"
+    segs.append(f"PID|1||{patient_id}||" + patient_name + f"||{birth}|M")
     if extra_pid:
         segs.append("PID|2||0202029999^^^CPR||Other^Child||20100101|F")
     segs.append("PV1|1|O")
-    segs.append(f"OBR|1|ORD1|FIL1|B12^Vitamin B12^L|||{collected}")
+    status_tail = "|" * 18 + obr25 if obr25 else ""
+    if orc4 is not None:
+        segs.append(f"ORC|RE|{placer}|{filler}|{orc4}")
+    segs.append(f"OBR|1|{placer}|{filler}|{service}|||{collected}{status_tail}")
     if spm17 is not None:
         segs.append(f"SPM|1|||SER|||||||||||||{spm17}")
     rows: list[Obx] = list(before)
@@ -107,6 +117,8 @@ def build(
     for i, o in enumerate(rows, start=1):
         segs.extend(_obx_segment(i, o))
     if group2:
+        if orc4 is not None:
+            segs.append(f"ORC|RE|ORD2|FIL2|{orc4}")
         segs.append(f"OBR|2|ORD2|FIL2|CBC^Blood count^L|||{collected}")
         for i, o in enumerate(group2, start=1):
             segs.extend(_obx_segment(i, o))

@@ -45,6 +45,10 @@ def test_changed_value_is_read():
         ("[nonsense]\n", "[nonsense] is not a known setting"),
         ("[rule\n", "not valid TOML"),
         ('[logging]\npatient_data = "yes"\n', "[logging.patient_data] must be true or false"),
+        ('[context]\nmode = "everything"\n', "[context.mode] must be message, requisition or patient"),
+        ("[context]\nlookback_days = 0\n", "[context.lookback_days] must be greater than zero"),
+        ('[context]\nstore = ""\n', "[context.store] must not be empty"),
+        ("[context]\nkey_file = 3\n", "[context.key_file] must be a string"),
     ],
 )
 def test_bad_config_names_file_and_key(text, names):

@@ -227,6 +227,8 @@ def test_python_hl7_client_samples_and_corpus_reach_downstream_byte_identical(tm
             listener=dict(port=0),
             journal=dict(path=str(tmp_path / "j.sqlite3")),
             downstream=fast_downstream(down.url),
+            # Each message on its own: the samples reuse one patient ID for several children.
+            context=dict(mode="message"),
         )
         with Serve(cfg) as serve:
             expected, commented, seen = [], 0, set()
@@ -444,7 +446,7 @@ def test_processing_failure_forwards_the_original(tmp_path):
     from b12comment.serve.journal import Journal
     from b12comment.serve.journal_writer import JournalThread
     from b12comment.serve.metrics import Metrics
-    from b12comment.serve.service import Processor
+    from b12comment.serve.processing import Processor
 
     raw = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
     assert process(raw, RuleConfig())[0] != raw  # with a good rule it gets the comment

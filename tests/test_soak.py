@@ -64,6 +64,8 @@ def journal_rows(path) -> list[tuple[str, str]]:
 
 
 def soak_config(path, port: int, journal, downstream_url: str, **extra):
+    # Each message on its own: the soak repeats corpus messages of the same patients.
+    extra.setdefault("context", dict(mode="message"))
     return write_config(
         path,
         listener=dict(port=port, idle_timeout_s=300.0),

@@ -26,6 +26,10 @@ OTHER_ABNORMAL = "other_abnormal"
 CONTEXT_PENDING = "context_pending"
 RANGE_UNREADABLE = "range_unreadable"
 CONTEXT_UNREADABLE = "context_unreadable"
+# Reasons from the context (the patient's other messages)
+OTHER_ABNORMAL_RECENT = "other_abnormal_recent"
+REQUISITION_PENDING = "requisition_pending"
+CONTEXT_UNAVAILABLE = "context_unavailable"
 
 REASONS = {
     MALFORMED: "the message could not be read as HL7 v2 (no MSH, bad encoding characters, unreadable B12 fields)",
@@ -57,6 +61,12 @@ REASONS = {
         "another result cannot be judged: its range or value cannot be read, or it is an unflagged text "
         "result without a range that is not a configured normal text"
     ),
+    OTHER_ABNORMAL_RECENT: (
+        "another result of the same patient (same requisition, or collected within the look-back) "
+        "in an earlier or later message is abnormal or cannot be judged"
+    ),
+    CONTEXT_UNAVAILABLE: "the context store could not be read or written: without it the rule is not sure",
+    REQUISITION_PENDING: "an order of the same requisition seen so far is not final or has a pending result",
 }
 
 
@@ -76,6 +86,7 @@ class ResultDecision:
     decided_by: str | None = None  # what decided elevated: "flag", "range" or "age_band"
     elevated: bool | None = None  # None: could not be told
     paediatric: bool = False  # certainly under 18 at collection
+    vetoed_by: tuple[str, ...] = ()  # control IDs of other messages whose results vetoed the comment
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ class Decision:
     notes: tuple[str, ...] = ()
     detail: str = ""
     rule_version: str = RULE_VERSION
+    vetoed_by: tuple[str, ...] = ()  # control IDs of other messages that vetoed (never patient data)
 
     @property
     def primary_reason(self) -> str | None:
@@ -98,15 +110,19 @@ class Decision:
         d = asdict(self)
         d["reasons"] = list(self.reasons)
         d["notes"] = list(self.notes)
-        d["results"] = [dict(r, reasons=list(r["reasons"])) for r in d["results"]]
+        d["results"] = [dict(r, reasons=list(r["reasons"]), vetoed_by=list(r["vetoed_by"])) for r in d["results"]]
+        d["vetoed_by"] = list(self.vetoed_by)
         return d
 
     def log_fields(self) -> dict:
         """The decision record for a log line: no patient data."""
-        return {
+        fields = {
             "control_id": self.control_id,
             "message_type": self.message_type,
             "commented": self.commented,
             "reasons": list(self.reasons),
             "rule_version": self.rule_version,
         }
+        if self.vetoed_by:
+            fields["vetoed_by"] = list(self.vetoed_by)
+        return fields

@@ -1,4 +1,4 @@
-"""process(message bytes, rule) -> (output bytes, Decision): the one function
+"""process(message bytes, rule, context) -> (output bytes, Decision): the one function
 that serve, replay and preview all call.
 
 Pure and total: no I/O, no clock, no globals, never raises. The output is the
@@ -12,6 +12,7 @@ from typing import Any
 from hl7apy.exceptions import HL7apyException
 
 from b12comment.core import charset
+from b12comment.core.context import Context
 from b12comment.core.decision import (
     INTERNAL_ERROR,
     MALFORMED,
@@ -21,22 +22,28 @@ from b12comment.core.decision import (
     TOO_MANY_B12,
     UNSUPPORTED_CHARSET,
     Decision,
+    ResultDecision,
 )
-from b12comment.core.facts import MAX_B12_RESULTS, read_detail, read_facts
+from b12comment.core.facts import MAX_B12_RESULTS, Facts, read_detail, read_facts
 from b12comment.core.rule import decide_result, is_paediatric, patient_age
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.segments import Header, Malformed, read_header
 from b12comment.core.splice import apply, comment_field, insertion_after, next_set_id, nte_segment
 
 
-def process(message: bytes, rule: RuleConfig, *, precheck: bool = True) -> tuple[bytes, Decision]:
+def process(
+    message: bytes, rule: RuleConfig, context: Context | None = None, *, precheck: bool = True
+) -> tuple[bytes, Decision]:
     """Decide about one message and return its (possibly commented) bytes.
 
+    `context`: the patient's other results and what is known of the
+    requisition (core/context.py), gathered by the shell; None decides on
+    the message alone. A context can only take a comment away, never add one.
     `precheck=False` skips the cheap byte search for B12 codes; the result is
     the same (a test holds the two paths together), only slower.
     """
     try:
-        return _process(bytes(message), rule, precheck)
+        return _process(bytes(message), rule, context, precheck)
     except Exception as exc:  # the comment is advice: never hold a result back
         return message, Decision(
             False, (INTERNAL_ERROR,), control_id=_control_id(message), detail=f"{type(exc).__name__}: {exc}"[:300]
@@ -55,39 +62,75 @@ def has_b12_code(message: bytes, rule: RuleConfig) -> bool:
     return any(cm.code.encode("ascii") in message for cm in rule.codes)
 
 
-def _process(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[bytes, Decision]:
+class _Done(Exception):
+    """A message-level decision: no comment, for the reason it carries."""
+
+    def __init__(self, decision: Decision):
+        self.decision = decision
+
+
+def _process(message: bytes, rule: RuleConfig, context: Context | None, precheck: bool) -> tuple[bytes, Decision]:
+    try:
+        header, facts, codec = _read(message, rule, precheck)
+    except _Done as done:
+        return message, done.decision
+    results, insertions = _decide_results(message, header, facts, codec, rule, context)
+    reasons = tuple(dict.fromkeys(r for rd in results if not rd.commented for r in rd.reasons))
+    vetoed_by = tuple(dict.fromkeys(c for rd in results for c in rd.vetoed_by))
+    decision = Decision(
+        bool(insertions),
+        reasons,
+        results=tuple(results),
+        notes=facts.notes,
+        vetoed_by=vetoed_by,
+        **_base(header),
+    )
+    return apply(message, insertions), decision
+
+
+def _base(header: Header) -> dict[str, Any]:
+    return dict(control_id=header.control_id, message_type=header.message_type, version=header.version)
+
+
+def _read(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[Header, Facts, str]:
+    """Header, facts and codec of a message whose B12 results can be decided;
+    raises _Done with the message-level Decision otherwise."""
     try:
         header = read_header(message)
     except Malformed as exc:
-        return message, Decision(False, (MALFORMED,), detail=str(exc))
-    base: dict[str, Any] = dict(control_id=header.control_id, message_type=header.message_type, version=header.version)
+        raise _Done(Decision(False, (MALFORMED,), detail=str(exc))) from None
+    base = _base(header)
     if not header.delimiters.valid:
-        return message, Decision(
-            False, (MALFORMED,), detail=("MSH-2 encoding characters repeat or clash with the field separator"), **base
-        )
+        detail = "MSH-2 encoding characters repeat or clash with the field separator"
+        raise _Done(Decision(False, (MALFORMED,), detail=detail, **base))
     code = f"{header.message_code.upper()}^{header.trigger_event.upper()}"
     if code not in rule.message_types:
-        return message, Decision(False, (NOT_ORU,), **base)
+        raise _Done(Decision(False, (NOT_ORU,), **base))
     if precheck and not has_b12_code(message, rule):
-        return message, Decision(False, (NO_B12,), **base)
+        raise _Done(Decision(False, (NO_B12,), **base))
     codec = charset.codec_for(header.charset)
     try:
         facts = read_facts(message, header, codec or "latin-1", rule)
     except HL7apyException as exc:
-        return message, Decision(False, (MALFORMED,), detail=f"unreadable field: {exc}"[:300], **base)
+        raise _Done(Decision(False, (MALFORMED,), detail=f"unreadable field: {exc}"[:300], **base)) from None
     notes = facts.notes
     if not facts.b12:  # the same Decision the pre-check gives
-        return message, Decision(False, (NO_B12,), **base)
+        raise _Done(Decision(False, (NO_B12,), **base))
     if len(facts.b12) > MAX_B12_RESULTS:
-        return message, Decision(
-            False, (TOO_MANY_B12,), notes=notes, detail=f"{len(facts.b12)} total-B12 results", **base
-        )
+        detail = f"{len(facts.b12)} total-B12 results"
+        raise _Done(Decision(False, (TOO_MANY_B12,), notes=notes, detail=detail, **base))
     if facts.patient_count > 1:
-        return message, Decision(False, (MULTIPLE_PATIENTS,), notes=notes, **base)
+        raise _Done(Decision(False, (MULTIPLE_PATIENTS,), notes=notes, **base))
     if codec is None or not _delimiters_safe(header, codec):
-        return message, Decision(
-            False, (UNSUPPORTED_CHARSET,), notes=notes, detail=f"MSH-18 {header.charset!r}", **base
-        )
+        detail = f"MSH-18 {header.charset!r}"
+        raise _Done(Decision(False, (UNSUPPORTED_CHARSET,), notes=notes, detail=detail, **base))
+    return header, facts, codec
+
+
+def _decide_results(
+    message: bytes, header: Header, facts: Facts, codec: str, rule: RuleConfig, context: Context | None
+) -> tuple[list[ResultDecision], list]:
+    """The decision for each B12 result, and the NTE insertions of those commented."""
     d = header.delimiters
     known = frozenset(comment_field(t, d, codec) for t in rule.all_comment_texts())
     text = comment_field(rule.comment_text(), d, codec)
@@ -96,14 +139,12 @@ def _process(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[bytes, D
         age = patient_age(facts, result.observation, rule)
         if is_paediatric(age, rule):
             result = read_detail(facts, result)
-        rd = decide_result(facts, result, rule, known, age)
+        rd = decide_result(facts, result, rule, known, age, context)
         results.append(rd)
         if rd.commented:
             nte = nte_segment(next_set_id(result.nte_set_ids), rule.nte_source, text, rule.nte_comment_type, d)
             insertions.append(insertion_after(message, facts.segments[result.last_segment], nte, header.terminator))
-    reasons = tuple(dict.fromkeys(r for rd in results if not rd.commented for r in rd.reasons))
-    decision = Decision(bool(insertions), reasons, results=tuple(results), notes=notes, **base)
-    return apply(message, insertions), decision
+    return results, insertions
 
 
 def _delimiters_safe(header: Header, codec: str) -> bool:

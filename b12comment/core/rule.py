@@ -13,6 +13,7 @@ Every failed condition is recorded as a reason code. Pure: facts in, decisions o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from b12comment.core.dates import Age, age_at, parse_ts
 from b12comment.core.decision import (
@@ -43,6 +44,9 @@ from b12comment.core.values import (
     read_range,
     same_unit,
 )
+
+if TYPE_CHECKING:
+    from b12comment.core.context import Context
 
 
 def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:
@@ -236,11 +240,17 @@ def is_paediatric(age: Age | None, rule: RuleConfig) -> bool:
 
 
 def decide_result(
-    facts: Facts, result: B12Result, rule: RuleConfig, known_comments: frozenset[bytes], age: Age | None
+    facts: Facts,
+    result: B12Result,
+    rule: RuleConfig,
+    known_comments: frozenset[bytes],
+    age: Age | None,
+    context: Context | None = None,
 ) -> ResultDecision:
     """`age` is patient_age() for this result; a result of a patient not
     certainly under 18 is decided on that alone (its other fields are not
-    read); a paediatric one must have been read in full (facts.read_detail)."""
+    read); a paediatric one must have been read in full (facts.read_detail).
+    `context`: the patient's other messages (None: the message alone)."""
     obs = result.observation
     if any(text in known_comments for text in result.nte_texts):
         return ResultDecision(obs.position, result.code, False, (ALREADY_COMMENTED,))
@@ -277,6 +287,12 @@ def decide_result(
         if found.limit is not None:
             limit = round(found.limit, 1)
     reasons.extend(context_reasons(facts, rule))
+    vetoed_by: list[str] = []
+    if context is not None:
+        from b12comment.core.context import veto  # context.py judges with this module
+
+        vetoes, vetoed_by = veto(context, collection_time(facts, obs, rule), rule)
+        reasons.extend(vetoes)
     return ResultDecision(
         obx_index=obs.position,
         code=result.code,
@@ -290,4 +306,5 @@ def decide_result(
         decided_by=decided_by,
         elevated=elevated,
         paediatric=True,
+        vetoed_by=tuple(vetoed_by),
     )

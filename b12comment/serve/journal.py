@@ -518,6 +518,15 @@ class Journal:
             ).rowcount
         )
 
+    def raw_rows(self):
+        """(id, received_at, raw) of every message row (not invalid frames), oldest first."""
+        try:
+            cur = self._db.execute("SELECT id, received_at, raw FROM messages WHERE state != 'invalid' ORDER BY id")
+            for r in cur:
+                yield r[0], r[1], bytes(r[2])
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from None
+
     def settings(self) -> tuple[str, int]:
         """(journal_mode, synchronous) as SQLite reports them."""
         mode = self._query("PRAGMA journal_mode")[0][0]

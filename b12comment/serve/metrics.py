@@ -13,6 +13,7 @@ COUNTERS = {
     "b12comment_forwarded_total": "Messages delivered downstream.",
     "b12comment_retries_total": "Failed delivery attempts that will be retried.",
     "b12comment_dead_lettered_total": "Messages dead-lettered (rejected downstream or out of attempts).",
+    "b12comment_comments_contradicted_total": "Comments a later result of the same patient contradicts (to review).",
 }
 HISTOGRAMS = {
     "b12comment_processing_seconds": "Time spent in process() per message.",

@@ -13,11 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from b12comment.config import Config
+from b12comment.context.store import ContextError, read_contradictions
 from b12comment.errors import EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.serve.journal import STATES, Journal, JournalError
 
 
 def run_queue(config: Config, args) -> int:
+    if args.queue_command == "review":
+        return _review(config)
     path = Path(config.journal.path)
     if args.queue_command == "retry" and bool(args.control_id) == bool(getattr(args, "all", False)):
         raise UsageError("queue retry needs a CONTROL_ID or --all (not both)")
@@ -101,4 +104,26 @@ def _retry(journal: Journal, control_id: str | None) -> int:
     if count == 0:
         raise B12Error(f"no dead-lettered message with control ID {control_id!r}")
     print(f"requeued {count} message{'s' if count != 1 else ''}; the running service delivers them in journal order")
+    return EXIT_OK
+
+
+def _review(config: Config) -> int:
+    """Comments a later result of the same patient contradicts, for a person to follow up."""
+    path = Path(config.context.store)
+    if not path.is_file():
+        raise B12Error(f"no context store at {path} ([context] store in {config.source})")
+    try:
+        found = read_contradictions(path)
+    except ContextError as exc:
+        raise B12Error(str(exc)) from None
+    if not found:
+        print("no contradicted comments")
+        return EXIT_OK
+    print(f"{'commented message':<24} {'contradicted by':<24} {'why':<16} found")
+    for comment_id, control_id, why, found_at in found:
+        print(f"{comment_id or '-':<24} {control_id or '-':<24} {why:<16} {_when(found_at)}")
+    print(
+        f"{len(found)} comment{'s' if len(found) != 1 else ''} to review: each was given when B12 looked like "
+        "the only abnormal finding, and a later result of the same patient says otherwise"
+    )
     return EXIT_OK

@@ -21,19 +21,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 from b12comment import logs
 from b12comment.config import Config
-from b12comment.core.decision import INTERNAL_ERROR
-from b12comment.core.engine import process
+from b12comment.context import ContextError
 from b12comment.serve.aio import wait_event
 from b12comment.serve.forwarder import Forwarder, transport_for
-from b12comment.serve.journal import JournalError, Processed
+from b12comment.serve.journal import JournalError
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.listener import Intake, Listener
 from b12comment.serve.metrics import Metrics, MetricsServer
+from b12comment.serve.processing import ContextStage, Processor, open_context
 from b12comment.serve.tls import TlsError, server_context
 
 EXIT_OK, EXIT_IO, EXIT_USAGE = 0, 1, 2
@@ -47,107 +45,6 @@ class StartupError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_IO):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-class Processor:
-    """Runs process() on every journaled message, in id order.
-
-    Rows are taken from the journal in batches; a batch is processed in one
-    hop to the worker thread (bounded by `batch_s` of work) and recorded in
-    one journal transaction. Once the queue is drained, the next batch
-    starts `linger_s` after a new message arrives, so that at a high rate a
-    batch holds many messages (up to `linger_s`, 50 ms, more on the way
-    downstream, instead of thread hops and commits per message competing
-    with the listener for the two cores).
-    """
-
-    def __init__(
-        self,
-        journal: JournalThread,
-        rule,
-        metrics: Metrics,
-        log,
-        wake: asyncio.Event,
-        processed: asyncio.Event,
-        poll_s: float = 1.0,
-        batch: int = 200,
-        batch_s: float = 0.05,
-        linger_s: float = LINGER_S,
-    ):
-        self.journal, self.rule, self.metrics, self.log = journal, rule, metrics, log
-        self.wake, self.processed, self.poll_s = wake, processed, poll_s
-        self.batch, self.batch_s, self.linger_s = batch, batch_s, linger_s
-
-    async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="process")
-        try:
-            while not stop.is_set():
-                self.wake.clear()
-                try:
-                    rows = await self.journal.unprocessed(self.batch)
-                except JournalError as exc:
-                    self.log.error("journal_unavailable", stage="processing", error=str(exc))
-                    await wait_event(stop, self.poll_s)
-                    continue
-                drained = len(rows) < self.batch
-                while rows and not stop.is_set():
-                    done = await loop.run_in_executor(self._executor, _process_rows, rows, self.rule, self.batch_s)
-                    rows = rows[len(done) :]
-                    try:
-                        results = [Processed(r.id, out, f["commented"], f["reasons"]) for r, out, f, _ in done]
-                        await self.journal.mark_processed_many(results)
-                    except JournalError as exc:
-                        self.log.error("journal_unavailable", stage="processing", error=str(exc))
-                        await wait_event(stop, self.poll_s)
-                        break
-                    for row, _out, fields, elapsed in done:
-                        self.metrics.observe("b12comment_processing_seconds", elapsed)
-                        if fields["commented"]:
-                            self.metrics.inc("b12comment_commented_total")
-                        fields = {"control_id": row.control_id, "message_type": row.message_type, **fields}
-                        self.log.info(
-                            "decision",
-                            journal_id=row.id,
-                            peer=row.peer,
-                            processing_ms=round(elapsed * 1000, 3),
-                            **fields,
-                        )
-                    self.processed.set()
-                if drained:
-                    await wait_event(self.wake, self.poll_s)
-                    await wait_event(stop, self.linger_s)
-        finally:
-            self._executor.shutdown(wait=False)
-
-
-def _process_rows(rows, rule, budget_s: float) -> list:
-    """(row, output, log fields, seconds) for the first rows, at least one,
-    until `budget_s` of work is done."""
-    done = []
-    clock = time.perf_counter
-    first = clock()
-    for row in rows:
-        started = clock()
-        out, fields = _safe_process(row.raw, rule)
-        finished = clock()
-        done.append((row, out, fields, finished - started))
-        if finished - first >= budget_s:
-            break
-    return done
-
-
-def _safe_process(raw: bytes, rule) -> tuple[bytes, dict]:
-    """process(), with the promise kept even if the core broke its own: on
-    any failure, and whenever there is no comment, the original bytes go on."""
-    try:
-        out, decision = process(raw, rule)
-        fields = decision.log_fields()
-        if not decision.commented and out != raw:
-            out = raw
-        return out, fields
-    except Exception as exc:
-        return raw, {"commented": False, "reasons": [INTERNAL_ERROR], "error": type(exc).__name__}
 
 
 class Service:
@@ -164,6 +61,7 @@ class Service:
         self.processed = asyncio.Event()
         self.listener: Listener | None = None
         self.metrics_server: MetricsServer | None = None
+        self.context: ContextStage | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -174,6 +72,10 @@ class Service:
             transport = transport_for(ds)
         except TlsError as exc:
             raise StartupError(str(exc), EXIT_USAGE) from None
+        try:
+            self.context = open_context(cfg.context)
+        except ContextError as exc:
+            raise StartupError(str(exc)) from None
         try:
             await self.journal.depth()
         except JournalError as exc:
@@ -204,7 +106,9 @@ class Service:
                 raise StartupError(
                     f"cannot serve metrics on {cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror or exc}"
                 ) from None
-        processor = Processor(self.journal, cfg.rule, self.metrics, self.log, self.journaled, self.processed)
+        processor = Processor(
+            self.journal, cfg.rule, self.metrics, self.log, self.journaled, self.processed, self.context
+        )
         forwarder = Forwarder(self.journal, transport, ds, self.metrics, self.log, self.processed)
         self._tasks = [
             asyncio.create_task(self._supervise("processing", processor.run), name="processing"),
@@ -254,6 +158,8 @@ class Service:
                 task.cancel()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        if self.context is not None:
+            self.context.close()
         await self.journal.close()
         self.log.info("stopped")
 

@@ -1,0 +1,77 @@
+"""The context shell: the store of the patient's other results, and the one
+way every entry point decides a message with it (`decide`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from b12comment.core.context import ABNORMAL_VERDICTS, OBX, Extract, extract
+from b12comment.core.decision import Decision
+from b12comment.core.engine import process
+from b12comment.core.rule_config import RuleConfig
+
+from .store import ContextError, ContextStore, load_key
+
+__all__ = ["ContextError", "ContextStore", "Outcome", "decide", "load_key", "open_store"]
+
+NEW_ABNORMAL, CORRECTED_B12 = "abnormal_result", "corrected_b12"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    output: bytes
+    decision: Decision
+    contradicts: tuple[str, ...] = ()  # control IDs of earlier comments this message contradicts
+    why: str = ""  # NEW_ABNORMAL or CORRECTED_B12
+
+
+def open_store(path: str, key_file: str) -> ContextStore:
+    return ContextStore(path, load_key(key_file))
+
+
+def decide(
+    store: ContextStore | None,
+    seq: int,
+    message: bytes,
+    rule: RuleConfig,
+    mode: str,
+    lookback_days: float,
+    *,
+    record: bool = True,
+    watch: bool = True,
+) -> Outcome:
+    """process() with the context: the message's rows are kept (`record`),
+    then, if the message alone would get a comment, it is decided again with
+    what the store knows of its requisition and patient (a context can only
+    take a comment away, so the look-up is needed only then). With `watch`,
+    earlier comments of the patient that this message contradicts are found.
+    `seq` orders the messages: later rows supersede earlier ones."""
+    out, decision = process(message, rule)
+    if store is None or mode == "message":
+        return Outcome(out, decision)
+    ex = extract(message, rule)
+    if ex is None:
+        return Outcome(out, decision)
+    if record:
+        store.add(seq, ex)
+    if decision.commented:
+        out, decision = process(message, rule, store.context(seq, ex, mode, lookback_days))
+        if decision.commented:
+            store.add_comment(seq, ex)
+    contradicts: tuple[str, ...] = ()
+    why = ""
+    if watch:
+        why = _contradiction(ex, rule)
+        if why:
+            contradicts = tuple(store.contradicted(seq, ex, why))
+    return Outcome(out, decision, contradicts, why if contradicts else "")
+
+
+def _contradiction(ex: Extract, rule: RuleConfig) -> str:
+    """Why this message would contradict an earlier comment of its patient."""
+    rows = [r for r in ex.rows if r.kind == OBX and r.status not in rule.ignored_statuses]
+    if any(r.is_b12 and r.status == "C" for r in rows):
+        return CORRECTED_B12
+    if any(not r.is_b12 and r.verdict in ABNORMAL_VERDICTS for r in rows):
+        return NEW_ABNORMAL
+    return ""

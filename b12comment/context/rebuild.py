@@ -1,0 +1,42 @@
+"""`b12comment context rebuild`: the context store made again from the journal.
+
+The new store is written beside the old one and put in its place when it is
+complete, so an interrupted rebuild leaves the old store as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from b12comment.config import Config
+from b12comment.context import ContextError, open_store
+from b12comment.context.store import rebuild
+from b12comment.errors import EXIT_OK, B12Error
+from b12comment.serve.journal import Journal, JournalError
+
+
+def run_rebuild(config: Config) -> int:
+    journal_path, store_path = Path(config.journal.path), Path(config.context.store)
+    if not journal_path.is_file():
+        raise B12Error(f"no journal at {journal_path} ([journal] path in {config.source})")
+    fresh = store_path.with_name(store_path.name + ".rebuild")
+    for p in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
+        p.unlink(missing_ok=True)
+    try:
+        journal = Journal(journal_path)
+        try:
+            store = open_store(str(fresh), config.context.key_file)
+            try:
+                count = rebuild(store, journal.raw_rows(), config.rule, config.context.lookback_days)
+            finally:
+                store.close()
+        finally:
+            journal.close()
+        os.replace(fresh, store_path)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+    except (ContextError, JournalError) as exc:
+        raise B12Error(f"context rebuild: {exc}") from None
+    print(f"rebuilt {store_path} from {count} journaled messages")
+    return EXIT_OK

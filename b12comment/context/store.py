@@ -1,0 +1,308 @@
+"""The context store: the minimal rows of every result seen, keyed by HMAC.
+
+One SQLite file (WAL, created 0600). A row per result (OBX) and per order
+(OBR) of every result message: a keyed hash of each patient identifier
+(PID-3 with its assigning authority), a keyed hash of the requisition (ORC-4,
+else OBR-2 or OBR-3), the analyte code, the verdict the rule gives it, OBX-11,
+OBR-25, the collection time and the message's control ID. No name, no
+identifier, no birth date: the hashes are HMAC-SHA256 with a secret key, so a
+CPR number (a birth date and four digits) cannot be found by trying them all.
+
+The store is derived data: `b12comment context rebuild` makes it again from
+the journal, and losing it loses no message. It is written without an fsync
+of its own (synchronous=NORMAL): a crash of the process loses nothing, a
+power cut at most the last rows, which a rebuild restores.
+
+Not thread-safe: one thread uses a store at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+from b12comment.core.context import Context, Extract, PriorResult
+
+KEY_BYTES = 32
+MEMORY = ":memory:"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    seq          INTEGER NOT NULL,
+    position     INTEGER NOT NULL,
+    patient      BLOB    NOT NULL,
+    requisition  BLOB    NOT NULL,
+    kind         TEXT    NOT NULL,
+    analyte      TEXT    NOT NULL,
+    is_b12       INTEGER NOT NULL,
+    verdict      TEXT    NOT NULL,
+    status       TEXT    NOT NULL,
+    order_status TEXT    NOT NULL,
+    collected    TEXT    NOT NULL,
+    control_id   TEXT    NOT NULL,
+    stored_at    REAL    NOT NULL,
+    PRIMARY KEY (seq, position, patient)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS results_by_patient ON results (patient);
+CREATE INDEX IF NOT EXISTS results_by_requisition ON results (requisition);
+CREATE INDEX IF NOT EXISTS results_by_time ON results (stored_at);
+CREATE TABLE IF NOT EXISTS comments (
+    seq        INTEGER NOT NULL,
+    patient    BLOB    NOT NULL,
+    control_id TEXT    NOT NULL,
+    stored_at  REAL    NOT NULL,
+    PRIMARY KEY (seq, patient)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS comments_by_patient ON comments (patient);
+CREATE TABLE IF NOT EXISTS contradictions (
+    comment_control_id TEXT NOT NULL,
+    control_id         TEXT NOT NULL,
+    why                TEXT NOT NULL,
+    found_at           REAL NOT NULL,
+    PRIMARY KEY (comment_control_id, control_id)
+) WITHOUT ROWID;
+"""
+
+_FIELDS = "seq, control_id, requisition, kind, analyte, is_b12, verdict, status, order_status, collected"
+
+
+class ContextError(Exception):
+    """The context store or its key cannot be used; the message is one line."""
+
+
+def load_key(path: str | Path) -> bytes:
+    """The HMAC key: made (32 random bytes, mode 0600) if the file is missing."""
+    p = Path(path)
+    try:
+        if not p.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(KEY_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+        key = p.read_bytes()
+    except FileExistsError:  # made meanwhile by another process
+        return load_key(p)
+    except OSError as exc:
+        raise ContextError(f"cannot read the context key file {p}: {exc.strerror or exc}") from None
+    if len(key) != KEY_BYTES:
+        raise ContextError(f"the context key file {p} must hold exactly {KEY_BYTES} bytes, it holds {len(key)}")
+    return key
+
+
+class ContextStore:
+    """Rows in, a `Context` out. `path` ":memory:" keeps it in memory (preview)."""
+
+    def __init__(self, path: str | Path, key: bytes):
+        self.path = str(path)
+        self._key = key
+        try:
+            if self.path != MEMORY:
+                p = Path(self.path)
+                p.parent.mkdir(parents=True, exist_ok=True)
+                # Keyed hashes only, but the file is still the service's: 0600
+                # (SQLite gives its -wal and -shm files the same permissions).
+                os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise ContextError(f"cannot open the context store {self.path}: {exc}") from None
+        self._in_tx = False
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.commit()
+        self._db.close()
+
+    def _hash(self, raw: bytes) -> bytes:
+        return hmac.new(self._key, raw, hashlib.sha256).digest() if raw else b""
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._db.execute("BEGIN")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        """Rows added since the last commit become durable (and visible to others)."""
+        if self._in_tx:
+            self._in_tx = False
+            self._db.execute("COMMIT")
+
+    def _run(self, sql: str, args=()) -> list:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise ContextError(f"context store {self.path}: {exc}") from None
+
+    # -- writing
+
+    def add(self, seq: int, extract: Extract, now: float | None = None) -> None:
+        """Keep the rows of message `seq` (again: the same seq replaces its rows)."""
+        if not extract.rows:
+            return
+        now = time.time() if now is None else now
+        hashes: dict[bytes, bytes] = {}
+
+        def h(raw: bytes) -> bytes:
+            if raw not in hashes:
+                hashes[raw] = self._hash(raw)
+            return hashes[raw]
+
+        rows = []
+        for r in extract.rows:
+            requisition = h(r.requisition_key)
+            for patient in [h(k) for k in r.patient_keys] or [b""]:
+                rows.append(
+                    (
+                        seq,
+                        r.position,
+                        patient,
+                        requisition,
+                        r.kind,
+                        r.analyte,
+                        int(r.is_b12),
+                        r.verdict,
+                        r.status,
+                        r.order_status,
+                        r.collected,
+                        extract.control_id,
+                        now,
+                    )
+                )
+        try:
+            self._begin()
+            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        except sqlite3.Error as exc:
+            raise ContextError(f"context store {self.path}: {exc}") from None
+
+    def purge(self, lookback_days: float, now: float | None = None) -> int:
+        """Delete what is older than the look-back; returns the result rows removed."""
+        now = time.time() if now is None else now
+        cutoff = now - lookback_days * 86400
+        self._begin()
+        removed = self._db.execute("DELETE FROM results WHERE stored_at < ?", (cutoff,)).rowcount
+        self._db.execute("DELETE FROM comments WHERE stored_at < ?", (cutoff,))
+        self.commit()
+        return removed
+
+    # -- reading
+
+    def _keys(self, extract: Extract) -> tuple[list[bytes], list[bytes]]:
+        patients = {self._hash(k) for r in extract.rows for k in r.patient_keys}
+        requisitions = {self._hash(r.requisition_key) for r in extract.rows if r.requisition_key}
+        return sorted(patients), sorted(requisitions)
+
+    def context(self, seq: int, extract: Extract, mode: str, lookback_days: float) -> Context:
+        """What the store knows of message `seq`'s requisitions (mode
+        "requisition"), and also of its patients (mode "patient")."""
+        patients, requisitions = self._keys(extract)
+        where, args = [], []
+        if requisitions:
+            where.append(f"requisition IN ({','.join('?' * len(requisitions))})")
+            args += requisitions
+        if mode == "patient" and patients:
+            where.append(f"patient IN ({','.join('?' * len(patients))})")
+            args += patients
+        if not where:
+            return Context(seq=seq, lookback_days=lookback_days)
+        found = self._run(f"SELECT DISTINCT {_FIELDS}, position FROM results WHERE {' OR '.join(where)}", args)
+        own = set(requisitions)
+        results = tuple(
+            PriorResult(
+                seq=r[0],
+                control_id=r[1],
+                requisition=bytes(r[2]).hex(),
+                same_requisition=bool(r[2]) and bytes(r[2]) in own,
+                kind=r[3],
+                analyte=r[4],
+                is_b12=bool(r[5]),
+                verdict=r[6],
+                status=r[7],
+                order_status=r[8],
+                collected=r[9],
+            )
+            for r in found
+        )
+        return Context(seq=seq, results=results, lookback_days=lookback_days)
+
+    # -- the review alert
+
+    def add_comment(self, seq: int, extract: Extract, now: float | None = None) -> None:
+        """Message `seq` got the comment: later results of its patient are watched."""
+        now = time.time() if now is None else now
+        patients, _ = self._keys(extract)
+        self._begin()
+        self._db.executemany(
+            "INSERT OR REPLACE INTO comments VALUES (?, ?, ?, ?)",
+            [(seq, p, extract.control_id, now) for p in patients],
+        )
+
+    def contradicted(self, seq: int, extract: Extract, why: str, now: float | None = None) -> list[str]:
+        """The control IDs of earlier comments of this patient that `why`
+        (a new abnormal result, a corrected B12) contradicts; each recorded once."""
+        now = time.time() if now is None else now
+        patients, _ = self._keys(extract)
+        if not patients:
+            return []
+        found = self._run(
+            f"SELECT DISTINCT control_id FROM comments WHERE seq < ? AND patient IN ({','.join('?' * len(patients))})",
+            [seq, *patients],
+        )
+        new = []
+        self._begin()
+        for (comment_id,) in found:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO contradictions VALUES (?, ?, ?, ?)", (comment_id, extract.control_id, why, now)
+            )
+            if cur.rowcount:
+                new.append(comment_id)
+        return new
+
+    def contradictions(self) -> list[tuple[str, str, str, float]]:
+        """(comment's control ID, contradicting control ID, why, when), oldest first."""
+        return self._run("SELECT comment_control_id, control_id, why, found_at FROM contradictions ORDER BY found_at")
+
+    def count(self) -> int:
+        return self._run("SELECT COUNT(*) FROM results")[0][0]
+
+
+def read_contradictions(path: str | Path) -> list[tuple[str, str, str, float]]:
+    """The review list of a store file, read without its key."""
+    try:
+        db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=10.0)
+        try:
+            return db.execute(
+                "SELECT comment_control_id, control_id, why, found_at FROM contradictions ORDER BY found_at"
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise ContextError(f"cannot read the context store {path}: {exc}") from None
+
+
+def rebuild(store: ContextStore, journal_rows, rule, lookback_days: float, now: float | None = None) -> int:
+    """Make the store again from journal rows (id, received_at, raw), oldest
+    first: the results, the comments (as the journal recorded them) and the
+    review list. Returns the messages read."""
+    from b12comment.context import decide
+
+    now = time.time() if now is None else now
+    count = 0
+    for seq, received_at, raw in journal_rows:
+        if received_at < now - lookback_days * 86400:
+            continue
+        decide(store, seq, raw, rule, "patient", lookback_days)
+        count += 1
+        if count % 1000 == 0:
+            store.commit()
+    store.commit()
+    return count

@@ -1,0 +1,251 @@
+"""The patient's other results, as plain data: what the rule knows beyond
+the message in hand.
+
+"B12 is the only abnormal finding" is a fact about the patient, not about
+one message: a requisition is often released in parts (the blood count
+before the B12), and the patient may have had an abnormal result days
+before. The shells keep a store of minimal rows per result (keyed hashes of
+patient and requisition, never identifiers in clear); before a message is
+decided they look the patient and the requisition up and pass what they
+found in as a `Context`. The core never reads a store.
+
+Two pure functions live here:
+
+- `extract(message, rule)`: the rows a store keeps for one message. Its
+  patient and requisition keys are the raw identifiers: the shell turns them
+  into keyed hashes (the key is a secret it reads from a file) before
+  anything is stored.
+- `veto(context, collected, rule)`: the context's reasons against a comment
+  and the control IDs of the messages that gave them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from b12comment.core.dates import parse_ts
+from b12comment.core.decision import OTHER_ABNORMAL_RECENT, REQUISITION_PENDING
+from b12comment.core.facts import _cheap_observation, match_b12
+from b12comment.core.rule import ABNORMAL, NORMAL, judge_value
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.segments import Malformed, component, field_of, read_header, segment_fields, split_segments
+
+# A row is one OBX (kind "obx") or one OBR (kind "order": the order's status).
+OBX, ORDER = "obx", "order"
+# OBR-25 result statuses (HL7 table 0123) of an order whose results are not
+# all in: some results available, preliminary, in the lab, scheduled, results
+# stored but not verified, order received.
+PENDING_ORDER_STATUSES = ("A", "P", "I", "S", "R", "O")
+# Verdicts of a later result that contradict an earlier comment (the review alert).
+ABNORMAL_VERDICTS = (ABNORMAL,)
+
+
+@dataclass(frozen=True)
+class ExtractedRow:
+    """One result of a message as the store keeps it, before the shell hashes
+    `patient_keys` and `requisition_key` (raw identifiers: never stored)."""
+
+    position: int  # 1-based among the message's rows
+    patient_keys: tuple[bytes, ...]  # each PID-3 identifier with its assigning authority
+    requisition_key: bytes  # ORC-4, else OBR-2, else OBR-3 (prefixed with which)
+    kind: str  # OBX or ORDER
+    analyte: str  # OBX-3 identifier (the B12 code that matched), or OBR-4 for an order
+    is_b12: bool
+    verdict: str  # NORMAL, ABNORMAL or UNKNOWN as judge_value() gives it ("" for an order)
+    status: str  # OBX-11 ("" for an order)
+    order_status: str  # OBR-25 of its order
+    collected: str  # OBX-14, else OBR-7, else SPM-17 (HL7 time stamp text)
+
+
+@dataclass(frozen=True)
+class Extract:
+    control_id: str
+    rows: tuple[ExtractedRow, ...]
+
+
+@dataclass(frozen=True)
+class PriorResult:
+    """A row of the store, as the shell hands it to the core."""
+
+    seq: int  # arrival order: later rows supersede earlier ones of the same key
+    control_id: str
+    requisition: str  # opaque (a keyed hash): only compared for equality
+    same_requisition: bool  # the requisition is one of the message's own
+    kind: str
+    analyte: str
+    is_b12: bool
+    verdict: str
+    status: str
+    order_status: str
+    collected: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """What is known beyond the message: its own rows (seq == `seq`) may be
+    among `results`; they are judged in the message itself, not here."""
+
+    seq: int = 0
+    results: tuple[PriorResult, ...] = ()
+    lookback_days: float = 30.0
+
+
+def extract(message: bytes, rule: RuleConfig) -> Extract | None:
+    """The store's rows for one result message; None for what is not one
+    (unreadable, or a message type the rule does not look at). Total: never raises."""
+    try:
+        return _extract(message, rule)
+    except Exception:
+        return None
+
+
+def _extract(message: bytes, rule: RuleConfig) -> Extract | None:
+    try:
+        header = read_header(message)
+    except Malformed:
+        return None
+    if not header.delimiters.valid:
+        return None
+    if f"{header.message_code.upper()}^{header.trigger_event.upper()}" not in rule.message_types:
+        return None
+    d = header.delimiters
+    codec = "latin-1"  # identifiers are hashed as bytes; codes and statuses are ASCII
+    rows: list[ExtractedRow] = []
+    patient_keys: tuple[bytes, ...] = ()
+    orc4 = b""
+    requisition = b""
+    order_status = order_time = specimen_time = ""
+    obx_position = 0
+
+    def text(raw: bytes) -> str:
+        return raw.decode(codec).strip()
+
+    for seg in split_segments(message, header.start):
+        name = seg.name
+        if name not in (b"PID", b"ORC", b"OBR", b"SPM", b"OBX"):
+            continue
+        fields = segment_fields(message, seg, d)
+        if name == b"PID":
+            keys = []
+            for rep in field_of(fields, 3).split(d.repetition) if d.repetition else [field_of(fields, 3)]:
+                ident = component(rep, d, 1).strip()
+                if ident:
+                    authority = _whole_component(rep, d, 4).strip()
+                    keys.append(ident + b"\x00" + authority)
+            patient_keys = tuple(dict.fromkeys(keys))
+            orc4 = b""
+        elif name == b"ORC":
+            orc4 = _first_rep(field_of(fields, 4), d).strip()
+        elif name == b"OBR":
+            placer = _first_rep(field_of(fields, 2), d).strip()
+            filler = _first_rep(field_of(fields, 3), d).strip()
+            if orc4:
+                requisition = b"ORC-4\x00" + orc4
+            elif placer:
+                requisition = b"OBR-2\x00" + placer
+            elif filler:
+                requisition = b"OBR-3\x00" + filler
+            else:
+                requisition = b""
+            order_status = text(component(field_of(fields, 25), d, 1)).upper()
+            order_time = text(component(field_of(fields, 7), d, 1))
+            specimen_time = ""
+            rows.append(
+                ExtractedRow(
+                    position=len(rows) + 1,
+                    patient_keys=patient_keys,
+                    requisition_key=requisition,
+                    kind=ORDER,
+                    analyte=text(component(field_of(fields, 4), d, 1)),
+                    is_b12=False,
+                    verdict="",
+                    status="",
+                    order_status=order_status,
+                    collected=order_time,
+                )
+            )
+        elif name == b"SPM":
+            specimen_time = specimen_time or text(component(field_of(fields, 17), d, 1))
+        else:  # OBX
+            obx_position += 1
+            obs = _cheap_observation(fields, header, codec, obx_position, 0, 0)
+            b12_code = match_b12(field_of(fields, 3), d, rule)
+            rows.append(
+                ExtractedRow(
+                    position=len(rows) + 1,
+                    patient_keys=patient_keys,
+                    requisition_key=requisition,
+                    kind=OBX,
+                    analyte=b12_code or text(component(field_of(fields, 3), d, 1)),
+                    is_b12=b12_code is not None,
+                    verdict=judge_value(obs, rule),
+                    status=obs.status,
+                    order_status=order_status,
+                    collected=obs.observed_at or order_time or specimen_time,
+                )
+            )
+    return Extract(header.control_id, tuple(rows))
+
+
+def _first_rep(raw: bytes, d) -> bytes:
+    return raw.split(d.repetition, 1)[0] if d.repetition else raw
+
+
+def _whole_component(raw: bytes, d, k: int) -> bytes:
+    """Component k of the first repetition with all its subcomponents."""
+    parts = _first_rep(raw, d).split(d.component) if d.component else [raw]
+    return parts[k - 1] if k <= len(parts) else b""
+
+
+def latest(results: tuple[PriorResult, ...]) -> list[PriorResult]:
+    """The newest row of each (requisition, kind, analyte): a final result
+    supersedes its preliminary one, a correction the result it corrects."""
+    newest: dict[tuple[str, str, str], PriorResult] = {}
+    for r in results:
+        key = (r.requisition, r.kind, r.analyte)
+        if key not in newest or r.seq >= newest[key].seq:
+            newest[key] = r
+    return sorted(newest.values(), key=lambda r: r.seq)
+
+
+def _within(collected: str, b12_collected: str, days: float) -> bool:
+    """Collected within `days` of the B12 (either side). An unknown time
+    counts as within: doubt never makes a comment."""
+    a, b = parse_ts(collected) if collected else None, parse_ts(b12_collected) if b12_collected else None
+    if a is None or b is None:
+        return True
+    gap = max((a.first - b.last).days, (b.first - a.last).days, 0)
+    return gap <= days
+
+
+def veto(context: Context, b12_collected: str, rule: RuleConfig) -> tuple[list[str], list[str]]:
+    """(reasons, control IDs of the messages that gave them) against a comment
+    on a B12 collected at `b12_collected`.
+
+    - `requisition_pending`: an order of the same requisition is not final
+      (OBR-25), or one of its results is still pending (OBX-11);
+    - `other_abnormal_recent`: another result (not a B12) of the same
+      requisition, or of the same patient collected within the look-back,
+      is abnormal or cannot be judged (unknown, pending).
+    """
+    reasons: dict[str, None] = {}
+    vetoes: dict[str, None] = {}
+    for r in latest(context.results):
+        if r.seq == context.seq:
+            continue  # the message itself: the rule judges it from its own bytes
+        found = None
+        if r.kind == ORDER:
+            if r.same_requisition and r.order_status in PENDING_ORDER_STATUSES:
+                found = REQUISITION_PENDING
+        elif r.is_b12 or r.status in rule.ignored_statuses:
+            continue
+        elif r.same_requisition and r.status in rule.pending_statuses:
+            found = REQUISITION_PENDING
+        elif (r.same_requisition or _within(r.collected, b12_collected, context.lookback_days)) and (
+            r.verdict != NORMAL or r.status in rule.pending_statuses
+        ):
+            found = OTHER_ABNORMAL_RECENT
+        if found is not None:
+            reasons[found] = None
+            vetoes[r.control_id] = None
+    return list(reasons), list(vetoes)

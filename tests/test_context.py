@@ -1,0 +1,258 @@
+"""The patient's other results: the context the shells gather and the rule
+reads. Real SQLite stores (in memory and on disk), real messages."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from builders import Obx, build
+
+from b12comment.context import ContextError, ContextStore, decide, load_key
+from b12comment.core.context import Context, extract
+from b12comment.core.engine import process
+from b12comment.core.rule_config import RuleConfig
+
+RULE = RuleConfig()
+KEY = bytes(range(32))
+LOW_PLATELETS = Obx(code="777-3^Platelets^LN", value="30", units="10*9/L", range="150-400", flags="L")
+NORMAL_PLATELETS = Obx(code="777-3^Platelets^LN", value="250", units="10*9/L", range="150-400")
+ALT_HIGH = Obx(code="1742-6^ALT^LN", value="300", units="U/L", range="10-45", flags="H")
+
+
+def b12_message(**kw) -> bytes:
+    kw.setdefault("control_id", "B12MSG")
+    kw.setdefault("orc4", "REQ1")
+    return build(**kw)
+
+
+def other_message(result: Obx = LOW_PLATELETS, **kw) -> bytes:
+    kw.setdefault("control_id", "CBCMSG")
+    kw.setdefault("orc4", "REQ1")
+    kw.setdefault("placer", "ORD0")
+    kw.setdefault("filler", "FIL0")
+    kw.setdefault("service", "CBC^Blood count^L")
+    return build(with_b12=False, others=(result,), **kw)
+
+
+def run(messages: list[bytes], mode: str = "patient", lookback_days: float = 30.0):
+    """Decide each message in order with one shared in-memory store; the last decision."""
+    store = ContextStore(":memory:", KEY)
+    outcome = None
+    for seq, message in enumerate(messages, start=1):
+        outcome = decide(store, seq, message, RULE, mode, lookback_days)
+    assert outcome is not None
+    return outcome
+
+
+def test_alone_the_b12_gets_the_comment():
+    assert run([b12_message()]).decision.commented
+
+
+def test_no_context_is_todays_behaviour():
+    message = b12_message()
+    assert process(message, RULE, None) == process(message, RULE)
+    assert process(message, RULE, Context(seq=1)) == process(message, RULE)
+
+
+CASES = [
+    ("abnormal_count_same_requisition_before", [other_message()], "patient", False, ("other_abnormal_recent",)),
+    (
+        "abnormal_count_other_requisition_3_days_before",
+        [other_message(orc4="REQ0", collected="20240107083000")],
+        "patient",
+        False,
+        ("other_abnormal_recent",),
+    ),
+    (
+        "abnormal_count_other_requisition_40_days_before",
+        [other_message(orc4="REQ0", collected="20231201083000")],
+        "patient",
+        True,
+        (),
+    ),
+    (
+        "same_name_other_patient_id",
+        [other_message(orc4="REQ0", patient_id="0202029999^^^CPR")],
+        "patient",
+        True,
+        (),
+    ),
+    (
+        "same_id_other_assigning_authority",
+        [other_message(orc4="REQ0", patient_id="0101169999^^^OTHERLAB")],
+        "patient",
+        True,
+        (),
+    ),
+    ("normal_count_same_requisition", [other_message(NORMAL_PLATELETS)], "patient", True, ()),
+    (
+        "pending_order_in_requisition",
+        [other_message(NORMAL_PLATELETS, obr25="P")],
+        "patient",
+        False,
+        ("requisition_pending",),
+    ),
+    (
+        "pending_result_in_requisition",
+        [other_message(Obx(code="777-3^Platelets^LN", value="", units="", range="", status="P"))],
+        "patient",
+        False,
+        ("requisition_pending",),
+    ),
+    (
+        "pending_order_then_final",
+        [
+            other_message(NORMAL_PLATELETS, obr25="P", control_id="CBC-P"),
+            other_message(NORMAL_PLATELETS, obr25="F", control_id="CBC-F"),
+        ],
+        "patient",
+        True,
+        (),
+    ),
+    (
+        "requisition_mode_ignores_other_requisitions",
+        [other_message(orc4="REQ0", collected="20240107083000")],
+        "requisition",
+        True,
+        (),
+    ),
+    ("requisition_mode_same_requisition", [other_message()], "requisition", False, ("other_abnormal_recent",)),
+    ("message_mode_sees_nothing", [other_message()], "message", True, ()),
+    (
+        "earlier_b12_does_not_count",
+        [b12_message(control_id="OLDB12", orc4="REQ0", collected="20240105083000", flags="H")],
+        "patient",
+        True,
+        (),
+    ),
+    (
+        "same_placer_number_without_orc",
+        [other_message(orc4=None, placer="ORD1", filler="FIL9")],
+        "patient",
+        False,
+        ("other_abnormal_recent",),
+    ),
+    (
+        "deleted_result_is_skipped",
+        [other_message(Obx(code="777-3^Platelets^LN", value="30", flags="L", status="D"), orc4="REQ0")],
+        "patient",
+        True,
+        (),
+    ),
+]
+
+
+@pytest.mark.parametrize("before, mode, commented, reasons", [pytest.param(*c[1:], id=c[0]) for c in CASES])
+def test_context_case(before, mode, commented, reasons):
+    outcome = run([*before, b12_message()], mode)
+    assert outcome.decision.commented is commented
+    assert outcome.decision.reasons == reasons
+    if not commented:
+        assert outcome.decision.vetoed_by == (before[-1].split(b"|")[9].decode(),)
+        assert outcome.output == b12_message()  # not one byte changed
+    else:
+        assert outcome.output != b12_message()
+
+
+def test_later_abnormal_result_in_the_store_vetoes_too():
+    """Replay's first pass puts later messages in the store as well."""
+    store = ContextStore(":memory:", KEY)
+    b12, alt = b12_message(), other_message(ALT_HIGH, control_id="ALTMSG", collected="20240111083000")
+    for seq, message in ((1, b12), (2, alt)):
+        ex = extract(message, RULE)
+        assert ex is not None
+        store.add(seq, ex)
+    outcome = decide(store, 1, b12, RULE, "patient", 30.0, record=False, watch=False)
+    assert not outcome.decision.commented
+    assert outcome.decision.reasons == ("other_abnormal_recent",)
+    assert outcome.decision.vetoed_by == ("ALTMSG",)
+
+
+def test_vetoes_name_control_ids_only():
+    decision = run([other_message(), b12_message()]).decision
+    assert decision.log_fields()["vetoed_by"] == ["CBCMSG"]
+    assert "0101169999" not in repr(decision.as_dict())
+
+
+def test_comment_contradicted_by_later_abnormal_result():
+    store = ContextStore(":memory:", KEY)
+    first = decide(store, 1, b12_message(), RULE, "patient", 30.0)
+    assert first.decision.commented
+    later = decide(store, 2, other_message(ALT_HIGH, control_id="ALTMSG", orc4="REQ9"), RULE, "patient", 30.0)
+    assert later.contradicts == ("B12MSG",)
+    assert later.why == "abnormal_result"
+    assert store.contradictions()[0][:3] == ("B12MSG", "ALTMSG", "abnormal_result")
+    again = decide(store, 2, other_message(ALT_HIGH, control_id="ALTMSG", orc4="REQ9"), RULE, "patient", 30.0)
+    assert again.contradicts == ()  # recorded once
+
+
+def test_corrected_b12_contradicts_and_normal_result_does_not():
+    store = ContextStore(":memory:", KEY)
+    assert decide(store, 1, b12_message(), RULE, "patient", 30.0).decision.commented
+    normal = decide(store, 2, other_message(NORMAL_PLATELETS, control_id="N1", orc4="R2"), RULE, "patient", 30.0)
+    assert normal.contradicts == ()
+    other_child = decide(
+        store, 3, other_message(ALT_HIGH, control_id="X1", patient_id="0202029999^^^CPR"), RULE, "patient", 30.0
+    )
+    assert other_child.contradicts == ()
+    corrected = decide(store, 4, b12_message(control_id="B12C", status="C", value="300"), RULE, "patient", 30.0)
+    assert corrected.contradicts == ("B12MSG",)
+    assert corrected.why == "corrected_b12"
+
+
+def test_extract_keeps_no_name_or_birth_date():
+    ex = extract(other_message(), RULE)
+    assert ex is not None
+    text = repr(ex)
+    assert "Testesen" not in text and "20160315" not in text
+    assert [r.kind for r in ex.rows] == ["order", "obx"]
+    assert ex.rows[1].verdict == "abnormal"
+
+
+def test_extract_of_what_is_not_a_result_message():
+    assert extract(b"not hl7", RULE) is None
+    assert extract(build(msh9="ADT^A01"), RULE) is None
+
+
+def test_key_file_made_0600_with_32_bytes(tmp_path):
+    path = tmp_path / "var" / "context.key"
+    key = load_key(path)
+    assert len(key) == 32
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_key(path) == key
+
+
+def test_key_file_unreadable_or_wrong_is_one_clear_line(tmp_path):
+    short = tmp_path / "short.key"
+    short.write_bytes(b"abc")
+    with pytest.raises(ContextError, match="must hold exactly 32 bytes"):
+        load_key(short)
+    folder = tmp_path / "dir.key"
+    folder.mkdir()
+    with pytest.raises(ContextError, match="cannot read the context key file"):
+        load_key(folder)
+
+
+def test_store_file_is_0600_and_holds_no_identifiers(tmp_path):
+    path = tmp_path / "context.sqlite3"
+    store = ContextStore(path, KEY)
+    decide(store, 1, other_message(), RULE, "patient", 30.0)
+    decide(store, 2, b12_message(), RULE, "patient", 30.0)
+    store.commit()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("context.sqlite3"))
+    for secret in (b"0101169999", b"Testesen", b"20160315", b"REQ1", b"ORD0", b"ORD1"):
+        assert secret not in data
+    store.close()
+
+
+def test_purge_drops_rows_older_than_the_look_back():
+    store = ContextStore(":memory:", KEY)
+    ex = extract(other_message(), RULE)
+    assert ex is not None
+    store.add(1, ex, now=1000.0)
+    store.add(2, ex, now=1000.0 + 40 * 86400)
+    assert store.purge(30.0, now=1000.0 + 41 * 86400) == 2
+    assert store.count() == 2
