@@ -227,6 +227,8 @@ def _load_rule(path: str, table: dict[str, Any]) -> RuleConfig:
         units=units,
         message_types=r.take_strings("message_types", d.message_types, re.compile(r"^[A-Z0-9]{3}\^[A-Z0-9]{3}$")),
         final_statuses=r.take_strings("final_statuses", d.final_statuses, _STATUS_RE),
+        final_order_statuses=r.take_strings("final_order_statuses", d.final_order_statuses, _STATUS_RE),
+        cancelled_order_statuses=r.take_strings("cancelled_order_statuses", d.cancelled_order_statuses, _STATUS_RE),
         pending_statuses=r.take_strings("pending_statuses", d.pending_statuses, _STATUS_RE),
         ignored_statuses=r.take_strings("ignored_statuses", d.ignored_statuses, _STATUS_RE),
         normal_flags=r.take_strings("normal_flags", d.normal_flags, _FLAG_RE),

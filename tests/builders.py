@@ -64,6 +64,9 @@ def build(
     others: tuple[Obx, ...] = (),  # further OBX rows in the same OBR group
     before: tuple[Obx, ...] = (),  # OBX rows before the B12 OBX
     group2: tuple[Obx, ...] = (),  # OBX rows of a second OBR group
+    obr25: str = "F",  # OBR-25 order status of the B12's order (HL7 table 0123)
+    obr25_2: str = "F",  # OBR-25 of the second OBR group
+    extra_orders: tuple[str, ...] = (),  # further OBRs with no results yet, by OBR-25
     with_b12: bool = True,
     version: str = "2.5.1",
     fs: str = "|",
@@ -83,7 +86,6 @@ def build(
     filler: str = "FIL1",  # OBR-3
     service: str = "B12^Vitamin B12^L",  # OBR-4
     orc4: str | None = None,  # an ORC with this placer group number before each OBR
-    obr25: str = "",  # OBR-25 result status
 ) -> bytes:
     """An ORU^R01 message with one patient and a B12 OBX, as bytes."""
     segs: list[str] = []
@@ -92,10 +94,9 @@ def build(
     if extra_pid:
         segs.append("PID|2||0202029999^^^CPR||Other^Child||20100101|F")
     segs.append("PV1|1|O")
-    status_tail = "|" * 18 + obr25 if obr25 else ""
     if orc4 is not None:
         segs.append(f"ORC|RE|{placer}|{filler}|{orc4}")
-    segs.append(f"OBR|1|{placer}|{filler}|{service}|||{collected}{status_tail}")
+    segs.append(f"OBR|1|{placer}|{filler}|{service}|||{collected}" + "|" * 18 + obr25)
     if spm17 is not None:
         segs.append(f"SPM|1|||SER|||||||||||||{spm17}")
     rows: list[Obx] = list(before)
@@ -119,9 +120,11 @@ def build(
     if group2:
         if orc4 is not None:
             segs.append(f"ORC|RE|ORD2|FIL2|{orc4}")
-        segs.append(f"OBR|2|ORD2|FIL2|CBC^Blood count^L|||{collected}")
+        segs.append(f"OBR|2|ORD2|FIL2|CBC^Blood count^L|||{collected}" + "|" * 18 + obr25_2)
         for i, o in enumerate(group2, start=1):
             segs.extend(_obx_segment(i, o))
+    for i, status in enumerate(extra_orders, start=3):
+        segs.append(f"OBR|{i}|ORD{i}|FIL{i}|LIV^Liver panel^L|||{collected}" + "|" * 18 + status)
     if zseg is not None:
         segs.append(zseg)
 

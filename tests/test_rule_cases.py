@@ -253,6 +253,51 @@ CASES = [
     ("status_preliminary", dict(status="P"), False, ("status_not_final",), None),
     ("status_deleted", dict(status="D"), False, ("status_not_final",), None),
     ("status_empty", dict(status=""), False, ("status_not_final",), None),
+    # Order status (OBR-25, HL7 table 0123): the comment says B12 is the only abnormal
+    # finding, which cannot be said while an order is unfinished.
+    ("own_order_corrected", dict(obr25="C"), True, (), None),
+    ("own_order_partial", dict(obr25="A"), False, ("order_not_final",), None),
+    ("own_order_preliminary", dict(obr25="P"), False, ("order_not_final",), None),
+    ("own_order_not_verified", dict(obr25="R"), False, ("order_not_final",), None),
+    ("own_order_in_lab", dict(obr25="I"), False, ("order_not_final",), None),
+    ("own_order_no_results_yet", dict(obr25="N"), False, ("order_not_final",), None),
+    ("own_order_scheduled", dict(obr25="S"), False, ("order_not_final",), None),
+    ("own_order_received", dict(obr25="O"), False, ("order_not_final",), None),
+    ("own_order_corrected_not_final", dict(obr25="M"), False, ("order_not_final",), None),
+    ("own_order_cannot_be_done", dict(obr25="X"), False, ("order_not_final",), None),
+    ("own_order_lower_case_p", dict(obr25="p"), False, ("order_not_final",), None),
+    (
+        "own_order_and_result_preliminary",
+        dict(obr25="P", status="P"),
+        False,
+        ("status_not_final", "order_not_final"),
+        None,
+    ),
+    ("own_order_not_stated", dict(obr25=""), True, (), None),
+    ("other_order_partial", dict(group2=(OTHER_OK,), obr25_2="A"), False, ("context_pending",), None),
+    ("other_order_preliminary", dict(group2=(OTHER_OK,), obr25_2="P"), False, ("context_pending",), None),
+    ("other_order_corrected", dict(group2=(OTHER_OK,), obr25_2="C"), True, (), None),
+    ("other_order_not_stated_final_results", dict(group2=(OTHER_OK,), obr25_2=""), True, (), None),
+    (
+        "other_order_not_stated_pending_result",
+        dict(group2=(OTHER_PENDING,), obr25_2=""),
+        False,
+        ("context_pending",),
+        None,
+    ),
+    ("other_order_cancelled", dict(extra_orders=("X",)), True, (), None),
+    ("other_order_without_results_final", dict(extra_orders=("F",)), True, (), None),
+    ("other_order_without_results_not_stated", dict(extra_orders=("",)), False, ("context_pending",), None),
+    ("other_order_in_lab", dict(extra_orders=("I",)), False, ("context_pending",), None),
+    ("other_order_scheduled", dict(extra_orders=("S",)), False, ("context_pending",), None),
+    ("other_order_received", dict(extra_orders=("O",)), False, ("context_pending",), None),
+    (
+        "other_order_pending_and_other_abnormal",
+        dict(others=(OTHER_LOW,), extra_orders=("I",)),
+        False,
+        ("other_abnormal", "context_pending"),
+        None,
+    ),
     # Context: isolated or not
     ("other_normal_same_group", dict(others=(OTHER_OK, Obx(flags="N"))), True, (), None),
     ("other_abnormal_same_group", dict(others=(OTHER_LOW,)), False, ("other_abnormal",), None),
@@ -623,6 +668,21 @@ def test_already_commented_in_other_language_is_recognised():
     again, decision = process(da_out, RuleConfig(language="en"))
     assert again == da_out
     assert decision.reasons == ("already_commented",)
+
+
+def test_order_status_not_stated_is_noted():
+    _, decision = process(build(obr25="", group2=(OTHER_OK,)), RULE)
+    assert decision.commented
+    assert decision.notes == ("OBR-25 (order status) empty in 1 of 2 orders: OBX-11 statuses decide",)
+    _, decision = process(build(group2=(OTHER_OK,)), RULE)
+    assert decision.notes == ()
+
+
+def test_order_statuses_are_the_sites():
+    rule = dataclasses.replace(RULE, final_order_statuses=("F", "C", "A"))
+    assert process(build(obr25="A"), rule)[1].commented
+    rule = dataclasses.replace(RULE, cancelled_order_statuses=())
+    assert process(build(extra_orders=("X",)), rule)[1].reasons == ("context_pending",)
 
 
 def test_unsupported_version_read_as_251_with_note():

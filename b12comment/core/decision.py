@@ -24,6 +24,7 @@ UNREADABLE_VALUE = "unreadable_value"
 NOT_ELEVATED = "not_elevated"
 OTHER_ABNORMAL = "other_abnormal"
 CONTEXT_PENDING = "context_pending"
+ORDER_NOT_FINAL = "order_not_final"
 RANGE_UNREADABLE = "range_unreadable"
 CONTEXT_UNREADABLE = "context_unreadable"
 # Reasons from the context (the patient's other messages)
@@ -52,7 +53,13 @@ REASONS = {
     ),
     NOT_ELEVATED: "the B12 value is not elevated by the lab's flag, the OBX-7 range or the age-band limit",
     OTHER_ABNORMAL: "another result in the message is abnormal (flagged or outside its range)",
-    CONTEXT_PENDING: "another result in the message is still pending or preliminary",
+    CONTEXT_PENDING: (
+        "another result in the message is still pending or preliminary, or another order is not finished "
+        "(OBR-25 not final, or an order with no results yet)"
+    ),
+    ORDER_NOT_FINAL: (
+        "the B12's own order is not final: its OBR-25 states a status other than final (F) or corrected (C)"
+    ),
     RANGE_UNREADABLE: (
         "the B12 reference range (OBX-7) is present but cannot be read (or is in another unit): "
         "the age-band limit is only for a result with no range"

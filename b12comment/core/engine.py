@@ -25,7 +25,7 @@ from b12comment.core.decision import (
     ResultDecision,
 )
 from b12comment.core.facts import MAX_B12_RESULTS, Facts, read_detail, read_facts
-from b12comment.core.rule import decide_result, is_paediatric, patient_age
+from b12comment.core.rule import decide_result, is_paediatric, order_notes, patient_age
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.segments import Header, Malformed, read_header
 from b12comment.core.splice import apply, comment_field, insertion_after, next_set_id, nte_segment
@@ -81,7 +81,7 @@ def _process(message: bytes, rule: RuleConfig, context: Context | None, precheck
         bool(insertions),
         reasons,
         results=tuple(results),
-        notes=facts.notes,
+        notes=facts.notes + order_notes(facts),
         vetoed_by=vetoed_by,
         **_base(header),
     )
@@ -116,6 +116,7 @@ def _read(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[Header, Fac
     notes = facts.notes
     if not facts.b12:  # the same Decision the pre-check gives
         raise _Done(Decision(False, (NO_B12,), **base))
+    notes = notes + order_notes(facts)
     if len(facts.b12) > MAX_B12_RESULTS:
         detail = f"{len(facts.b12)} total-B12 results"
         raise _Done(Decision(False, (TOO_MANY_B12,), notes=notes, detail=detail, **base))

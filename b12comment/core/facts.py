@@ -9,7 +9,7 @@ status. Nothing here decides anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from hl7apy import SUPPORTED_LIBRARIES
 from hl7apy.consts import VALIDATION_LEVEL
@@ -78,6 +78,7 @@ class Facts:
     specimen_times: dict[int, str]  # OBR group -> SPM-17 (start)
     observations: tuple[Observation, ...]
     b12: tuple[B12Result, ...]
+    order_statuses: dict[int, str] = field(default_factory=dict)  # OBR group -> OBR-25 ("" = not stated)
 
 
 def _position(name: str | None) -> int | None:
@@ -252,6 +253,7 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
     raw_birth = b""
     raw_order_times: dict[int, bytes] = {}  # read with hl7apy only where a B12 needs them
     raw_specimen_times: dict[int, bytes] = {}
+    order_statuses: dict[int, str] = {}  # OBR-25 of every order, read cheaply
     observations: list[Observation] = []
     b12: list[B12Result] = []
     group = 0
@@ -287,7 +289,9 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
                 raw_birth = field_of(segment_fields(message, seg, d), 7)
         elif name == b"OBR":
             group += 1
-            raw_order_times[group] = field_of(segment_fields(message, seg, d), 7)
+            obr = segment_fields(message, seg, d)
+            raw_order_times[group] = field_of(obr, 7)
+            order_statuses[group] = _text(component(field_of(obr, 25), d, 1), codec).upper()
         elif name == b"SPM" and group not in raw_specimen_times:
             raw_specimen_times[group] = field_of(segment_fields(message, seg, d), 17)
         elif name == b"OBX":
@@ -317,6 +321,7 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
             specimen_times={},
             observations=tuple(observations),
             b12=tuple(b12),
+            order_statuses=order_statuses,
         )
     b12 = [
         replace(r, observation=replace(r.observation, observed_at=reader.first(field_of(list(r.fields), 14), "OBX_14")))
@@ -340,4 +345,5 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
         specimen_times=specimen_times,
         observations=tuple(observations),
         b12=tuple(b12),
+        order_statuses=order_statuses,
     )

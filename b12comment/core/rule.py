@@ -24,6 +24,7 @@ from b12comment.core.decision import (
     CONTEXT_UNREADABLE,
     INTERNAL_ERROR,
     NOT_ELEVATED,
+    ORDER_NOT_FINAL,
     OTHER_ABNORMAL,
     RANGE_UNREADABLE,
     STATUS_NOT_FINAL,
@@ -184,6 +185,33 @@ def context_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
     return [r for r in (OTHER_ABNORMAL, CONTEXT_UNREADABLE, CONTEXT_PENDING) if r in found]
 
 
+def order_reasons(facts: Facts, obs: Observation, rule: RuleConfig) -> list[str]:
+    """What the orders (OBR-25) say. The B12's own order must be final or
+    corrected if stated; every other order final, corrected or cancelled, and
+    one with no results yet is pending unless final or cancelled. An empty
+    OBR-25 is "not stated": the OBX-11 statuses of its results decide."""
+    reasons = []
+    own = facts.order_statuses.get(obs.group, "")
+    if own and own not in rule.final_order_statuses:
+        reasons.append(ORDER_NOT_FINAL)
+    with_results = {o.group for o in facts.observations}
+    for group, status in facts.order_statuses.items():
+        if group == obs.group or status in rule.final_order_statuses or status in rule.cancelled_order_statuses:
+            continue
+        if status or group not in with_results:
+            reasons.append(CONTEXT_PENDING)
+            break
+    return reasons
+
+
+def order_notes(facts: Facts) -> tuple[str, ...]:
+    """A note when the feed leaves OBR-25 empty, so a site can see it."""
+    empty = sum(1 for status in facts.order_statuses.values() if not status)
+    if not empty:
+        return ()
+    return (f"OBR-25 (order status) empty in {empty} of {len(facts.order_statuses)} orders: OBX-11 statuses decide",)
+
+
 @dataclass(frozen=True)
 class Elevation:
     """Whether a B12 value is elevated, and on what grounds."""
@@ -267,6 +295,8 @@ def decide_result(
     reasons: list[str] = []
     if obs.status not in rule.final_statuses:
         reasons.append(STATUS_NOT_FINAL)
+    order = order_reasons(facts, obs, rule)
+    reasons.extend(r for r in order if r == ORDER_NOT_FINAL)
     q, unit = b12_quantity(obs, rule)
     factor = rule.unit_factor(unit) if unit else None
     value_pmol = limit = source = decided_by = elevated = None
@@ -287,6 +317,7 @@ def decide_result(
         if found.limit is not None:
             limit = round(found.limit, 1)
     reasons.extend(context_reasons(facts, rule))
+    reasons.extend(r for r in order if r != ORDER_NOT_FINAL)
     vetoed_by: list[str] = []
     if context is not None:
         from b12comment.core.context import veto  # context.py judges with this module

@@ -66,6 +66,10 @@ class RuleConfig:
     units: tuple[tuple[str, float], ...] = DEFAULT_UNITS
     message_types: tuple[str, ...] = ("ORU^R01",)
     final_statuses: tuple[str, ...] = ("F", "C")
+    # OBR-25 order statuses (HL7 table 0123): final ones, and cancelled ones
+    # (X: cannot be done) that do not hold back the comment for another order.
+    final_order_statuses: tuple[str, ...] = ("F", "C")
+    cancelled_order_statuses: tuple[str, ...] = ("X",)
     pending_statuses: tuple[str, ...] = ("P", "I", "R", "S")
     ignored_statuses: tuple[str, ...] = ("D", "W")
     normal_flags: tuple[str, ...] = ("N",)
