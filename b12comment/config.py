@@ -27,6 +27,7 @@ class ConfigError(UsageError):
 
 @dataclass(frozen=True)
 class ListenerConfig:
+    enabled: bool = True  # false: serve runs the [http] endpoint only
     host: str = "127.0.0.1"
     port: int = 2575
     max_message_bytes: int = 1048576
@@ -64,6 +65,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8575
+    path: str = "/hl7"
+    max_body_bytes: int = 1048576
+    request_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0
+    max_connections: int = 256
+    allowed_peers: tuple[str, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "auto"  # auto (JSON unless on a terminal), json, console
@@ -88,6 +105,7 @@ class Config:
     journal: JournalConfig = field(default_factory=JournalConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
     source: str = "<built-in defaults>"
@@ -278,15 +296,8 @@ def _check_service(path: str, cfg: Config) -> None:
     _positive(r, "max_message_bytes", lis.max_message_bytes)
     _positive(r, "idle_timeout_s", lis.idle_timeout_s)
     _positive(r, "max_connections", lis.max_connections)
-    for peer in lis.allowed_peers:
-        try:
-            ipaddress.ip_network(peer, strict=False)
-        except ValueError:
-            raise r.fail("allowed_peers", f"has {peer!r}, which is not an address or network") from None
-    if bool(lis.tls_cert) != bool(lis.tls_key):
-        raise r.fail("tls_cert", "and tls_key must be given together")
-    if lis.tls_client_ca and not lis.tls_cert:
-        raise r.fail("tls_client_ca", "needs tls_cert and tls_key")
+    _check_peers_and_tls(r, lis)
+    _check_http(path, cfg)
     r = _Reader(path, {}, "journal")
     if not cfg.journal.path:
         raise r.fail("path", "must not be empty")
@@ -317,6 +328,38 @@ def _check_service(path: str, cfg: Config) -> None:
     _positive(r, "lookback_days", cx.lookback_days)
 
 
+def _check_peers_and_tls(r: _Reader, section: ListenerConfig | HttpConfig) -> None:
+    for peer in section.allowed_peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            raise r.fail("allowed_peers", f"has {peer!r}, which is not an address or network") from None
+    if bool(section.tls_cert) != bool(section.tls_key):
+        raise r.fail("tls_cert", "and tls_key must be given together")
+    if section.tls_client_ca and not section.tls_cert:
+        raise r.fail("tls_client_ca", "needs tls_cert and tls_key")
+
+
+def _check_http(path: str, cfg: Config) -> None:
+    http = cfg.http
+    r = _Reader(path, {}, "http")
+    if not 0 <= http.port <= 65535:
+        raise r.fail("port", f"must be 0-65535, not {http.port}")
+    if not re.match(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$", http.path) or http.path in ("/healthz", "/metrics"):
+        raise r.fail("path", f"must be a URL path starting with '/', not /healthz or /metrics, not {http.path!r}")
+    _positive(r, "max_body_bytes", http.max_body_bytes)
+    _positive(r, "request_timeout_s", http.request_timeout_s)
+    _positive(r, "idle_timeout_s", http.idle_timeout_s)
+    _positive(r, "max_connections", http.max_connections)
+    _check_peers_and_tls(r, http)
+    if not cfg.listener.enabled and not http.enabled:
+        raise _Reader(path, {}, "listener").fail(
+            "enabled", "is false and [http] enabled is false: serve would have nothing to listen on"
+        )
+    if cfg.listener.enabled and http.enabled and cfg.listener.port == http.port != 0 and cfg.listener.host == http.host:
+        raise r.fail("port", f"is the same as [listener] port {http.port}")
+
+
 def parse_config(text: str, path: str = "<string>") -> Config:
     """Build a Config from TOML text; raises ConfigError naming path and key."""
     try:
@@ -331,6 +374,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         ("journal", JournalConfig),
         ("downstream", DownstreamConfig),
         ("metrics", MetricsConfig),
+        ("http", HttpConfig),
         ("logging", LoggingConfig),
         ("context", ContextConfig),
     ):

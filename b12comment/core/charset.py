@@ -10,6 +10,7 @@ character a declared set cannot hold, so the bytes are always valid.
 
 from __future__ import annotations
 
+import codecs
 import unicodedata
 
 # MSH-18 value (upper case) -> Python codec
@@ -74,3 +75,27 @@ def encode(text: str, codec: str) -> bytes:
             alt = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode("ascii") or "?"
         out += alt.encode(codec, errors="replace")
     return bytes(out)
+
+
+# Character sets an HTTP `charset` parameter may name (normalised by Python's
+# codec registry): the ones in which ASCII bytes mean ASCII.
+_HTTP_CODECS = {"ascii", "latin-1", "iso8859-1", "utf-8", "cp1252"} | {f"iso8859-{n}" for n in range(2, 17)}
+_HTTP_LABELS = {"ascii": "US-ASCII", "latin-1": "ISO-8859-1", "utf-8": "UTF-8", "cp1252": "windows-1252"}
+
+
+def http_codec(label: str) -> str | None:
+    """The codec for an HTTP/IANA charset label (`UTF-8`, `ISO-8859-1`,
+    `windows-1252`, ...), or None when it is unknown or not ASCII-compatible."""
+    try:
+        name = codecs.lookup(label.strip().strip('"')).name
+    except (LookupError, ValueError):
+        return None
+    return name if name in _HTTP_CODECS else None
+
+
+def http_label(codec: str) -> str:
+    """The IANA charset label for one of our codecs (`iso8859-15` -> `ISO-8859-15`)."""
+    name = codecs.lookup(codec).name
+    if name.startswith("iso8859-"):
+        return "ISO-8859-" + name.split("-", 1)[1]
+    return _HTTP_LABELS.get(name, name)

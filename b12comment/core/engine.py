@@ -32,7 +32,12 @@ from b12comment.core.splice import apply, comment_field, insertion_after, next_s
 
 
 def process(
-    message: bytes, rule: RuleConfig, context: Context | None = None, *, precheck: bool = True
+    message: bytes,
+    rule: RuleConfig,
+    context: Context | None = None,
+    *,
+    precheck: bool = True,
+    text_codec: str | None = None,
 ) -> tuple[bytes, Decision]:
     """Decide about one message and return its (possibly commented) bytes.
 
@@ -41,9 +46,12 @@ def process(
     the message alone. A context can only take a comment away, never add one.
     `precheck=False` skips the cheap byte search for B12 codes; the result is
     the same (a test holds the two paths together), only slower.
+    `text_codec` (a Python codec name, ASCII-compatible) is the character set
+    the message is known to be in from outside it, such as HTTP's `charset`
+    parameter: it overrides MSH-18 for reading and for the comment's bytes.
     """
     try:
-        return _process(bytes(message), rule, context, precheck)
+        return _process(bytes(message), rule, context, precheck, text_codec)
     except Exception as exc:  # the comment is advice: never hold a result back
         return message, Decision(
             False, (INTERNAL_ERROR,), control_id=_control_id(message), detail=f"{type(exc).__name__}: {exc}"[:300]
@@ -69,9 +77,11 @@ class _Done(Exception):
         self.decision = decision
 
 
-def _process(message: bytes, rule: RuleConfig, context: Context | None, precheck: bool) -> tuple[bytes, Decision]:
+def _process(
+    message: bytes, rule: RuleConfig, context: Context | None, precheck: bool, text_codec: str | None
+) -> tuple[bytes, Decision]:
     try:
-        header, facts, codec = _read(message, rule, precheck)
+        header, facts, codec = _read(message, rule, precheck, text_codec)
     except _Done as done:
         return message, done.decision
     results, insertions = _decide_results(message, header, facts, codec, rule, context)
@@ -92,7 +102,7 @@ def _base(header: Header) -> dict[str, Any]:
     return dict(control_id=header.control_id, message_type=header.message_type, version=header.version)
 
 
-def _read(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[Header, Facts, str]:
+def _read(message: bytes, rule: RuleConfig, precheck: bool, text_codec: str | None) -> tuple[Header, Facts, str]:
     """Header, facts and codec of a message whose B12 results can be decided;
     raises _Done with the message-level Decision otherwise."""
     try:
@@ -108,7 +118,7 @@ def _read(message: bytes, rule: RuleConfig, precheck: bool) -> tuple[Header, Fac
         raise _Done(Decision(False, (NOT_ORU,), **base))
     if precheck and not has_b12_code(message, rule):
         raise _Done(Decision(False, (NO_B12,), **base))
-    codec = charset.codec_for(header.charset)
+    codec = text_codec or charset.codec_for(header.charset)
     try:
         facts = read_facts(message, header, codec or "latin-1", rule)
     except HL7apyException as exc:

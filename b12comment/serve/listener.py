@@ -17,7 +17,6 @@ holds its frame, and ACKs go out in the order of the frames.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import ssl
 import time
@@ -41,6 +40,7 @@ from b12comment.serve.ack import (
 )
 from b12comment.serve.journal import JournalError, Receipt
 from b12comment.serve.journal_writer import JournalThread
+from b12comment.serve.peers import PeerFilter
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class Listener:
     def __init__(self, cfg: ListenerConfig, intake: Intake, log, metrics, ssl_context: ssl.SSLContext | None = None):
         self.cfg, self.intake, self.log, self.metrics = cfg, intake, log, metrics
         self.ssl_context = ssl_context
-        self.networks = [ipaddress.ip_network(p, strict=False) for p in cfg.allowed_peers]
+        self.peers = PeerFilter(cfg.allowed_peers)
         self.port = cfg.port
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
@@ -178,15 +178,7 @@ class Listener:
             await self._server.wait_closed()
 
     def _allowed(self, ip: str) -> bool:
-        if not self.networks:
-            return True
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.networks)
+        return self.peers.allows(ip)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername") or ("?", 0)

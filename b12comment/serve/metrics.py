@@ -14,11 +14,16 @@ COUNTERS = {
     "b12comment_retries_total": "Failed delivery attempts that will be retried.",
     "b12comment_dead_lettered_total": "Messages dead-lettered (rejected downstream or out of attempts).",
     "b12comment_comments_contradicted_total": "Comments a later result of the same patient contradicts (to review).",
+    "b12comment_http_requests_total": "HTTP requests answered, by endpoint and status code.",
+    "b12comment_http_decisions_total": "Messages decided through HTTP, by decision (commented, unchanged, rejected).",
 }
 HISTOGRAMS = {
     "b12comment_processing_seconds": "Time spent in process() per message.",
     "b12comment_ack_seconds": "Time from a complete frame to its ACK written.",
+    "b12comment_http_request_seconds": "Time from a complete HTTP request to its response written, by endpoint.",
 }
+# Counters and histograms that only exist with labels (none at zero before the first).
+LABELLED = {"b12comment_acks_sent_total", "b12comment_http_requests_total", "b12comment_http_decisions_total"}
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -42,9 +47,11 @@ class Metrics:
 
     def __init__(self):
         self.counters: dict[tuple[str, tuple], float] = defaultdict(float)
-        self.histograms = {name: Histogram() for name in HISTOGRAMS}
+        self.histograms: dict[tuple[str, tuple], Histogram] = {
+            (name, ()): Histogram() for name in HISTOGRAMS if name != "b12comment_http_request_seconds"
+        }
         for name in COUNTERS:
-            if name != "b12comment_acks_sent_total":
+            if name not in LABELLED:
                 self.counters[(name, ())] = 0.0
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
@@ -52,8 +59,17 @@ class Metrics:
             raise KeyError(name)
         self.counters[(name, tuple(sorted(labels.items())))] += amount
 
-    def observe(self, name: str, seconds: float) -> None:
-        self.histograms[name].observe(seconds)
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        if name not in HISTOGRAMS:
+            raise KeyError(name)
+        key = (name, tuple(sorted(labels.items())))
+        h = self.histograms.get(key)
+        if h is None:
+            h = self.histograms[key] = Histogram()
+        h.observe(seconds)
+
+    def histogram(self, name: str, **labels: str) -> Histogram | None:
+        return self.histograms.get((name, tuple(sorted(labels.items()))))
 
     def value(self, name: str, **labels: str) -> float:
         return self.counters.get((name, tuple(sorted(labels.items()))), 0.0)
@@ -72,11 +88,17 @@ class Metrics:
         if queue_depth is not None:
             lines.append(f"b12comment_queue_depth {queue_depth}")
         for name, help_text in HISTOGRAMS.items():
-            h = self.histograms[name]
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-            for bound, count in zip(h.buckets, h.counts, strict=False):
-                lines.append(f'{name}_bucket{{le="{bound:g}"}} {count}')
-            lines += [f'{name}_bucket{{le="+Inf"}} {h.count}', f"{name}_sum {h.total:.6f}", f"{name}_count {h.count}"]
+            for (n, labels), h in sorted(self.histograms.items(), key=lambda item: item[0]):
+                if n != name:
+                    continue
+                for bound, count in zip(h.buckets, h.counts, strict=False):
+                    lines.append(f"{name}_bucket{_labels(labels + (('le', f'{bound:g}'),))} {count}")
+                lines += [
+                    f"{name}_bucket{_labels(labels + (('le', '+Inf'),))} {h.count}",
+                    f"{name}_sum{_labels(labels)} {h.total:.6f}",
+                    f"{name}_count{_labels(labels)} {h.count}",
+                ]
         return "\n".join(lines) + "\n"
 
 

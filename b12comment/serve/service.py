@@ -1,4 +1,6 @@
-"""`b12comment serve`: listener -> journal -> processing -> forwarder.
+"""`b12comment serve`: listener -> journal -> processing -> forwarder, and
+beside them (or alone, with `[listener] enabled = false`) the `[http]`
+endpoint, which decides each request at once (see http.py).
 
 The stages meet only in the journal, so each can stop and restart on its own:
 
@@ -27,6 +29,7 @@ from b12comment.config import Config
 from b12comment.context import ContextError
 from b12comment.serve.aio import wait_event
 from b12comment.serve.forwarder import Forwarder, transport_for
+from b12comment.serve.http import HttpServer
 from b12comment.serve.journal import JournalError
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.listener import Intake, Listener
@@ -62,9 +65,54 @@ class Service:
         self.listener: Listener | None = None
         self.metrics_server: MetricsServer | None = None
         self.context: ContextStage | None = None
+        self.http_server: HttpServer | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        if self.config.listener.enabled:
+            await self._start_mllp()
+        if self.config.http.enabled:
+            await self._start_http()
+
+    async def _start_http(self) -> None:
+        """The [http] endpoint, on this event loop; it neither journals nor forwards."""
+        http = self.config.http
+        try:
+            ssl_ctx = server_context(http.tls_cert, http.tls_key, http.tls_client_ca) if http.tls_cert else None
+        except TlsError as exc:
+            await self._stop_mllp()
+            raise StartupError(str(exc), EXIT_USAGE) from None
+        mllp = self.config.listener.enabled
+        self.http_server = HttpServer(
+            http,
+            self.config.rule,
+            self.log,
+            self.metrics,
+            ssl_ctx,
+            healthy=self.journal.available if mllp else None,
+            queue_depth=self.journal.depth if mllp else None,
+        )
+        try:
+            await self.http_server.start()
+        except OSError as exc:
+            await self._stop_mllp()
+            raise StartupError(f"cannot listen on {http.host}:{http.port} (http): {exc.strerror or exc}") from None
+        self.log.info(
+            "http_listening",
+            host=http.host,
+            port=self.http_server.port,
+            path=http.path,
+            tls=ssl_ctx is not None,
+            mutual_tls=bool(http.tls_client_ca),
+        )
+
+    async def _stop_mllp(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop(0)
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+
+    async def _start_mllp(self) -> None:
         cfg = self.config
         lis, ds = cfg.listener, cfg.downstream
         try:
@@ -146,6 +194,8 @@ class Service:
 
     async def stop(self) -> None:
         self.log.info("stopping")
+        if self.http_server is not None:
+            await self.http_server.stop(grace_s=30.0)
         if self.listener is not None:
             await self.listener.stop(grace_s=30.0)
         self.stop_event.set()

@@ -1,0 +1,450 @@
+"""HL7 over HTTP: `POST` a message, get it back commented where due.
+
+For an interface engine (Mirth Connect / Open Integration Engine, Rhapsody,
+InterSystems, ...) that keeps its own queueing and wants the comment as one
+step of a channel. The convention is HAPI's "HL7 over HTTP" specification:
+
+- `POST <path>` with `Content-Type: application/hl7-v2` (also
+  `application/hl7-v2+er7`, `x-application/hl7-v2+er7`, `text/plain`) and
+  a `charset`. The answer to every HL7 outcome is `200` with the processed
+  message (byte for byte the request body, plus the NTE where due) in the
+  request's content type and charset; the decision is in the headers
+  `X-B12comment-Decision` (`commented`, `unchanged`, or `rejected` for a body
+  that is no HL7 message: that one gets an HL7 ACK `AR` with an ERR segment),
+  `X-B12comment-Reasons` and `X-B12comment-Rule`.
+- Non-2xx only for transport problems, each with a one-line text/plain
+  reason: 400 (no body, bad HTTP), 403 (peer not allowed), 404, 405, 408 (the
+  request did not arrive within `request_timeout_s`), 413 (body over
+  `max_body_bytes`), 415 (content type or charset), 503 (too many
+  connections).
+- The charset: the request's `charset` parameter, else MSH-18, else
+  ISO-8859-1 (the specification says MSH-18 is ignored, but real engines
+  send ISO-8859-1 messages without saying so).
+- `GET /healthz` and `GET /metrics` as on the metrics port.
+
+The engine keeps the message: nothing here is journaled or forwarded, and no
+request is ever held. The HTTP protocol itself is h11's (a sans-I/O HTTP/1.1
+state machine); this module only moves bytes between it and asyncio streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import h11
+
+from b12comment.config import HttpConfig
+from b12comment.core import charset
+from b12comment.core.decision import INTERNAL_ERROR, MALFORMED, RULE_VERSION, Decision
+from b12comment.core.engine import has_b12_code, process
+from b12comment.core.rule_config import RuleConfig
+from b12comment.core.segments import Malformed, read_header
+from b12comment.replay.inputs import split_messages
+from b12comment.serve.ack import REJECT, SEGMENT_SEQUENCE_ERROR, AckError, build_ack
+from b12comment.serve.listener import _ack_id, _now_dtm
+from b12comment.serve.metrics import Metrics
+from b12comment.serve.peers import PeerFilter
+
+HL7_TYPES = frozenset({"application/hl7-v2", "application/hl7-v2+er7", "x-application/hl7-v2+er7", "text/plain"})
+FALLBACK_CODEC = "iso8859-1"  # no charset parameter and no MSH-18
+_BATCH_START = re.compile(rb"[\xef\xbb\xbf \t\r\n\x00]*(FHS|BHS)")  # as replay's inputs recognise one
+READ_SIZE = 65536
+MAX_HEAD_BYTES = 16384  # request line and headers (h11 answers 431 beyond)
+
+
+@dataclass
+class Reply:
+    """One HTTP response, and what the request log record says about it."""
+
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False
+    fields: dict | None = None  # for the log record: no patient data
+
+
+def _text(status: int, line: str, close: bool = False, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    return Reply(status, (line + "\n").encode("utf-8"), headers=headers, close=close, fields={"reason": line})
+
+
+class HttpServer:
+    """The asyncio HTTP server of the `[http]` endpoint."""
+
+    def __init__(
+        self,
+        cfg: HttpConfig,
+        rule: RuleConfig,
+        log,
+        metrics: Metrics,
+        ssl_context: ssl.SSLContext | None = None,
+        healthy: Callable[[], Awaitable[bool]] | None = None,
+        queue_depth: Callable[[], Awaitable[int]] | None = None,
+    ):
+        self.cfg, self.rule, self.log, self.metrics = cfg, rule, log, metrics
+        self.ssl_context = ssl_context
+        self.peers = PeerFilter(cfg.allowed_peers)
+        self.port = cfg.port
+        self._healthy, self._queue_depth = healthy, queue_depth
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task] = set()
+        self._idle: set[asyncio.Task] = set()  # connections waiting for their next request
+        self._stop = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-process")
+
+    async def start(self) -> None:
+        """Listen; raises OSError when the address cannot be bound."""
+        # TLS is started per connection, so that a failed handshake can be
+        # logged with the peer's address (as the MLLP listener does).
+        self._server = await asyncio.start_server(self._serve, self.cfg.host, self.cfg.port, limit=READ_SIZE)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stop accepting; close idle connections; let requests in hand finish."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._idle):
+            task.cancel()
+        if self._connections:
+            _, pending = await asyncio.wait(set(self._connections), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._executor.shutdown(wait=False)
+
+    # -- the engine: the one place a message is decided
+
+    async def _decide(self, message: bytes, text_codec: str | None) -> tuple[bytes, Decision]:
+        """Decide one message at once (never held, never journaled): the
+        processed bytes and the Decision. A message without a B12 code is
+        decided on the event loop (microseconds); one with a B12 code on a
+        worker thread, so that the MLLP listener on the same loop keeps
+        answering while hl7apy reads it."""
+        if has_b12_code(message, self.rule):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, _safe_process, message, self.rule, text_codec)
+        return _safe_process(message, self.rule, text_codec)
+
+    async def _transform(self, body: bytes, param_codec: str | None) -> tuple[bytes, list[Decision], str]:
+        """Every message of the body decided; other bytes (an HL7 batch's
+        FHS/BHS/BTS/FTS lines) copied as they are. Returns the bytes, the
+        decisions (none: the body holds no HL7 message) and the charset label."""
+        pieces = split_messages(body)
+        out: list[bytes] = []
+        decisions: list[Decision] = []
+        label = charset.http_label(param_codec) if param_codec else ""
+        for piece in pieces:
+            if piece.kind != "message":
+                out.append(piece.data)
+                continue
+            codec = param_codec or _codec_from_msh18(piece.data)
+            if not label and codec:
+                label = charset.http_label(codec)
+            data, decision = await self._decide(piece.data, codec)
+            out.append(data)
+            decisions.append(decision)
+        return b"".join(out), decisions, label or charset.http_label(FALLBACK_CODEC)
+
+    # -- connections
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername") or ("?", 0)
+        peer = f"{peername[0]}:{peername[1]}"
+        task = asyncio.current_task()
+        assert task is not None  # a connection handler runs as a task
+        if len(self._connections) >= self.cfg.max_connections or self._stop.is_set():
+            self.log.warning("http_connection_refused", peer=peer, reason="max_connections reached")
+            with contextlib.suppress(OSError, RuntimeError):
+                conn = h11.Connection(h11.SERVER)
+                reply = _text(503, "too many connections; try again shortly", close=True)
+                writer.write(_encode(conn, reply, (("Retry-After", "1"),)))
+            writer.close()
+            return
+        self._connections.add(task)
+        try:
+            if self.ssl_context is not None and not await self._start_tls(writer, peer):
+                return
+            await self._converse(reader, writer, peer, self.peers.allows(str(peername[0])))
+        except (ConnectionError, ssl.SSLError, OSError, TimeoutError) as exc:
+            self.log.info("http_connection_lost", peer=peer, error=type(exc).__name__)
+        finally:
+            self._connections.discard(task)
+            self._idle.discard(task)
+            writer.close()
+
+    async def _start_tls(self, writer: asyncio.StreamWriter, peer: str) -> bool:
+        assert self.ssl_context is not None
+        try:
+            await writer.start_tls(self.ssl_context, ssl_handshake_timeout=min(self.cfg.request_timeout_s, 30.0))
+        except (TimeoutError, ssl.SSLError, OSError) as exc:
+            why = getattr(exc, "reason", None) or type(exc).__name__
+            self.log.warning("tls_handshake_failed", peer=peer, endpoint="http", error=why)
+            return False
+        return True
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, allowed: bool):
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        task = asyncio.current_task()
+        assert task is not None
+        while True:
+            # Between requests: wait up to idle_timeout_s for the next one to begin.
+            if not conn.trailing_data[0]:  # (else a pipelined request is already buffered)
+                self._idle.add(task)
+                try:
+                    async with asyncio.timeout(self.cfg.idle_timeout_s):
+                        data = await reader.read(READ_SIZE)
+                except TimeoutError:
+                    return
+                except asyncio.CancelledError:
+                    if not self._stop.is_set():
+                        raise
+                    task.uncancel()
+                    return
+                finally:
+                    self._idle.discard(task)
+                if not data:
+                    return
+                conn.receive_data(data)
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(self.cfg.request_timeout_s):
+                    reply, endpoint, method = await self._request(conn, reader, writer, allowed)
+            except TimeoutError:
+                reply, endpoint, method = (
+                    _text(408, f"request not complete within {self.cfg.request_timeout_s:g} s", close=True),
+                    "-",
+                    "-",
+                )
+            if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                return  # h11 cannot answer any more (a protocol error after the response began)
+            data = _encode(conn, reply)
+            writer.write(data)
+            if writer.transport.get_write_buffer_size():  # a peer that never reads: wait, but not for ever
+                async with asyncio.timeout(self.cfg.request_timeout_s):
+                    await writer.drain()
+            self._account(reply, endpoint, method, peer, time.monotonic() - started)
+            if reply.close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, allowed: bool
+    ) -> tuple[Reply, str, str]:
+        """Read one request and decide its answer: (reply, endpoint label, method)."""
+        try:
+            event = await self._next(conn, reader, writer)
+        except h11.RemoteProtocolError as exc:
+            return _text(exc.error_status_hint, f"bad HTTP request: {exc}", close=True), "-", "-"
+        if isinstance(event, h11.ConnectionClosed) or not isinstance(event, h11.Request):
+            raise ConnectionResetError("closed before a request")
+        method = event.method.decode("ascii", "replace")
+        path = event.target.split(b"?", 1)[0].decode("ascii", "replace")
+        endpoint = path if path in (self.cfg.path, "/healthz", "/metrics") else "other"
+        if not allowed:
+            return _text(403, "this address is not in [http] allowed_peers", close=True), endpoint, method
+        if path == self.cfg.path:
+            if method != "POST":
+                return _text(405, f"{path} takes POST", headers=(("Allow", "POST"),)), endpoint, method
+            return await self._post(conn, reader, writer, event), endpoint, method
+        if path in ("/healthz", "/metrics"):
+            if method != "GET":
+                return _text(405, f"{path} takes GET", headers=(("Allow", "GET"),)), endpoint, method
+            await self._body(conn, reader, writer, 0)
+            return await self._status(path), endpoint, method
+        return _text(404, f"not found; POST messages to {self.cfg.path}"), endpoint, method
+
+    async def _post(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: h11.Request
+    ) -> Reply:
+        headers = {name.lower(): value for name, value in request.headers}
+        raw_type = headers.get(b"content-type", b"").decode("latin-1")
+        media, params = _content_type(raw_type)
+        if media not in HL7_TYPES:
+            why = f"content type {media!r}" if media else "no Content-Type"
+            return _text(415, f"{why}: send application/hl7-v2 (or text/plain) with a charset", close=True)
+        param_codec = None
+        if "charset" in params:
+            param_codec = charset.http_codec(params["charset"])
+            if param_codec is None:
+                return _text(
+                    415,
+                    f"charset {params['charset']!r} is not supported: use UTF-8, ISO-8859-x, windows-1252 or US-ASCII",
+                    close=True,
+                )
+        length = headers.get(b"content-length")
+        limit = self.cfg.max_body_bytes
+        if length is not None and int(length) > limit:
+            return _text(413, f"body of {int(length)} bytes is over the limit of {limit} bytes", close=True)
+        body = await self._body(conn, reader, writer, limit)
+        if body is None:
+            return _text(413, f"body is over the limit of {limit} bytes", close=True)
+        if not body:
+            return _text(400, "no body: POST one HL7 v2 message")
+        out, decisions, label = await self._transform(body, param_codec)
+        content_type = f"{media}; charset={label}"
+        count = len(decisions)
+        if not decisions:
+            if _BATCH_START.match(body):  # an HL7 batch without a readable message: it goes back as it came
+                decisions = [Decision(False, (MALFORMED,), detail="an HL7 batch without an MSH segment")]
+            else:
+                return self._reject(body, content_type)
+        commented = any(d.commented for d in decisions)
+        reasons = list(dict.fromkeys(r for d in decisions if not d.commented for r in d.reasons))
+        rule_version = decisions[0].rule_version
+        fields = decisions[0].log_fields() if len(decisions) == 1 else {}
+        fields["messages"] = count
+        fields.update(commented=commented, reasons=reasons, rule_version=rule_version)
+        return Reply(
+            200,
+            out,
+            content_type,
+            (
+                ("X-B12comment-Decision", "commented" if commented else "unchanged"),
+                ("X-B12comment-Reasons", ",".join(reasons)),
+                ("X-B12comment-Rule", rule_version),
+                ("X-B12comment-Messages", str(fields["messages"])),
+            ),
+            fields=fields,
+        )
+
+    def _reject(self, body: bytes, content_type: str) -> Reply:
+        try:
+            read_header(body)
+            why = "no MSH segment"
+        except Malformed as exc:
+            why = str(exc)
+        why = f"not an HL7 message: {why}"
+        ack = build_ack(body, REJECT, _ack_id(), _now_dtm(), AckError(SEGMENT_SEQUENCE_ERROR, why))
+        return Reply(
+            200,
+            ack,
+            content_type,
+            (
+                ("X-B12comment-Decision", "rejected"),
+                ("X-B12comment-Reasons", "malformed"),
+                ("X-B12comment-Rule", RULE_VERSION),
+                ("X-B12comment-Messages", "0"),
+            ),
+            fields={"commented": False, "reasons": ["malformed"], "ack_code": REJECT, "reason": why},
+        )
+
+    async def _status(self, path: str) -> Reply:
+        if path == "/healthz":
+            ok = await self._healthy() if self._healthy is not None else True
+            return Reply(200, b"ok\n") if ok else _text(503, "journal unavailable")
+        depth = None
+        if self._queue_depth is not None:
+            with contextlib.suppress(Exception):  # the journal may be unavailable; the counters still count
+                depth = await self._queue_depth()
+        return Reply(200, self.metrics.render(depth).encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")
+
+    # -- reading with h11
+
+    async def _next(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if conn.they_are_waiting_for_100_continue:
+                writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+            conn.receive_data(await reader.read(READ_SIZE))
+
+    async def _body(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int
+    ) -> bytes | None:
+        """The request body, or None as soon as it is over `limit` bytes."""
+        body = bytearray()
+        while True:
+            try:
+                event = await self._next(conn, reader, writer)
+            except h11.RemoteProtocolError as exc:
+                raise ConnectionResetError(f"bad request body: {exc}") from None
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > limit:
+                    return None
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            else:
+                raise ConnectionResetError("closed in the middle of a request body")
+
+    def _account(self, reply: Reply, endpoint: str, method: str, peer: str, elapsed: float) -> None:
+        self.metrics.inc("b12comment_http_requests_total", endpoint=endpoint, status=str(reply.status))
+        self.metrics.observe("b12comment_http_request_seconds", elapsed, endpoint=endpoint)
+        fields = reply.fields or {}
+        if endpoint == self.cfg.path and reply.status == 200:
+            decision = next(v for k, v in reply.headers if k == "X-B12comment-Decision")
+            self.metrics.inc("b12comment_http_decisions_total", decision=decision)
+        elif endpoint in ("/healthz", "/metrics") and reply.status == 200:
+            return  # scrapes are counted, not logged
+        log = self.log.info if reply.status < 400 else self.log.warning
+        log(
+            "http_request",
+            peer=peer,
+            method=method,
+            endpoint=endpoint,
+            status=reply.status,
+            latency_ms=round(elapsed * 1000, 3),
+            **fields,
+        )
+
+
+def _encode(conn: h11.Connection, reply: Reply, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    headers = [
+        ("Content-Type", reply.content_type),
+        ("Content-Length", str(len(reply.body))),
+        *reply.headers,
+        *extra,
+    ]
+    if reply.close:
+        headers.append(("Connection", "close"))
+    phrase = HTTPStatus(reply.status).phrase.encode("ascii")
+    out = conn.send(h11.Response(status_code=reply.status, headers=headers, reason=phrase)) or b""
+    out += conn.send(h11.Data(data=reply.body)) or b""
+    out += conn.send(h11.EndOfMessage()) or b""
+    return out
+
+
+def _content_type(value: str) -> tuple[str, dict[str, str]]:
+    """`application/hl7-v2; charset="UTF-8"` -> ("application/hl7-v2", {"charset": "UTF-8"})."""
+    media, *rest = value.split(";")
+    params = {}
+    for part in rest:
+        key, sep, val = part.partition("=")
+        if sep:
+            params[key.strip().lower()] = val.strip().strip('"')
+    return media.strip().lower(), params
+
+
+def _codec_from_msh18(message: bytes) -> str | None:
+    """No charset parameter: MSH-18 if it names one we know, ISO-8859-1 when
+    it is empty, None (the engine says unsupported_charset) otherwise."""
+    try:
+        msh18 = read_header(message).charset
+    except Malformed:
+        return FALLBACK_CODEC
+    if not msh18.strip():
+        return FALLBACK_CODEC
+    return charset.codec_for(msh18)
+
+
+def _safe_process(message: bytes, rule: RuleConfig, text_codec: str | None) -> tuple[bytes, Decision]:
+    """process(), with the promise kept even if the core broke its own: the
+    original bytes whenever there is no comment, and on any failure."""
+    try:
+        out, decision = process(message, rule, text_codec=text_codec)
+    except Exception as exc:
+        return message, Decision(False, (INTERNAL_ERROR,), detail=type(exc).__name__)
+    if not decision.commented and out != message:
+        out = message
+    return out, decision
