@@ -1,0 +1,167 @@
+"""The [http] endpoint inside `python -m b12comment serve` (a subprocess):
+alone, beside the MLLP listener on the same event loop, the curl example of
+docs/engines.md run for real, and its configuration checks."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+from builders import build
+from http_helpers import post
+from paths import REPO, SAMPLES
+from service_helpers import MllpConnection, Serve, frame, msa, wait_until, write_config
+
+from b12comment.config import ConfigError, parse_config
+
+
+@contextlib.contextmanager
+def http_only(config):
+    """serve with no MLLP listener: it logs http_listening, not listening."""
+    serve = Serve(config).start(expect_listening=False)
+    try:
+        yield serve
+    finally:
+        serve.kill()
+
+
+def http_port(serve: Serve) -> int:
+    assert serve.wait_record("http_listening"), serve.stderr
+    return serve.records("http_listening")[0]["port"]
+
+
+def test_http_only_serve_answers_and_writes_no_journal(tmp_path):
+    config = write_config(
+        tmp_path / "config.toml",
+        listener=dict(enabled=False),
+        http=dict(enabled=True, port=0),
+        journal=dict(path=str(tmp_path / "journal.sqlite3")),
+        downstream=dict(url=f"dir:{tmp_path}/out"),
+        logging=dict(format="json"),
+    )
+    with http_only(config) as serve:
+        port = http_port(serve)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        message = build()
+        answer = post(conn, message, "application/hl7-v2; charset=UTF-8")
+        assert answer.status == 200 and answer.headers["x-b12comment-decision"] == "commented"
+        assert answer.body.startswith(message[: message.index(b"OBX|1|")])
+        conn.request("GET", "/healthz")
+        health = conn.getresponse()
+        assert health.status == 200 and health.read() == b"ok\n"
+        assert serve.records("listening") == []  # no MLLP listener
+        assert serve.stop() == 0
+    assert not (tmp_path / "journal.sqlite3").exists()
+    assert not (tmp_path / "out").exists()
+    record = [r for r in serve.records("http_request") if r.get("control_id")][0]
+    assert record["commented"] is True and record["status"] == 200
+
+
+def test_http_beside_mllp_on_one_event_loop(tmp_path):
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0),
+        http=dict(enabled=True, port=0),
+        journal=dict(path=str(tmp_path / "journal.sqlite3")),
+        downstream=dict(url=f"dir:{out}"),
+        logging=dict(format="json"),
+    )
+    with Serve(config) as serve:
+        port = http_port(serve)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        over_http = build(birth="19700101").replace(b"CTRL0001", b"HTTP0001")
+        with MllpConnection(serve.port) as mllp:
+            for i in range(5):
+                answer = post(conn, over_http, "text/plain; charset=ISO-8859-1")
+                assert answer.status == 200 and answer.body == over_http
+                ack = mllp.send(frame(build().replace(b"CTRL0001", b"MLLP%04d" % i)))
+                assert msa(ack)[0] == "AA"
+        assert wait_until(lambda: len(list(out.glob("*.hl7"))) == 5)
+        assert serve.stop() == 0
+    # The HTTP requests were answered, not journaled or forwarded: only the MLLP messages went on.
+    names = sorted(p.name for p in out.glob("*.hl7"))
+    assert len(names) == 5 and all("MLLP" in n for n in names), names
+    assert len(serve.records("http_request")) == 5
+
+
+DOC_CURL = re.compile(r"<!-- curl-example[^>]*-->\n```sh\n(.*?)```", re.S)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_curl_example_of_docs_engines_md(tmp_path):
+    command = DOC_CURL.search((REPO / "docs" / "engines.md").read_text(encoding="utf-8")).group(1)
+    assert "http://127.0.0.1:8575/hl7" in command
+    (tmp_path / "sample_messages").mkdir()
+    shutil.copy(SAMPLES / "child_isolated_high_b12.hl7", tmp_path / "sample_messages")
+    config = write_config(
+        tmp_path / "config.toml",
+        listener=dict(enabled=False),
+        http=dict(enabled=True, port=0),
+        logging=dict(format="json"),
+    )
+    with http_only(config) as serve:
+        port = http_port(serve)
+        done = subprocess.run(
+            ["bash", "-c", command.replace(":8575/", f":{port}/")],
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+        )
+        serve.stop(signal.SIGTERM)
+    assert done.returncode == 0, done.stderr
+    headers = done.stdout.decode("latin-1")
+    assert headers.startswith("HTTP/1.1 200 OK")
+    assert "X-B12comment-Decision: commented" in headers
+    assert "Content-Type: application/hl7-v2; charset=UTF-8" in headers
+    original = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
+    processed = (tmp_path / "processed.hl7").read_bytes()
+    nte = [s for s in processed.split(b"\r") if s.startswith(b"NTE|")]
+    assert len(nte) == 1 and "forhøjet".encode() in nte[0]
+    assert processed.replace(nte[0] + b"\r", b"", 1) == original
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("[http]\nport = 70000\n", "[http.port] must be 0-65535"),
+        ('[http]\npath = "hl7"\n', "[http.path]"),
+        ('[http]\npath = "/metrics"\n', "[http.path]"),
+        ("[http]\nmax_body_bytes = 0\n", "[http.max_body_bytes] must be greater than zero"),
+        ("[http]\nrequest_timeout_s = -1\n", "[http.request_timeout_s]"),
+        ('[http]\nallowed_peers = ["10.0.0.0/33"]\n', "[http.allowed_peers]"),
+        ('[http]\ntls_cert = "a.pem"\n', "[http.tls_cert] and tls_key must be given together"),
+        ('[http]\ntls_client_ca = "ca.pem"\n', "[http.tls_client_ca] needs tls_cert"),
+        ('[http]\nenabled = "yes"\n', "[http.enabled] must be true or false"),
+        ("[http]\nport_number = 1\n", "[http.port_number] is not a known setting"),
+        ("[listener]\nenabled = false\n", "[listener.enabled] is false and [http] enabled is false"),
+        ("[http]\nenabled = true\nport = 2575\n", "[http.port] is the same as [listener] port 2575"),
+    ],
+)
+def test_bad_http_config_names_the_key(text, says):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "site.toml")
+    assert str(info.value).startswith("site.toml: ") and says in str(info.value)
+
+
+def test_serve_says_why_it_cannot_listen_for_http(tmp_path):
+    config = write_config(
+        tmp_path / "config.toml",
+        listener=dict(enabled=False),
+        http=dict(enabled=True, port=0, tls_cert=str(tmp_path / "missing.pem"), tls_key=str(tmp_path / "k.pem")),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "b12comment", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    line = done.stderr.decode().strip().splitlines()[-1]
+    assert line.startswith("b12comment: cannot load TLS certificate") and "missing.pem" in line
