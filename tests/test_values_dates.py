@@ -263,3 +263,27 @@ def test_age_never_negative_and_ordered():
     for birth in ("2024", "202401", "20240101", "2023", "2006", "200601"):
         a = age(birth, "20240110")
         assert a is not None and 0 <= a.youngest <= a.oldest
+
+
+def test_completed_years_counts_as_relativedelta_does():
+    """completed_years() is plain arithmetic on the hot path; dateutil's
+    relativedelta is the reference, over every birth day of four years
+    (29 February 2008 among them) against collection days around each birthday."""
+    from datetime import date, timedelta
+
+    from dateutil.relativedelta import relativedelta
+
+    from b12comment.core.dates import completed_years
+
+    checked = 0
+    birth = date(2007, 1, 1)
+    while birth < date(2011, 1, 1):
+        for years in (0, 1, 3, 17, 18):
+            around = date(birth.year + years, birth.month, 28 if birth.day > 28 else birth.day)
+            for shift in (-2, -1, 0, 1, 2, 3):
+                on = around + timedelta(days=shift)
+                if on >= birth:
+                    assert completed_years(birth, on) == relativedelta(on, birth).years, (birth, on)
+                    checked += 1
+        birth += timedelta(days=1)
+    assert checked > 40_000

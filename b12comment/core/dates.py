@@ -8,8 +8,6 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-from dateutil.relativedelta import relativedelta
-
 _TS = re.compile(
     r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.\d{1,4})?)?)?)?)?)?"
     r"(?:[+-]\d{4})?$"
@@ -50,7 +48,14 @@ def parse_ts(text: str) -> DayRange | None:
 
 
 def completed_years(birth: date, on: date) -> int:
-    return relativedelta(on, birth).years
+    """Completed years from `birth` to `on` (not before it), as dateutil's
+    relativedelta(on, birth).years counts them: a birthday on 29 February
+    falls on 28 February in a common year (a test holds the two equal)."""
+    years = on.year - birth.year
+    birthday = min(birth.day, calendar.monthrange(on.year, birth.month)[1])
+    if (on.month, on.day) < (birth.month, birthday):
+        years -= 1
+    return years
 
 
 @dataclass(frozen=True)

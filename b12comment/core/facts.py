@@ -2,17 +2,24 @@
 
 Segments are found by byte offset (framing). The total-B12 OBX results are
 identified by exact code match on OBX-3 components. Their fields, and PID-7,
-OBR-7, SPM-17 and MSH-7, are read with hl7apy field by field (no whole-message
-parse). Every other OBX is read cheaply from the bytes: flags, range, value,
-status. Nothing here decides anything.
+OBR-7, SPM-17 and MSH-7, are read field by field (no whole-message parse) with
+hl7apy's meaning: from the bytes where hl7apy would give the value back
+unchanged, else with hl7apy behind a cache (tests/test_field_differential.py
+holds the two equal). Every other OBX is read cheaply from the bytes (flags,
+range, value, status), and only for a message that needs them. Nothing here
+decides anything.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import re
+from dataclasses import dataclass, replace
+from dataclasses import field as dc_field
+from functools import cached_property, lru_cache
 
 from hl7apy import SUPPORTED_LIBRARIES
 from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Field, is_base_datatype
 from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_field
 
@@ -65,6 +72,15 @@ class B12Result:
 
 
 @dataclass(frozen=True)
+class ObxAt:
+    """Where one OBX stands: read into an Observation only when asked."""
+
+    position: int  # 1-based among the message's OBX segments
+    segment_index: int
+    group: int
+
+
+@dataclass(frozen=True)
 class Facts:
     header: Header
     segments: tuple[Segment, ...]
@@ -76,9 +92,20 @@ class Facts:
     message_time: str  # MSH-7
     order_times: dict[int, str]  # OBR group -> OBR-7
     specimen_times: dict[int, str]  # OBR group -> SPM-17 (start)
-    observations: tuple[Observation, ...]
     b12: tuple[B12Result, ...]
-    order_statuses: dict[int, str] = field(default_factory=dict)  # OBR group -> OBR-25 ("" = not stated)
+    order_statuses: dict[int, str] = dc_field(default_factory=dict)  # OBR group -> OBR-25 ("" = not stated)
+    message: bytes = b""
+    obx_at: tuple[ObxAt, ...] = ()  # every OBX, in order
+
+    @cached_property
+    def observations(self) -> tuple[Observation, ...]:
+        """Every OBX read cheaply from the bytes, once, and only for a message
+        that needs them (the context of a paediatric B12 result)."""
+        out = []
+        for at in self.obx_at:
+            fields = segment_fields(self.message, self.segments[at.segment_index], self.header.delimiters)
+            out.append(_cheap_observation(fields, self.header, self.codec, at.position, at.segment_index, at.group))
+        return tuple(out)
 
 
 def _position(name: str | None) -> int | None:
@@ -89,8 +116,123 @@ def _position(name: str | None) -> int | None:
     return int(suffix) if suffix.isdigit() else (1 if "_" not in name else None)
 
 
+# hl7apy data types whose value comes back from to_er7() as it went in (no
+# escape, component or subcomponent character in it), and those it reads as a
+# date and writes again with strftime (which rewrites a year below 1000).
+_TEXT_TYPES = frozenset({"ST", "ID", "IS", "TX", "FT"})
+_DATE_TYPES = frozenset({"DT", "DTM", "TS"})
+# A date hl7apy gives back unchanged: a four-digit year from 1000, then pairs
+# of digits (month, day, hour, minute, second); no fraction, no offset.
+_PLAIN_DATE = re.compile(r"[1-9]\d{3}(?:\d\d){0,5}")
+
+
+@dataclass(frozen=True)
+class FieldShape:
+    """What hl7apy makes of a field: `kind` is "text" or "date" (a base type),
+    "composite" (components of the kinds in `parts`), "varies" (OBX-5), or
+    "other" (always read with hl7apy)."""
+
+    kind: str
+    parts: tuple[str, ...] = ()
+
+
+def _kind_of(datatype: str | None) -> str:
+    if datatype in _TEXT_TYPES:
+        return "text"
+    if datatype in _DATE_TYPES:
+        return "date"
+    return "other"
+
+
+@lru_cache(maxsize=256)
+def field_shape(name: str, version: str) -> FieldShape:
+    """The shape of field `name` in `version`, from hl7apy's own reference."""
+    try:
+        field = Field(name, version=version, validation_level=VALIDATION_LEVEL.TOLERANT)
+    except HL7apyException:
+        return FieldShape("other")
+    datatype = field.datatype
+    if datatype == "varies":
+        return FieldShape("varies")
+    if datatype is None:
+        return FieldShape("other")
+    if is_base_datatype(datatype, version):
+        kind = _kind_of(datatype)
+        return FieldShape(kind if kind == "text" or datatype in ("DT", "DTM") else "other")
+    structure = field.structure_by_name or {}
+    parts = []
+    for i in range(1, len(structure) + 1):
+        ref = (structure.get(f"{datatype}_{i}") or {}).get("ref")
+        parts.append(_kind_of(ref[2]) if ref else "other")
+    return FieldShape("composite", tuple(parts)) if parts else FieldShape("other")
+
+
+def fast_components(text: str, shape: FieldShape, enc: dict[str, str]) -> list[str] | None:
+    """The components hl7apy would give for one repetition, read from the text
+    alone; None where hl7apy could change or reject it (then hl7apy reads it).
+    The field-level differential test holds this equal to hl7apy_components()."""
+    if shape.kind == "other" or not text.strip():
+        return None
+    if enc["ESCAPE"] in text or enc["SUBCOMPONENT"] in text or enc.get("TRUNCATION", "\r") in text:
+        return None
+    comps = text.split(enc["COMPONENT"])
+    if shape.kind == "text":
+        return comps if len(comps) == 1 else None
+    if shape.kind == "date":
+        return comps if len(comps) == 1 and _PLAIN_DATE.fullmatch(text) else None
+    if shape.kind == "varies":
+        return None if any(c and not c.strip() for c in comps) else comps
+    if len(comps) > len(shape.parts):
+        return None
+    last = 0
+    for i, (c, part) in enumerate(zip(comps, shape.parts, strict=False)):
+        if not c:
+            continue
+        if not c.strip() or part == "other" or (part == "date" and not _PLAIN_DATE.fullmatch(c)):
+            return None
+        last = i + 1
+    return comps[:last]
+
+
+def hl7apy_components(text: str, name: str, version: str, enc: dict[str, str]) -> list[str]:
+    """One repetition of field `name`, read with hl7apy: its components
+    (1-based positions kept; empty ones are ""). May raise HL7apyException."""
+    field = parse_field(
+        text,
+        name=name,
+        version=version,
+        encoding_chars=enc,
+        validation_level=VALIDATION_LEVEL.TOLERANT,
+    )
+    comps: dict[int, str] = {}
+    children = list(field.children)
+    positions = [_position(child.name) for child in children]
+    named = [p for p in positions if p is not None]
+    if len(named) != len(positions):
+        # More components than the data type has: hl7apy leaves the extra
+        # ones unnamed. Its children are the non-empty components in order.
+        raw_comps = text.split(enc["COMPONENT"])
+        named = [i + 1 for i, c in enumerate(raw_comps) if c]
+        if len(named) != len(children):
+            raise HL7apyException(f"cannot place the components of {name}")
+    for position, child in zip(named, children, strict=False):
+        comps[position] = child.to_er7(encoding_chars=enc)
+    size = max(comps, default=0)
+    return [comps.get(i, "") for i in range(1, size + 1)]
+
+
+@lru_cache(maxsize=4096)
+def _cached_hl7apy(
+    raw: bytes, name: str, version: str, enc_items: tuple[tuple[str, str], ...], codec: str
+) -> tuple[str, ...]:
+    """hl7apy_components() of the raw repetition, remembered (an error is not:
+    lru_cache keeps only what returns)."""
+    return tuple(hl7apy_components(decode(raw, codec), name, version, dict(enc_items)))
+
+
 class FieldReader:
-    """Reads single fields with hl7apy, with the message's own delimiters."""
+    """Reads single fields with the message's own delimiters: from the bytes
+    where hl7apy would give them back unchanged, else with hl7apy (cached)."""
 
     def __init__(self, header: Header, codec: str):
         d = header.delimiters
@@ -116,38 +258,21 @@ class FieldReader:
         }
         if d.truncation:
             self.encoding_chars["TRUNCATION"] = d.truncation.decode("latin-1")
+        self._enc_items = tuple(sorted(self.encoding_chars.items()))
 
     def components(self, raw: bytes, name: str) -> list[list[str]]:
         """Field `name` (e.g. "OBX_5"): per repetition, its components (1-based
         positions kept; empty ones are "")."""
+        shape = field_shape(name, self.version)
         result: list[list[str]] = []
         for rep in repetitions(raw, self.delims):
             if not rep:
                 result.append([])
                 continue
-            text = decode(rep, self.codec)
-            field = parse_field(
-                text,
-                name=name,
-                version=self.version,
-                encoding_chars=self.encoding_chars,
-                validation_level=VALIDATION_LEVEL.TOLERANT,
-            )
-            comps: dict[int, str] = {}
-            children = list(field.children)
-            positions = [_position(child.name) for child in children]
-            named = [p for p in positions if p is not None]
-            if len(named) != len(positions):
-                # More components than the data type has: hl7apy leaves the extra
-                # ones unnamed. Its children are the non-empty components in order.
-                raw_comps = text.split(self.encoding_chars["COMPONENT"])
-                named = [i + 1 for i, c in enumerate(raw_comps) if c]
-                if len(named) != len(children):
-                    raise HL7apyException(f"cannot place the components of {name}")
-            for position, child in zip(named, children, strict=False):
-                comps[position] = child.to_er7(encoding_chars=self.encoding_chars)
-            size = max(comps, default=0)
-            result.append([comps.get(i, "") for i in range(1, size + 1)])
+            fast = fast_components(decode(rep, self.codec), shape, self.encoding_chars)
+            if fast is None:
+                fast = list(_cached_hl7apy(rep, name, self.version, self._enc_items, self.codec))
+            result.append(fast)
         return result
 
     def first(self, raw: bytes, name: str, k: int = 1) -> str:
@@ -193,22 +318,41 @@ def _cheap_observation(
     fields: list[bytes], header: Header, codec: str, position: int, index: int, group: int
 ) -> Observation:
     d = header.delimiters
-    value_raw = field_of(fields, 5)
-    first_rep = value_raw.split(d.repetition, 1)[0] if d.repetition else value_raw
-    value = tuple(_text(c, codec) for c in first_rep.split(d.component))
-    flags = tuple(_text(component(rep, d, 1), codec) for rep in repetitions(field_of(fields, 8), d))
+    rs, cs, ss = d.repetition, d.component, d.subcomponent
+    text = "latin-1" if codec == "ascii" else codec  # as charset.decode reads
+
+    def first(n: int) -> list[bytes]:
+        """Components of the first repetition of field n."""
+        raw = fields[n] if n < len(fields) else b""
+        if rs:
+            raw = raw.split(rs, 1)[0]
+        return raw.split(cs) if cs else [raw]
+
+    def read(raw: bytes) -> str:
+        if ss:
+            raw = raw.split(ss, 1)[0]
+        return raw.decode(text, errors="replace").strip() if raw else ""
+
+    value = tuple(c.decode(text, errors="replace").strip() for c in first(5))
+    raw_flags = fields[8] if len(fields) > 8 else b""
+    flags = []
+    for rep in raw_flags.split(rs) if rs else [raw_flags]:
+        flag = read(rep.split(cs, 1)[0] if cs else rep)
+        if flag:
+            flags.append(flag)
+    units = first(6)
     return Observation(
         position=position,
         segment_index=index,
         group=group,
-        value_type=_text(component(field_of(fields, 2), d, 1), codec).upper(),
+        value_type=read(first(2)[0]).upper(),
         value=value,
-        units=_text(component(field_of(fields, 6), d, 1), codec) or _text(component(field_of(fields, 6), d, 2), codec),
-        range_text=_range_text(field_of(fields, 7), d, codec),
-        flags=tuple(f for f in flags if f),
-        status=_text(component(field_of(fields, 11), d, 1), codec).upper(),
-        observed_at=_text(component(field_of(fields, 14), d, 1), codec),
-        codes=tuple(code for code, _ in obx3_codes(field_of(fields, 3), d)),
+        units=read(units[0]) or (read(units[1]) if len(units) > 1 else ""),
+        range_text=_range_text(fields[7] if len(fields) > 7 else b"", d, codec),
+        flags=tuple(flags),
+        status=read(first(11)[0]).upper(),
+        observed_at=read(first(14)[0]),
+        codes=tuple(code for code, _ in obx3_codes(fields[3] if len(fields) > 3 else b"", d)),
     )
 
 
@@ -244,46 +388,65 @@ def read_detail(facts: Facts, result: B12Result) -> B12Result:
     return replace(result, observation=detailed, detailed=True)
 
 
+@dataclass
+class _OpenBlock:
+    """The B12 OBX whose NTE block is being read."""
+
+    obs: Observation
+    code: str
+    fields: list[bytes]
+    last: int
+    texts: list[bytes] = dc_field(default_factory=list)
+    ids: list[str] = dc_field(default_factory=list)
+
+    def result(self) -> B12Result:
+        return B12Result(self.obs, self.code, self.last, tuple(self.texts), tuple(self.ids), tuple(self.fields))
+
+
 def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> Facts:
-    """Read everything the rule needs. May raise hl7apy errors on broken fields."""
+    """Read everything the rule needs. May raise hl7apy errors on broken fields.
+
+    Only the B12 OBX are read here (cheaply, from the bytes); the other OBX
+    are found, not read (Facts.observations reads them when asked)."""
     d = header.delimiters
     segments = tuple(split_segments(message, header.start))
     reader = FieldReader(header, codec)
+    codes = tuple({cm.code.encode("latin-1") for cm in rule.codes})
     patient_count = 0
     raw_birth = b""
-    raw_order_times: dict[int, bytes] = {}  # read with hl7apy only where a B12 needs them
+    raw_order_times: dict[int, bytes] = {}  # read only where a B12 needs them
     raw_specimen_times: dict[int, bytes] = {}
     order_statuses: dict[int, str] = {}  # OBR-25 of every order, read cheaply
-    observations: list[Observation] = []
+    obx_at: list[ObxAt] = []
     b12: list[B12Result] = []
     group = 0
-    open_b12: dict | None = None  # the B12 OBX whose NTE block is being read
-
-    def close_block() -> None:
-        nonlocal open_b12
-        if open_b12 is not None:
-            b12.append(
-                B12Result(
-                    open_b12["obs"],
-                    open_b12["code"],
-                    open_b12["last"],
-                    tuple(open_b12["texts"]),
-                    tuple(open_b12["ids"]),
-                    tuple(open_b12["fields"]),
-                )
-            )
-            open_b12 = None
+    block: _OpenBlock | None = None
 
     for index, seg in enumerate(segments):
         name = seg.name
-        if name == b"NTE" and open_b12 is not None:
+        if name == b"NTE" and block is not None:
             fields = segment_fields(message, seg, d)
-            open_b12["last"] = index
-            open_b12["texts"].append(field_of(fields, 3))
-            open_b12["ids"].append(_text(field_of(fields, 1), codec))
+            block.last = index
+            block.texts.append(field_of(fields, 3))
+            block.ids.append(_text(field_of(fields, 1), codec))
             continue
-        close_block()
-        if name == b"PID":
+        if block is not None:
+            b12.append(block.result())
+            block = None
+        if name == b"OBX":
+            position = len(obx_at) + 1
+            obx_at.append(ObxAt(position, index, group))
+            line = message[seg.start : seg.end]
+            if not any(c in line for c in codes):  # no configured code can stand in it
+                continue
+            fields = segment_fields(message, seg, d)
+            code = match_b12(field_of(fields, 3), d, rule)
+            if code is not None:
+                # Read cheaply now; the collection time with the field reader
+                # below, and the rest only if the age says so (read_detail).
+                obs = _cheap_observation(fields, header, codec, position, index, group)
+                block = _OpenBlock(obs, code, fields, index)
+        elif name == b"PID":
             patient_count += 1
             if patient_count == 1:
                 raw_birth = field_of(segment_fields(message, seg, d), 7)
@@ -294,44 +457,23 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
             order_statuses[group] = _text(component(field_of(obr, 25), d, 1), codec).upper()
         elif name == b"SPM" and group not in raw_specimen_times:
             raw_specimen_times[group] = field_of(segment_fields(message, seg, d), 17)
-        elif name == b"OBX":
-            fields = segment_fields(message, seg, d)
-            position = len(observations) + 1
-            code = match_b12(field_of(fields, 3), d, rule)
-            if code is None:
-                observations.append(_cheap_observation(fields, header, codec, position, index, group))
-            else:
-                # Read cheaply now; the collection time with hl7apy below, and the
-                # rest only if the age says so (read_detail).
-                obs = _cheap_observation(fields, header, codec, position, index, group)
-                observations.append(obs)
-                open_b12 = {"obs": obs, "code": code, "last": index, "texts": [], "ids": [], "fields": fields}
-    close_block()
-    if not b12 or len(b12) > MAX_B12_RESULTS:  # nothing more is read: no comment either way
-        return Facts(
-            header=header,
-            segments=segments,
-            codec=codec,
-            hl7_version=reader.version,
-            notes=reader.notes,
-            patient_count=patient_count,
-            birth="",
-            message_time="",
-            order_times={},
-            specimen_times={},
-            observations=tuple(observations),
-            b12=tuple(b12),
-            order_statuses=order_statuses,
-        )
-    b12 = [
-        replace(r, observation=replace(r.observation, observed_at=reader.first(field_of(list(r.fields), 14), "OBX_14")))
-        for r in b12
-    ]
-    birth = reader.first(raw_birth, "PID_7")
-    b12_groups = {r.observation.group for r in b12}
-    order_times = {g: reader.first(raw, "OBR_7") for g, raw in raw_order_times.items() if g in b12_groups}
-    specimen_times = {g: reader.first(raw, "SPM_17") for g, raw in raw_specimen_times.items() if g in b12_groups}
-    message_time = reader.first(header.field(7), "MSH_7") if rule.use_message_time else ""
+    if block is not None:
+        b12.append(block.result())
+    birth = message_time = ""
+    order_times: dict[int, str] = {}
+    specimen_times: dict[int, str] = {}
+    if b12 and len(b12) <= MAX_B12_RESULTS:  # else nothing more is read: no comment either way
+        b12 = [
+            replace(
+                r, observation=replace(r.observation, observed_at=reader.first(field_of(list(r.fields), 14), "OBX_14"))
+            )
+            for r in b12
+        ]
+        groups = {r.observation.group for r in b12}
+        birth = reader.first(raw_birth, "PID_7")
+        message_time = reader.first(header.field(7), "MSH_7") if rule.use_message_time else ""
+        order_times = {g: reader.first(raw, "OBR_7") for g, raw in raw_order_times.items() if g in groups}
+        specimen_times = {g: reader.first(raw, "SPM_17") for g, raw in raw_specimen_times.items() if g in groups}
     return Facts(
         header=header,
         segments=segments,
@@ -343,7 +485,8 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
         message_time=message_time,
         order_times=order_times,
         specimen_times=specimen_times,
-        observations=tuple(observations),
         b12=tuple(b12),
         order_statuses=order_statuses,
+        message=message,
+        obx_at=tuple(obx_at),
     )
