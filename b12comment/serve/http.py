@@ -58,6 +58,7 @@ FALLBACK_CODEC = "iso8859-1"  # no charset parameter and no MSH-18
 _BATCH_START = re.compile(rb"[\xef\xbb\xbf \t\r\n\x00]*(FHS|BHS)")  # as replay's inputs recognise one
 READ_SIZE = 65536
 MAX_HEAD_BYTES = 16384  # request line and headers (h11 answers 431 beyond)
+LINGER_S, LINGER_BYTES = 2.0, 8 * 1024 * 1024  # reading an unread body after the answer, before closing
 
 
 @dataclass
@@ -233,6 +234,9 @@ class HttpServer:
                 async with asyncio.timeout(self.cfg.request_timeout_s):
                     await writer.drain()
             self._account(reply, endpoint, method, peer, time.monotonic() - started)
+            if conn.their_state is h11.SEND_BODY:  # answered before the body was read (413, 415, 403)
+                await _linger(reader, writer)
+                return
             if reply.close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -397,6 +401,21 @@ class HttpServer:
             latency_ms=round(elapsed * 1000, 3),
             **fields,
         )
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close gently a connection whose request body was not read: say we are
+    done writing, then read and drop what the client still sends (for a short
+    while). Closing at once with unread bytes makes the kernel reset the
+    connection, and the client may lose the answer it is about to read."""
+    with contextlib.suppress(OSError, RuntimeError, TimeoutError, ConnectionError, ssl.SSLError):
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER_S):
+            for _ in range(LINGER_BYTES // READ_SIZE):
+                if not await reader.read(READ_SIZE):
+                    break
 
 
 def _encode(conn: h11.Connection, reply: Reply, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
