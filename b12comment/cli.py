@@ -64,6 +64,8 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
             resume=args.resume,
             workers=args.workers,
             quiet=args.quiet,
+            log_file=args.log_file,
+            skip_non_hl7=args.skip_non_hl7,
             report=args.report,
             html=args.html,
             old_config=old,
@@ -176,7 +178,19 @@ def _add_replay(sub) -> None:
         metavar="N",
         help="worker processes (default: the number of cores); output is the same for any N",
     )
-    sp.add_argument("--quiet", action="store_true", help="no progress line")
+    sp.add_argument(
+        "--skip-non-hl7",
+        action="store_true",
+        help="give a file that holds no HL7 message no output (by default it is copied unchanged)",
+    )
+    sp.add_argument(
+        "--quiet", action="store_true", help="print only errors and the closing summary (no progress line, no warnings)"
+    )
+    sp.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="write one JSON decision record per message here (control ID, type, commented, reasons; no patient data)",
+    )
     sp.add_argument("--report", metavar="PATH", help="write the JSON report here")
     sp.add_argument("--html", metavar="PATH", help="write a self-contained HTML report here")
     sp.add_argument(

@@ -530,4 +530,37 @@ def test_replay_output_on_a_full_disk(tmp_path):
         assert proc.returncode == 1 and "Traceback" not in err, err
         problems = [line for line in error_lines(err) if line.startswith("b12comment replay:")]
         assert len(problems) == 1 and "big.hl7" in problems[0] and "No space left" in problems[0], problems
-        assert [p.name for p in (small / "out").iterdir() if p.name != ".b12comment-replay.jsonl"] == []
+        assert [p.name for p in (small / "out").iterdir() if not p.name.startswith(".b12comment-")] == []
+
+
+@pytest.mark.slow
+def test_replay_counts_only_what_was_written_when_the_output_disk_fills(tmp_path):
+    """Files after the disk filled are errors naming their output; the report
+    (on a disk with space) counts only the messages of the outputs written."""
+    src = tmp_path / "in"
+    src.mkdir()
+    message = SAMPLE.read_bytes()
+    for i in range(12):
+        (src / f"f{i:02d}.hl7").write_bytes(message * 40)  # about 30 KiB each
+    with tmpfs(tmp_path / "small", "128k") as small:
+        out, report = small / "out", tmp_path / "report.json"
+        proc = cli("replay", src, "--out", out, "--quiet", "--workers", "1", "--report", report, cwd=tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and "Traceback" not in err, err
+        written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        r = json.loads(report.read_text())
+        assert 0 < len(written) < 12, written
+        assert r["files"] == 12 and r["messages"] == 40 * len(written)
+        assert r["commented"] == 40 * len(written)
+        failed = sorted(e["file"] for e in r["errors"])
+        assert failed == sorted({f"f{i:02d}.hl7" for i in range(12)} - set(written))
+        for e in r["errors"]:
+            assert f"cannot write {out / e['file']}" in e["error"] and "No space left" in e["error"], e
+        # the report itself on the full disk: one clear line, the code still 1
+        with contextlib.suppress(OSError), open(small / "filler", "wb") as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        proc = cli("replay", src, "--dry-run", "--quiet", "--report", small / "r.json", cwd=tmp_path)
+        lines = [line for line in error_lines(proc.stderr) if "r.json" in line]
+        assert proc.returncode == 1 and len(lines) == 1 and "No space left" in lines[0], proc.stderr

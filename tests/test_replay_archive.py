@@ -62,12 +62,19 @@ def test_gzip_in_gzip_out(tmp_path):
     assert (tmp_path / "out2" / "night.hl7.gz").read_bytes() == out
 
 
-def test_truncated_gzip_empty_and_binary_files_are_reported_not_written(tmp_path):
+def test_files_without_a_message_are_copied_unchanged_and_counted(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     (src / "cut.hl7.gz").write_bytes(gzip.compress(CHILD * 50)[:-30])
-    (src / "empty.hl7").write_bytes(b"")
-    (src / "binary.dat").write_bytes(bytes(range(256)) * 40)
+    others = {
+        "empty.hl7": b"",
+        "binary.dat": bytes(range(256)) * 40,
+        "blank.hl7": b"\r\n\r\n\n",
+        "batch_shell.hl7": b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\rBTS|0\rFTS|1\r",
+        "notes.txt.gz": gzip.compress(b"a text file, not HL7\n", mtime=12345),
+    }
+    for name, data in others.items():
+        (src / name).write_bytes(data)
     (src / "good.hl7").write_bytes(CHILD)
     out = tmp_path / "out"
     proc = cli(src, "--out", out, "--report", tmp_path / "r.json")
@@ -75,10 +82,40 @@ def test_truncated_gzip_empty_and_binary_files_are_reported_not_written(tmp_path
     report = json.loads((tmp_path / "r.json").read_text())
     assert [e["file"] for e in report["errors"]] == ["cut.hl7.gz"]
     assert "truncated" in report["errors"][0]["error"]
-    assert sorted(report["files_without_hl7"]) == ["binary.dat", "empty.hl7"]
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["good.hl7"]
+    assert sorted(report["files_without_hl7"]) == sorted(others)
+    assert report["files"] == 7 and report["messages"] == 1
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted([*others, "good.hl7"])
+    for name, data in others.items():
+        assert (out / name).read_bytes() == data, name  # byte for byte, gzip too
     assert not list(out.glob(".*.partial"))
     assert b"cut.hl7.gz" in proc.stderr and b"Traceback" not in proc.stderr
+    loud = subprocess.run(
+        [sys.executable, "-m", "b12comment", "replay", str(src), "--out", str(tmp_path / "loud")],
+        capture_output=True,
+        timeout=120,
+    )
+    assert b"warning: empty.hl7: no HL7 message; copied unchanged" in loud.stderr
+    # the old behaviour, for sites that want it
+    skip = tmp_path / "skip"
+    proc = cli(src, "--out", skip, "--skip-non-hl7", "--report", tmp_path / "s.json")
+    assert proc.returncode == 1
+    assert sorted(p.name for p in skip.iterdir() if not p.name.startswith(".")) == ["good.hl7"]
+    assert json.loads((tmp_path / "s.json").read_text())["files_without_hl7_output"] == "none"
+    # --quiet: errors and the summary only
+    quiet = cli(src, "--dry-run", "--quiet")
+    assert b"warning" not in quiet.stderr and b"cut.hl7.gz" in quiet.stderr and b"replayed 7 files" in quiet.stderr
+
+
+def test_replaying_an_output_folder_again_skips_replays_own_files(tmp_path):
+    make_archive(tmp_path / "in", files=3, per_file=4)
+    assert cli(tmp_path / "in", "--out", tmp_path / "once").returncode == 0
+    assert (tmp_path / "once" / ".b12comment-resume.jsonl").exists()
+    (tmp_path / "once" / ".left.hl7.partial").write_bytes(CHILD)  # a killed run's unfinished output
+    proc = cli(tmp_path / "once", "--out", tmp_path / "twice", "--report", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["files"] == 3 and report["files_without_hl7"] == []
+    assert tree(tmp_path / "twice") == tree(tmp_path / "once")  # already commented: nothing changes
 
 
 def test_mllp_capture_keeps_its_framing(tmp_path):
@@ -134,7 +171,7 @@ def test_include_exclude_and_dry_run(tmp_path):
     proc = cli(src, "--dry-run", "--report", tmp_path / "d.json")
     assert proc.returncode == 0
     assert json.loads((tmp_path / "d.json").read_text())["commented"] == 3
-    assert not (tmp_path / "in" / ".b12comment-replay.jsonl").exists()
+    assert not (tmp_path / "in" / ".b12comment-resume.jsonl").exists()
 
 
 def make_archive(root: Path, files: int, per_file: int, fast: bool = False) -> None:
@@ -198,7 +235,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    progress = out / ".b12comment-replay.jsonl"
+    progress = out / ".b12comment-resume.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if progress.exists() and progress.read_text().count("\n") > 3:
@@ -307,7 +344,7 @@ def run_on_terminal(args) -> bytes:
 def test_progress_line_on_a_terminal_only(tmp_path):
     make_archive(tmp_path / "in", files=3, per_file=5)
     shown = run_on_terminal([tmp_path / "in", "--dry-run", "--workers", 1])
-    assert b"\r3 files, 15 messages" in shown and b"msg/s, ETA" in shown
+    assert b"\r\x1b[K3 files, 15 messages" in shown and b"msg/s, ETA" in shown
     assert b"replayed 3 files, 15 messages" in shown  # the closing summary
     quiet = run_on_terminal([tmp_path / "in", "--dry-run", "--workers", 1, "--quiet"])
     assert b"msg/s, ETA" not in quiet
@@ -317,3 +354,81 @@ def test_progress_line_on_a_terminal_only(tmp_path):
         timeout=120,
     )
     assert b"ETA" not in piped.stderr and b"replayed 3 files" in piped.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _start(args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "b12comment", "replay", "--quiet", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for_files_done(proc: subprocess.Popen, resume: Path, lines: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if resume.exists() and resume.read_text().count("\n") > lines:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the replay finished (or stalled) before it could be interrupted; make the archive larger")
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_main_process_ends_its_workers(tmp_path):
+    make_archive(tmp_path / "in", files=300, per_file=60, fast=True)
+    out = tmp_path / "out"
+    proc = _start([tmp_path / "in", "--out", out, "--workers", 2])
+    _wait_for_files_done(proc, out / ".b12comment-resume.jsonl", 3)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "workers outlived the main process"
+    resumed = cli(tmp_path / "in", "--out", out, "--resume", "--workers", 2, "--report", tmp_path / "r.json")
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert json.loads((tmp_path / "r.json").read_text())["files"] == 300
+    assert not list(out.rglob(".*.partial"))
+
+
+@pytest.mark.slow
+def test_a_second_replay_into_the_same_output_is_refused(tmp_path):
+    make_archive(tmp_path / "in", files=80, per_file=60, fast=True)
+    out = tmp_path / "out"
+    first = _start([tmp_path / "in", "--out", out, "--workers", 1])
+    try:
+        _wait_for_files_done(first, out / ".b12comment-resume.jsonl", 1)
+        second = cli(tmp_path / "in", "--out", out, "--resume")
+        alive = first.poll() is None
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert alive, "the first replay ended before the second started; make the archive larger"
+    assert second.returncode == 2, second.stderr
+    err = second.stderr.decode()
+    assert f"another replay is writing to {out} (pid {first.pid})" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    # the lock goes with the process that held it, however it ended
+    assert cli(tmp_path / "in", "--out", out, "--resume").returncode == 0

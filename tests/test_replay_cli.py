@@ -19,13 +19,10 @@ def run(*args, input=None, cwd=None):
 
 
 def test_replay_corpus_byte_identical_and_malformed_counted(corpus_dir, tmp_path):
-    out, report = tmp_path / "out", tmp_path / "report.json"
-    proc = run("replay", str(corpus_dir), "--out", str(out), "--report", str(report))
+    out, report, log_file = tmp_path / "out", tmp_path / "report.json", tmp_path / "decisions.jsonl"
+    proc = run("replay", str(corpus_dir), "--out", str(out), "--report", str(report), "--log-file", str(log_file))
     assert proc.returncode == 0, proc.stderr.decode()
-    for src in corpus_files():
-        if src.name == "pythonhl7_7.hl7":  # no MSH at all: reported, never half-written
-            assert not (out / src.name).exists()
-            continue
+    for src in corpus_files():  # the file with no MSH at all is copied through too
         assert (out / src.name).read_bytes() == src.read_bytes(), src.name
     totals = json.loads(report.read_text())
     assert totals["files"] == 139
@@ -34,12 +31,29 @@ def test_replay_corpus_byte_identical_and_malformed_counted(corpus_dir, tmp_path
     assert totals["commented"] == 0
     assert totals["malformed"] == len(totals["malformed_positions"]) >= 4
     assert sum(totals["not_commented_by_reason"].values()) == expected_messages
-    assert "pythonhl7_7.hl7" in totals["files_without_hl7"]  # the file with no MSH at all
-    # one decision record per message, and no patient data in them
-    log = proc.stderr.decode("utf-8", "replace")
-    assert log.count('"event": "decision"') == expected_messages
+    assert totals["files_without_hl7"] == ["pythonhl7_7.hl7"]  # the file with no MSH at all
+    assert totals["files_without_hl7_output"] == "copied unchanged"
+    # the terminal gets no decision records; the log file one per message, no patient data in them
+    assert '"decision"' not in proc.stderr.decode("utf-8", "replace")
+    records = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == expected_messages
+    assert set(records[0]) == {
+        "event",
+        "file",
+        "message",
+        "control_id",
+        "message_type",
+        "commented",
+        "reasons",
+        "rule_version",
+    }
+    assert sorted((r["file"], r["message"]) for r in records) == sorted(
+        (f.name, i + 1)
+        for f in corpus_files()
+        for i in range(sum(1 for p in split_messages(f.read_bytes()) if p.kind == "message"))
+    )
     # control IDs (MSH-10) belong in the log; some test senders reuse a patient ID as one
-    log = re.sub(r'"(control_id|timestamp)": "[^"]*"', "", log)
+    log = re.sub(r'"(control_id|timestamp)": "[^"]*"', "", log_file.read_text(encoding="utf-8"))
     identifiers = patient_identifiers(corpus_files())
     assert len(identifiers) > 50
     leaked = sorted(i for i in identifiers if i in log)

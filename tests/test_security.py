@@ -482,6 +482,8 @@ def test_no_patient_data_in_any_log_line(tmp_path):
             str(tmp_path / "report.json"),
             "--html",
             str(tmp_path / "report.html"),
+            "--log-file",
+            str(tmp_path / "replay-decisions.jsonl"),
             "--workers",
             "1",
         ],
@@ -492,10 +494,11 @@ def test_no_patient_data_in_any_log_line(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     logs["replay"] = proc.stderr.decode("utf-8", "replace").splitlines()
+    logs["replay --log-file"] = (tmp_path / "replay-decisions.jsonl").read_text(encoding="utf-8").splitlines()
     # The reports are not logs, but they are shared the same way: held to the same rule.
     logs["replay report.json"] = [(tmp_path / "report.json").read_text(encoding="utf-8")]
     logs["replay report.html"] = [(tmp_path / "report.html").read_text(encoding="utf-8")]
-    assert sum(1 for line in logs["replay"] if '"decision"' in line) >= len(messages) - 5
+    assert sum(1 for line in logs["replay --log-file"] if '"decision"' in line) >= len(messages) - 5
 
     # 4. preview --json of every message on stdin: stdout carries the messages by design, stderr must not
     proc = subprocess.run(

@@ -39,9 +39,9 @@ def journal_path_for(config: Config, given: str | None) -> Path:
     return serve_journal.with_name(serve_journal.stem + "-replay" + serve_journal.suffix)
 
 
-def enqueue_file(journal: Journal, src: str, rel: str, config: Config, resume: bool) -> Tally:
-    """Process one file and journal its messages; returns its tally."""
-    log = get_logger("b12comment.replay.run")
+def enqueue_file(journal: Journal, src: str, rel: str, config: Config, resume: bool, log=None) -> Tally:
+    """Process one file and journal its messages; returns its tally. `log`:
+    run.DecisionLog for `--log-file`."""
     source = SOURCE_PREFIX + rel
     already = journal.last_position(source) if resume else 0
     tally = Tally(files=1)
@@ -54,7 +54,8 @@ def enqueue_file(journal: Journal, src: str, rel: str, config: Config, resume: b
             position += 1
             output, decision = process(piece.data, config.rule)
             tally.add(decision, rel, position, config.rule)
-            log.info("decision", file=rel, position=position, **decision.log_fields())
+            if log is not None:
+                log.write(position, decision)
             if position <= already:
                 continue
             batch.append(
@@ -74,7 +75,7 @@ def enqueue_file(journal: Journal, src: str, rel: str, config: Config, resume: b
     if batch:
         journal.enqueue_processed(source, batch)
     if position == 0:
-        tally.not_hl7.append(rel)
+        tally.files_without_hl7.append(rel)
     return tally
 
 

@@ -1,45 +1,47 @@
 """Replay archived messages: files and folders in, the same layout out.
 
-Each input file is streamed piece by piece (sources.py) through process();
+Each input file is streamed piece by piece (inputs.py) through process();
 its output holds the same pieces in the same order, messages processed,
 everything else byte for byte. Outputs are written under a temporary name and
-renamed when complete, so a reader never sees half a file, and a file that
-holds no HL7 message gets no output at all.
+renamed when complete, so a reader never sees half a file. A file that holds
+no HL7 message is copied unchanged (or, with `--skip-non-hl7`, gets no output).
 
 Files are independent, so they are spread over worker processes; results are
 merged in input order, so the output and the report are the same whatever
-the number of workers. A progress journal in the output folder makes an
-interrupted run resumable file by file.
+the number of workers. Workers die with the main process. The resume file
+(resume.py) makes an interrupted run resumable file by file; the lock file
+keeps a second replay out of the same output folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import fnmatch
-import hashlib
 import json
 import os
 import re
+import shutil
+import signal
 import sys
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
 
 from b12comment.config import Config
+from b12comment.core.decision import Decision
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
+from b12comment.errors import EXIT_IO, EXIT_OK, B12Error, UsageError
 from b12comment.files import replace_durably, write_atomically
-from b12comment.logs import configure, get_logger
+from b12comment.logs import configure
 from b12comment.replay.inputs import is_gzip, open_input, open_output, read_pieces
+from b12comment.replay.progress import Progress, plural
+from b12comment.replay.resume import OWN_FILES, RESUME_NAME, ResumeFile, fingerprint, load_done, lock_output
 from b12comment.replay.tally import Tally
-
-PROGRESS_NAME = ".b12comment-replay.jsonl"
-
-
-class UsageError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Job:
     out_dir: str | None  # None: dry run
     rule: RuleConfig
     old_rule: RuleConfig | None
+    log_file: str | None = None
+    skip_non_hl7: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,15 @@ class Options:
     resume: bool = False
     workers: int = 1
     quiet: bool = False
+    log_file: str | None = None  # the per-message decision records
+    skip_non_hl7: bool = False
     report: str | None = None
     html: str | None = None
     old_config: Config | None = None
+
+
+# --------------------------------------------------------------------------
+# Which files
 
 
 def _selected(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
@@ -75,8 +85,14 @@ def _selected(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> b
     return (not include or hit(include)) and not hit(exclude)
 
 
+def _own_file(name: str) -> bool:
+    """A resume file, lock file or unfinished output of an earlier replay."""
+    return name in OWN_FILES or (name.startswith(".") and name.endswith(".partial"))
+
+
 def _unreadable_folder(exc: OSError) -> None:
-    raise exc  # os.walk would skip it silently: an archive must never be half-read unnoticed
+    # os.walk would skip it silently: an archive must never be half-read unnoticed
+    raise B12Error(f"replay: cannot read the folder {exc.filename}: {exc.strerror or exc}")
 
 
 def plan(inputs: list[str], out_dir: Path | None, include=(), exclude=()) -> list[tuple[Path, str]]:
@@ -93,18 +109,22 @@ def plan(inputs: list[str], out_dir: Path | None, include=(), exclude=()) -> lis
                 for name in sorted(files):
                     f = Path(root) / name
                     rel = f.relative_to(p).as_posix()
-                    if _selected(rel, include, exclude):
+                    if not _own_file(name) and _selected(rel, include, exclude):
                         pairs.append((f, rel))
         else:
-            raise UsageError(f"input not found: {item}")
+            raise UsageError(f"replay: input not found: {item}")
     seen: dict[str, Path] = {}
     for f, rel in pairs:
         if rel in seen:
-            raise UsageError(f"two inputs would write the same output {rel}: {seen[rel]} and {f}")
+            raise UsageError(f"replay: two inputs would write the same output {rel}: {seen[rel]} and {f}")
         seen[rel] = f
         if out_dir is not None and f.resolve() == (out_dir / rel).resolve():
-            raise UsageError(f"output would overwrite its input: {f}")
+            raise UsageError(f"replay: output would overwrite its input: {f}")
     return pairs
+
+
+# --------------------------------------------------------------------------
+# One file
 
 
 class BatchCheck:
@@ -135,61 +155,171 @@ class BatchCheck:
                 )
 
 
+class WriteFailed(Exception):
+    """An output (or the log file) could not be written; names which."""
+
+    def __init__(self, path: str | Path, cause: OSError):
+        super().__init__(f"cannot write {path}: {_describe(cause)}")
+
+
+class Output:
+    """One output file, written under `.NAME.partial` and renamed when complete."""
+
+    def __init__(self, dst: Path, compressed: bool):
+        self.dst, self.tmp = dst, dst.with_name(f".{dst.name}.partial")
+        try:
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
+            self.stream, self.raw = open_output(self.tmp, compressed)
+        except OSError as exc:
+            raise WriteFailed(dst, exc) from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.stream.write(data)
+        except OSError as exc:
+            raise WriteFailed(self.dst, exc) from None
+
+    def _close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            self.raw.close()
+
+    def commit(self, copy_of: str | None = None) -> None:
+        """Make it the output; `copy_of`: the output is that file's bytes, unchanged."""
+        try:
+            self._close()
+            if copy_of is not None:
+                shutil.copyfile(copy_of, self.tmp)
+            replace_durably(self.tmp, self.dst)
+        except OSError as exc:
+            self.abort()
+            raise WriteFailed(self.dst, exc) from None
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink(missing_ok=True)
+
+
+@lru_cache(maxsize=4096)
+def _json_text(value: str) -> str:
+    return json.dumps(value)
+
+
+@lru_cache(maxsize=4096)
+def _json_list(values: tuple[str, ...]) -> str:
+    return json.dumps(list(values))
+
+
+class DecisionLog:
+    """`--log-file`: one JSON line per message, rendered cheaply and written in
+    blocks with O_APPEND (workers share the file; each block is whole lines).
+    The same fields as serve's decision record: no patient data."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self, path: str, rel: str):
+        self.path = path
+        self.prefix = '{"event": "decision", "file": ' + json.dumps(rel) + ', "message": '
+        self.lines: list[str] = []
+        self.size = 0
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise WriteFailed(path, exc) from None
+
+    def write(self, position: int, d: Decision) -> None:
+        line = (
+            f"{self.prefix}{position}, "
+            f'"control_id": {json.dumps(d.control_id)}, "message_type": {_json_text(d.message_type)}, '
+            f'"commented": {"true" if d.commented else "false"}, "reasons": {_json_list(tuple(d.reasons))}, '
+            f'"rule_version": {_json_text(d.rule_version)}}}\n'
+        )
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size >= self.BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        data = "".join(self.lines).encode("utf-8")
+        self.lines, self.size = [], 0
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError as exc:
+            raise WriteFailed(self.path, exc) from None
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            os.close(self.fd)
+
+
 def replay_file(job: Job) -> Tally:
-    """Process one file; returns its tally. Never raises for bad content."""
-    log = get_logger("b12comment.replay")
-    tally = Tally(files=1)
-    dst = Path(job.out_dir) / job.rel if job.out_dir is not None else None
-    tmp = dst.with_name(f".{dst.name}.partial") if dst is not None else None
-    position = 0
-    check = BatchCheck(job.rel)
+    """Process one file; returns its tally. Never raises for bad content or
+    a failed write: a file that could not be read or written counts nothing
+    but itself and its error."""
+    _exit_if_orphaned()
+    out: Output | None = None
+    log: DecisionLog | None = None
     try:
-        with open_input(job.src) as fin:
-            fout: BinaryIO | None = None
-            raw: BinaryIO | None = None
-            if tmp is not None:
-                tmp.parent.mkdir(parents=True, exist_ok=True)
-                fout, raw = open_output(tmp, is_gzip(job.src))
-            try:
-                for piece in read_pieces(fin):
-                    if piece.kind != "message":
-                        check.line(piece.data)
-                        if fout is not None:
-                            fout.write(piece.data)
-                        continue
-                    position += 1
-                    check.message()
-                    output, decision = process(piece.data, job.rule)
-                    if fout is not None:
-                        fout.write(output)
-                    tally.add(decision, job.rel, position, job.rule)
-                    if job.old_rule is not None:
-                        _, old = process(piece.data, job.old_rule)
-                        if (old.commented, old.reasons) != (decision.commented, decision.reasons):
-                            tally.add_difference(job.rel, position, decision, old)
-                    log.info("decision", file=job.rel, position=position, **decision.log_fields())
-            finally:
-                if fout is not None:
-                    fout.close()
-                if raw is not None and raw is not fout:
-                    raw.close()
-        if tmp is not None and dst is not None:
-            if position:
-                replace_durably(tmp, dst)
+        if job.out_dir is not None:
+            out = Output(Path(job.out_dir) / job.rel, is_gzip(job.src))
+        log = DecisionLog(job.log_file, job.rel) if job.log_file else None
+        tally = _replay_pieces(job, out, log)
+        if log is not None:
+            log.flush()
+        if out is not None:
+            if tally.messages or not job.skip_non_hl7:
+                out.commit(copy_of=None if tally.messages else job.src)
             else:
-                tmp.unlink()
-    except (OSError, EOFError, ValueError, zlib.error) as exc:  # unreadable, cut or corrupt gzip, no space...
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
-        tally.errors.append({"file": job.rel, "error": _describe(exc)})
+                out.abort()
         return tally
+    except (WriteFailed, OSError, EOFError, ValueError, zlib.error) as exc:  # unreadable, corrupt gzip, no space...
+        if out is not None:
+            out.abort()
+        return Tally(files=1, errors=[{"file": job.rel, "error": _describe(exc)}])
+    finally:
+        if log is not None:
+            with contextlib.suppress(WriteFailed, OSError):
+                log.close()
+
+
+def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None) -> Tally:
+    tally = Tally(files=1)
+    check = BatchCheck(job.rel)
+    position = 0
+    with open_input(job.src) as fin:
+        for piece in read_pieces(fin):
+            if piece.kind != "message":
+                check.line(piece.data)
+                if out is not None:
+                    out.write(piece.data)
+                continue
+            position += 1
+            check.message()
+            output, decision = process(piece.data, job.rule)
+            if out is not None:
+                out.write(output)
+            tally.add(decision, job.rel, position, job.rule)
+            if job.old_rule is not None:
+                _, old = process(piece.data, job.old_rule)
+                if (old.commented, old.reasons) != (decision.commented, decision.reasons):
+                    tally.add_difference(job.rel, position, decision, old)
+            if log is not None:
+                log.write(position, decision)
     if position == 0:
-        tally.not_hl7.append(job.rel)
-    tally.batch_mismatches.extend(check.mismatches)
+        tally.files_without_hl7.append(job.rel)
+    tally.batch_count_mismatches.extend(check.mismatches)
     return tally
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, WriteFailed):
+        return str(exc)
     if isinstance(exc, EOFError):
         return "compressed file ends early (truncated gzip)"
     if isinstance(exc, zlib.error):
@@ -200,102 +330,56 @@ def _describe(exc: Exception) -> str:
 
 
 # --------------------------------------------------------------------------
-# Resume
+# Workers die with the main process
 
 
-def _fingerprint(config: Config, old: Config | None, pairs) -> str:
-    h = hashlib.sha256(repr((config.rule, old.rule if old else None)).encode())
-    for src, rel in pairs:
-        h.update(f"{src}\0{rel}\0".encode())
-    return h.hexdigest()
+_PARENT_PID = 0
+PR_SET_PDEATHSIG = 1
 
 
-def _load_progress(path: Path, fingerprint: str) -> dict[str, Tally]:
-    done: dict[str, Tally] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return done
-    if not lines:
-        return done
-    try:
-        header = json.loads(lines[0])
-    except json.JSONDecodeError:
-        return done
-    if header.get("fingerprint") != fingerprint:
-        raise UsageError(
-            "cannot --resume: the inputs or the rule differ from the interrupted run "
-            f"(see {path}); run without --resume to start again"
-        )
-    for line in lines[1:]:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break  # the last line may have been cut by the interruption
-        done[record["rel"]] = Tally.from_json(record["tally"])
-    return done
+def _worker_init(parent_pid: int) -> None:
+    """In each worker: be killed when the main process dies (Linux), and
+    check the parent before each file everywhere else."""
+    global _PARENT_PID
+    _PARENT_PID = parent_pid
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _exit_if_orphaned()  # the parent may have died before prctl took effect
 
 
-class Progress:
-    """The journal of completed files, and the live line on a terminal."""
+def _exit_if_orphaned() -> None:
+    if _PARENT_PID and os.getppid() != _PARENT_PID:
+        os._exit(1)
 
-    def __init__(self, path: Path | None, fingerprint: str, resumed: bool, total_bytes: int, show: bool):
-        self.file = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "a" if resumed else "w", encoding="utf-8")  # noqa: SIM115 - open for the run
-            if not resumed or self.file.tell() == 0:
-                self.file.write(json.dumps({"fingerprint": fingerprint}) + "\n")
-                self.file.flush()
-        self.total_bytes, self.done_bytes = max(total_bytes, 1), 0
-        self.files = self.messages = 0
-        self.show = show
-        self.started = time.monotonic()
 
-    def record(self, rel: str, tally: Tally, size: int) -> None:
-        if self.file is not None and not tally.errors:
-            self.file.write(json.dumps({"rel": rel, "tally": tally.to_json()}) + "\n")
-            self.file.flush()
-            os.fsync(self.file.fileno())
-        self.files += 1
-        self.messages += tally.messages
-        self.done_bytes += size
-        if self.show:
-            elapsed = max(time.monotonic() - self.started, 1e-6)
-            rate = self.messages / elapsed
-            eta = elapsed * (self.total_bytes - self.done_bytes) / max(self.done_bytes, 1)
-            sys.stderr.write(
-                f"\r{self.files} files, {self.messages} messages, {rate:,.0f} msg/s, "
-                f"ETA {int(eta) // 60}:{int(eta) % 60:02d}   "
-            )
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.show:
-            sys.stderr.write("\n")
-        if self.file is not None:
-            self.file.close()
+def _run_jobs(jobs: list[Job], workers: int):
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield replay_file(job)
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+        yield from pool.map(replay_file, jobs, chunksize=1)
 
 
 # --------------------------------------------------------------------------
+# The run
 
 
 def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     configure(config.logging.level, config.logging.format, config.logging.patient_data)
     out_dir = Path(opts.out) if opts.out else None
     started = time.monotonic()
-    try:
-        pairs = plan(inputs, out_dir, opts.include, opts.exclude)
-        if opts.forward:
-            tallies, extra = _forward(config, pairs, opts)
-        else:
-            tallies, extra = _to_files(config, pairs, out_dir, opts)
-    except UsageError as exc:
-        print(f"b12comment replay: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"b12comment replay: {_describe(exc)}", file=sys.stderr)
-        return 1
+    pairs = plan(inputs, out_dir, opts.include, opts.exclude)
+    if opts.log_file and not opts.resume:
+        try:
+            Path(opts.log_file).write_bytes(b"")
+        except OSError as exc:
+            raise B12Error(f"replay: cannot write the log file {opts.log_file}: {_describe(exc)}") from None
+    if opts.forward:
+        tallies, extra = _forward(config, pairs, opts)
+    else:
+        tallies, extra = _to_files(config, pairs, out_dir, opts)
     elapsed = time.monotonic() - started
     total = Tally()
     for _, rel in pairs:
@@ -303,49 +387,66 @@ def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     report = total.to_json()
     report["elapsed_s"] = round(elapsed, 3)
     report["messages_per_s"] = round(total.messages / elapsed, 1) if elapsed > 0 else None
+    report["files_without_hl7_output"] = "none" if opts.skip_non_hl7 else "copied unchanged"
     report.update(extra)
-    status = 1 if total.errors else 0
+    status = EXIT_IO if total.errors else EXIT_OK
+    for err in total.errors:
+        print(f"b12comment replay: {err['file']}: {err['error']}", file=sys.stderr)
     if opts.report:
         status = max(status, _write(opts.report, json.dumps(report, indent=2) + "\n"))
     if opts.html:
         from b12comment.replay.report_html import render
 
         status = max(status, _write(opts.html, render(report, config.rule)))
-    for err in total.errors:
-        print(f"b12comment replay: {err['file']}: {err['error']}", file=sys.stderr)
     print(summary(report), file=sys.stderr)
     return status
 
 
 def _to_files(config: Config, pairs, out_dir: Path | None, opts: Options) -> tuple[dict, dict]:
     """--out or --dry-run: files processed in worker processes, resumable."""
-    fingerprint = _fingerprint(config, opts.old_config, pairs)
-    progress_path = out_dir / PROGRESS_NAME if out_dir is not None else None
-    done = _load_progress(progress_path, fingerprint) if opts.resume and progress_path else {}
+    lock = None
+    if out_dir is not None:
+        try:
+            lock = lock_output(out_dir)
+        except OSError as exc:
+            raise B12Error(f"replay: cannot write to {out_dir}: {_describe(exc)}") from None
+    try:
+        return _to_files_locked(config, pairs, out_dir, opts)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _to_files_locked(config: Config, pairs, out_dir: Path | None, opts: Options) -> tuple[dict, dict]:
+    fp = fingerprint(config, opts.old_config, pairs)
+    resume_path = out_dir / RESUME_NAME if out_dir is not None else None
+    done = load_done(resume_path, fp) if opts.resume and resume_path else {}
     old_rule = opts.old_config.rule if opts.old_config else None
     jobs = [
-        Job(str(src), rel, str(out_dir) if out_dir else None, config.rule, old_rule)
+        Job(str(src), rel, str(out_dir) if out_dir else None, config.rule, old_rule, opts.log_file, opts.skip_non_hl7)
         for src, rel in pairs
         if rel not in done
     ]
     sizes = {rel: _size(src) for src, rel in pairs}
-    try:
-        progress = Progress(
-            progress_path,
-            fingerprint,
-            bool(done) or opts.resume,
-            sum(sizes[j.rel] for j in jobs),
-            not opts.quiet and sys.stderr.isatty(),
-        )
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot write to {out_dir}: {_describe(exc)}") from None
+    resume = None
+    if resume_path is not None:
+        try:
+            resume = ResumeFile(resume_path, fp, bool(done) or opts.resume)
+        except OSError as exc:
+            raise B12Error(f"replay: cannot write to {out_dir}: {_describe(exc)}") from None
+    non_hl7 = "" if out_dir is None else "no output (--skip-non-hl7)" if opts.skip_non_hl7 else "copied unchanged"
+    progress = Progress(sum(sizes[j.rel] for j in jobs), opts.quiet, non_hl7)
     tallies: dict[str, Tally] = dict(done)
     try:
         for job, tally in zip(jobs, _run_jobs(jobs, opts.workers), strict=False):
             tallies[job.rel] = tally
+            if resume is not None:
+                resume.record(job.rel, tally)
             progress.record(job.rel, tally, sizes[job.rel])
     finally:
         progress.close()
+        if resume is not None:
+            resume.close()
     return tallies, {"resumed_files": len(done)}
 
 
@@ -357,32 +458,40 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
     from b12comment.serve.journal import Journal, JournalError
 
     path = journal_path_for(config, opts.journal)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tallies: dict[str, Tally] = {}
     sizes = {rel: _size(src) for src, rel in pairs}
-    progress = Progress(None, "", False, sum(sizes.values()), not opts.quiet and sys.stderr.isatty())
+    progress = Progress(sum(sizes.values()), opts.quiet, "nothing sent")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         journal = Journal(path)
         try:
             if not opts.resume:
                 seen = [rel for _, rel in pairs if journal.last_position(SOURCE_PREFIX + rel)]
                 if seen:
                     raise UsageError(
-                        f"{seen[0]} was already queued in {path}: add --resume to go on "
+                        f"replay: {seen[0]} was already queued in {path}: add --resume to go on "
                         "with that replay, or give another --journal to send it again"
                     )
             for src, rel in pairs:
+                log = None
                 try:
-                    tallies[rel] = enqueue_file(journal, str(src), rel, config, opts.resume)
-                except (OSError, EOFError, ValueError, zlib.error) as exc:
+                    log = DecisionLog(opts.log_file, rel) if opts.log_file else None
+                    tallies[rel] = enqueue_file(journal, str(src), rel, config, opts.resume, log)
+                except (WriteFailed, OSError, EOFError, ValueError, zlib.error) as exc:
                     tallies[rel] = Tally(files=1, errors=[{"file": rel, "error": _describe(exc)}])
+                finally:
+                    if log is not None:
+                        with contextlib.suppress(WriteFailed, OSError):
+                            log.close()
                 progress.record(rel, tallies[rel], sizes[rel])
         finally:
             journal.close()
         assert opts.forward is not None  # run_forward is only called with --forward
         counts = asyncio.run(drain(path, config, opts.forward))
     except JournalError as exc:
-        raise OSError(0, str(exc)) from None
+        raise B12Error(f"replay: {exc}") from None
+    except OSError as exc:
+        raise B12Error(f"replay: cannot use the journal {path}: {_describe(exc)}") from None
     finally:
         progress.close()
     return tallies, {
@@ -390,15 +499,6 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
         "forwarded": counts.get("forwarded", 0),
         "dead_lettered": counts.get("dead", 0),
     }
-
-
-def _run_jobs(jobs: list[Job], workers: int):
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield replay_file(job)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(replay_file, jobs, chunksize=1)
 
 
 def _size(path: Path) -> int:
@@ -411,17 +511,17 @@ def _size(path: Path) -> int:
 def _write(path: str, text: str) -> int:
     try:
         write_atomically(path, text.encode("utf-8"))
-        return 0
+        return EXIT_OK
     except OSError as exc:
         print(f"b12comment replay: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return EXIT_IO
 
 
 def summary(r: dict) -> str:
     lines = [
-        f"replayed {r['files']} files, {r['messages']} messages in {r['elapsed_s']} s "
+        f"replayed {plural(r['files'], 'file')}, {plural(r['messages'], 'message')} in {r['elapsed_s']} s "
         f"({r['messages_per_s'] or 0:,.0f} msg/s)",
-        f"  commented: {r['commented']}; paediatric B12 results: {r['paediatric_b12_results']}, "
+        f"  messages commented: {r['commented']}; paediatric B12 results: {r['paediatric_b12_results']}, "
         f"elevated {r['paediatric_b12_elevated']}, commented {r['paediatric_b12_commented']}",
         f"  malformed messages: {r['malformed']}; files without HL7: {len(r['files_without_hl7'])}; "
         f"batch count mismatches: {len(r['batch_count_mismatches'])}; errors: {len(r['errors'])}",
