@@ -97,3 +97,38 @@ def test_escape_text():
     assert escape_text("line\nbreak ø", DEFAULT_DELIMITERS) == b"line?break ?"
     no_escape = Delimiters(b"|", b"^", b"~", None, b"&", None)
     assert escape_text("a|b^c", no_escape) == b"a b c"
+
+
+def test_accept_ack_from_its_template_is_build_ack_byte_for_byte():
+    """The AA built from a per-dialect template is build_ack's AA, for every
+    message of the corpus and samples and for odd headers (short MSH, no
+    version, a character set, other delimiters, old versions)."""
+    from paths import corpus_files, sample_files
+
+    from b12comment.core.segments import Malformed, read_header
+    from b12comment.replay.inputs import split_messages
+    from b12comment.serve.ack import ACCEPT, accept_ack, build_ack
+
+    messages = [
+        p.data
+        for path in corpus_files() + sample_files()
+        for p in split_messages(path.read_bytes())
+        if p.kind == "message"
+    ]
+    messages += [
+        b"MSH|^~\\&|A\r",
+        b"MSH|^~|A|B|C|D|2024||ORU^R01|X1|T|2.3\r",
+        b"MSH#$%*@#A#B#C#D#2024##ORU$R01#X2#P#2.8.2#####UNICODE UTF-8\r",
+        b"MSH|^~\\&|A|B|C|D|2024||ORU|X3||2.1\r",
+        b"MSH|^~\\&|A|B|C|D|2024||ORU^R01^ORU_R01|X4|P|\r",
+    ]
+    checked = 0
+    for i, m in enumerate(messages):
+        try:
+            header = read_header(m)
+        except Malformed:
+            continue
+        for cid, ts in ((f"ACK{i}", "20240101120000+0100"), ("B", "2025")):
+            assert accept_ack(header, cid, ts) == build_ack(m, ACCEPT, cid, ts, header=header), m[:80]
+            checked += 1
+    assert checked > 200

@@ -61,6 +61,18 @@ def test_same_control_id_other_bytes_is_a_new_message(journal):
     assert len(journal.rows()) == 2
 
 
+def test_retransmission_is_found_by_its_bytes_without_a_hash(journal, tmp_path):
+    """A message whose control ID was not seen before is stored without
+    hashing it; a retransmission is found by comparing the bytes of the rows
+    with its control ID (so a stored digest plays no part)."""
+    first = record(journal, MSG1, "C1", retransmit_window_s=60, now=1000.0)
+    other = sqlite3.connect(tmp_path / "j.sqlite3")
+    assert other.execute("SELECT digest FROM messages WHERE id = ?", (first.id,)).fetchone() == (b"",)
+    other.close()
+    again = record(journal, MSG1, "C1", retransmit_window_s=60, now=1001.0)
+    assert again.duplicate and again.id == first.id
+
+
 def test_retransmission_after_window_is_stored_again(journal):
     record(journal, MSG1, "C1", retransmit_window_s=60, now=1000.0)
     late = record(journal, MSG1, "C1", retransmit_window_s=60, now=1061.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from b12comment.core.segments import DEFAULT_DELIMITERS, Delimiters, Header, Malformed, escape, read_header
 
@@ -104,6 +105,38 @@ def build_ack(
             segments.append([b"ERR", d.component * 3 + coded])
             msa.append(text)
     return b"".join(d.field.join(seg) + b"\r" for seg in segments)
+
+
+def accept_ack(header: Header, control_id: str, timestamp: str) -> bytes:
+    """build_ack(received, ACCEPT, control_id, timestamp, header=header), from
+    a template per sender dialect: what stays the same between one sender's
+    messages (delimiters, applications, version, processing ID, trigger,
+    character set) is joined once; only the timestamp, the ACK's control ID
+    and MSA-2 are filled in per message (a test holds it equal to build_ack)."""
+    f = header.field
+    head, middle, tail = _accept_template(
+        header.delimiters, (f(2), f(3), f(4), f(5), f(6), f(11), f(12), f(18)), header.version, header.trigger_event
+    )
+    return b"".join((head, timestamp.encode("ascii"), middle, control_id.encode("ascii"), tail, f(10), b"\r"))
+
+
+@lru_cache(maxsize=256)
+def _accept_template(
+    d: Delimiters, fields: tuple[bytes, ...], version: str, trigger_event: str
+) -> tuple[bytes, bytes, bytes]:
+    """(up to MSH-7, MSH-8 to MSH-10, after MSH-10 to MSA-2) of an AA."""
+    encoding_chars, sending_app, sending_fac, receiving_app, receiving_fac, processing_id, version_field, charset = (
+        fields
+    )
+    fs = d.field
+    message_type = _message_type(trigger_event.encode("latin-1"), _version_tuple(version), d)
+    head = fs.join([b"MSH", encoding_chars, receiving_app, receiving_fac, sending_app, sending_fac, b""])
+    middle = fs.join([b"", b"", message_type, b""])
+    rest = [processing_id or b"P", version_field or DEFAULT_VERSION]
+    if charset:
+        rest += [b""] * 5 + [charset]
+    tail = fs.join([b"", *rest]) + b"\r" + fs.join([b"MSA", ACCEPT.encode("ascii"), b""])
+    return head, middle, tail
 
 
 def _message_type(trigger: bytes, version: tuple[int, ...], d: Delimiters) -> bytes:

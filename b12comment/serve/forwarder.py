@@ -35,6 +35,7 @@ import random
 import re
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +106,34 @@ class DirTransport:
     """Folder drop: write a temporary name, fsync, rename, fsync the folder,
     so a reader never sees half a file. Same name on a resend: idempotent."""
 
+    # fsyncs of one batch run this many at a time: the filesystem commits the
+    # ones that wait together in one journal transaction (group commit), where
+    # one after another each waits for a commit of its own.
+    FSYNC_THREADS = 8
+
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
+        self._fsyncs: ThreadPoolExecutor | None = None
+
+    def _fsync_all(self, fds: list[int]) -> tuple[int, OSError | None]:
+        """fsync every fd; (how many from the first are durable, the first error)."""
+        if len(fds) == 1:
+            try:
+                os.fsync(fds[0])
+            except OSError as exc:
+                return 0, exc
+            return 1, None
+        if self._fsyncs is None:
+            self._fsyncs = ThreadPoolExecutor(self.FSYNC_THREADS, thread_name_prefix="b12-fsync")
+        futures = [self._fsyncs.submit(os.fsync, fd) for fd in fds]
+        synced, error = 0, None
+        for future in futures:  # wait for all of them: their fds are closed next
+            failed = future.exception()
+            if failed is not None and error is None:
+                error = failed if isinstance(failed, OSError) else OSError(str(failed))
+            if error is None:
+                synced += 1
+        return synced, error
 
     def path_for(self, row: Row) -> Path:
         return self.folder / f"{row.id:012d}_{safe_name(row.control_id)}.hl7"
@@ -126,10 +153,10 @@ class DirTransport:
     def _write_many(self, rows: list[Row]) -> tuple[int, OSError | None]:
         """(rows whose files are durably in place, the error that stopped it).
 
-        Every file is written, then every file fsynced, then renamed into
-        place in journal order, then the folder fsynced once: the same
-        guarantees as one file at a time, with less work in the filesystem
-        (a file's fsync often finds its metadata written by the one before)."""
+        Every file is written, then every file fsynced (several at once, so
+        the filesystem commits them together), then renamed into place in
+        journal order, then the folder fsynced once: the same guarantees as
+        one file at a time, with less work in the filesystem."""
         error: OSError | None = None
         opened: list[tuple[int, Path, Path]] = []  # (fd, temporary name, final name)
         written = 0
@@ -146,13 +173,9 @@ class DirTransport:
                 written += 1
         except OSError as exc:
             error = exc
-        synced = 0
         try:
-            for fd, _, _ in opened[:written]:
-                os.fsync(fd)
-                synced += 1
-        except OSError as exc:
-            error = exc
+            synced, fsync_error = self._fsync_all([fd for fd, _, _ in opened[:written]])
+            error = error or fsync_error
         finally:
             for fd, _, _ in opened:
                 with contextlib.suppress(OSError):
@@ -172,7 +195,9 @@ class DirTransport:
         return done, error
 
     async def close(self) -> None:
-        pass
+        if self._fsyncs is not None:
+            self._fsyncs.shutdown(wait=True)
+            self._fsyncs = None
 
 
 class MllpTransport:

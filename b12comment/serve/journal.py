@@ -344,25 +344,27 @@ class Journal:
     @staticmethod
     def _arrive(cur, a: Arrival) -> Receipt | int:
         now = time.time() if a.now is None else a.now
-        sha = digest(a.raw)
         if isinstance(a, InvalidFrame):
             return cur.execute(
                 "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, digest, "
                 "raw, state, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'invalid', ?)",
-                (now, now, a.peer, a.conn_seq, a.control_id, a.message_type, sha, a.raw, a.reason),
+                (now, now, a.peer, a.conn_seq, a.control_id, a.message_type, digest(a.raw), a.raw, a.reason),
             ).lastrowid
         if a.retransmit_window_s > 0:
+            # A retransmission is the same bytes under the same control ID: the
+            # index on control_id finds the few rows to compare (usually none),
+            # so a new message costs no hash at all.
             hit = cur.execute(
-                "SELECT id FROM messages WHERE control_id = ? AND digest = ? AND received_at >= ? "
-                "AND state != 'invalid' ORDER BY id DESC LIMIT 1",
-                (a.control_id, sha, now - a.retransmit_window_s),
+                "SELECT id FROM messages WHERE control_id = ? AND received_at >= ? "
+                "AND state != 'invalid' AND raw = ? ORDER BY id DESC LIMIT 1",
+                (a.control_id, now - a.retransmit_window_s, a.raw),
             ).fetchone()
             if hit:
                 return Receipt(hit[0], True)
         cur.execute(
             "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, "
             "digest, raw, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'received')",
-            (now, now, a.peer, a.conn_seq, a.control_id, a.message_type, sha, a.raw),
+            (now, now, a.peer, a.conn_seq, a.control_id, a.message_type, b"", a.raw),
         )
         return Receipt(cur.lastrowid, False)
 

@@ -36,6 +36,7 @@ from b12comment.serve.ack import (
     REJECT,
     SEGMENT_SEQUENCE_ERROR,
     AckError,
+    accept_ack,
     build_ack,
 )
 from b12comment.serve.journal import JournalError, Receipt
@@ -109,7 +110,7 @@ class Intake:
         if not receipt.duplicate:
             self.on_journaled()
         fields.update(journal_id=receipt.id, duplicate=receipt.duplicate)
-        return Answer(build_ack(payload, ACCEPT, _ack_id(), _now_dtm(), header=header), ACCEPT, fields)
+        return Answer(accept_ack(header, _ack_id(), _now_dtm()), ACCEPT, fields)
 
     def oversize(self, size: int, head: bytes, limit: int, peer: str, seq: int) -> Coroutine[Any, Any, Answer]:
         try:
