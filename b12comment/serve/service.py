@@ -27,6 +27,7 @@ import sys
 from b12comment import logs
 from b12comment.config import Config
 from b12comment.context import ContextError
+from b12comment.errors import EXIT_OK, EXIT_USAGE, B12Error
 from b12comment.serve.aio import wait_event
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.http import HttpServer
@@ -37,17 +38,13 @@ from b12comment.serve.metrics import Metrics, MetricsServer
 from b12comment.serve.processing import ContextStage, Processor, open_context
 from b12comment.serve.tls import TlsError, server_context
 
-EXIT_OK, EXIT_IO, EXIT_USAGE = 0, 1, 2
 PRUNE_EVERY_S = 3600.0
 LINGER_S = 0.05  # how long a new message may wait for others to join its processing batch
 
 
-class StartupError(Exception):
-    """serve cannot start; the message is the one line to print."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_IO):
-        super().__init__(message)
-        self.exit_code = exit_code
+class StartupError(B12Error):
+    """serve cannot start; the message is the one line to print (exit 1, or 2
+    for a setting that can never work)."""
 
 
 class Service:
