@@ -86,7 +86,7 @@ def test_the_quick_start_runs(tmp_path):
         serve.wait(timeout=30)
     assert serve.returncode == 0
     sent = results["send"].stdout.splitlines()
-    samples = [line for line in sent[:-1]]
+    samples = sent[:-1]
     assert samples and all(" AA  MSA-2 matches " in line for line in samples), sent
     outbox = tmp_path / "var" / "outbox"
     assert len(list(outbox.glob("*.hl7"))) == len(samples)  # the listener dropped every one
