@@ -34,11 +34,12 @@ class RecordingLog:
 class Endpoint:
     """HttpServer(cfg) serving on 127.0.0.1 from a thread; `with Endpoint(...) as ep:`."""
 
-    def __init__(self, rule: RuleConfig | None = None, server_cls=HttpServer, **cfg):
+    def __init__(self, rule: RuleConfig | None = None, server_cls=HttpServer, context=None, **cfg):
         cfg.setdefault("port", 0)
         self.cfg = dataclasses.replace(HttpConfig(enabled=True), **cfg)
         self.rule = rule or RuleConfig()
         self.server_cls = server_cls
+        self.context = context  # a ContextStage (serve.processing.open_context), or None
         self.log = RecordingLog()
         self.metrics = Metrics()
         self.port = 0
@@ -62,7 +63,7 @@ class Endpoint:
         self._stop = asyncio.Event()
         c = self.cfg
         ctx = server_context(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert else None
-        self.server = self.server_cls(c, self.rule, self.log, self.metrics, ctx)
+        self.server = self.server_cls(c, self.rule, self.log, self.metrics, ctx, context=self.context)
         try:
             await self.server.start()
         except BaseException as exc:

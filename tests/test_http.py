@@ -18,9 +18,11 @@ from paths import corpus_files
 from service_helpers import wait_until
 from test_rule_cases import CASES
 
+from b12comment.config import ContextConfig
 from b12comment.core.decision import RULE_VERSION
 from b12comment.core.engine import process
 from b12comment.core.rule_config import TEXT_DA, RuleConfig
+from b12comment.serve.processing import open_context
 
 RULE = RuleConfig()
 HL7_TYPES = ["application/hl7-v2", "application/hl7-v2+er7", "x-application/hl7-v2+er7", "text/plain"]
@@ -431,3 +433,41 @@ def test_cornerstone_cases_decide_the_same_through_http_as_through_process(ep, c
     assert answer.headers["x-b12comment-decision"] == ("commented" if commented else "unchanged")
     assert answer.headers["x-b12comment-reasons"] == ",".join(decision.reasons) == ",".join(reasons)
     assert answer.body == out
+
+
+# -- the patient's context: every request reads and updates it, none is held
+
+
+def test_context_store_vetoes_a_b12_after_an_abnormal_blood_count_of_the_same_patient(tmp_path):
+    store = tmp_path / "context.sqlite3"
+    stage = open_context(ContextConfig(store=str(store), key_file=str(tmp_path / "context.key")))
+    low_hb = Obx(code="718-7^Hemoglobin^LN", value="6.1", units="mmol/L", range="6.5-8.5", flags="L")
+    blood_count = build(with_b12=False, others=(low_hb,)).replace(b"CTRL0001", b"CBC00001")
+    b12 = build(patient_name="Hemmeligsen^Ulla").replace(b"CTRL0001", b"B12C0001")
+    other_child = build(birth="20170101").replace(b"0101169999", b"0202179999").replace(b"CTRL0001", b"B12C0002")
+    other_child = other_child.replace(b"|ORD1|FIL1|", b"|ORD9|FIL9|")  # and another requisition
+    with Endpoint(context=stage) as ep:
+        conn = ep.connection()
+        assert post(conn, blood_count).headers["x-b12comment-decision"] == "unchanged"
+        vetoed = post(conn, b12)
+        assert vetoed.status == 200 and vetoed.body == b12
+        assert vetoed.headers["x-b12comment-decision"] == "unchanged"
+        assert vetoed.headers["x-b12comment-reasons"] == "other_abnormal_recent"
+        # another patient: commented, decided at once
+        assert post(conn, other_child).headers["x-b12comment-decision"] == "commented"
+    assert b"Hemmeligsen" not in store.read_bytes() and b"0101169999" not in store.read_bytes()
+
+
+def test_context_review_alert_for_a_later_abnormal_result_through_http(tmp_path):
+    stage = open_context(ContextConfig(store=str(tmp_path / "c.sqlite3"), key_file=str(tmp_path / "c.key")))
+    b12 = build()
+    later = build(
+        with_b12=False, others=(Obx(code="1742-6^ALT^LN", value="90", units="U/L", range="10-45", flags="H"),)
+    )
+    with Endpoint(context=stage) as ep:
+        conn = ep.connection()
+        assert post(conn, b12).headers["x-b12comment-decision"] == "commented"
+        post(conn, later.replace(b"CTRL0001", b"ALT00001"))
+        alerts = ep.log.events("comment_contradicted")
+        assert [(a["comment_control_id"], a["control_id"]) for a in alerts] == [("CTRL0001", "ALT00001")]
+        assert ep.metrics.value("b12comment_comments_contradicted_total") == 1

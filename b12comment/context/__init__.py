@@ -39,14 +39,16 @@ def decide(
     *,
     record: bool = True,
     watch: bool = True,
+    text_codec: str | None = None,
 ) -> Outcome:
     """process() with the context: the message's rows are kept (`record`),
     then, if the message alone would get a comment, it is decided again with
     what the store knows of its requisition and patient (a context can only
     take a comment away, so the look-up is needed only then). With `watch`,
     earlier comments of the patient that this message contradicts are found.
-    `seq` orders the messages: later rows supersede earlier ones."""
-    out, decision = process(message, rule)
+    `seq` orders the messages: later rows supersede earlier ones.
+    `text_codec`: the message's character set known from outside it (HTTP)."""
+    out, decision = process(message, rule, text_codec=text_codec)
     if store is None or mode == "message":
         return Outcome(out, decision)
     ex = extract(message, rule)
@@ -55,7 +57,7 @@ def decide(
     if record:
         store.add(seq, ex)
     if decision.commented:
-        out, decision = process(message, rule, store.context(seq, ex, mode, lookback_days))
+        out, decision = process(message, rule, store.context(seq, ex, mode, lookback_days), text_codec=text_codec)
         if decision.commented:
             store.add_comment(seq, ex)
     contradicts: tuple[str, ...] = ()

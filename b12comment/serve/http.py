@@ -42,6 +42,7 @@ from http import HTTPStatus
 import h11
 
 from b12comment.config import HttpConfig
+from b12comment.context import Outcome
 from b12comment.core import charset
 from b12comment.core.decision import INTERNAL_ERROR, MALFORMED, RULE_VERSION, Decision
 from b12comment.core.engine import has_b12_code, process
@@ -52,6 +53,7 @@ from b12comment.serve.ack import REJECT, SEGMENT_SEQUENCE_ERROR, AckError, build
 from b12comment.serve.listener import _ack_id, _now_dtm
 from b12comment.serve.metrics import Metrics
 from b12comment.serve.peers import PeerFilter
+from b12comment.serve.processing import ContextStage
 
 HL7_TYPES = frozenset({"application/hl7-v2", "application/hl7-v2+er7", "x-application/hl7-v2+er7", "text/plain"})
 FALLBACK_CODEC = "iso8859-1"  # no charset parameter and no MSH-18
@@ -89,6 +91,7 @@ class HttpServer:
         ssl_context: ssl.SSLContext | None = None,
         healthy: Callable[[], Awaitable[bool]] | None = None,
         queue_depth: Callable[[], Awaitable[int]] | None = None,
+        context: ContextStage | None = None,
     ):
         self.cfg, self.rule, self.log, self.metrics = cfg, rule, log, metrics
         self.ssl_context = ssl_context
@@ -100,6 +103,8 @@ class HttpServer:
         self._idle: set[asyncio.Task] = set()  # connections waiting for their next request
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-process")
+        self.context = context  # its own store connection, used on the worker thread only
+        self._seq = 0
 
     async def start(self) -> None:
         """Listen; raises OSError when the address cannot be bound."""
@@ -121,20 +126,68 @@ class HttpServer:
                 task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
-        self._executor.shutdown(wait=False)
+        self._executor.shutdown(wait=True)  # a decision in hand finishes before the store closes
+        if self.context is not None:
+            self.context.close()
 
     # -- the engine: the one place a message is decided
 
     async def _decide(self, message: bytes, text_codec: str | None) -> tuple[bytes, Decision]:
         """Decide one message at once (never held, never journaled): the
-        processed bytes and the Decision. A message without a B12 code is
-        decided on the event loop (microseconds); one with a B12 code on a
-        worker thread, so that the MLLP listener on the same loop keeps
-        answering while hl7apy reads it."""
+        processed bytes and the Decision.
+
+        With a context store, every message updates it and a message that
+        would get a comment is decided with it, as serve's own messages are;
+        the store is used on this server's one worker thread, and its rows
+        are committed before the answer. Without one, a message without a
+        B12 code is decided on the event loop (microseconds) and one with a
+        B12 code on the worker thread, so that the MLLP listener on the same
+        loop keeps answering while hl7apy reads it."""
+        loop = asyncio.get_running_loop()
+        if self.context is not None and self.context.mode != "message":
+            seq = self._next_seq()
+            out, decision, outcome, store_error = await loop.run_in_executor(
+                self._executor, self._decide_in_context, seq, message, text_codec
+            )
+            if store_error:
+                self.log.error("context_unavailable", stage="http", error=store_error)
+            for comment_id in outcome.contradicts if outcome is not None else ():
+                self.metrics.inc("b12comment_comments_contradicted_total")
+                self.log.warning(
+                    "comment_contradicted",
+                    comment_control_id=comment_id,
+                    control_id=decision.control_id,
+                    why=outcome.why if outcome is not None else "",
+                    action="review the earlier comment (b12comment queue review)",
+                )
+            return out, decision
         if has_b12_code(message, self.rule):
-            loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, _safe_process, message, self.rule, text_codec)
         return _safe_process(message, self.rule, text_codec)
+
+    def _decide_in_context(
+        self, seq: int, message: bytes, text_codec: str | None
+    ) -> tuple[bytes, Decision, Outcome | None, str | None]:
+        """On the worker thread: decide with the store, then commit its rows."""
+        assert self.context is not None
+        try:
+            outcome: Outcome | None = self.context.decide(seq, message, self.rule, text_codec)
+            assert outcome is not None
+            out, decision = outcome.output, outcome.decision
+            if not decision.commented and out != message:
+                out = message
+        except Exception as exc:
+            outcome = None
+            out, decision = message, Decision(False, (INTERNAL_ERROR,), detail=type(exc).__name__)
+        return out, decision, outcome, self.context.commit()
+
+    def _next_seq(self) -> int:
+        """The arrival order in the context store for a request: microseconds
+        since the epoch (strictly increasing). It never meets serve's journal
+        ids, so an HTTP message never replaces the rows of a journaled one;
+        if one store is fed by both, HTTP messages count as the newer."""
+        self._seq = max(self._seq + 1, time.time_ns() // 1000)
+        return self._seq
 
     async def _transform(self, body: bytes, param_codec: str | None) -> tuple[bytes, list[Decision], str]:
         """Every message of the body decided; other bytes (an HL7 batch's

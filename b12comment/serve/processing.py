@@ -53,14 +53,16 @@ class ContextStage:
     def mode(self) -> str:
         return self.settings.mode if self.store is not None else "message"
 
-    def decide(self, seq: int, raw: bytes, rule) -> Outcome:
+    def decide(self, seq: int, raw: bytes, rule, text_codec: str | None = None) -> Outcome:
         if self.store is None:
-            out, decision = process(raw, rule)
+            out, decision = process(raw, rule, text_codec=text_codec)
             return Outcome(out, decision)
         try:
-            return decide(self.store, seq, raw, rule, self.settings.mode, self.settings.lookback_days)
+            return decide(
+                self.store, seq, raw, rule, self.settings.mode, self.settings.lookback_days, text_codec=text_codec
+            )
         except Exception as exc:  # ContextError, or anything else the store does: no comment without it
-            out, decision = process(raw, rule)
+            out, decision = process(raw, rule, text_codec=text_codec)
             if decision.commented:
                 decision = dataclasses.replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,))
                 out = raw

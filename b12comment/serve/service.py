@@ -79,6 +79,12 @@ class Service:
         except TlsError as exc:
             await self._stop_mllp()
             raise StartupError(str(exc), EXIT_USAGE) from None
+        try:
+            # Its own connection to the store: the processing stage keeps its own on its own thread.
+            context = open_context(self.config.context)
+        except ContextError as exc:
+            await self._stop_mllp()
+            raise StartupError(str(exc)) from None
         mllp = self.config.listener.enabled
         self.http_server = HttpServer(
             http,
@@ -88,10 +94,12 @@ class Service:
             ssl_ctx,
             healthy=self.journal.available if mllp else None,
             queue_depth=self.journal.depth if mllp else None,
+            context=context,
         )
         try:
             await self.http_server.start()
         except OSError as exc:
+            context.close()
             await self._stop_mllp()
             raise StartupError(f"cannot listen on {http.host}:{http.port} (http): {exc.strerror or exc}") from None
         self.log.info(
@@ -99,6 +107,7 @@ class Service:
             host=http.host,
             port=self.http_server.port,
             path=http.path,
+            context=context.mode,
             tls=ssl_ctx is not None,
             mutual_tls=bool(http.tls_client_ca),
         )
