@@ -61,6 +61,7 @@ _BATCH_START = re.compile(rb"[\xef\xbb\xbf \t\r\n\x00]*(FHS|BHS)")  # as replay'
 READ_SIZE = 65536
 MAX_HEAD_BYTES = 16384  # request line and headers (h11 answers 431 beyond)
 LINGER_S, LINGER_BYTES = 2.0, 8 * 1024 * 1024  # reading an unread body after the answer, before closing
+LINGER_REFUSED_S = 0.5  # ... and the request of a connection refused with 503
 
 
 @dataclass
@@ -222,6 +223,7 @@ class HttpServer:
                 conn = h11.Connection(h11.SERVER)
                 reply = _text(503, "too many connections; try again shortly", close=True)
                 writer.write(_encode(conn, reply, (("Retry-After", "1"),)))
+                await _linger(reader, writer, LINGER_REFUSED_S)
             writer.close()
             return
         self._connections.add(task)
@@ -456,7 +458,7 @@ class HttpServer:
         )
 
 
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float = LINGER_S) -> None:
     """Close gently a connection whose request body was not read: say we are
     done writing, then read and drop what the client still sends (for a short
     while). Closing at once with unread bytes makes the kernel reset the
@@ -465,7 +467,7 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
-        async with asyncio.timeout(LINGER_S):
+        async with asyncio.timeout(timeout_s):
             for _ in range(LINGER_BYTES // READ_SIZE):
                 if not await reader.read(READ_SIZE):
                     break
