@@ -471,3 +471,38 @@ def test_context_review_alert_for_a_later_abnormal_result_through_http(tmp_path)
         alerts = ep.log.events("comment_contradicted")
         assert [(a["comment_control_id"], a["control_id"]) for a in alerts] == [("CTRL0001", "ALT00001")]
         assert ep.metrics.value("b12comment_comments_contradicted_total") == 1
+
+
+def read_responses(s: socket.socket, count: int) -> list[bytes]:
+    """Raw responses off a socket, each with its Content-Length body."""
+    data, out = b"", []
+    while len(out) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            assert chunk, (out, data)
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+        while len(data) < length:
+            data += s.recv(65536)
+        out.append(head + b"\r\n\r\n" + data[:length])
+        data = data[length:]
+    return out
+
+
+def test_pipelined_requests_are_answered_in_order(ep):
+    one, two = build(birth="19700101"), build(birth="19800101").replace(b"CTRL0001", b"CTRL0002")
+    request = b"POST /hl7 HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", ep.port), timeout=10) as s:
+        s.sendall(request % len(one) + one + request % len(two) + two)
+        first, second = read_responses(s, 2)
+    assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(one)
+    assert second.startswith(b"HTTP/1.1 200 OK") and second.endswith(two)
+
+
+def test_bad_http_is_400_and_the_server_keeps_serving(ep):
+    with socket.create_connection(("127.0.0.1", ep.port), timeout=10) as s:
+        s.sendall(b"this is not HTTP\r\n\r\n")
+        (reply,) = read_responses(s, 1)
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"bad HTTP request" in reply
+    assert post(ep.connection(), build()).status == 200
