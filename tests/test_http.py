@@ -14,7 +14,7 @@ import pytest
 import trustme
 from builders import Obx, build
 from http_helpers import Endpoint, post, read
-from paths import corpus_files
+from paths import corpus_files, sample_files
 from service_helpers import wait_until
 from test_rule_cases import CASES
 
@@ -506,3 +506,13 @@ def test_bad_http_is_400_and_the_server_keeps_serving(ep):
         (reply,) = read_responses(s, 1)
     assert reply.startswith(b"HTTP/1.1 400 ") and b"bad HTTP request" in reply
     assert post(ep.connection(), build()).status == 200
+
+
+def test_the_one_message_fast_path_cuts_bodies_as_replay_does():
+    from b12comment.replay.inputs import split_messages
+    from b12comment.serve.http import _pieces
+
+    bodies = [p.read_bytes() for p in corpus_files() + sample_files()]
+    bodies += [build(), build() + build(), b"MSH|^~\\&|A\rMSH|^~\\&|B\r", b"MSH|^~\\&|A\rBTS|1\r", b" MSH|x", b""]
+    for body in bodies:
+        assert _pieces(body) == split_messages(body)

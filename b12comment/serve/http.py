@@ -48,7 +48,7 @@ from b12comment.core.decision import INTERNAL_ERROR, MALFORMED, RULE_VERSION, De
 from b12comment.core.engine import has_b12_code, process
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.segments import Malformed, read_header
-from b12comment.replay.inputs import split_messages
+from b12comment.replay.inputs import Piece, split_messages
 from b12comment.serve.ack import REJECT, SEGMENT_SEQUENCE_ERROR, AckError, build_ack
 from b12comment.serve.listener import _ack_id, _now_dtm
 from b12comment.serve.metrics import Metrics
@@ -194,7 +194,7 @@ class HttpServer:
         """Every message of the body decided; other bytes (an HL7 batch's
         FHS/BHS/BTS/FTS lines) copied as they are. Returns the bytes, the
         decisions (none: the body holds no HL7 message) and the charset label."""
-        pieces = split_messages(body)
+        pieces = _pieces(body)
         out: list[bytes] = []
         decisions: list[Decision] = []
         label = charset.http_label(param_codec) if param_codec else ""
@@ -498,6 +498,17 @@ def _content_type(value: str) -> tuple[str, dict[str, str]]:
         if sep:
             params[key.strip().lower()] = val.strip().strip('"')
     return media.strip().lower(), params
+
+
+def _pieces(body: bytes) -> list[Piece]:
+    """The body cut as replay cuts a file (messages, batch lines); the common
+    case, one message and nothing else, without the regular expression."""
+    if body.startswith(b"MSH") and body.find(b"MSH", 3) < 0 and not any(t in body for t in _BATCH_TAGS):
+        return [Piece("message", body)]
+    return split_messages(body)
+
+
+_BATCH_TAGS = (b"FHS", b"BHS", b"BTS", b"FTS")
 
 
 def _codec_from_msh18(message: bytes) -> str | None:
