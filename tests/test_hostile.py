@@ -212,6 +212,9 @@ def hostile(tmp_path_factory):
         journal=dict(path=str(h.journal)),
         downstream=dict(url=h.down.url, timeout_s=10.0, retry_initial_s=0.05, retry_max_s=0.5),
         logging=dict(format="json", level="info"),
+        # Each message decided on its own: the good client repeats a few patients,
+        # and the check below compares each delivery with process() of the message.
+        context=dict(mode="message"),
     )
     h.serve = Serve(cfg).start()
     h.monitor = RssMonitor(h.serve.proc.pid, interval=0.05)
