@@ -16,6 +16,16 @@ from b12comment import __version__
 from b12comment.config import Config, load_config
 from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error, UsageError, describe_os_error
 
+# replay: each worker holds about 22 MB (its interpreter, hl7apy's tables, one
+# message) beside the main process's 35 MB (bench/README.md), so four keep a
+# run with the default under 150 MB on any machine.
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers() -> int:
+    """replay's --workers when none is given: the number of cores, at most four."""
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+
 
 def _with_config(sp: argparse.ArgumentParser, default=None) -> argparse.ArgumentParser:
     sp.add_argument(
@@ -174,9 +184,10 @@ def _add_replay(sub) -> None:
     sp.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
+        default=default_workers(),
         metavar="N",
-        help="worker processes (default: the number of cores); output is the same for any N",
+        help=f"worker processes (default: the number of cores, at most {MAX_DEFAULT_WORKERS}); "
+        "output is the same for any N",
     )
     sp.add_argument(
         "--skip-non-hl7",

@@ -4,15 +4,19 @@ Mix: ORU^R01 with 5 to 40 OBX (some with several OBR groups), ADT and ORM
 traffic; about 3% of messages carry a total-B12 result, a fifth of those are
 paediatric and half of those elevated, some with other abnormal results;
 ISO 8859-1 Danish names; messages of 1 KB to 50 KB, and a few with 5,000 OBX;
-a few files are HL7 batch files. Same seed, same bytes.
+a few files are HL7 batch files. Same seed, same bytes. That is the team mix;
+`--mix realistic` has about 2% of ORU with a B12 result, a tenth of those
+children's, and `--mix dense` makes every message an ORU with a B12 result
+beside a 10-result normal panel, half of them children's.
 
-    python bench/generate.py OUT_DIR --messages 100000 [--seed 1]
+    python bench/generate.py OUT_DIR --messages 100000 [--seed 1] [--mix team|realistic|dense]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -99,16 +103,34 @@ def _b12(i: int, rng: random.Random, elevated: bool, when: str) -> str:
     return f"OBX|{i}|NM|NPU01700^P-Cobalamin^IUPP||{rng.randrange(250, 850)}|pmol/L|200-900|N|||F|||{when}"
 
 
-def oru(n: int, rng: random.Random, day: date) -> bytes:
-    b12 = rng.random() < 0.03
-    paediatric = b12 and rng.random() < 0.2
+@dataclass(frozen=True)
+class Mix:
+    """What share of the archive carries a B12 result, and of those how many
+    are children's; `dense`: every message an ORU with a B12 result beside a
+    10-result normal panel."""
+
+    b12: float
+    children: float
+    dense: bool = False
+
+
+MIXES = {
+    "team": Mix(0.03, 0.2),  # the team's night: 3% of ORU with a B12, a fifth of them children
+    "realistic": Mix(0.02, 0.1),  # about 2% with a B12, about 10% of those children
+    "dense": Mix(1.0, 0.5, dense=True),  # every message a B12 order, half of them children
+}
+
+
+def oru(n: int, rng: random.Random, day: date, mix: Mix = MIXES["team"]) -> bytes:
+    b12 = rng.random() < mix.b12
+    paediatric = b12 and rng.random() < mix.children
     elevated = rng.random() < 0.5 if b12 else False
-    other_abnormal = rng.random() < (0.3 if b12 else 0.4)
+    other_abnormal = rng.random() < (0.3 if b12 else 0.4) and not mix.dense
     age = rng.randrange(0, 18) if paediatric else rng.randrange(18, 95)
     birth = day - timedelta(days=365 * age + rng.randrange(365))
     collected = _ts(day, rng)
-    huge = rng.random() < 0.00005
-    n_obx = 5000 if huge else rng.randrange(5, 41)
+    huge = rng.random() < 0.00005 and not mix.dense
+    n_obx = 11 if mix.dense else 5000 if huge else rng.randrange(5, 41)
     groups = 1 if n_obx < 12 or rng.random() < 0.6 else rng.randrange(2, 4)
     segs = [
         f"MSH|^~\\&|KBA-LAB|AUH|EPIC|AUH|{_ts(day, rng)}||ORU^R01^ORU_R01|L{n:09d}|P|2.5.1|||AL|NE|DNK|8859/1",
@@ -160,16 +182,18 @@ def orm(n: int, rng: random.Random, day: date) -> bytes:
     return ("\r".join(segs) + "\r").encode("latin-1")
 
 
-def message(n: int, rng: random.Random, day: date) -> bytes:
+def message(n: int, rng: random.Random, day: date, mix: Mix = MIXES["team"]) -> bytes:
+    if mix.dense:
+        return oru(n, rng, day, mix)
     r = rng.random()
     if r < 0.7:
-        return oru(n, rng, day)
+        return oru(n, rng, day, mix)
     if r < 0.85:
         return adt(n, rng, day)
     return orm(n, rng, day)
 
 
-def generate(out: Path, messages: int, seed: int = 1, per_file: int = 2000) -> list[Path]:
+def generate(out: Path, messages: int, seed: int = 1, per_file: int = 2000, mix: str = "team") -> list[Path]:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     day = date(2026, 11, 1)
@@ -183,7 +207,7 @@ def generate(out: Path, messages: int, seed: int = 1, per_file: int = 2000) -> l
             if batch:
                 fh.write(b"FHS|^~\\&|KBA-LAB|AUH\rBHS|^~\\&|KBA-LAB|AUH\r")
             for _ in range(count):
-                fh.write(message(n, rng, day))
+                fh.write(message(n, rng, day, MIXES[mix]))
                 n += 1
             if batch:
                 fh.write(f"BTS|{count}\rFTS|1\r".encode())
@@ -197,8 +221,9 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--mix", choices=sorted(MIXES), default="team")
     args = p.parse_args()
-    paths = generate(args.out, args.messages, args.seed)
+    paths = generate(args.out, args.messages, args.seed, mix=args.mix)
     size = sum(p.stat().st_size for p in paths)
     print(f"{args.messages} messages in {len(paths)} files, {size / 1e6:.1f} MB, under {args.out}")
 
