@@ -516,3 +516,17 @@ def test_the_one_message_fast_path_cuts_bodies_as_replay_does():
     bodies += [build(), build() + build(), b"MSH|^~\\&|A\rMSH|^~\\&|B\r", b"MSH|^~\\&|A\rBTS|1\r", b" MSH|x", b""]
     for body in bodies:
         assert _pieces(body) == split_messages(body)
+
+
+def test_stop_closes_connections_waiting_for_a_request_and_finishes_the_one_in_hand():
+    ep = Endpoint(request_timeout_s=60.0, idle_timeout_s=60.0).__enter__()
+    idle = ep.connection()
+    assert post(idle, build()).status == 200  # kept alive, waiting for its next request
+    trickling = socket.create_connection(("127.0.0.1", ep.port), timeout=10)
+    trickling.sendall(b"POST /hl7 HTTP/1.1\r\nHost: x\r\n")  # half a request
+    time.sleep(0.2)
+    started = time.monotonic()
+    ep.__exit__(None, None, None)
+    assert time.monotonic() - started < 5  # not the 60 s timeouts
+    assert trickling.recv(100) == b"" and idle.sock.recv(100) == b""
+    trickling.close()

@@ -101,7 +101,7 @@ class HttpServer:
         self._healthy, self._queue_depth = healthy, queue_depth
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
-        self._idle: set[asyncio.Task] = set()  # connections waiting for their next request
+        self._receiving: set[asyncio.Task] = set()  # connections waiting for bytes of a request
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-process")
         self.context = context  # its own store connection, used on the worker thread only
@@ -115,11 +115,12 @@ class HttpServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self, grace_s: float = 30.0) -> None:
-        """Stop accepting; close idle connections; let requests in hand finish."""
+        """Stop accepting; close the connections waiting for (more of) a
+        request; let the requests in hand (read, being decided or answered) finish."""
         self._stop.set()
         if self._server is not None:
             self._server.close()
-        for task in list(self._idle):
+        for task in list(self._receiving):
             task.cancel()
         if self._connections:
             _, pending = await asyncio.wait(set(self._connections), timeout=grace_s)
@@ -231,11 +232,15 @@ class HttpServer:
             if self.ssl_context is not None and not await self._start_tls(writer, peer):
                 return
             await self._converse(reader, writer, peer, self.peers.allows(str(peername[0])))
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                raise
+            task.uncancel()  # stopping: this connection was waiting for a request, and is closed
         except (ConnectionError, ssl.SSLError, OSError, TimeoutError) as exc:
             self.log.info("http_connection_lost", peer=peer, error=type(exc).__name__)
         finally:
             self._connections.discard(task)
-            self._idle.discard(task)
+            self._receiving.discard(task)
             writer.close()
 
     async def _start_tls(self, writer: asyncio.StreamWriter, peer: str) -> bool:
@@ -255,19 +260,11 @@ class HttpServer:
         while True:
             # Between requests: wait up to idle_timeout_s for the next one to begin.
             if not conn.trailing_data[0]:  # (else a pipelined request is already buffered)
-                self._idle.add(task)
                 try:
                     async with asyncio.timeout(self.cfg.idle_timeout_s):
-                        data = await reader.read(READ_SIZE)
+                        data = await self._read(reader)
                 except TimeoutError:
                     return
-                except asyncio.CancelledError:
-                    if not self._stop.is_set():
-                        raise
-                    task.uncancel()
-                    return
-                finally:
-                    self._idle.discard(task)
                 if not data:
                     return
                 conn.receive_data(data)
@@ -416,7 +413,17 @@ class HttpServer:
                 return event
             if conn.they_are_waiting_for_100_continue:
                 writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
-            conn.receive_data(await reader.read(READ_SIZE))
+            conn.receive_data(await self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> bytes:
+        """The next bytes of a request; stop() cancels a connection waiting here."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._receiving.add(task)
+        try:
+            return await reader.read(READ_SIZE)
+        finally:
+            self._receiving.discard(task)
 
     async def _body(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int
