@@ -272,6 +272,16 @@ def _add_queue(sub) -> None:
     qr = _with_config(qsub.add_parser("retry", help="put dead-lettered messages back in the queue"), argparse.SUPPRESS)
     qr.add_argument("control_id", nargs="?", metavar="CONTROL_ID")
     qr.add_argument("--all", action="store_true", help="retry every dead-lettered message")
+    qe = _with_config(
+        qsub.add_parser(
+            "export",
+            help="save the undelivered messages as files (recovery from a damaged journal)",
+            description="Write every undelivered message that can still be read as "
+            "DIR/<journal id>_<control id>.hl7 (processed bytes where processed); read-only on the journal.",
+        ),
+        argparse.SUPPRESS,
+    )
+    qe.add_argument("dir", metavar="DIR")
     sp.set_defaults(func=_queue, queue_parser=sp)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 
 import structlog
 
@@ -24,6 +26,47 @@ def _scrubber(allow_patient_data: bool):
         return event_dict
 
     return scrub
+
+
+class RateLimit:
+    """A processor that lets through at most `burst` records of one kind, then
+    one per `every_s` seconds, each of those with `suppressed` = how many of
+    its kind were dropped since the last one let through. A kind is the
+    event, level and the fields that say what went wrong (not who or which
+    message), so one flood of junk, or a disk that stays full, costs a few
+    lines instead of one per frame. Info and debug records always pass."""
+
+    KIND_KEYS = ("stage", "error", "reason", "ack_code", "what")
+    LEVELS = frozenset({"warning", "error", "critical"})
+
+    def __init__(self, burst: int = 100, every_s: float = 10.0, clock=time.monotonic):
+        self.burst, self.every_s, self.clock = burst, every_s, clock
+        self._kinds: dict[tuple, list] = {}  # kind -> [records let through, last let through at, suppressed]
+        self._lock = threading.Lock()
+
+    def __call__(self, logger, method_name, event_dict):
+        level = event_dict.get("level", method_name)
+        if level not in self.LEVELS:
+            return event_dict
+        kind = (event_dict.get("event"), level, *(str(event_dict.get(k, "")) for k in self.KIND_KEYS))
+        now = self.clock()
+        with self._lock:
+            state = self._kinds.get(kind)
+            if state is None:
+                if len(self._kinds) >= 10_000:  # bounded: forget the oldest kinds
+                    for old in list(self._kinds)[:1000]:
+                        del self._kinds[old]
+                self._kinds[kind] = [1, now, 0]
+                return event_dict
+            if state[0] < self.burst or now - state[1] >= self.every_s:
+                state[0] += 1
+                state[1] = now
+                if state[2]:
+                    event_dict["suppressed"] = state[2]
+                    state[2] = 0
+                return event_dict
+            state[2] += 1
+        raise structlog.DropEvent
 
 
 class LineLogger:
@@ -56,6 +99,7 @@ def configure(level: str = "info", fmt: str = "auto", patient_data: bool = False
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            RateLimit(),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _scrubber(patient_data),
             structlog.processors.format_exc_info,

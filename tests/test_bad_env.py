@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 import trustme
+from disk_helpers import remount, tmpfs
 from service_helpers import (
     SAMPLES,
     MllpConnection,
     Serve,
     free_port,
     msa,
-    segment,
     subprocess_env,
     wait_until,
     write_config,
@@ -282,30 +282,6 @@ def test_port_in_use_by_another_serve(tmp_path):
 # The journal: unusable at start, read-only, full
 
 
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str, *extra: str):
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *extra)), "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.skip(
-            f"cannot mount a small tmpfs here ({proc.stderr.strip() or proc.returncode}): "
-            "read-only and full disks are not simulated"
-        )
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def remount(path: Path, option: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{option}", str(path)], check=True, capture_output=True)
-
-
 def oru(tag: str, pad: int = 0) -> bytes:
     note = f"NTE|1||{os.urandom(pad // 2).hex()}\r" if pad else ""
     return (
@@ -315,46 +291,38 @@ def oru(tag: str, pad: int = 0) -> bytes:
     ).encode()
 
 
-def assert_answers_ae_from_the_start(serve: Serve, tmp_path: Path) -> None:
-    first = serve.records()[0]
-    assert first["event"] == "journal_unavailable" and first["stage"] == "start", serve.stderr
-    assert "answered AE" in first["consequence"]
-    with MllpConnection(serve.port) as conn:
-        for n in range(3):
-            ack = conn.send(oru(f"J{n}"))
-            assert msa(ack) == ("AE", f"J{n}")
-            assert b"journal" in segment(ack, b"ERR")[8]
-    assert serve.stop() == 0
-    assert "Traceback" not in serve.stderr
-    assert not [r for r in serve.records("ack") if r.get("ack_code") == "AA"]
+def assert_refused_at_start(cfg: Path, tmp_path: Path, *words: str) -> str:
+    """serve exits 1 before listening, with one line naming the journal."""
+    serve = Serve(cfg).start(expect_listening=False)
+    assert serve.wait_exit() == 1, serve.stderr
+    lines = [line for line in serve.lines if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("b12comment: "), lines
+    assert "journal.sqlite3" in lines[0] and all(w in lines[0] for w in words), lines
+    assert "Traceback" not in serve.stderr and not serve.records("listening")
     assert not (tmp_path / "outbox").exists() or not list((tmp_path / "outbox").iterdir())
+    return lines[0]
 
 
 def test_journal_path_is_a_directory(tmp_path):
     (tmp_path / "journal.sqlite3").mkdir()
-    with Serve(base_config(tmp_path)) as serve:
-        assert_answers_ae_from_the_start(serve, tmp_path)
+    assert_refused_at_start(base_config(tmp_path), tmp_path, "cannot open journal")
 
 
 def test_journal_file_is_not_a_database(tmp_path):
     (tmp_path / "journal.sqlite3").write_bytes(b"this is not SQLite\n" * 100)
-    with Serve(base_config(tmp_path)) as serve:
-        assert_answers_ae_from_the_start(serve, tmp_path)
-        assert "not a database" in serve.records("journal_unavailable")[0]["error"]
+    assert_refused_at_start(base_config(tmp_path), tmp_path, "not a database", "queue export")
     assert (tmp_path / "journal.sqlite3").read_bytes() == b"this is not SQLite\n" * 100  # left as it was
 
 
 def test_journal_on_a_read_only_filesystem(tmp_path):
     with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
         cfg = base_config(tmp_path, journal=dict(path=str(ro / "journal.sqlite3")))
-        with Serve(cfg) as serve:
-            assert_answers_ae_from_the_start(serve, tmp_path)
+        assert_refused_at_start(cfg, tmp_path, "Read-only file system")
 
 
 def test_existing_journal_on_a_filesystem_remounted_read_only(tmp_path):
-    """Queued messages on a disk that became read-only: AE for new ones, and
-    the queued ones are not delivered over and over (their state cannot be
-    written)."""
+    """Queued messages on a disk that became read-only: serve refuses to start
+    on it (one line), and delivers them, once each, when it is writable again."""
     with tmpfs(tmp_path / "disk", "1m") as disk:
         dead_port = free_port()
         cfg = base_config(
@@ -375,9 +343,7 @@ def test_existing_journal_on_a_filesystem_remounted_read_only(tmp_path):
             journal=dict(path=str(disk / "journal.sqlite3")),
             downstream=dict(url=f"dir:{tmp_path / 'outbox'}", retry_initial_s=0.05, retry_max_s=0.2),
         )
-        with Serve(cfg) as serve:
-            assert_answers_ae_from_the_start(serve, tmp_path)
-            assert len(serve.records("journal_unavailable")) > 3  # every stage says why, again and again
+        assert_refused_at_start(cfg, tmp_path, "Read-only file system")
         remount(disk, "rw")
         with Serve(cfg) as serve:  # writable again: the queued three are delivered, once each
             assert wait_until(lambda: len(list((tmp_path / "outbox").glob("*.hl7"))) == 3), serve.stderr

@@ -296,7 +296,10 @@ def test_sigkill_after_acks_before_delivery_then_restart_delivers_all_in_order(t
     assert journal_states(tmp_path / "j.sqlite3") == ["forwarded"] * len(messages)
 
 
-def test_unwritable_journal_answers_ae_never_aa(tmp_path):
+def test_journal_that_can_never_be_written_stops_serve_at_start(tmp_path):
+    """A journal path that cannot be written (here: under a regular file, which
+    stops even root) is one line naming it and a non-zero exit, before anything
+    listens: never a service that answers AE to everything."""
     (tmp_path / "afile").write_text("a regular file, so no folder can be made under it, even by root")
     outbox = tmp_path / "outbox"
     cfg = write_config(
@@ -305,16 +308,12 @@ def test_unwritable_journal_answers_ae_never_aa(tmp_path):
         journal=dict(path=str(tmp_path / "afile" / "journal.sqlite3")),
         downstream=fast_downstream(f"dir:{outbox}"),
     )
-    with Serve(cfg) as serve:
-        with MllpConnection(serve.port) as conn:
-            for n in range(1, 4):
-                ack = conn.send(oru(n, "NOJ"))
-                assert msa(ack) == ("AE", f"NOJ{n}")
-                err = segment(ack, b"ERR")
-                assert err[3].startswith(b"207^") and b"journal" in err[8]
-        assert serve.stop() == 0
-    assert serve.records("journal_unavailable")
-    assert not any(r.get("ack_code") == "AA" for r in serve.records("ack"))
+    serve = Serve(cfg).start(expect_listening=False)
+    assert serve.wait_exit() == 1
+    lines = [line for line in serve.lines if line.strip()]
+    assert len(lines) == 1, serve.stderr
+    assert lines[0].startswith("b12comment: ") and "afile/journal.sqlite3" in lines[0], lines
+    assert not serve.records("listening")
     assert outbox_files(outbox) == []
 
 

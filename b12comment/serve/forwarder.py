@@ -35,16 +35,18 @@ import random
 import re
 import ssl
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from b12comment.config import DownstreamConfig
 from b12comment.core.segments import Malformed, component, field_of, read_header, segment_fields, split_segments
 from b12comment.files import fsync_dir
 from b12comment.serve import mllp
 from b12comment.serve.aio import describe_error, wait_event
-from b12comment.serve.journal import JournalError, Row
+from b12comment.serve.journal import JournalError, JournalFault, Row
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.tls import client_context
 
@@ -66,6 +68,7 @@ class Retry:
 
 
 Outcome = Delivered | Rejected | Retry
+T = TypeVar("T")
 
 
 def backoff_delay(failures: int, initial: float, maximum: float, rand=random.random) -> float:
@@ -328,10 +331,59 @@ class Forwarder:
                     if await self._deliver(rows, stop) and len(rows) < self.batch:
                         await wait_event(self.wake, self.poll_s)  # drained: wait for the next batch
                 except JournalError as exc:
-                    self.log.error("journal_unavailable", stage="forwarder", error=str(exc))
+                    if not isinstance(exc, JournalFault):  # a fault is told once, by the service
+                        self.log.error("journal_unavailable", stage="forwarder", error=str(exc))
                     await wait_event(stop, self.ds.retry_initial_s)
         finally:
             await self.transport.close()
+
+    async def _until_stopped(self, delivery: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+        """Run a delivery, abandoned at once when serve stops (None then): the
+        message stays in the journal and is sent again after the restart."""
+        if stop.is_set():
+            delivery.close()
+            return None
+        task = asyncio.ensure_future(delivery)
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self.transport.close()
+        return None
+
+    async def _write_down(self, what: str, rows: list[Row], write, stop: asyncio.Event) -> bool:
+        """Record the outcome of a delivery that happened: `write()` is retried,
+        with backoff, until the journal takes it, and the message is not sent
+        again meanwhile (a journal that cannot record an AA must not turn into
+        a resend a second). False when serve stopped first: then the message
+        is sent once more after the restart."""
+        failures = 0
+        while True:
+            try:
+                await write()
+                if failures:
+                    self.log.info("delivery_recorded", what=what, journal_ids=[r.id for r in rows], tries=failures + 1)
+                return True
+            except JournalError as exc:
+                failures += 1
+                delay = backoff_delay(failures, self.ds.retry_initial_s, self.ds.retry_max_s)
+                if failures == 1 and not isinstance(exc, JournalFault):
+                    self.log.error(
+                        "delivery_not_recorded",
+                        what=what,
+                        journal_ids=[r.id for r in rows][:10],
+                        error=str(exc),
+                        consequence="nothing more is sent until the journal records it",
+                    )
+                await wait_event(stop, delay)
+                if stop.is_set():
+                    return False
 
     async def _deliver(self, rows: list[Row], stop: asyncio.Event) -> bool:
         """Deliver the head of the queue, in order, until the first failure;
@@ -340,23 +392,27 @@ class Forwarder:
         if deliver_many is not None:
             outcomes = await deliver_many(rows)
             delivered = [(row, o) for row, o in zip(rows, outcomes, strict=False) if isinstance(o, Delivered)]
-            if delivered:
-                await self._forwarded(delivered)
+            if delivered and not await self._forwarded(delivered, stop):
+                return False
             if len(delivered) < len(outcomes):
                 await self._handle(rows[len(delivered)], outcomes[len(delivered)], stop)
             return len(delivered) == len(rows)
         for row in rows:
-            if stop.is_set():
+            outcome = await self._until_stopped(self.transport.deliver(row), stop)
+            if outcome is None:
                 return False
-            outcome = await self.transport.deliver(row)
             await self._handle(row, outcome, stop)
             if not isinstance(outcome, Delivered):
                 return False
         return True
 
-    async def _forwarded(self, delivered: list[tuple[Row, Delivered]]) -> None:
+    async def _forwarded(self, delivered: list[tuple[Row, Delivered]], stop: asyncio.Event) -> bool:
         started = time.monotonic()
-        await self.journal.mark_forwarded_many([row.id for row, _ in delivered])
+        rows = [row for row, _ in delivered]
+        if not await self._write_down(
+            "forwarded", rows, lambda: self.journal.mark_forwarded_many([r.id for r in rows]), stop
+        ):
+            return False
         self._failures = 0
         journal_ms = round((time.monotonic() - started) * 1000, 2)
         for row, outcome in delivered:
@@ -370,19 +426,20 @@ class Forwarder:
                 answer=outcome.detail,
                 journal_ms=journal_ms,
             )
+        return True
 
     async def _handle(self, row: Row, outcome: Outcome, stop: asyncio.Event) -> None:
         fields = dict(journal_id=row.id, control_id=row.control_id, message_type=row.message_type)
         if isinstance(outcome, Delivered):
-            await self._forwarded([(row, outcome)])
+            await self._forwarded([(row, outcome)], stop)
             return
         if isinstance(outcome, Rejected):
-            await self._dead(row, outcome.reason, fields)
+            await self._dead(row, outcome.reason, fields, stop)
             return
         self._failures += 1
         attempts = await self.journal.mark_attempt_failed(row.id, outcome.reason, outcome.counts)
         if outcome.counts and attempts >= self.ds.max_attempts:
-            await self._dead(row, f"gave up after {attempts} attempts: {outcome.reason}", fields)
+            await self._dead(row, f"gave up after {attempts} attempts: {outcome.reason}", fields, stop)
             return
         delay = backoff_delay(self._failures, self.ds.retry_initial_s, self.ds.retry_max_s)
         self.metrics.inc("b12comment_retries_total")
@@ -391,8 +448,9 @@ class Forwarder:
         )
         await wait_event(stop, delay)
 
-    async def _dead(self, row: Row, reason: str, fields: dict) -> None:
-        await self.journal.mark_dead(row.id, reason)
+    async def _dead(self, row: Row, reason: str, fields: dict, stop: asyncio.Event) -> None:
+        if not await self._write_down("dead", [row], lambda: self.journal.mark_dead(row.id, reason), stop):
+            return
         self._failures = 0
         self.metrics.inc("b12comment_dead_lettered_total")
         self.log.error("dead_lettered", **fields, reason=reason)

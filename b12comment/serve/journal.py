@@ -42,7 +42,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -92,6 +93,29 @@ def _table(name: str) -> str:
 
 class JournalError(Exception):
     """The journal cannot be opened, read or written."""
+
+
+class JournalFault(JournalError):
+    """The journal can no longer be trusted with a new message: nothing is
+    ACKed AA again until serve is restarted on a sound journal."""
+
+
+class JournalGone(JournalFault):
+    """The journal's file was deleted or replaced while open: what is
+    committed now would be lost at the next start."""
+
+
+class JournalCorrupt(JournalFault):
+    """SQLite found the journal's file damaged (malformed, not a database)."""
+
+
+# SQLite's primary result codes for a damaged file.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
 @dataclass(frozen=True)
@@ -202,6 +226,17 @@ def _row(r) -> Row:
     )
 
 
+def _ident(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+def _path_ident(path: Path) -> tuple[int, int] | None:
+    try:
+        return _ident(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
 def digest(raw: bytes) -> bytes:
     return hashlib.sha256(raw).digest()
 
@@ -222,12 +257,70 @@ class Journal:
             self._full = True
             self._db.execute("PRAGMA busy_timeout=10000")
             self._migrate()
+            # The file SQLite opened, to notice when the path no longer leads to it.
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._ident = _ident(os.fstat(self._fd))
+            self._wal_ident = _path_ident(self.wal_path)
         except (sqlite3.Error, OSError, JournalError) as exc:
             with contextlib.suppress(AttributeError, sqlite3.Error):
                 self._db.close()
             if isinstance(exc, JournalError):
                 raise
+            if isinstance(exc, sqlite3.Error) and _is_corrupt(exc):
+                raise JournalCorrupt(f"journal {self.path} is damaged: {exc}") from None
             raise JournalError(f"cannot open journal {self.path}: {exc}") from None
+
+    @classmethod
+    def for_reading(cls, path: str | Path) -> Journal:
+        """The journal opened read-only, as it is: no schema change, no write
+        (for recovery from a damaged file). Only reading methods may be used."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self._full = True
+        try:
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from None
+        self._ident = _ident(os.fstat(self._fd))
+        self._wal_ident = None
+        return self
+
+    @property
+    def wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
+
+    @property
+    def journal_id(self) -> str:
+        """A random name given to this journal when it was created."""
+        return self._query("SELECT value FROM meta WHERE key = 'journal_id'")[0][0]
+
+    def check_file(self) -> None:
+        """Raise JournalGone when the journal's path (or its WAL's) no longer
+        leads to the file open here: deleted, renamed or replaced."""
+        try:
+            fst = os.fstat(self._fd)
+            now = _path_ident(self.path)
+        except OSError as exc:
+            raise JournalGone(f"journal {self.path} cannot be checked: {exc.strerror or exc}") from None
+        if fst.st_nlink == 0 or now is None:
+            raise JournalGone(f"journal {self.path} was deleted while serve had it open")
+        if now != _ident(fst):
+            raise JournalGone(f"journal {self.path} was replaced by another file while serve had it open")
+        wal = _path_ident(self.wal_path)
+        if self._wal_ident is None:
+            self._wal_ident = wal
+        elif wal != self._wal_ident:
+            raise JournalGone(f"the journal's write-ahead log {self.wal_path} was deleted or replaced")
+
+    def quick_check(self) -> list[str]:
+        """SQLite's PRAGMA quick_check: [] when the file is sound, else its first findings."""
+        try:
+            found = [r[0] for r in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+        except sqlite3.Error as exc:
+            return [str(exc)]
+        return [] if found == ["ok"] else found
 
     def _migrate(self) -> None:
         """Create the schema, or bring an older journal's up to SCHEMA_VERSION
@@ -263,6 +356,8 @@ class Journal:
                 cur.execute("ALTER TABLE messages_v1 RENAME TO messages")
             for statement in _INDEXES.strip().splitlines():
                 cur.execute(statement)
+            cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            cur.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', ?)", (uuid.uuid4().hex,))
             if version != SCHEMA_VERSION:
                 cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             cur.execute("COMMIT")
@@ -273,6 +368,13 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+        with contextlib.suppress(AttributeError, OSError):
+            os.close(self._fd)
+
+    def _error(self, exc: sqlite3.Error) -> JournalError:
+        if _is_corrupt(exc):
+            return JournalCorrupt(f"journal {self.path} is damaged: {exc}")
+        return JournalError(f"journal {self.path}: {exc}")
 
     def _tx(self, fn, durable: bool = True):
         """Run fn(cursor) in one IMMEDIATE transaction; errors become JournalError.
@@ -299,7 +401,7 @@ class Journal:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise JournalError(f"journal {self.path}: {exc}") from None
+                raise self._error(exc) from None
             raise
 
     def _restore_full(self) -> None:
@@ -313,7 +415,7 @@ class Journal:
         try:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
-            raise JournalError(f"journal {self.path}: {exc}") from None
+            raise self._error(exc) from None
 
     # -- the listener
 
@@ -326,6 +428,7 @@ class Journal:
         nothing is stored."""
 
         def tx(cur):
+            self.check_file()  # before the commit: nothing goes into a file that is no longer the journal
             if len(arrivals) == 1:
                 return [self._arrive(cur, arrivals[0])]
             results: list[Receipt | int | JournalError] = []
@@ -334,12 +437,16 @@ class Journal:
                 try:
                     results.append(self._arrive(cur, arrival))
                 except sqlite3.Error as exc:
+                    if _is_corrupt(exc):
+                        raise
                     cur.execute("ROLLBACK TO item")
                     results.append(JournalError(f"journal {self.path}: {exc}"))
                 cur.execute("RELEASE item")
             return results
 
-        return self._tx(tx)
+        results = self._tx(tx)
+        self.check_file()  # and after it: did the commit land in the file the path names?
+        return results
 
     @staticmethod
     def _arrive(cur, a: Arrival) -> Receipt | int:
@@ -528,6 +635,32 @@ class Journal:
                 yield r[0], r[1], bytes(r[2])
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from None
+
+    def salvage_undelivered(self) -> Iterator[Row | int]:
+        """Every message not yet delivered or dead, in journal order, read one
+        row at a time so that a damaged page costs only the rows on it: a
+        `Row` for each that can be read, its id (an int) for each that cannot."""
+        try:
+            ids = [r[0] for r in self._db.execute("SELECT id FROM messages WHERE state IN ('received', 'processed')")]
+        except sqlite3.Error:
+            ids = None
+        if ids is None:  # the index is damaged too: try every id the table may hold
+            try:
+                top = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+                last = int(top[0]) if top else 0
+            except sqlite3.Error:
+                last = 0
+            ids = list(range(1, last + 1))
+        for id in sorted(ids):
+            try:
+                found = self._db.execute(f"SELECT {_COLUMNS} FROM messages WHERE id = ?", (id,)).fetchall()
+            except sqlite3.Error:
+                yield id
+                continue
+            if found:
+                row = _row(found[0])
+                if row.state in UNDELIVERED:
+                    yield row
 
     def settings(self) -> tuple[str, int]:
         """(journal_mode, synchronous) as SQLite reports them."""

@@ -18,7 +18,9 @@ from b12comment.serve.journal import (
     Arrival,
     InvalidFrame,
     Journal,
+    JournalCorrupt,
     JournalError,
+    JournalFault,
     NewMessage,
     Processed,
     Receipt,
@@ -45,13 +47,22 @@ class JournalThread:
     call, intake is handed to the thread, which runs it before anything else.
 
     The journal is opened lazily and opened again after a failed open, so a
-    service whose disk is unavailable at start keeps answering (AE) and
-    recovers when the disk comes back.
+    disk that goes away for a while (full, locked by another process) costs
+    AE answers until it comes back, not a restart.
+
+    A fault is different (`JournalFault`: the file was deleted or replaced
+    while open, or SQLite found it damaged): from then on every intake fails
+    with it at once (answered AE), `available()` is false, and `on_fault` is
+    called once. A deleted file is still open here, so the processing stage
+    and the forwarder go on emptying it downstream; a damaged one serves
+    nothing more.
     """
 
-    def __init__(self, path: str | Path, max_batch: int = 256):
+    def __init__(self, path: str | Path, max_batch: int = 256, on_fault: Callable[[JournalFault], None] | None = None):
         self.path = Path(path)
         self.max_batch = max_batch
+        self.on_fault = on_fault
+        self.fault: JournalFault | None = None
         self._journal: Journal | None = None
         self._lock = threading.Lock()  # held while the journal is in use
         self._cv = threading.Condition()  # guards the queues below
@@ -127,7 +138,24 @@ class JournalThread:
     async def settings(self) -> tuple[str, int]:
         return await self._call(lambda j: j.settings())
 
+    async def open_checked(self) -> str:
+        """Open the journal and run SQLite's quick_check on it; returns its
+        journal id. Raises JournalError (JournalCorrupt when damaged)."""
+
+        def check(j: Journal) -> str:
+            problems = j.quick_check()
+            if problems:
+                raise JournalCorrupt(f"journal {j.path} is damaged: {'; '.join(problems)}")
+            return j.journal_id
+
+        return await self._call(check)
+
+    async def undelivered_salvage(self) -> list[Row | int]:
+        return await self._call(lambda j: list(j.salvage_undelivered()))
+
     async def available(self) -> bool:
+        if self.fault is not None:
+            return False
         try:
             await self.depth()
             return True
@@ -224,8 +252,11 @@ class JournalThread:
     def _run_intake(self, batch: list[tuple[asyncio.Future, Arrival]]) -> list:
         """Commit intake together; (future, value, ok) each."""
         try:
+            if self.fault is not None:
+                raise self.fault
             results = self._open().intake([arrival for _, arrival in batch])
         except Exception as exc:
+            self._faulted(exc)
             return [(future, exc, False) for future, _ in batch]
         return [(future, r, not isinstance(r, JournalError)) for (future, _), r in zip(batch, results, strict=True)]
 
@@ -236,9 +267,21 @@ class JournalThread:
                 self._journal = None
             return (future, None, True)
         try:
+            if isinstance(self.fault, JournalCorrupt):
+                raise self.fault
             return (future, fn(self._open()), True)
         except Exception as exc:
+            self._faulted(exc)
             return (future, exc, False)
+
+    def _faulted(self, exc: Exception) -> None:
+        """The first fault sticks (a damaged file outranks a deleted one) and is told once."""
+        if not isinstance(exc, JournalFault) or exc is self.fault:
+            return
+        if self.fault is None or (isinstance(exc, JournalCorrupt) and not isinstance(self.fault, JournalCorrupt)):
+            self.fault = exc
+            if self.on_fault is not None:
+                self.on_fault(exc)
 
     def _open(self) -> Journal:
         if self._journal is None:

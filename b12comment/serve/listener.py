@@ -39,7 +39,7 @@ from b12comment.serve.ack import (
     accept_ack,
     build_ack,
 )
-from b12comment.serve.journal import JournalError, Receipt
+from b12comment.serve.journal import JournalError, JournalFault, Receipt
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.peers import PeerFilter
 
@@ -102,7 +102,8 @@ class Intake:
         try:
             receipt = await stored
         except JournalError as exc:
-            self.log.error("journal_unavailable", stage="listener", error=str(exc), peer=peer, **fields)
+            if not isinstance(exc, JournalFault):  # a fault is told once, by the service
+                self.log.error("journal_unavailable", stage="listener", error=str(exc), **fields)
             error = AckError(
                 APPLICATION_INTERNAL_ERROR, "message not stored: the journal cannot be written; send it again later"
             )
@@ -134,7 +135,8 @@ class Intake:
         try:
             fields["journal_id"] = await stored
         except JournalError as exc:
-            self.log.error("journal_unavailable", stage="listener", error=str(exc), peer=peer)
+            if not isinstance(exc, JournalFault):
+                self.log.error("journal_unavailable", stage="listener", error=str(exc))
         return Answer(build_ack(payload, REJECT, _ack_id(), _now_dtm(), AckError(code, why)), REJECT, fields)
 
 

@@ -34,12 +34,18 @@ from b12comment.context import ContextStore, Outcome, decide, open_store
 from b12comment.core.decision import CONTEXT_UNAVAILABLE, INTERNAL_ERROR
 from b12comment.core.engine import process
 from b12comment.serve.aio import wait_event
-from b12comment.serve.journal import JournalError, Processed
+from b12comment.serve.journal import JournalError, JournalFault, Processed
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
 
 LINGER_S = 0.05  # how long a new message may wait for others to join its processing batch
 PURGE_EVERY_S = 3600.0
+
+
+def unavailable(log, stage: str, exc: JournalError) -> None:
+    """Log a failed journal call; a fault was already told once, by the service."""
+    if not isinstance(exc, JournalFault):
+        log.error("journal_unavailable", stage=stage, error=str(exc))
 
 
 class ContextStage:
@@ -126,7 +132,7 @@ class Processor:
                 try:
                     rows = await self.journal.unprocessed(self.batch)
                 except JournalError as exc:
-                    self.log.error("journal_unavailable", stage="processing", error=str(exc))
+                    unavailable(self.log, "processing", exc)
                     await wait_event(stop, self.poll_s)
                     continue
                 drained = len(rows) < self.batch
@@ -139,7 +145,7 @@ class Processor:
                         results = [Processed(r.id, out, f["commented"], f["reasons"]) for r, out, f, _, _ in done]
                         await self.journal.mark_processed_many(results)
                     except JournalError as exc:
-                        self.log.error("journal_unavailable", stage="processing", error=str(exc))
+                        unavailable(self.log, "processing", exc)
                         await wait_event(stop, self.poll_s)
                         break
                     for entry in done:

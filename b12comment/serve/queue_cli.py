@@ -15,7 +15,9 @@ from pathlib import Path
 from b12comment.config import Config
 from b12comment.context.store import ContextError, read_contradictions
 from b12comment.errors import EXIT_OK, B12Error, UsageError, describe_os_error
-from b12comment.serve.journal import STATES, Journal, JournalError
+from b12comment.files import write_atomically
+from b12comment.serve.forwarder import safe_name
+from b12comment.serve.journal import STATES, Journal, JournalError, Row
 
 
 def run_queue(config: Config, args) -> int:
@@ -35,6 +37,8 @@ def run_queue(config: Config, args) -> int:
         ) from None
     if not found:
         raise B12Error(f"no journal at {path} ([journal] path in {config.source})")
+    if args.queue_command == "export":
+        return _export(path, Path(args.dir))
     try:
         journal = Journal(path)
     except JournalError as exc:
@@ -49,6 +53,43 @@ def run_queue(config: Config, args) -> int:
         raise B12Error(str(exc)) from None
     finally:
         journal.close()
+
+
+def export_messages(items: list[Row | int], folder: Path) -> tuple[int, int]:
+    """Write each readable message as `<journal id>_<control id>.hl7` in
+    `folder` (the processed bytes when processed, else the received ones),
+    durably; returns (files written, rows that could not be read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = unreadable = 0
+    for item in items:
+        if isinstance(item, int):
+            unreadable += 1
+            continue
+        data = item.processed if item.processed is not None else item.raw
+        write_atomically(folder / f"{item.id:012d}_{safe_name(item.control_id)}.hl7", data)
+        written += 1
+    return written, unreadable
+
+
+def _export(path: Path, folder: Path) -> int:
+    try:
+        journal = Journal.for_reading(path)
+    except JournalError as exc:
+        raise B12Error(str(exc)) from None
+    try:
+        items = list(journal.salvage_undelivered())
+    finally:
+        journal.close()
+    try:
+        written, unreadable = export_messages(items, folder)
+    except OSError as exc:
+        raise B12Error(f"cannot write to {folder}: {describe_os_error(exc)}") from None
+    s = "" if written == 1 else "s"
+    print(f"exported {written} undelivered message{s} to {folder}")
+    if unreadable:
+        rows = "row" if unreadable == 1 else "rows"
+        raise B12Error(f"{unreadable} undelivered {rows} could not be read (damaged journal pages)")
+    return EXIT_OK
 
 
 def _when(ts: float) -> str:

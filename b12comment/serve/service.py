@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
+from pathlib import Path
 
 from b12comment import logs
 from b12comment.config import Config
@@ -31,14 +33,25 @@ from b12comment.errors import EXIT_OK, EXIT_USAGE, B12Error
 from b12comment.serve.aio import wait_event
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.http import HttpServer
-from b12comment.serve.journal import JournalError
+from b12comment.serve.journal import JournalCorrupt, JournalError, JournalFault, JournalGone
+from b12comment.serve.journal_guard import (
+    GuardError,
+    JournalLock,
+    Marker,
+    check_after_open,
+    check_before_open,
+    marker_path,
+    write_marker,
+)
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.listener import Intake, Listener
 from b12comment.serve.metrics import Metrics, MetricsServer
-from b12comment.serve.processing import ContextStage, Processor, open_context
+from b12comment.serve.processing import ContextStage, Processor, open_context, unavailable
+from b12comment.serve.queue_cli import export_messages
 from b12comment.serve.tls import TlsError, server_context
 
 PRUNE_EVERY_S = 3600.0
+STOP_TASKS_S = 3.0  # how long stop() waits for the stages before cancelling them
 LINGER_S = 0.05  # how long a new message may wait for others to join its processing batch
 
 
@@ -55,7 +68,10 @@ class Service:
         # Bound once: the lazy proxy would build a new logger for every record.
         self.log = log or logs.get_logger().bind()
         self.metrics = Metrics()
-        self.journal = JournalThread(config.journal.path)
+        self.journal_path = Path(config.journal.path)
+        self.journal = JournalThread(self.journal_path)  # on_fault is set once the journal is open
+        self.lock = JournalLock(self.journal_path)
+        self.journal_id = ""
         self.stop_event = asyncio.Event()
         self.journaled = asyncio.Event()
         self.processed = asyncio.Event()
@@ -130,15 +146,7 @@ class Service:
             self.context = open_context(cfg.context)
         except ContextError as exc:
             raise StartupError(str(exc)) from None
-        try:
-            await self.journal.depth()
-        except JournalError as exc:
-            self.log.error(
-                "journal_unavailable",
-                stage="start",
-                error=str(exc),
-                consequence="messages are answered AE until the journal can be written",
-            )
+        await self._open_journal()
         intake = Intake(self.journal, cfg.journal, self.log, on_journaled=self.journaled.set)
         self.listener = Listener(lis, intake, self.log, self.metrics, ssl_ctx)
         try:
@@ -179,6 +187,40 @@ class Service:
             metrics_port=self.metrics_server.port if self.metrics_server else None,
         )
 
+    async def _open_journal(self) -> None:
+        """Take the journal's lock, check its marker, open it and check it:
+        serve starts only on a journal it can write and trust."""
+        path = self.journal_path
+        try:
+            self.lock.acquire()
+            marker = check_before_open(path)
+            try:
+                self.journal_id = await self.journal.open_checked()
+            except JournalCorrupt as exc:
+                raise StartupError(
+                    f"{exc}; serve will not run on it. Save what can still be read with "
+                    f"`b12comment queue export DIR`, then move {path} aside"
+                ) from None
+            except JournalError as exc:
+                raise StartupError(f"{exc} (serve needs a journal it can write: [journal] path)") from None
+            check_after_open(path, self.journal_id, marker)
+            write_marker(path, Marker(self.journal_id, None))
+            self.journal.on_fault = self._on_fault
+        except GuardError as exc:
+            raise StartupError(str(exc)) from None
+        except OSError as exc:
+            raise StartupError(f"cannot write the journal marker beside {path}: {exc.strerror or exc}") from None
+
+    def _on_fault(self, fault: JournalFault) -> None:
+        """From the journal thread, once: the journal can no longer be trusted."""
+        gone = isinstance(fault, JournalGone)
+        self.log.error(
+            "journal_fault",
+            error=str(fault),
+            consequence="every new message is answered AE until serve is restarted on a sound journal"
+            + ("; messages already journaled are still delivered from the open file" if gone else ""),
+        )
+
     async def _supervise(self, name: str, run) -> None:
         """Keep a stage running: a bug in one must not silently stop the flow."""
         while not self.stop_event.is_set():
@@ -195,7 +237,7 @@ class Service:
                 if removed:
                     self.log.info("journal_pruned", rows=removed)
             except JournalError as exc:
-                self.log.error("journal_unavailable", stage="prune", error=str(exc))
+                unavailable(self.log, "prune", exc)
             await wait_event(self.stop_event, PRUNE_EVERY_S)
 
     async def stop(self) -> None:
@@ -208,16 +250,50 @@ class Service:
         self.journaled.set()
         self.processed.set()
         if self._tasks:
-            # A delivery in flight may take connect + send + ACK, each up to timeout_s.
-            _, pending = await asyncio.wait(self._tasks, timeout=3 * self.config.downstream.timeout_s + 5)
+            # A delivery in flight is abandoned at once (it stays in the journal,
+            # sent again after the restart); a batch being processed finishes.
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_TASKS_S)
             for task in pending:
                 task.cancel()
         if self.metrics_server is not None:
             await self.metrics_server.close()
         if self.context is not None:
             self.context.close()
+        await self._settle_journal()
         await self.journal.close()
+        self.lock.release()
         self.log.info("stopped")
+
+    async def _settle_journal(self) -> None:
+        """Say in the marker how many messages the journal holds undelivered
+        (the next start relies on it). A deleted journal's undelivered
+        messages are saved as files beside it first: they are nowhere else."""
+        fault = self.journal.fault
+        if not self.journal_id or isinstance(fault, JournalCorrupt):
+            return  # the marker keeps saying 'not stopped cleanly'
+        try:
+            if isinstance(fault, JournalGone):
+                salvage = await self.journal.undelivered_salvage()
+                if salvage:
+                    folder = self.journal_path.with_name(
+                        f"{self.journal_path.name}.recovered-{time.strftime('%Y%m%dT%H%M%S')}"
+                    )
+                    written, unreadable = export_messages(salvage, folder)
+                    self.log.error(
+                        "journal_recovered",
+                        folder=str(folder),
+                        messages=written,
+                        unreadable=unreadable,
+                        consequence="these messages were ACKed but not delivered: send them on, then remove "
+                        f"{marker_path(self.journal_path)} to start with a new journal",
+                    )
+                    write_marker(self.journal_path, Marker(self.journal_id, len(salvage)))
+                    return
+                write_marker(self.journal_path, Marker(self.journal_id, 0))
+                return
+            write_marker(self.journal_path, Marker(self.journal_id, await self.journal.depth()))
+        except (JournalError, OSError) as exc:
+            self.log.error("journal_marker_not_written", error=str(exc))
 
 
 async def serve(config: Config) -> int:
@@ -230,10 +306,11 @@ async def serve(config: Config) -> int:
         await service.start()
     except StartupError:
         await service.journal.close()
+        service.lock.release()
         raise
     await stop.wait()
     await service.stop()
-    return EXIT_OK
+    return EXIT_IO if service.journal.fault is not None else EXIT_OK
 
 
 def run_serve(config: Config) -> int:

@@ -1,0 +1,282 @@
+"""The journal's file under faults, with `serve` as a real subprocess: deleted
+while open, damaged, unable to record a delivery, or claimed by a second
+serve. Each test prints a line `FAULT FIGURES` with what was sent, ACKed AA,
+delivered and lost (docs/reliability.md keeps the last run's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from disk_helpers import fill, tmpfs
+from service_helpers import (
+    Downstream,
+    MllpConnection,
+    Serve,
+    free_port,
+    msa,
+    msh10,
+    subprocess_env,
+    wait_until,
+    write_config,
+)
+
+
+def oru(tag: str, pad: int = 0) -> bytes:
+    note = f"NTE|1||{'x' * pad}\r" if pad else ""
+    return (
+        f"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|{tag}|P|2.5.1\r"
+        f"PID|1||ID-{tag}||Doe^John||19700101|M\r"
+        f"OBX|1|NM|2345-7^Glucose^LN||5|mmol/L|3-6|N|||F\r{note}"
+    ).encode()
+
+
+def config(tmp_path: Path, journal: Path, url: str, name: str = "config.toml", **extra) -> Path:
+    return write_config(
+        tmp_path / name,
+        listener=dict(port=0),
+        journal=dict(path=str(journal)),
+        downstream=dict(url=url, retry_initial_s=0.1, retry_max_s=0.5, timeout_s=5.0),
+        metrics=dict(port=free_port()),
+        **extra,
+    )
+
+
+def healthz(serve: Serve) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{serve.metrics_port}/healthz", timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def send_all(port: int, messages: list[bytes]) -> list[str]:
+    with MllpConnection(port) as conn:
+        codes = []
+        for m in messages:
+            code, acked = msa(conn.send(m))
+            assert acked == msh10(m)
+            codes.append(code)
+        return codes
+
+
+def queue(cfg: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "b12comment", "queue", "--config", str(cfg), *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
+
+
+def figures(name: str, **values) -> None:
+    print(f"FAULT FIGURES {name} {json.dumps(values)}")
+
+
+def refused(cfg: Path) -> str:
+    serve = Serve(cfg).start(expect_listening=False)
+    assert serve.wait_exit() == 1, serve.stderr
+    lines = [line for line in serve.lines if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("b12comment: "), lines
+    return lines[0]
+
+
+# -- the journal's file deleted while serve runs
+
+
+@pytest.mark.slow
+def test_journal_deleted_while_serving_answers_ae_delivers_what_it_held_and_restarts_clean(tmp_path):
+    """rm journal.sqlite3* under a running serve: from the next frame on every
+    message is answered AE (one error line, /healthz 503); what was ACKed
+    before is still delivered from the open file; the restart after a clean
+    stop with nothing left starts a new journal."""
+    journal = tmp_path / "journal.sqlite3"
+    port = free_port()
+    cfg = config(tmp_path, journal, f"mllp://127.0.0.1:{port}")
+    before = [oru(f"D{n}") for n in range(300)]
+    after = [oru(f"E{n}") for n in range(300)]
+    with Serve(cfg) as serve:
+        assert send_all(serve.port, before) == ["AA"] * 300
+        for p in tmp_path.glob("journal.sqlite3*"):
+            p.unlink()
+        codes = send_all(serve.port, after)
+        assert codes == ["AE"] * 300, codes[:5]
+        assert healthz(serve) == 503
+        with Downstream(port=port) as down:
+            assert down.wait_for(300), serve.stderr
+            assert wait_until(lambda: len(serve.records("forwarded")) >= 300)
+            assert serve.stop() == 1  # it ran into a fault
+        faults = serve.records("journal_fault")
+        assert len(faults) == 1 and "deleted" in faults[0]["error"], serve.stderr
+        assert not serve.records("journal_unavailable")
+        assert not serve.records("journal_recovered")  # nothing was left to save
+    delivered = {msh10(m) for m in down.received}
+    assert delivered == {msh10(m) for m in before}
+    with Serve(cfg) as serve, Downstream(port=port) as down:  # the sender sends the AE'd ones again
+        assert send_all(serve.port, after) == ["AA"] * 300
+        assert down.wait_for(300), serve.stderr
+        assert serve.stop() == 0
+    delivered |= {msh10(m) for m in down.received}
+    lost = {msh10(m) for m in before + after} - delivered
+    assert not lost
+    figures("journal_deleted", sent=600, acked_aa_before=300, answered_ae_after=300, delivered=len(delivered), lost=0)
+
+
+def test_journal_deleted_with_undelivered_messages_saves_them_and_refuses_a_new_journal(tmp_path):
+    journal = tmp_path / "journal.sqlite3"
+    cfg = config(tmp_path, journal, f"mllp://127.0.0.1:{free_port()}")  # nothing listens there
+    messages = [oru(f"U{n}") for n in range(20)]
+    with Serve(cfg) as serve:
+        assert send_all(serve.port, messages) == ["AA"] * 20
+        assert serve.wait_record("decision", 20)
+        for p in tmp_path.glob("journal.sqlite3*"):
+            p.unlink()
+        assert send_all(serve.port, [oru("LATE")]) == ["AE"]
+        assert serve.stop() == 1
+    saved = serve.records("journal_recovered")
+    assert len(saved) == 1 and saved[0]["messages"] == 20, serve.stderr
+    folder = Path(saved[0]["folder"])
+    files = sorted(folder.glob("*.hl7"))
+    assert [f.read_bytes() for f in files] == messages  # no comment due: the bytes as received
+    line = refused(cfg)
+    assert "missing" in line and "20 undelivered" in line and ".journal.sqlite3.marker" in line
+    (tmp_path / ".journal.sqlite3.marker").unlink()  # the operator sent them on, and says so
+    with Serve(cfg) as serve:
+        assert send_all(serve.port, [oru("NEW")]) == ["AA"]
+        assert serve.stop() == 0
+
+
+def test_journal_replaced_by_another_file_is_noticed_before_the_ack(tmp_path):
+    journal = tmp_path / "journal.sqlite3"
+    cfg = config(tmp_path, journal, f"mllp://127.0.0.1:{free_port()}")
+    with Serve(cfg) as serve:
+        assert send_all(serve.port, [oru("R1")]) == ["AA"]
+        other = tmp_path / "other.sqlite3"
+        sqlite3.connect(other).close()
+        os.replace(other, journal)
+        assert send_all(serve.port, [oru("R2")]) == ["AE"]
+        assert serve.stop() == 1
+    assert "replaced" in serve.records("journal_fault")[0]["error"]
+
+
+# -- a damaged journal
+
+
+def damage(journal: Path, fraction: float = 0.5) -> None:
+    """Garbage over one page of the file, `fraction` of the way in."""
+    size = journal.stat().st_size
+    page = 4096
+    offset = (int(size * fraction) // page) * page
+    with open(journal, "r+b") as f:
+        f.seek(offset)
+        f.write(os.urandom(page))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_damaged_journal_is_refused_at_start_and_queue_export_saves_what_can_be_read(tmp_path):
+    journal = tmp_path / "journal.sqlite3"
+    cfg = config(tmp_path, journal, f"mllp://127.0.0.1:{free_port()}")
+    messages = [oru(f"C{n}", pad=3000) for n in range(120)]
+    with Serve(cfg) as serve:
+        assert send_all(serve.port, messages) == ["AA"] * 120
+        assert serve.wait_record("decision", 120)
+        assert serve.stop() == 0
+    damage(journal)
+    line = refused(cfg)
+    assert "damaged" in line and "queue export" in line, line
+    out = tmp_path / "export"
+    proc = queue(cfg, "export", str(out))
+    files = sorted(out.glob("*.hl7"))
+    unreadable = 120 - len(files)
+    assert proc.returncode == (1 if unreadable else 0), proc.stderr
+    assert f"exported {len(files)} undelivered" in proc.stdout
+    assert 0 < len(files) < 120  # one page lost, the rest saved
+    by_cid = {msh10(m): m for m in messages}
+    for f in files:  # each file is one message exactly as it was sent (no comment was due)
+        assert f.read_bytes() == by_cid[f.name.split("_", 1)[1].removesuffix(".hl7")]
+    assert "traceback" not in (proc.stdout + proc.stderr).lower()
+    figures("journal_damaged_at_start", sent=120, acked_aa=120, exported=len(files), unreadable=unreadable)
+
+
+@pytest.mark.slow
+def test_journal_damaged_while_serving_stops_aa_with_one_error_line(tmp_path):
+    journal = tmp_path / "journal.sqlite3"
+    cfg = config(tmp_path, journal, f"mllp://127.0.0.1:{free_port()}")
+    messages = [oru(f"M{n}", pad=16000) for n in range(300)]  # past SQLite's checkpoint: the rows are in the file
+    with Serve(cfg) as serve:
+        assert send_all(serve.port, messages) == ["AA"] * 300
+        assert serve.wait_record("decision", 300)
+        damage(journal, 0.1)  # a page of the first rows, which the forwarder reads again and again
+        # Another connection writes, as `queue retry` would: serve's SQLite
+        # drops its page cache and reads the page from the file again.
+        other = sqlite3.connect(journal, isolation_level=None, timeout=30)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("CREATE TABLE poke (x)")
+        other.execute("DROP TABLE poke")
+        other.execute("COMMIT")
+        other.close()
+        assert serve.wait_record("journal_fault", timeout=30), serve.stderr
+        codes = send_all(serve.port, [oru(f"N{n}") for n in range(50)])
+        assert codes == ["AE"] * 50
+        assert healthz(serve) == 503
+        errors_then = len([r for r in serve.records() if r.get("level") == "error"])
+        wait_until(lambda: False, timeout=3)  # three seconds of forwarder retries
+        errors_now = len([r for r in serve.records() if r.get("level") == "error"])
+        assert serve.stop() == 1
+    assert len(serve.records("journal_fault")) == 1 and "damaged" in serve.records("journal_fault")[0]["error"]
+    assert errors_now == errors_then, "the damaged journal is told once, not once a second"
+    figures("journal_damaged_while_serving", sent=350, acked_aa=300, answered_ae=50, error_lines=errors_now)
+
+
+# -- the journal cannot record a delivery
+
+
+@pytest.mark.slow
+def test_delivery_the_journal_cannot_record_is_not_sent_again_and_again(tmp_path):
+    """The disk fills after the messages are queued: the forwarder gets the
+    downstream's AA but cannot mark it forwarded. It waits for the journal
+    instead of sending the same message about once a second."""
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        journal = disk / "journal.sqlite3"
+        port = free_port()
+        cfg = config(tmp_path, journal, f"mllp://127.0.0.1:{port}")
+        messages = [oru(f"F{n}") for n in range(5)]
+        with Serve(cfg) as serve:
+            assert send_all(serve.port, messages) == ["AA"] * 5
+            assert serve.wait_record("decision", 5)
+            filler = fill(disk)
+            with Downstream(port=port) as down:
+                assert down.wait_for(1)
+                wait_until(lambda: False, timeout=4)  # four seconds with a full disk: retries every 0.1-0.5 s
+                copies_while_full = len(down.received)
+                filler.unlink()
+                assert wait_until(lambda: len(serve.records("forwarded")) >= 5), serve.stderr
+                assert serve.stop() == 0
+        received = [msh10(m) for m in down.received]
+    assert set(received) == {msh10(m) for m in messages}
+    assert copies_while_full == 1, received
+    assert max(received.count(c) for c in set(received)) <= 2  # at most once more
+    assert len(serve.records("delivery_not_recorded")) == 1
+    figures("delivery_not_recorded", sent=5, acked_aa=5, copies_while_disk_full=copies_while_full, lost=0)
+
+
+# -- one journal, one serve
+
+
+def test_second_serve_on_the_same_journal_is_refused(tmp_path):
+    journal = tmp_path / "journal.sqlite3"
+    cfg = config(tmp_path, journal, f"dir:{tmp_path / 'outbox'}")
+    with Serve(cfg) as first:
+        line = refused(config(tmp_path, journal, f"dir:{tmp_path / 'outbox'}", "second.toml"))
+        assert "another serve is using the journal" in line and str(first.proc.pid) in line, line
+        assert send_all(first.port, [oru("ONE")]) == ["AA"]
+        assert first.stop() == 0
