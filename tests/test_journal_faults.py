@@ -81,6 +81,10 @@ def figures(name: str, **values) -> None:
     print(f"FAULT FIGURES {name} {json.dumps(values)}")
 
 
+def no_traceback(serve: Serve) -> None:
+    assert "Traceback" not in serve.stderr, serve.stderr
+
+
 def refused(cfg: Path) -> str:
     serve = Serve(cfg).start(expect_listening=False)
     assert serve.wait_exit() == 1, serve.stderr
@@ -114,6 +118,7 @@ def test_journal_deleted_while_serving_answers_ae_delivers_what_it_held_and_rest
             assert down.wait_for(300), serve.stderr
             assert wait_until(lambda: len(serve.records("forwarded")) >= 300)
             assert serve.stop() == 1  # it ran into a fault
+            no_traceback(serve)
         faults = serve.records("journal_fault")
         assert len(faults) == 1 and "deleted" in faults[0]["error"], serve.stderr
         assert not serve.records("journal_unavailable")
@@ -141,6 +146,7 @@ def test_journal_deleted_with_undelivered_messages_saves_them_and_refuses_a_new_
             p.unlink()
         assert send_all(serve.port, [oru("LATE")]) == ["AE"]
         assert serve.stop() == 1
+        no_traceback(serve)
     saved = serve.records("journal_recovered")
     assert len(saved) == 1 and saved[0]["messages"] == 20, serve.stderr
     folder = Path(saved[0]["folder"])
@@ -164,6 +170,7 @@ def test_journal_replaced_by_another_file_is_noticed_before_the_ack(tmp_path):
         os.replace(other, journal)
         assert send_all(serve.port, [oru("R2")]) == ["AE"]
         assert serve.stop() == 1
+        no_traceback(serve)
     assert "replaced" in serve.records("journal_fault")[0]["error"]
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from b12comment import logs
 from b12comment.config import Config
 from b12comment.context import ContextError
-from b12comment.errors import EXIT_OK, EXIT_USAGE, B12Error
+from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
 from b12comment.serve.aio import wait_event
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.http import HttpServer
