@@ -219,12 +219,13 @@ class HttpServer:
         task = asyncio.current_task()
         assert task is not None  # a connection handler runs as a task
         if len(self._connections) >= self.cfg.max_connections or self._stop.is_set():
-            self.log.warning("http_connection_refused", peer=peer, reason="max_connections reached")
-            with contextlib.suppress(OSError, RuntimeError):
-                conn = h11.Connection(h11.SERVER)
-                reply = _text(503, "too many connections; try again shortly", close=True)
-                writer.write(_encode(conn, reply, (("Retry-After", "1"),)))
-                await _linger(reader, writer, LINGER_REFUSED_S)
+            why = "the service is stopping" if self._stop.is_set() else "max_connections reached"
+            self.log.warning("http_connection_refused", peer=peer, reason=why)
+            if self.ssl_context is None:  # (over TLS there is no answer before a handshake)
+                with contextlib.suppress(OSError, RuntimeError):
+                    reply = _text(503, f"{why}; try again shortly", close=True)
+                    writer.write(_encode(h11.Connection(h11.SERVER), reply, (("Retry-After", "1"),)))
+                    await _linger(reader, writer, LINGER_REFUSED_S)
             writer.close()
             return
         self._connections.add(task)
