@@ -56,6 +56,9 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
         raise UsageError("replay: --resume needs --out or --forward")
     if args.journal and not args.forward:
         raise UsageError("replay: --journal goes with --forward")
+    window = args.context_window_days
+    if window is not None and not (window > 0 and window < float("inf")):
+        raise UsageError("replay: --context-window-days must be a number of days above 0")
     old = None
     if args.compare_with:
         try:
@@ -79,6 +82,7 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
             report=args.report,
             html=args.html,
             old_config=old,
+            context_window_days=args.context_window_days,
         ),
     )
 
@@ -208,6 +212,12 @@ def _add_replay(sub) -> None:
         "--compare-with",
         metavar="OLD_CONFIG",
         help="also run the rule of OLD_CONFIG and report every message where the two differ",
+    )
+    sp.add_argument(
+        "--context-window-days",
+        type=float,
+        metavar="DAYS",
+        help="the patient's other results collected within DAYS of a B12 count (default: [context] lookback_days)",
     )
     sp.set_defaults(func=_replay)
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import difflib
 import json
+import secrets
 import sys
 from pathlib import Path
 
 from b12comment.config import Config
+from b12comment.context import ContextStore, decide
+from b12comment.context.store import MEMORY
 from b12comment.core import charset
 from b12comment.core.decision import REASONS, Decision
-from b12comment.core.engine import process
 from b12comment.core.segments import read_header
 from b12comment.errors import EXIT_OK, B12Error
 from b12comment.replay.inputs import iter_chunks, iter_pieces
@@ -47,6 +49,8 @@ def describe(index: int, decision: Decision, before: bytes, after: bytes, commen
     out.append(f"  decision: {'COMMENT' if decision.commented else 'no comment'}")
     for reason in decision.reasons:
         out.append(f"  reason: {reason}: {REASONS.get(reason, '')}")
+    if decision.vetoed_by:
+        out.append(f"  vetoed by the results of: {', '.join(decision.vetoed_by)} (control IDs, earlier in the input)")
     if decision.detail:
         out.append(f"  detail: {decision.detail}")
     for note in decision.notes:
@@ -84,11 +88,15 @@ def run_preview(config: Config, file: str, as_json: bool = False) -> int:
 def _preview_stream(config: Config, stream, as_json: bool) -> int:
     """Print every message's preview; returns how many there were."""
     count = 0
+    # The messages of one input share a context, in order, in memory only.
+    cx = config.context
+    store = ContextStore(MEMORY, secrets.token_bytes(32)) if cx.mode != "message" else None
     for piece in iter_pieces(iter_chunks(stream)):
         if piece.kind != "message":
             continue
         count += 1
-        after, decision = process(piece.data, config.rule)
+        outcome = decide(store, count, piece.data, config.rule, cx.mode, cx.lookback_days, watch=False)
+        after, decision = outcome.output, outcome.decision
         if as_json:
             record = {
                 "control_id": decision.control_id,

@@ -486,17 +486,33 @@ def test_replay_of_a_directory_symlink_loop_and_a_dangling_link(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def message_mode(folder: Path) -> Path:
+    """A configuration that decides each message alone (no context store)."""
+    path = folder / "message-mode.toml"
+    path.write_text('[context]\nmode = "message"\n')
+    return path
+
+
 def test_replay_output_on_a_full_disk(tmp_path):
     """No space for the output: an error naming the file, exit 1, no partial file left."""
     with tmpfs(tmp_path / "small", "64k") as small:
         src = tmp_path / "big.hl7"
         src.write_bytes(SAMPLE.read_bytes() * 200)  # about 150 KiB of messages
-        proc = cli("replay", src, "--out", small / "out", "--quiet", "--workers", "1", cwd=tmp_path)
+        # Each message alone: the context's first pass would fill the disk before the output does.
+        alone = message_mode(tmp_path)
+        proc = cli("replay", src, "--out", small / "out", "--quiet", "--workers", "1", "--config", alone, cwd=tmp_path)
         err = proc.stderr.decode()
         assert proc.returncode == 1 and "Traceback" not in err, err
         problems = [line for line in error_lines(err) if line.startswith("b12comment replay:")]
         assert len(problems) == 1 and "big.hl7" in problems[0] and "No space left" in problems[0], problems
         assert [p.name for p in (small / "out").iterdir() if not p.name.startswith(".b12comment-")] == []
+        # With the context, its first pass's store is what fills the disk: one line, nothing left behind.
+        proc = cli("replay", src, "--out", small / "out2", "--quiet", "--workers", "1", cwd=tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and "Traceback" not in err, err
+        problems = [line for line in error_lines(err) if line.startswith("b12comment replay:")]
+        assert len(problems) == 1 and "the context's first pass" in problems[0] and "full" in problems[0], problems
+        assert [p.name for p in (small / "out2").iterdir() if not p.name.startswith(".b12comment-r")] == []
 
 
 @pytest.mark.slow
@@ -510,7 +526,9 @@ def test_replay_counts_only_what_was_written_when_the_output_disk_fills(tmp_path
         (src / f"f{i:02d}.hl7").write_bytes(message * 40)  # about 30 KiB each
     with tmpfs(tmp_path / "small", "128k") as small:
         out, report = small / "out", tmp_path / "report.json"
-        proc = cli("replay", src, "--out", out, "--quiet", "--workers", "1", "--report", report, cwd=tmp_path)
+        alone = message_mode(tmp_path)  # the output disk fills, not the context's first pass
+        args = ("--out", out, "--quiet", "--workers", "1", "--report", report, "--config", alone)
+        proc = cli("replay", src, *args, cwd=tmp_path)
         err = proc.stderr.decode()
         assert proc.returncode == 1 and "Traceback" not in err, err
         written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))

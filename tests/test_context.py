@@ -3,11 +3,15 @@ reads. Real SQLite stores (in memory and on disk), real messages."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 from builders import Obx, build
+from service_helpers import subprocess_env
 
 from b12comment.context import ContextError, ContextStore, decide, load_key
 from b12comment.core.context import Context, extract
@@ -256,3 +260,34 @@ def test_purge_drops_rows_older_than_the_look_back():
     store.add(2, ex, now=1000.0 + 40 * 86400)
     assert store.purge(30.0, now=1000.0 + 41 * 86400) == 2
     assert store.count() == 2
+
+
+def _cli(*args: str, stdin: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "b12comment", *args],
+        input=stdin,
+        capture_output=True,
+        env=subprocess_env(),
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+@pytest.mark.slow
+def test_preview_messages_on_stdin_share_a_context(tmp_path):
+    pasted = other_message() + b"\n" + b12_message()
+    done = _cli("preview", "-", stdin=pasted, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    second = text.split("message 2:")[1]
+    assert "decision: no comment" in second
+    assert "reason: other_abnormal_recent" in second
+    assert "vetoed by the results of: CBCMSG" in second
+    assert not (tmp_path / "var").exists()  # preview keeps its context in memory
+    alone = _cli("preview", "-", stdin=b12_message(), cwd=tmp_path)
+    assert "decision: COMMENT" in alone.stdout.decode()
+    cfg = tmp_path / "message.toml"
+    cfg.write_text('[context]\nmode = "message"\n')
+    each = _cli("preview", "-", "--json", "--config", str(cfg), stdin=pasted, cwd=tmp_path)
+    records = [json.loads(line) for line in each.stdout.decode().splitlines()]
+    assert records[1]["commented"] is True and records[1]["vetoed_by"] == []

@@ -45,7 +45,8 @@ def decide(
     then, if the message alone would get a comment, it is decided again with
     what the store knows of its requisition and patient (a context can only
     take a comment away, so the look-up is needed only then). With `watch`,
-    earlier comments of the patient that this message contradicts are found.
+    a comment is remembered, and earlier comments of the patient that this
+    message contradicts are found (serve's review alert).
     `seq` orders the messages: later rows supersede earlier ones.
     `text_codec`: the message's character set known from outside it (HTTP)."""
     out, decision = process(message, rule, text_codec=text_codec)
@@ -58,7 +59,7 @@ def decide(
         store.add(seq, ex)
     if decision.commented:
         out, decision = process(message, rule, store.context(seq, ex, mode, lookback_days), text_codec=text_codec)
-        if decision.commented:
+        if decision.commented and watch:
             store.add_comment(seq, ex)
     contradicts: tuple[str, ...] = ()
     why = ""

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from b12comment.core.context import Context, Extract, PriorResult
+from b12comment.errors import B12Error
 
 KEY_BYTES = 32
 MEMORY = ":memory:"
@@ -72,7 +73,7 @@ CREATE TABLE IF NOT EXISTS contradictions (
 _FIELDS = "seq, control_id, requisition, kind, analyte, is_b12, verdict, status, order_status, collected"
 
 
-class ContextError(Exception):
+class ContextError(B12Error):
     """The context store or its key cannot be used; the message is one line."""
 
 
@@ -128,14 +129,22 @@ class ContextStore:
 
     def _begin(self) -> None:
         if not self._in_tx:
-            self._db.execute("BEGIN")
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise ContextError(f"context store {self.path}: {exc}") from None
             self._in_tx = True
 
     def commit(self) -> None:
         """Rows added since the last commit become durable (and visible to others)."""
         if self._in_tx:
             self._in_tx = False
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise ContextError(f"context store {self.path}: {exc}") from None
 
     def _run(self, sql: str, args=()) -> list:
         try:
@@ -189,8 +198,11 @@ class ContextStore:
         now = time.time() if now is None else now
         cutoff = now - lookback_days * 86400
         self._begin()
-        removed = self._db.execute("DELETE FROM results WHERE stored_at < ?", (cutoff,)).rowcount
-        self._db.execute("DELETE FROM comments WHERE stored_at < ?", (cutoff,))
+        try:
+            removed = self._db.execute("DELETE FROM results WHERE stored_at < ?", (cutoff,)).rowcount
+            self._db.execute("DELETE FROM comments WHERE stored_at < ?", (cutoff,))
+        except sqlite3.Error as exc:
+            raise ContextError(f"context store {self.path}: {exc}") from None
         self.commit()
         return removed
 
@@ -241,10 +253,13 @@ class ContextStore:
         now = time.time() if now is None else now
         patients, _ = self._keys(extract)
         self._begin()
-        self._db.executemany(
-            "INSERT OR REPLACE INTO comments VALUES (?, ?, ?, ?)",
-            [(seq, p, extract.control_id, now) for p in patients],
-        )
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO comments VALUES (?, ?, ?, ?)",
+                [(seq, p, extract.control_id, now) for p in patients],
+            )
+        except sqlite3.Error as exc:
+            raise ContextError(f"context store {self.path}: {exc}") from None
 
     def contradicted(self, seq: int, extract: Extract, why: str, now: float | None = None) -> list[str]:
         """The control IDs of earlier comments of this patient that `why`
@@ -259,12 +274,16 @@ class ContextStore:
         )
         new = []
         self._begin()
-        for (comment_id,) in found:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO contradictions VALUES (?, ?, ?, ?)", (comment_id, extract.control_id, why, now)
-            )
-            if cur.rowcount:
-                new.append(comment_id)
+        try:
+            for (comment_id,) in found:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO contradictions VALUES (?, ?, ?, ?)",
+                    (comment_id, extract.control_id, why, now),
+                )
+                if cur.rowcount:
+                    new.append(comment_id)
+        except sqlite3.Error as exc:
+            raise ContextError(f"context store {self.path}: {exc}") from None
         return new
 
     def contradictions(self) -> list[tuple[str, str, str, float]]:

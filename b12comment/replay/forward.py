@@ -20,6 +20,7 @@ from pathlib import Path
 from b12comment.config import Config
 from b12comment.core.engine import process
 from b12comment.logs import get_logger
+from b12comment.replay.context import Reader
 from b12comment.replay.inputs import open_input, read_pieces
 from b12comment.replay.tally import Tally
 from b12comment.serve.forwarder import Forwarder, transport_for
@@ -39,9 +40,19 @@ def journal_path_for(config: Config, given: str | None) -> Path:
     return serve_journal.with_name(serve_journal.stem + "-replay" + serve_journal.suffix)
 
 
-def enqueue_file(journal: Journal, src: str, rel: str, config: Config, resume: bool, log=None) -> Tally:
+def enqueue_file(
+    journal: Journal,
+    src: str,
+    rel: str,
+    config: Config,
+    resume: bool,
+    log=None,
+    context: Reader | None = None,
+    index: int = 0,
+) -> Tally:
     """Process one file and journal its messages; returns its tally. `log`:
-    run.DecisionLog for `--log-file`."""
+    run.DecisionLog for `--log-file`; `context`: the first pass's store, and
+    `index` the file's place in the plan."""
     source = SOURCE_PREFIX + rel
     already = journal.last_position(source) if resume else 0
     tally = Tally(files=1)
@@ -52,7 +63,11 @@ def enqueue_file(journal: Journal, src: str, rel: str, config: Config, resume: b
             if piece.kind != "message":
                 continue
             position += 1
-            output, decision = process(piece.data, config.rule)
+            if context is None:
+                output, decision = process(piece.data, config.rule)
+            else:
+                outcome = context.decide(index, position, piece.data, config.rule)
+                output, decision = outcome.output, outcome.decision
             tally.add(decision, rel, position, config.rule)
             if log is not None:
                 log.write(position, decision)

@@ -27,11 +27,15 @@ from b12comment.replay.tally import Tally
 
 RESUME_NAME = ".b12comment-resume.jsonl"
 LOCK_NAME = ".b12comment-replay.lock"
-OWN_FILES = frozenset({RESUME_NAME, LOCK_NAME})  # never read as inputs
+CONTEXT_NAME = ".b12comment-context.sqlite3"  # the first pass's store (replay/context.py)
+OWN_FILES = frozenset(
+    {RESUME_NAME, LOCK_NAME, CONTEXT_NAME, CONTEXT_NAME + "-wal", CONTEXT_NAME + "-shm"}
+)  # never read as inputs
 
 
-def fingerprint(config: Config, old: Config | None, pairs) -> str:
-    h = hashlib.sha256(repr((config.rule, old.rule if old else None)).encode())
+def fingerprint(config: Config, old: Config | None, pairs, window_days: float | None = None) -> str:
+    context = (config.context.mode, window_days or config.context.lookback_days)
+    h = hashlib.sha256(repr((config.rule, old.rule if old else None, context)).encode())
     for src, rel in pairs:
         h.update(f"{src}\0{rel}\0".encode())
     return h.hexdigest()

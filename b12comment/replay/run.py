@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -32,12 +33,17 @@ from functools import lru_cache
 from pathlib import Path
 
 from b12comment.config import Config
+from b12comment.context import ContextError
 from b12comment.core.decision import Decision
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
 from b12comment.errors import EXIT_IO, EXIT_OK, B12Error, UsageError
 from b12comment.files import replace_durably, write_atomically
 from b12comment.logs import configure
+from b12comment.replay.context import NAME as CONTEXT_NAME
+from b12comment.replay.context import Reader, ReplayContext
+from b12comment.replay.context import build as build_context
+from b12comment.replay.context import remove as remove_context
 from b12comment.replay.inputs import is_gzip, open_input, open_output, read_pieces
 from b12comment.replay.progress import Progress, plural
 from b12comment.replay.resume import OWN_FILES, RESUME_NAME, ResumeFile, fingerprint, load_done, lock_output
@@ -53,6 +59,8 @@ class Job:
     old_rule: RuleConfig | None
     log_file: str | None = None
     skip_non_hl7: bool = False
+    context: ReplayContext | None = None  # the first pass's store (None: each message alone)
+    file_index: int = 0  # the file's place in the plan (orders the context)
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class Options:
     report: str | None = None
     html: str | None = None
     old_config: Config | None = None
+    context_window_days: float | None = None  # overrides [context] lookback_days
 
 
 # --------------------------------------------------------------------------
@@ -265,11 +274,13 @@ def replay_file(job: Job) -> Tally:
     _exit_if_orphaned()
     out: Output | None = None
     log: DecisionLog | None = None
+    reader: Reader | None = None
     try:
         if job.out_dir is not None:
             out = Output(Path(job.out_dir) / job.rel, is_gzip(job.src))
         log = DecisionLog(job.log_file, job.rel) if job.log_file else None
-        tally = _replay_pieces(job, out, log)
+        reader = Reader(job.context) if job.context is not None else None
+        tally = _replay_pieces(job, out, log, reader)
         if log is not None:
             log.flush()
         if out is not None:
@@ -278,7 +289,7 @@ def replay_file(job: Job) -> Tally:
             else:
                 out.abort()
         return tally
-    except (WriteFailed, OSError, EOFError, ValueError, zlib.error) as exc:  # unreadable, corrupt gzip, no space...
+    except (WriteFailed, OSError, EOFError, ValueError, zlib.error, ContextError) as exc:  # unreadable, no space...
         if out is not None:
             out.abort()
         return Tally(files=1, errors=[{"file": job.rel, "error": _describe(exc)}])
@@ -286,10 +297,19 @@ def replay_file(job: Job) -> Tally:
         if log is not None:
             with contextlib.suppress(WriteFailed, OSError):
                 log.close()
+        if reader is not None:
+            reader.close()
 
 
-def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None) -> Tally:
+def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None, reader: Reader | None = None) -> Tally:
     tally = Tally(files=1)
+
+    def decide(data: bytes, rule: RuleConfig, position: int) -> tuple[bytes, Decision]:
+        if reader is None:
+            return process(data, rule)
+        outcome = reader.decide(job.file_index, position, data, rule)
+        return outcome.output, outcome.decision
+
     check = BatchCheck(job.rel)
     position = 0
     with open_input(job.src) as fin:
@@ -301,12 +321,12 @@ def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None) -> Tal
                 continue
             position += 1
             check.message()
-            output, decision = process(piece.data, job.rule)
+            output, decision = decide(piece.data, job.rule, position)
             if out is not None:
                 out.write(output)
             tally.add(decision, job.rel, position, job.rule)
             if job.old_rule is not None:
-                _, old = process(piece.data, job.old_rule)
+                _, old = decide(piece.data, job.old_rule, position)
                 if (old.commented, old.reasons) != (decision.commented, decision.reasons):
                     tally.add_difference(job.rel, position, decision, old)
             if log is not None:
@@ -318,7 +338,7 @@ def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None) -> Tal
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, WriteFailed):
+    if isinstance(exc, (WriteFailed, ContextError)):
         return str(exc)
     if isinstance(exc, EOFError):
         return "compressed file ends early (truncated gzip)"
@@ -418,15 +438,30 @@ def _to_files(config: Config, pairs, out_dir: Path | None, opts: Options) -> tup
 
 
 def _to_files_locked(config: Config, pairs, out_dir: Path | None, opts: Options) -> tuple[dict, dict]:
-    fp = fingerprint(config, opts.old_config, pairs)
+    fp = fingerprint(config, opts.old_config, pairs, opts.context_window_days)
     resume_path = out_dir / RESUME_NAME if out_dir is not None else None
     done = load_done(resume_path, fp) if opts.resume and resume_path else {}
     old_rule = opts.old_config.rule if opts.old_config else None
-    jobs = [
-        Job(str(src), rel, str(out_dir) if out_dir else None, config.rule, old_rule, opts.log_file, opts.skip_non_hl7)
-        for src, rel in pairs
-        if rel not in done
-    ]
+    with _first_pass(config, pairs, out_dir, opts) as ctx:
+        jobs = [
+            Job(
+                str(src),
+                rel,
+                str(out_dir) if out_dir else None,
+                config.rule,
+                old_rule,
+                opts.log_file,
+                opts.skip_non_hl7,
+                ctx,
+                index,
+            )
+            for index, (src, rel) in enumerate(pairs)
+            if rel not in done
+        ]
+        return _run_to_files(jobs, pairs, done, resume_path, fp, out_dir, opts)
+
+
+def _run_to_files(jobs, pairs, done, resume_path, fp, out_dir, opts) -> tuple[dict, dict]:
     sizes = {rel: _size(src) for src, rel in pairs}
     resume = None
     if resume_path is not None:
@@ -448,6 +483,30 @@ def _to_files_locked(config: Config, pairs, out_dir: Path | None, opts: Options)
         if resume is not None:
             resume.close()
     return tallies, {"resumed_files": len(done)}
+
+
+@contextlib.contextmanager
+def _first_pass(config: Config, pairs, folder: Path | None, opts: Options):
+    """The context of the whole input (None in mode "message"), in a
+    temporary store in `folder` (else a temporary folder), removed afterwards."""
+    cx = config.context
+    if cx.mode == "message":
+        yield None
+        return
+    window = opts.context_window_days or cx.lookback_days
+    with tempfile.TemporaryDirectory(prefix="b12comment-context-") as scratch:
+        path = (folder if folder is not None else Path(scratch)) / CONTEXT_NAME
+        try:
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+            ctx = build_context(path, [str(src) for src, _ in pairs], config.rule, cx.mode, window)
+        except (ContextError, OSError) as exc:
+            remove_context(path)
+            raise B12Error(f"replay: the context's first pass: {_describe(exc)}") from None
+        try:
+            yield ctx
+        finally:
+            remove_context(path)
 
 
 def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
@@ -472,18 +531,24 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
                         f"replay: {seen[0]} was already queued in {path}: add --resume to go on "
                         "with that replay, or give another --journal to send it again"
                     )
-            for src, rel in pairs:
-                log = None
+            with _first_pass(config, pairs, path.parent, opts) as ctx:
+                reader = Reader(ctx) if ctx is not None else None
                 try:
-                    log = DecisionLog(opts.log_file, rel) if opts.log_file else None
-                    tallies[rel] = enqueue_file(journal, str(src), rel, config, opts.resume, log)
-                except (WriteFailed, OSError, EOFError, ValueError, zlib.error) as exc:
-                    tallies[rel] = Tally(files=1, errors=[{"file": rel, "error": _describe(exc)}])
+                    for index, (src, rel) in enumerate(pairs):
+                        log = None
+                        try:
+                            log = DecisionLog(opts.log_file, rel) if opts.log_file else None
+                            tallies[rel] = enqueue_file(journal, str(src), rel, config, opts.resume, log, reader, index)
+                        except (WriteFailed, OSError, EOFError, ValueError, zlib.error) as exc:
+                            tallies[rel] = Tally(files=1, errors=[{"file": rel, "error": _describe(exc)}])
+                        finally:
+                            if log is not None:
+                                with contextlib.suppress(WriteFailed, OSError):
+                                    log.close()
+                        progress.record(rel, tallies[rel], sizes[rel])
                 finally:
-                    if log is not None:
-                        with contextlib.suppress(WriteFailed, OSError):
-                            log.close()
-                progress.record(rel, tallies[rel], sizes[rel])
+                    if reader is not None:
+                        reader.close()
         finally:
             journal.close()
         assert opts.forward is not None  # run_forward is only called with --forward
@@ -528,6 +593,10 @@ def summary(r: dict) -> str:
     ]
     if "forwarded" in r:
         lines.append(f"  forwarded: {r['forwarded']}; dead-lettered: {r['dead_lettered']} (journal {r['journal']})")
+    vetoes = r.get("context_vetoes_by_reason") or {}
+    if vetoes:
+        listed = ", ".join(f"{reason} {count}" for reason, count in vetoes.items())
+        lines.append(f"  comments the patient's other results took away: {listed}")
     if r["rule_differences"]:
         lines.append(f"  messages where the two rules differ: {r['rule_differences']}")
     return "\n".join(lines)

@@ -14,11 +14,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from b12comment.core.decision import MALFORMED, Decision
+from b12comment.core.decision import MALFORMED, OTHER_ABNORMAL_RECENT, REQUISITION_PENDING, Decision
 from b12comment.core.rule_config import RuleConfig
 
 BIN_PMOL_L = 100  # histogram bin width
 TOP_BIN_PMOL_L = 3000  # values at or above go in the last bin
+CONTEXT_REASONS = (OTHER_ABNORMAL_RECENT, REQUISITION_PENDING)
 MAX_LISTED = 1000  # positions and differences listed in full; all are counted
 
 # How each field merges (and is written to and read from JSON)
@@ -60,6 +61,7 @@ class Tally:
     paediatric_b12_commented: int = _sum()
     paediatric_b12_not_commented_by_reason: Counter = _counts()  # results, every reason
     paediatric_b12_histogram_pmol_l: dict = field(default_factory=dict, metadata={"merge": HISTOGRAM})
+    context_vetoes_by_reason: Counter = _counts()  # messages the patient's other results took the comment from
     malformed: int = _sum()
     malformed_positions: list = _list(CAPPED)
     batch_count_mismatches: list = _list(ALL)
@@ -76,6 +78,9 @@ class Tally:
             self.commented += 1
         elif d.primary_reason:
             self.not_commented_by_reason[d.primary_reason] += 1
+        for reason in d.reasons:
+            if reason in CONTEXT_REASONS:
+                self.context_vetoes_by_reason[reason] += 1
         if MALFORMED in d.reasons:
             self.malformed += 1
             if len(self.malformed_positions) < MAX_LISTED:
