@@ -510,8 +510,9 @@ def test_replay_output_on_a_full_disk(tmp_path):
         proc = cli("replay", src, "--out", small / "out2", "--quiet", "--workers", "1", cwd=tmp_path)
         err = proc.stderr.decode()
         assert proc.returncode == 1 and "Traceback" not in err, err
-        problems = [line for line in error_lines(err) if line.startswith("b12comment replay:")]
-        assert len(problems) == 1 and "the context's first pass" in problems[0] and "full" in problems[0], problems
+        problems = error_lines(err)
+        assert len(problems) == 1 and problems[0].startswith("b12comment: replay: the context's first pass"), problems
+        assert "full" in problems[0], problems
         assert [p.name for p in (small / "out2").iterdir() if not p.name.startswith(".b12comment-r")] == []
 
 

@@ -291,3 +291,29 @@ def test_preview_messages_on_stdin_share_a_context(tmp_path):
     each = _cli("preview", "-", "--json", "--config", str(cfg), stdin=pasted, cwd=tmp_path)
     records = [json.loads(line) for line in each.stdout.decode().splitlines()]
     assert records[1]["commented"] is True and records[1]["vetoed_by"] == []
+
+
+def test_without_requisition_numbers_a_later_normal_result_does_not_hide_an_earlier_abnormal_one():
+    kw = dict(orc4=None, placer="", filler="", collected="20240105083000")
+    outcome = run(
+        [
+            other_message(ALT_HIGH, control_id="ALT-1", **kw),
+            other_message(Obx(code="1742-6^ALT^LN", value="30", units="U/L", range="10-45"), control_id="ALT-2", **kw),
+            b12_message(),
+        ]
+    )
+    assert outcome.decision.reasons == ("other_abnormal_recent",)
+    assert outcome.decision.vetoed_by == ("ALT-1",)
+
+
+def test_a_corrected_normal_result_in_the_requisition_supersedes_the_abnormal_one():
+    outcome = run(
+        [
+            other_message(ALT_HIGH, control_id="ALT-1"),
+            other_message(
+                Obx(code="1742-6^ALT^LN", value="30", units="U/L", range="10-45", status="C"), control_id="ALT-C"
+            ),
+            b12_message(),
+        ]
+    )
+    assert outcome.decision.commented

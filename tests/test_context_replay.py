@@ -12,6 +12,8 @@ from service_helpers import subprocess_env
 from test_context import ALT_HIGH, b12_message, other_message
 from test_context_serve import CASES, _case_messages
 
+from b12comment.replay.resume import RESUME_NAME
+
 pytestmark = pytest.mark.slow
 
 
@@ -89,8 +91,8 @@ def test_replay_decides_with_the_whole_archive_any_workers_and_resume(tmp_path):
     # An interrupted run: the progress record says a.hl7 was done; --resume does the rest the same.
     (out2 / "b.hl7").unlink()
     (out2 / "c.hl7").unlink()
-    progress = (out2 / ".b12comment-replay.jsonl").read_text().splitlines()
-    (out2 / ".b12comment-replay.jsonl").write_text("\n".join(progress[:2]) + "\n")
+    progress = (out2 / RESUME_NAME).read_text().splitlines()
+    (out2 / RESUME_NAME).write_text("\n".join(progress[:2]) + "\n")
     resumed = replay(str(src), "--out", str(out2), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert outputs(out2) == got

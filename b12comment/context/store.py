@@ -226,13 +226,19 @@ class ContextStore:
             args += patients
         if not where:
             return Context(seq=seq, lookback_days=lookback_days)
-        found = self._run(f"SELECT DISTINCT {_FIELDS}, position FROM results WHERE {' OR '.join(where)}", args)
+        # The newest row of each (requisition, kind, analyte), as core.context.latest()
+        # would pick it (SQLite takes the bare columns from the MAX(seq) row).
+        found = self._run(
+            f"SELECT {_FIELDS}, MAX(seq) FROM results WHERE {' OR '.join(where)} "
+            "GROUP BY CASE WHEN length(requisition) = 0 THEN CAST(seq AS BLOB) ELSE requisition END, kind, analyte",
+            args,
+        )
         own = set(requisitions)
         results = tuple(
             PriorResult(
                 seq=r[0],
                 control_id=r[1],
-                requisition=bytes(r[2]).hex(),
+                requisition=bytes(r[2]).hex() or f"seq:{r[0]}",
                 same_requisition=bool(r[2]) and bytes(r[2]) in own,
                 kind=r[3],
                 analyte=r[4],

@@ -69,7 +69,7 @@ class PriorResult:
 
     seq: int  # arrival order: later rows supersede earlier ones of the same key
     control_id: str
-    requisition: str  # opaque (a keyed hash): only compared for equality
+    requisition: str  # opaque (a keyed hash): only compared for equality; "" = none
     same_requisition: bool  # the requisition is one of the message's own
     kind: str
     analyte: str
@@ -199,10 +199,11 @@ def _whole_component(raw: bytes, d, k: int) -> bytes:
 
 def latest(results: tuple[PriorResult, ...]) -> list[PriorResult]:
     """The newest row of each (requisition, kind, analyte): a final result
-    supersedes its preliminary one, a correction the result it corrects."""
+    supersedes its preliminary one, a correction the result it corrects.
+    Rows of a message without a requisition number supersede nothing."""
     newest: dict[tuple[str, str, str], PriorResult] = {}
     for r in results:
-        key = (r.requisition, r.kind, r.analyte)
+        key = (r.requisition or f"seq:{r.seq}", r.kind, r.analyte)  # no requisition: each message its own
         if key not in newest or r.seq >= newest[key].seq:
             newest[key] = r
     return sorted(newest.values(), key=lambda r: r.seq)
