@@ -272,3 +272,30 @@ def test_cheap_observation_reads_as_the_reference():
                 assert got == _reference_observation(fields, header, codec), (m[:60], seg)
                 checked += 1
     assert checked > 1000
+
+
+def test_obx3_codes_reads_as_component_does():
+    from b12comment.core.facts import obx3_codes
+    from b12comment.core.segments import component
+
+    def reference(raw, d):
+        pairs = []
+        for ident, system in ((1, 3), (4, 6), (10, 12)):
+            code = component(raw, d, ident).decode("latin-1").strip()
+            if code:
+                pairs.append((code, component(raw, d, system).decode("latin-1").strip()))
+        return pairs
+
+    checked = 0
+    for m in _messages_of_files() + [build(**kw) for _, kw, _, _, _ in CASES]:
+        try:
+            header = read_header(m)
+        except Malformed:
+            continue
+        for seg in split_segments(m, header.start):
+            if seg.name == b"OBX":
+                raw = segment_fields(m, seg, header.delimiters)[3:4] or [b""]
+                for value in (raw[0], raw[0] + b"~x^y", b" a & b ^^ c ^ d^e^f^g^h^i^j^k^l", b""):
+                    assert obx3_codes(value, header.delimiters) == reference(value, header.delimiters)
+                    checked += 1
+    assert checked > 1000

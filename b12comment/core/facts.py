@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 from functools import cached_property, lru_cache
+from typing import NamedTuple
 
 from hl7apy import SUPPORTED_LIBRARIES
 from hl7apy.consts import VALIDATION_LEVEL
@@ -71,8 +72,7 @@ class B12Result:
     detailed: bool = False  # observation read with hl7apy (read_detail)
 
 
-@dataclass(frozen=True)
-class ObxAt:
+class ObxAt(NamedTuple):
     """Where one OBX stands: read into an Observation only when asked."""
 
     position: int  # 1-based among the message's OBX segments
@@ -235,10 +235,11 @@ class FieldReader:
     where hl7apy would give them back unchanged, else with hl7apy (cached)."""
 
     def __init__(self, header: Header, codec: str):
-        d = header.delimiters
+        self._setup(header.delimiters, header.version, codec)
+
+    def _setup(self, d: Delimiters, version: str, codec: str) -> None:
         self.delims = d
         self.codec = codec
-        version = header.version
         self.notes: tuple[str, ...] = ()
         if version not in SUPPORTED_LIBRARIES:
             self.notes = (f"version {version or '(empty)'} read as {FALLBACK_VERSION}",)
@@ -282,13 +283,38 @@ class FieldReader:
         return value.split(self.encoding_chars["SUBCOMPONENT"], 1)[0].strip()
 
 
+def reader_for(header: Header, codec: str) -> FieldReader:
+    """The FieldReader for a header (made once per delimiters, version and
+    codec: it depends on nothing else)."""
+    return _reader(header.delimiters, header.version, codec)
+
+
+@lru_cache(maxsize=64)
+def _reader(delimiters: Delimiters, version: str, codec: str) -> FieldReader:
+    reader = FieldReader.__new__(FieldReader)
+    reader._setup(delimiters, version, codec)
+    return reader
+
+
 def obx3_codes(raw: bytes, delims: Delimiters) -> list[tuple[str, str]]:
     """(identifier, coding system) pairs of OBX-3: primary, alternate, second alternate."""
+    rep = raw.split(delims.repetition, 1)[0] if delims.repetition else raw
+    comps = rep.split(delims.component) if delims.component else [rep]
+    ss = delims.subcomponent
+
+    def at(k: int) -> str:  # component(raw, delims, k), decoded
+        if k > len(comps):
+            return ""
+        value = comps[k - 1]
+        if ss:
+            value = value.split(ss, 1)[0]
+        return value.decode("latin-1").strip()
+
     pairs = []
     for ident, system in ((1, 3), (4, 6), (10, 12)):
-        code = component(raw, delims, ident).decode("latin-1").strip()
+        code = at(ident)
         if code:
-            pairs.append((code, component(raw, delims, system).decode("latin-1").strip()))
+            pairs.append((code, at(system)))
     return pairs
 
 
@@ -382,10 +408,16 @@ def _hl7apy_observation(fields: list[bytes], reader: FieldReader, position: int,
 
 def read_detail(facts: Facts, result: B12Result) -> B12Result:
     """The B12 OBX's fields the rule needs, read with hl7apy."""
-    reader = FieldReader(facts.header, facts.codec)
+    reader = reader_for(facts.header, facts.codec)
     obs = result.observation
     detailed = _hl7apy_observation(list(result.fields), reader, obs.position, obs.segment_index, obs.group)
     return replace(result, observation=detailed, detailed=True)
+
+
+@lru_cache(maxsize=16)
+def _code_pattern(codes: tuple[str, ...]) -> re.Pattern[bytes]:
+    """Any of the configured codes, as bytes (the cheap test of an OBX line)."""
+    return re.compile(b"|".join(re.escape(c.encode("latin-1")) for c in codes) or b"(?!)")
 
 
 @dataclass
@@ -410,8 +442,8 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
     are found, not read (Facts.observations reads them when asked)."""
     d = header.delimiters
     segments = tuple(split_segments(message, header.start))
-    reader = FieldReader(header, codec)
-    codes = tuple({cm.code.encode("latin-1") for cm in rule.codes})
+    reader = reader_for(header, codec)
+    may_hold_code = _code_pattern(tuple(sorted({cm.code for cm in rule.codes}))).search
     patient_count = 0
     raw_birth = b""
     raw_order_times: dict[int, bytes] = {}  # read only where a B12 needs them
@@ -436,8 +468,7 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
         if name == b"OBX":
             position = len(obx_at) + 1
             obx_at.append(ObxAt(position, index, group))
-            line = message[seg.start : seg.end]
-            if not any(c in line for c in codes):  # no configured code can stand in it
+            if may_hold_code(message, seg.start, seg.end) is None:  # no configured code stands in it
                 continue
             fields = segment_fields(message, seg, d)
             code = match_b12(field_of(fields, 3), d, rule)
