@@ -182,95 +182,151 @@ def _positive(r: _Reader, key: str, value: float, allow_zero: bool = False) -> f
     return value
 
 
-def _load_rule(path: str, table: dict[str, Any]) -> RuleConfig:
-    d = RuleConfig()
-    r = _Reader(path, table, "rule")
-    codes = d.codes
+_MESSAGE_TYPE_RE = re.compile(r"^[A-Z0-9]{3}\^[A-Z0-9]{3}$")
+_SHORT_CODE_RE = re.compile(r"^[A-Za-z0-9]{0,5}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,39}$")
+_MARKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._\-]{3,39}$")
+_ENTERED_BY_RE = re.compile(r"^[A-Za-z0-9 ._\-]{0,60}(\^[A-Za-z0-9 ._\-]{0,60}){0,5}$")
+
+# [rule] keys that are lists of strings: key -> pattern each entry must match (None: any string)
+_RULE_LISTS: dict[str, re.Pattern | None] = {
+    "message_types": _MESSAGE_TYPE_RE,
+    "final_statuses": _STATUS_RE,
+    "final_order_statuses": _STATUS_RE,
+    "cancelled_order_statuses": _STATUS_RE,
+    "pending_statuses": _STATUS_RE,
+    "ignored_statuses": _STATUS_RE,
+    "normal_flags": _FLAG_RE,
+    "elevated_flags": _FLAG_RE,
+    "low_flags": _FLAG_RE,
+    "normal_texts": None,
+    "ignored_codes": _CODE_RE,
+    "earlier_texts": None,
+}
+# [rule] keys that are strings, and the pattern they must match (None: any)
+_RULE_STRINGS: dict[str, re.Pattern | None] = {
+    "rule_version": _VERSION_RE,
+    "text_da": None,
+    "text_en": None,
+    "nte_source": _SHORT_CODE_RE,
+    "nte_comment_type": _SHORT_CODE_RE,
+    "nte_entered_by": _ENTERED_BY_RE,
+    "comment_marker": _MARKER_RE,
+}
+_RULE_STRING_RULES = {
+    "rule_version": "must be 1-40 letters, digits, '.', '_' or '-'",
+    "nte_source": "must be a short code of letters and digits",
+    "nte_comment_type": "must be a short code of letters and digits",
+    "nte_entered_by": "must be up to 6 components joined by ^, of letters, digits, spaces, '.', '_' or '-'",
+    "comment_marker": "must be 4-40 letters, digits, spaces, '.', '_' or '-', starting with a letter or digit",
+}
+
+
+def _load_codes(r: _Reader, default: tuple[CodeMatch, ...]) -> tuple[CodeMatch, ...]:
     raw_codes = r.take("codes", list, None)
-    if raw_codes is not None:
-        if not raw_codes:
-            raise r.fail("codes", "must list at least one code")
-        code_list: list[CodeMatch] = []
-        for i, entry in enumerate(raw_codes):
-            if not isinstance(entry, dict):
-                raise r.fail("codes", f"entry {i + 1} must be a table with code and systems")
-            er = _Reader(path, entry, f"rule.codes[{i + 1}]")
-            code = er.take("code", str, None)
-            if code is None or not _CODE_RE.match(code):
-                raise er.fail("code", f"must be a code of letters, digits, '.', '_' or '-', not {code!r}")
-            systems = er.take_strings("systems", ("",))
-            er.done()
-            code_list.append(CodeMatch(code, systems))
-        codes = tuple(code_list)
-    bands = d.age_bands
+    if raw_codes is None:
+        return default
+    if not raw_codes:
+        raise r.fail("codes", "must list at least one code")
+    code_list: list[CodeMatch] = []
+    for i, entry in enumerate(raw_codes):
+        if not isinstance(entry, dict):
+            raise r.fail("codes", f"entry {i + 1} must be a table with code and systems")
+        er = _Reader(r.path, entry, f"rule.codes[{i + 1}]")
+        code = er.take("code", str, None)
+        if code is None or not _CODE_RE.match(code):
+            raise er.fail("code", f"must be a code of letters, digits, '.', '_' or '-', not {code!r}")
+        systems = er.take_strings("systems", ("",))
+        er.done()
+        code_list.append(CodeMatch(code, systems))
+    return tuple(code_list)
+
+
+def _load_band(r: _Reader, i: int, entry: Any) -> AgeBand:
+    if not isinstance(entry, dict):
+        raise r.fail("age_bands", f"entry {i + 1} must be a table")
+    br = _Reader(r.path, entry, f"rule.age_bands[{i + 1}]")
+    below = br.take("below_years", int, None)
+    limit = br.take("upper_limit_pmol_l", float, None)
+    br.done()
+    if below is None or not 1 <= below <= 18:
+        raise br.fail("below_years", f"must be an integer from 1 to 18, not {below!r}")
+    if limit is None or not math.isfinite(limit) or limit <= 0:
+        raise br.fail("upper_limit_pmol_l", f"must be a number above 0, not {limit!r}")
+    return AgeBand(below, limit)
+
+
+def _load_bands(r: _Reader, default: tuple[AgeBand, ...]) -> tuple[AgeBand, ...]:
     raw_bands = r.take("age_bands", list, None)
-    if raw_bands is not None:
-        band_list: list[AgeBand] = []
-        for i, entry in enumerate(raw_bands):
-            if not isinstance(entry, dict):
-                raise r.fail("age_bands", f"entry {i + 1} must be a table")
-            br = _Reader(path, entry, f"rule.age_bands[{i + 1}]")
-            below = br.take("below_years", int, None)
-            limit = br.take("upper_limit_pmol_l", float, None)
-            br.done()
-            if below is None or not 1 <= below <= 18:
-                raise br.fail("below_years", f"must be an integer from 1 to 18, not {below!r}")
-            if limit is None or not math.isfinite(limit) or limit <= 0:
-                raise br.fail("upper_limit_pmol_l", f"must be a number above 0, not {limit!r}")
-            band_list.append(AgeBand(below, limit))
-        band_list.sort(key=lambda b: b.below_years)
-        if not band_list or len({b.below_years for b in band_list}) != len(band_list):
-            raise r.fail("age_bands", "must list bands with distinct below_years")
-        bands = tuple(band_list)
-    units = d.units
+    if raw_bands is None:
+        return default
+    band_list = sorted((_load_band(r, i, entry) for i, entry in enumerate(raw_bands)), key=lambda b: b.below_years)
+    if not band_list or len({b.below_years for b in band_list}) != len(band_list):
+        raise r.fail("age_bands", "must list bands with distinct below_years")
+    return tuple(band_list)
+
+
+def _load_units(r: _Reader, default: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
     raw_units = r.take("units", dict, None)
-    if raw_units is not None:
-        unit_list: list[tuple[str, float]] = []
-        for name, factor in raw_units.items():
-            if (
-                isinstance(factor, bool)
-                or not isinstance(factor, (int, float))
-                or not math.isfinite(factor)
-                or factor <= 0
-            ):
-                raise r.fail(f"units.{name}", f"must be a number above 0 (factor to pmol/L), not {factor!r}")
-            unit_list.append((name, float(factor)))
-        units = tuple(unit_list)
+    if raw_units is None:
+        return default
+    unit_list: list[tuple[str, float]] = []
+    for name, factor in raw_units.items():
+        number = isinstance(factor, (int, float)) and not isinstance(factor, bool)
+        if not number or not math.isfinite(factor) or factor <= 0:
+            raise r.fail(f"units.{name}", f"must be a number above 0 (factor to pmol/L), not {factor!r}")
+        unit_list.append((name, float(factor)))
+    return tuple(unit_list)
+
+
+def _load_strings(r: _Reader, d: RuleConfig) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, pattern in _RULE_LISTS.items():
+        values[key] = r.take_strings(key, getattr(d, key), pattern)
+    for key, pattern in _RULE_STRINGS.items():
+        value = r.take(key, str, getattr(d, key))
+        if pattern is not None and not pattern.match(value):
+            raise r.fail(key, f"{_RULE_STRING_RULES[key]}, not {value!r}")
+        values[key] = value
     language = r.take("language", str, d.language)
     if language not in ("da", "en"):
         raise r.fail("language", f'must be "da" or "en", not {language!r}')
-    result = RuleConfig(
-        codes=codes,
-        age_bands=bands,
-        units=units,
-        message_types=r.take_strings("message_types", d.message_types, re.compile(r"^[A-Z0-9]{3}\^[A-Z0-9]{3}$")),
-        final_statuses=r.take_strings("final_statuses", d.final_statuses, _STATUS_RE),
-        final_order_statuses=r.take_strings("final_order_statuses", d.final_order_statuses, _STATUS_RE),
-        cancelled_order_statuses=r.take_strings("cancelled_order_statuses", d.cancelled_order_statuses, _STATUS_RE),
-        pending_statuses=r.take_strings("pending_statuses", d.pending_statuses, _STATUS_RE),
-        ignored_statuses=r.take_strings("ignored_statuses", d.ignored_statuses, _STATUS_RE),
-        normal_flags=r.take_strings("normal_flags", d.normal_flags, _FLAG_RE),
-        elevated_flags=r.take_strings("elevated_flags", d.elevated_flags, _FLAG_RE),
-        low_flags=r.take_strings("low_flags", d.low_flags, _FLAG_RE),
-        use_message_time=r.take("use_message_time", bool, d.use_message_time),
-        normal_texts=r.take_strings("normal_texts", d.normal_texts),
-        ignored_codes=r.take_strings("ignored_codes", d.ignored_codes, _CODE_RE),
-        language=language,
-        text_da=r.take("text_da", str, d.text_da),
-        text_en=r.take("text_en", str, d.text_en),
-        nte_source=r.take("nte_source", str, d.nte_source),
-        nte_comment_type=r.take("nte_comment_type", str, d.nte_comment_type),
-    )
-    r.done()
+    values["language"] = language
+    values["use_message_time"] = r.take("use_message_time", bool, d.use_message_time)
+    return values
+
+
+def _check_rule(r: _Reader, rule: RuleConfig) -> None:
+    """What holds between keys: texts that carry the marker, no status both final and pending."""
     for key in ("text_da", "text_en"):
-        if not getattr(result, key).strip():
+        if not getattr(rule, key).strip():
             raise r.fail(key, "must not be empty")
-    for key in ("nte_source", "nte_comment_type"):
-        if not re.match(r"^[A-Za-z0-9]{0,5}$", getattr(result, key)):
-            raise r.fail(key, "must be a short code of letters and digits")
-    overlap = set(result.final_statuses) & set(result.pending_statuses)
+        filled = getattr(rule, key).replace("{rule_version}", rule.rule_version)
+        if rule.comment_marker not in filled:
+            raise r.fail(
+                key,
+                f"must contain the comment_marker {rule.comment_marker!r} (so that a message commented with "
+                "it is never commented again)",
+            )
+    for i, text in enumerate(rule.earlier_texts):
+        if not text.strip():
+            raise r.fail("earlier_texts", f"entry {i + 1} must not be empty")
+    overlap = set(rule.final_statuses) & set(rule.pending_statuses)
     if overlap:
         raise r.fail("pending_statuses", f"shares {sorted(overlap)} with final_statuses")
+
+
+def _load_rule(path: str, table: dict[str, Any]) -> RuleConfig:
+    d = RuleConfig()
+    r = _Reader(path, table, "rule")
+    result = RuleConfig(
+        codes=_load_codes(r, d.codes),
+        age_bands=_load_bands(r, d.age_bands),
+        units=_load_units(r, d.units),
+        **_load_strings(r, d),
+    )
+    r.done()
+    _check_rule(r, result)
     return result
 
 

@@ -45,6 +45,17 @@ def test_changed_value_is_read():
         ("[nonsense]\n", "[nonsense] is not a known setting"),
         ("[rule\n", "not valid TOML"),
         ('[logging]\npatient_data = "yes"\n', "[logging.patient_data] must be true or false"),
+        ('[rule]\ntext_da = "Ingen markør"\n', "[rule.text_da] must contain the comment_marker 'b12comment'"),
+        ('[rule]\ncomment_marker = "ab"\n', "[rule.comment_marker] must be 4-40"),
+        ('[rule]\ncomment_marker = "site marker"\n', "[rule.text_da] must contain the comment_marker"),
+        ('[rule]\nrule_version = ""\n', "[rule.rule_version] must be 1-40"),
+        ('[rule]\nrule_version = "b12 paed"\n', "[rule.rule_version]"),
+        ('[rule]\nnte_entered_by = "a|b"\n', "[rule.nte_entered_by]"),
+        ('[rule]\nearlier_texts = [""]\n', "[rule.earlier_texts] entry 1 must not be empty"),
+        ('[rule]\nearlier_texts = "x"\n', "[rule.earlier_texts] must be a list"),
+        ('[rule]\nignored_codes = ["a b"]\n', "[rule.ignored_codes] has an invalid entry"),
+        ("[rule]\nnormal_texts = [1]\n", "[rule.normal_texts] must be a list of strings"),
+        ('[rule]\nfinal_order_statuses = ["FF"]\n', "[rule.final_order_statuses] has an invalid entry"),
         ('[context]\nmode = "everything"\n', "[context.mode] must be message, requisition or patient"),
         ("[context]\nlookback_days = 0\n", "[context.lookback_days] must be greater than zero"),
         ('[context]\nstore = ""\n', "[context.store] must not be empty"),
@@ -56,6 +67,31 @@ def test_bad_config_names_file_and_key(text, names):
         parse_config(text, "site.toml")
     assert str(info.value).startswith("site.toml: ")
     assert names in str(info.value)
+
+
+def test_rule_keys_of_the_comment_are_read():
+    cfg = parse_config(
+        "[rule]\n"
+        'rule_version = "site-3"\n'
+        'comment_marker = "AUTO-B12"\n'
+        'text_da = "Tekst (AUTO-B12 {rule_version})"\n'
+        'text_en = "Text (AUTO-B12 {rule_version})"\n'
+        'nte_entered_by = "B12COMMENT^Automatic rule"\n'
+        'earlier_texts = ["Old text"]\n'
+        'normal_texts = ["Lysegul"]\n'
+        'ignored_codes = ["PRV"]\n'
+        'final_order_statuses = ["F"]\n'
+        "cancelled_order_statuses = []\n"
+    )
+    rule = cfg.rule
+    assert rule.comment_text() == "Tekst (AUTO-B12 site-3)"
+    assert rule.all_comment_texts() == ("Tekst (AUTO-B12 site-3)", "Text (AUTO-B12 site-3)", "Old text")
+    assert (rule.nte_entered_by, rule.normal_texts, rule.ignored_codes) == (
+        "B12COMMENT^Automatic rule",
+        ("Lysegul",),
+        ("PRV",),
+    )
+    assert (rule.final_order_statuses, rule.cancelled_order_statuses) == (("F",), ())
 
 
 def test_cli_stops_on_bad_config_before_running(tmp_path):

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from b12comment.core.decision import Decision
 from b12comment.core.engine import process
-from b12comment.core.rule_config import TEXT_DA, RuleConfig
+from b12comment.core.rule_config import RuleConfig
 
 RULE = RuleConfig()
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "messages"
@@ -85,7 +85,7 @@ def _encode(text: str, codec: str) -> bytes:
     return out
 
 
-def escaped_comment(message: bytes, text: str = TEXT_DA) -> bytes | None:
+def escaped_comment(message: bytes, text: str = RULE.comment_text()) -> bytes | None:
     """NTE-3 of the comment as this message must carry it (HL7 FT escaping)."""
     head = _msh(message)
     if head is None:

@@ -17,10 +17,25 @@ import pytest
 from builders import Obx, b12, build, segments
 
 from b12comment.core.engine import process
-from b12comment.core.rule_config import TEXT_DA, TEXT_EN, RuleConfig
+from b12comment.core.rule_config import RuleConfig
 
 RULE = RuleConfig()
 COLLECTED = "20240110083000"
+
+# The comment texts, written out here (not taken from the product). Rule
+# b12-paed-1 wrote the first two; b12-paed-2 ends them with a provenance marker.
+V1_DA = (
+    "Isoleret forhøjet B12 hos børn og unge under 18 år har ingen klinisk betydning: "
+    "når B12 (uanset hvor højt) er det eneste abnorme biokemiske fund, skal det ikke "
+    "give anledning til bekymring eller yderligere undersøgelser, heller ikke kontrol af B12."
+)
+V1_EN = (
+    "Isolated elevated vitamin B12 in children and adolescents under 18 has no clinical "
+    "significance: when B12 (however high) is the only abnormal biochemical finding, it "
+    "needs no concern and no further investigation, not even a repeat B12 measurement."
+)
+DA = V1_DA + " (Automatisk kommentar, b12comment regel b12-paed-2)"
+EN = V1_EN + " (Automatic comment, b12comment rule b12-paed-2)"
 
 
 def ascii_da(text: str) -> str:
@@ -30,7 +45,7 @@ def ascii_da(text: str) -> str:
     return text
 
 
-def comment_nte(set_id: int, charset: str = "", text: str = TEXT_DA) -> tuple[str, str, str]:
+def comment_nte(set_id: int, charset: str = "", text: str = DA) -> tuple[str, str, str]:
     """The NTE the product must insert, as a builder NTE row (set ID, NTE-3, NTE-4)."""
     return (str(set_id), ascii_da(text) if charset == "" else text, "RE")
 
@@ -313,6 +328,7 @@ CASES = [
         ("other_abnormal", "context_pending"),
         None,
     ),
+    ("other_cannot_be_obtained", dict(others=(Obx(value="", status="X"),)), True, (), None),
     ("other_deleted_abnormal_ignored", dict(others=(dataclasses.replace(OTHER_LOW, status="D"),)), True, (), None),
     # Other results that cannot be judged: doubt, no comment (context_unreadable)
     ("other_range_unreadable", dict(others=(Obx(range="136-145 (M)"),)), False, ("context_unreadable",), None),
@@ -571,7 +587,7 @@ def test_commented_output_exact_bytes_spelled_out():
     out, decision = process(message, RULE)
     assert decision.commented
     b12_line = b"OBX|1|NM|14685-2^Cobalamin (Vitamin B12)^LN||1500|pmol/L|||||F|||\rNTE|1|L|Old note\r"
-    nte = b"NTE|2|L|" + ascii_da(TEXT_DA).encode("ascii") + b"|RE\r"
+    nte = b"NTE|2|L|" + ascii_da(DA).encode("ascii") + b"|RE\r"
     assert b12_line in message
     assert out == message.replace(b12_line, b12_line + nte)
 
@@ -583,7 +599,7 @@ def test_inserted_segment_uses_message_terminator(term):
     assert decision.commented
     pos = message.index(b"OBX|1|")
     line_end = message.index(term, pos) + len(term)
-    nte = b"NTE|1|L|" + ascii_da(TEXT_DA).encode("ascii") + b"|RE" + term
+    nte = b"NTE|1|L|" + ascii_da(DA).encode("ascii") + b"|RE" + term
     assert out == message[:line_end] + nte + message[line_end:]
 
 
@@ -591,7 +607,7 @@ def test_no_final_terminator_stays_without():
     message = build(final_term=False, term=b"\r\n")
     assert not message.endswith(b"\n")
     out, _ = process(message, RULE)
-    assert out == message + b"\r\nNTE|1|L|" + ascii_da(TEXT_DA).encode("ascii") + b"|RE"
+    assert out == message + b"\r\nNTE|1|L|" + ascii_da(DA).encode("ascii") + b"|RE"
 
 
 def test_mixed_terminators_use_the_b12_segment_terminator():
@@ -602,7 +618,7 @@ def test_mixed_terminators_use_the_b12_segment_terminator():
     message = message[:end] + b"\n" + message[end + 1 :]
     out, decision = process(message, RULE)
     assert decision.commented
-    nte = b"NTE|1|L|" + ascii_da(TEXT_DA).encode("ascii") + b"|RE\n"
+    nte = b"NTE|1|L|" + ascii_da(DA).encode("ascii") + b"|RE\n"
     assert out == message[: end + 1] + nte + message[end + 1 :]
 
 
@@ -630,7 +646,7 @@ def test_utf8_comment_bytes_are_multi_byte_danish():
     out, decision = process(message, RULE)
     assert decision.commented
     assert "forhøjet".encode() in out and "børn".encode() in out
-    assert out.decode("utf-8").count(TEXT_DA) == 1
+    assert out.decode("utf-8").count(DA) == 1
 
 
 def test_msh18_empty_comment_is_pure_ascii_transliterated():
@@ -660,7 +676,7 @@ def test_english_comment_and_nte_fields_from_config():
     message = build()
     out, decision = process(message, rule)
     assert decision.commented
-    assert out == message + b"NTE|1|O|" + TEXT_EN.encode("ascii") + b"\r"
+    assert out == message + b"NTE|1|O|" + EN.encode("ascii") + b"\r"
 
 
 def test_already_commented_in_other_language_is_recognised():
@@ -890,3 +906,86 @@ def test_judge_value_is_the_one_verdict(obx, verdict):
     message = build(others=(obx,))
     facts = read_facts(message, read_header(message), "latin-1", RULE)
     assert judge_value(facts.observations[1], RULE) == verdict
+
+
+# ---------------------------------------------------------------------------
+# Provenance: the text says it is automatic and names the rule version (NTE-2
+# and NTE-4 are dropped on the way to FHIR and to the GP's MedCom report), and
+# "already commented" holds for any earlier text or rule version.
+
+
+def test_default_texts_end_with_the_provenance_marker():
+    out, _ = process(build(charset="UNICODE UTF-8"), RULE)
+    assert out.decode("utf-8").endswith("|" + DA + "|RE\r")
+    out, _ = process(build(), RuleConfig(language="en"))
+    assert out.endswith(("|" + EN + "|RE\r").encode("ascii"))
+
+
+def test_rule_version_is_configurable_and_in_the_decision():
+    rule = RuleConfig(rule_version="site-3")
+    out, decision = process(build(), rule)
+    assert decision.rule_version == "site-3"
+    assert out.endswith(b"(Automatisk kommentar, b12comment regel site-3)|RE\r")
+    assert process(build(), RULE)[1].rule_version == "b12-paed-2"
+    assert process(build(birth="19700101"), rule)[1].rule_version == "site-3"  # also without a comment
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [
+        ascii_da(V1_DA),  # rule b12-paed-1, Danish
+        V1_EN,  # rule b12-paed-1, English
+        "Some other wording (Automatisk kommentar, b12comment regel b12-paed-7)",  # any text with the marker
+        ascii_da(DA).replace("b12-paed-2", "site-1"),  # another rule version
+    ],
+    ids=["v1_da", "v1_en", "marker_other_text", "other_version"],
+)
+def test_already_commented_by_any_earlier_text_or_version(earlier):
+    message = build(ntes=(("1", earlier, "RE"),))
+    out, decision = process(message, RULE)
+    assert out == message
+    assert decision.reasons == ("already_commented",)
+
+
+def test_changed_site_text_never_gives_a_second_comment():
+    first = RuleConfig(text_da="Site text one (Automatisk kommentar, b12comment regel {rule_version})")
+    commented, _ = process(build(), first)
+    second = RuleConfig(text_da="Site text two (Automatisk kommentar, b12comment regel {rule_version})")
+    again, decision = process(commented, second)
+    assert again == commented and decision.reasons == ("already_commented",)
+
+
+def test_earlier_texts_list_recognises_an_unmarked_old_text():
+    old = "Our old text, without any marker."
+    message = build(ntes=(("1", old, "RE"),))
+    assert process(message, RULE)[1].commented
+    out, decision = process(message, RuleConfig(earlier_texts=(old,)))
+    assert out == message and decision.reasons == ("already_commented",)
+
+
+def test_lab_note_without_marker_is_not_taken_for_the_comment():
+    message = build(ntes=("B12 analysed twice",))
+    assert process(message, RULE)[1].commented
+
+
+@pytest.mark.parametrize(
+    "kw, entered_by, nte_tail",
+    [
+        (dict(), "B12COMMENT^Automatic rule", b"|RE|B12COMMENT^Automatic rule\r"),
+        (dict(fs="!", enc="@*%$"), "B12COMMENT^Automatic rule", b"!RE!B12COMMENT@Automatic rule\r"),
+        (dict(), "b12comment", b"|RE|b12comment\r"),
+    ],
+    ids=["standard", "odd_delimiters", "one_component"],
+)
+def test_nte5_entered_by_from_config(kw, entered_by, nte_tail):
+    rule = RuleConfig(nte_entered_by=entered_by)
+    message = build(**kw)
+    out, decision = process(message, rule)
+    assert decision.commented
+    fs = kw.get("fs", "|").encode()
+    assert out == message + b"NTE" + fs + b"1" + fs + b"L" + fs + ascii_da(DA).encode("ascii") + nte_tail
+
+
+def test_nte5_without_comment_type_keeps_nte4_empty():
+    out, _ = process(build(), RuleConfig(nte_comment_type="", nte_entered_by="B12COMMENT"))
+    assert out.endswith(b"b12-paed-2)||B12COMMENT\r")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-RULE_VERSION = "b12-paed-1"
+RULE_VERSION = "b12-paed-2"
 
 # Message-level reasons
 MALFORMED = "malformed"
@@ -40,7 +40,10 @@ REASONS = {
     TOO_MANY_B12: "more than 10 total-B12 results in one message: not one sample's report",
     UNSUPPORTED_CHARSET: "MSH-18 names a character set the comment cannot be written in safely",
     INTERNAL_ERROR: "interpretation failed unexpectedly; the message is forwarded unchanged",
-    ALREADY_COMMENTED: "the B12 OBX already carries the comment (idempotent re-processing)",
+    ALREADY_COMMENTED: (
+        "the B12 OBX already carries the comment (an NTE with the marker, or exactly a comment text of any "
+        "rule version): idempotent re-processing"
+    ),
     STATUS_NOT_FINAL: "the B12 result status (OBX-11) is not final (F) or corrected (C)",
     AGE_UNKNOWN: (
         "age at collection is not known for sure (no or partial birth date, no collection time, birth after collection)"

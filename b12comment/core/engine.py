@@ -7,6 +7,7 @@ input itself, or the input with NTE segments inserted; nothing else changes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hl7apy.exceptions import HL7apyException
@@ -28,7 +29,14 @@ from b12comment.core.facts import MAX_B12_RESULTS, Facts, read_detail, read_fact
 from b12comment.core.rule import decide_result, is_paediatric, order_notes, patient_age
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.segments import Header, Malformed, read_header
-from b12comment.core.splice import apply, comment_field, insertion_after, next_set_id, nte_segment
+from b12comment.core.splice import (
+    apply,
+    comment_field,
+    entered_by_field,
+    insertion_after,
+    next_set_id,
+    nte_segment,
+)
 
 
 def process(
@@ -51,7 +59,10 @@ def process(
     parameter: it overrides MSH-18 for reading and for the comment's bytes.
     """
     try:
-        return _process(bytes(message), rule, context, precheck, text_codec)
+        out, decision = _process(bytes(message), rule, context, precheck, text_codec)
+        if decision.rule_version != rule.rule_version:
+            decision = replace(decision, rule_version=rule.rule_version)
+        return out, decision
     except Exception as exc:  # the comment is advice: never hold a result back
         return message, Decision(
             False, (INTERNAL_ERROR,), control_id=_control_id(message), detail=f"{type(exc).__name__}: {exc}"[:300]
@@ -144,16 +155,19 @@ def _decide_results(
     """The decision for each B12 result, and the NTE insertions of those commented."""
     d = header.delimiters
     known = frozenset(comment_field(t, d, codec) for t in rule.all_comment_texts())
+    marker = comment_field(rule.comment_marker, d, codec) if rule.comment_marker.strip() else b""
     text = comment_field(rule.comment_text(), d, codec)
+    entered_by = entered_by_field(rule.nte_entered_by, d, codec)
     results, insertions = [], []
     for result in facts.b12:
         age = patient_age(facts, result.observation, rule)
         if is_paediatric(age, rule):
             result = read_detail(facts, result)
-        rd = decide_result(facts, result, rule, known, age, context)
+        rd = decide_result(facts, result, rule, known, age, context, marker)
         results.append(rd)
         if rd.commented:
-            nte = nte_segment(next_set_id(result.nte_set_ids), rule.nte_source, text, rule.nte_comment_type, d)
+            set_id = next_set_id(result.nte_set_ids)
+            nte = nte_segment(set_id, rule.nte_source, text, rule.nte_comment_type, d, entered_by)
             insertions.append(insertion_after(message, facts.segments[result.last_segment], nte, header.terminator))
     return results, insertions
 

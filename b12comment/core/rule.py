@@ -274,13 +274,17 @@ def decide_result(
     known_comments: frozenset[bytes],
     age: Age | None,
     context: Context | None = None,
+    marker: bytes = b"",
 ) -> ResultDecision:
     """`age` is patient_age() for this result; a result of a patient not
     certainly under 18 is decided on that alone (its other fields are not
     read); a paediatric one must have been read in full (facts.read_detail).
-    `context`: the patient's other messages (None: the message alone)."""
+    `context`: the patient's other messages (None: the message alone).
+    An NTE under the result that is one of `known_comments` or holds `marker`
+    (the comment's provenance marker, as NTE-3 bytes) is this product's comment,
+    whatever rule version or text wrote it."""
     obs = result.observation
-    if any(text in known_comments for text in result.nte_texts):
+    if any(text in known_comments or (marker and marker in text) for text in result.nte_texts):
         return ResultDecision(obs.position, result.code, False, (ALREADY_COMMENTED,))
     if age is None or not is_paediatric(age, rule):
         return ResultDecision(

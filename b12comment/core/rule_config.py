@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from b12comment.core.decision import RULE_VERSION
+
 
 @dataclass(frozen=True)
 class CodeMatch:
@@ -47,16 +49,33 @@ DEFAULT_UNITS = (
 
 DEFAULT_NORMAL_TEXTS = ("Normal", "Negativ", "Negative", "Ikke påvist", "Not detected")
 
+# The comment texts. `{rule_version}` stands for RuleConfig.rule_version. Each
+# ends with a provenance marker: NTE-2 and NTE-4 are dropped by the usual
+# conversions (HL7 v2 to FHIR, the MedCom report GPs receive), so only the
+# text itself can say that the comment is automatic and which rule wrote it.
 TEXT_DA = (
     "Isoleret forhøjet B12 hos børn og unge under 18 år har ingen klinisk betydning: "
     "når B12 (uanset hvor højt) er det eneste abnorme biokemiske fund, skal det ikke "
-    "give anledning til bekymring eller yderligere undersøgelser, heller ikke kontrol af B12."
+    "give anledning til bekymring eller yderligere undersøgelser, heller ikke kontrol af B12. "
+    "(Automatisk kommentar, b12comment regel {rule_version})"
 )
 TEXT_EN = (
     "Isolated elevated vitamin B12 in children and adolescents under 18 has no clinical "
     "significance: when B12 (however high) is the only abnormal biochemical finding, it "
-    "needs no concern and no further investigation, not even a repeat B12 measurement."
+    "needs no concern and no further investigation, not even a repeat B12 measurement. "
+    "(Automatic comment, b12comment rule {rule_version})"
 )
+# The texts of rule b12-paed-1 (without a marker): a message commented by it
+# must not get a second comment.
+EARLIER_TEXTS = (
+    "Isoleret forhøjet B12 hos børn og unge under 18 år har ingen klinisk betydning: "
+    "når B12 (uanset hvor højt) er det eneste abnorme biokemiske fund, skal det ikke "
+    "give anledning til bekymring eller yderligere undersøgelser, heller ikke kontrol af B12.",
+    "Isolated elevated vitamin B12 in children and adolescents under 18 has no clinical "
+    "significance: when B12 (however high) is the only abnormal biochemical finding, it "
+    "needs no concern and no further investigation, not even a repeat B12 measurement.",
+)
+COMMENT_MARKER = "b12comment"
 
 
 @dataclass(frozen=True)
@@ -71,7 +90,7 @@ class RuleConfig:
     final_order_statuses: tuple[str, ...] = ("F", "C")
     cancelled_order_statuses: tuple[str, ...] = ("X",)
     pending_statuses: tuple[str, ...] = ("P", "I", "R", "S")
-    ignored_statuses: tuple[str, ...] = ("D", "W")
+    ignored_statuses: tuple[str, ...] = ("D", "W", "X")
     normal_flags: tuple[str, ...] = ("N",)
     elevated_flags: tuple[str, ...] = ("H", "HH", ">")
     low_flags: tuple[str, ...] = ("L", "LL", "<")
@@ -82,21 +101,32 @@ class RuleConfig:
     normal_texts: tuple[str, ...] = DEFAULT_NORMAL_TEXTS
     ignored_codes: tuple[str, ...] = ()
     # Comment
+    rule_version: str = RULE_VERSION
     language: str = "da"
     text_da: str = TEXT_DA
     text_en: str = TEXT_EN
     nte_source: str = "L"
     nte_comment_type: str = "RE"
+    nte_entered_by: str = ""  # NTE-5 (XCN, components joined by ^); "" = left out
+    # "Already commented": an NTE under the B12 OBX that holds the marker, or
+    # that is exactly one of the comment texts (now or earlier).
+    comment_marker: str = COMMENT_MARKER
+    earlier_texts: tuple[str, ...] = EARLIER_TEXTS
 
     @property
     def adult_age_years(self) -> int:
         return max(b.below_years for b in self.age_bands)
 
     def comment_text(self) -> str:
-        return self.text_da if self.language == "da" else self.text_en
+        return self._filled(self.text_da if self.language == "da" else self.text_en)
 
     def all_comment_texts(self) -> tuple[str, ...]:
-        return (self.text_da, self.text_en)
+        """Every text a comment of this product may carry: today's in both
+        languages, and the site's earlier texts."""
+        return (self._filled(self.text_da), self._filled(self.text_en), *self.earlier_texts)
+
+    def _filled(self, text: str) -> str:
+        return text.replace("{rule_version}", self.rule_version)
 
     def unit_factor(self, unit: str) -> float | None:
         key = _norm_unit(unit)

@@ -28,11 +28,23 @@ def next_set_id(existing: tuple[str, ...]) -> int:
     return max([len(existing), *numbers]) + 1
 
 
-def nte_segment(set_id: int, source: str, text_field: bytes, comment_type: str, delims: Delimiters) -> bytes:
+def entered_by_field(entered_by: str, delims: Delimiters, codec: str) -> bytes:
+    """NTE-5 bytes: the configured XCN, its components (`^` in the
+    configuration) joined with the message's own component separator."""
+    if not entered_by:
+        return b""
+    return delims.component.join(comment_field(c, delims, codec) for c in entered_by.split("^"))
+
+
+def nte_segment(
+    set_id: int, source: str, text_field: bytes, comment_type: str, delims: Delimiters, entered_by: bytes = b""
+) -> bytes:
     fs = delims.field
     seg = b"NTE" + fs + str(set_id).encode() + fs + source.encode("ascii") + fs + text_field
-    if comment_type:
+    if comment_type or entered_by:
         seg += fs + comment_type.encode("ascii")
+    if entered_by:
+        seg += fs + entered_by
     return seg
 
 
