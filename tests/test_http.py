@@ -21,7 +21,7 @@ from test_rule_cases import CASES
 from b12comment.config import ContextConfig
 from b12comment.core.decision import RULE_VERSION
 from b12comment.core.engine import process
-from b12comment.core.rule_config import TEXT_DA, RuleConfig
+from b12comment.core.rule_config import RuleConfig
 from b12comment.serve.processing import open_context
 
 RULE = RuleConfig()
@@ -29,7 +29,7 @@ HL7_TYPES = ["application/hl7-v2", "application/hl7-v2+er7", "x-application/hl7-
 
 
 def nte(codec: str) -> bytes:
-    return b"NTE|1|L|" + TEXT_DA.encode(codec) + b"|RE\r"
+    return b"NTE|1|L|" + RULE.comment_text().encode(codec) + b"|RE\r"
 
 
 def without(out: bytes, segment: bytes) -> bytes:
