@@ -408,9 +408,8 @@ def test_sigkill_of_the_main_process_ends_its_workers(tmp_path):
     while time.monotonic() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.005)
     assert not any(_alive(w) for w in workers), "workers outlived the main process"
-    print(
-        f"REPLAY SIGKILL FIGURES: {len(workers)} workers gone {1000 * (time.monotonic() - killed):.0f} ms after the kill"
-    )
+    gone_ms = 1000 * (time.monotonic() - killed)
+    print(f"REPLAY SIGKILL FIGURES: {len(workers)} workers gone {gone_ms:.0f} ms after the kill")
     resumed = cli(tmp_path / "in", "--out", out, "--resume", "--workers", 2, "--report", tmp_path / "r.json")
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert json.loads((tmp_path / "r.json").read_text())["files"] == 300
