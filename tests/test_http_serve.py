@@ -165,3 +165,33 @@ def test_serve_says_why_it_cannot_listen_for_http(tmp_path):
     assert done.returncode == 2
     line = done.stderr.decode().strip().splitlines()[-1]
     assert line.startswith("b12comment: cannot load TLS certificate") and "missing.pem" in line
+
+
+@pytest.mark.slow  # a replay subprocess over every case: about 4 s
+def test_cornerstone_cases_come_back_from_http_as_replay_writes_them(tmp_path):
+    """The same bytes and decisions through `b12comment replay` and the HTTP endpoint."""
+    from http_helpers import Endpoint
+    from test_rule_cases import CASES
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    messages = {}
+    for cid, kw, *_ in CASES:
+        messages[cid] = build(**kw)
+        (inputs / f"{cid}.hl7").write_bytes(messages[cid])
+    config = write_config(tmp_path / "config.toml", context=dict(mode="message"))
+    done = subprocess.run(
+        [sys.executable, "-m", "b12comment", "replay", str(inputs), "--out", str(out), "--config", str(config)]
+        + ["--workers", "1", "--quiet", "--log-file", str(tmp_path / "decisions.jsonl")],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    with Endpoint() as ep:
+        conn = ep.connection()
+        for (cid, kw, commented, *_), message in zip(CASES, messages.values(), strict=True):
+            content_type = "application/hl7-v2" + ("" if kw.get("charset") else "; charset=US-ASCII")
+            answer = post(conn, message, content_type)
+            assert answer.body == (out / f"{cid}.hl7").read_bytes(), cid
+            assert answer.headers["x-b12comment-decision"] == ("commented" if commented else "unchanged"), cid
