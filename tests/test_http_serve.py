@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from builders import build
@@ -195,3 +196,54 @@ def test_cornerstone_cases_come_back_from_http_as_replay_writes_them(tmp_path):
             answer = post(conn, message, content_type)
             assert answer.body == (out / f"{cid}.hl7").read_bytes(), cid
             assert answer.headers["x-b12comment-decision"] == ("commented" if commented else "unchanged"), cid
+
+
+@pytest.mark.slow  # 4,000 requests through serve: about 10 s
+def test_http_soak_through_serve_with_the_context_store(tmp_path):
+    """8 clients, 4,000 requests of many patients (commented, unchanged, not
+    HL7) through serve with its default context store: every answer as
+    process() gives it, memory flat, a clean stop."""
+    import threading
+
+    from b12comment.core.engine import process
+    from b12comment.core.rule_config import RuleConfig
+
+    config = write_config(
+        tmp_path / "config.toml",
+        listener=dict(enabled=False),
+        http=dict(enabled=True, port=0),
+        logging=dict(format="json"),
+    )
+    rule = RuleConfig()
+    failures: list[str] = []
+
+    def client(k: int, port: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for i in range(500):
+            n = k * 1000 + i
+            if i % 10 == 9:
+                answer = post(conn, b"not HL7 %d\r" % n, "text/plain")
+                if answer.headers.get("x-b12comment-decision") != "rejected":
+                    failures.append(f"{n}: {answer.status}")
+                continue
+            patient = b"%010d" % n
+            message = build(birth="19700101" if i % 3 == 0 else "20160315").replace(b"0101169999", patient)
+            message = message.replace(b"|ORD1|FIL1|", b"|O%07d|F%07d|" % (n, n)).replace(b"CTRL0001", b"C%07d" % n)
+            answer = post(conn, message, "application/hl7-v2; charset=US-ASCII")
+            if answer.status != 200 or answer.body != process(message, rule)[0]:
+                failures.append(f"{n}: {answer.status}")
+
+    with http_only(config) as serve:
+        port = http_port(serve)
+        threads = [threading.Thread(target=client, args=(k, port)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        status = Path(f"/proc/{serve.proc.pid}/status").read_text().splitlines()
+        rss_kb = int(next(line.split()[1] for line in status if line.startswith("VmHWM")))
+        assert serve.stop() == 0
+    assert failures == []
+    assert len(serve.records("http_request")) == 4000
+    assert rss_kb < 150_000, f"peak RSS {rss_kb} kB"
+    assert (tmp_path / "var" / "context.sqlite3").exists()
