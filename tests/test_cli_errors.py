@@ -108,3 +108,25 @@ def test_the_readme_exit_code_table_is_the_code():
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     assert [int(r.split("`")[1]) for r in rows] == sorted(EXIT_CODES)
     assert "missing input" in section or "does not exist" in section
+
+
+@pytest.mark.parametrize("option", ["--report", "--html", "--log-file"])
+def test_replay_writing_its_report_or_log_into_an_unreadable_folder(locked, option):
+    result = cli("replay", SAMPLES / "adult_high_b12.hl7", "--dry-run", option, locked / "x", unprivileged=True)
+    assert result.returncode == EXIT_IO, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "Permission denied" in line]
+    assert len(lines) == 1 and str(locked / "x") in lines[0], result.stderr
+
+
+def test_replay_forward_with_a_journal_in_an_unreadable_folder(locked, tmp_path):
+    result = cli(
+        "replay",
+        SAMPLES / "adult_high_b12.hl7",
+        "--forward",
+        f"dir:{tmp_path / 'drop'}",
+        "--journal",
+        locked / "replay.sqlite3",
+        unprivileged=True,
+    )
+    one_line(result, EXIT_IO, "replay.sqlite3")
