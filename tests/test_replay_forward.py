@@ -74,6 +74,9 @@ def test_forward_dead_letters_a_rejected_message_and_goes_on(tmp_path):
         assert [msh10(p) for p in down.received] == ["S010", "S011", "S012"]
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["forwarded"], report["dead_lettered"]) == (2, 1)
+    records = [json.loads(line) for line in proc.stderr.decode().splitlines() if line.startswith("{")]
+    assert {r["level"] for r in records} == {"error"}  # --quiet: errors (the dead letter) and the summary only
+    assert b"dead-lettered: 1" in proc.stderr
     dead = subprocess.run(
         [
             sys.executable,

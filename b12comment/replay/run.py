@@ -387,7 +387,10 @@ def _run_jobs(jobs: list[Job], workers: int):
 
 
 def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
-    configure(config.logging.level, config.logging.format, config.logging.patient_data)
+    level = config.logging.level
+    if opts.quiet and level in ("debug", "info", "warning"):
+        level = "error"  # --quiet: errors and the summary only (the forwarder's warnings too)
+    configure(level, config.logging.format, config.logging.patient_data)
     out_dir = Path(opts.out) if opts.out else None
     started = time.monotonic()
     pairs = plan(inputs, out_dir, opts.include, opts.exclude)
