@@ -11,13 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 from builders import build
 from http_helpers import post
 from paths import REPO, SAMPLES
-from service_helpers import MllpConnection, Serve, frame, msa, wait_until, write_config
+from service_helpers import MllpConnection, Serve, frame, free_port, msa, wait_until, write_config
 
 from b12comment.config import ConfigError, parse_config
 
@@ -44,10 +45,12 @@ def test_http_only_serve_answers_and_writes_no_journal(tmp_path):
         http=dict(enabled=True, port=0),
         journal=dict(path=str(tmp_path / "journal.sqlite3")),
         downstream=dict(url=f"dir:{tmp_path}/out"),
+        metrics=dict(port=free_port()),
         logging=dict(format="json"),
     )
     with http_only(config) as serve:
         port = http_port(serve)
+        metrics_port = serve.records("http_listening")[0]["metrics_port"]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         message = build()
         answer = post(conn, message, "application/hl7-v2; charset=UTF-8")
@@ -57,6 +60,10 @@ def test_http_only_serve_answers_and_writes_no_journal(tmp_path):
         health = conn.getresponse()
         assert health.status == 200 and health.read() == b"ok\n"
         assert serve.records("listening") == []  # no MLLP listener
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as scrape:
+            text = scrape.read().decode()
+        assert 'b12comment_http_decisions_total{decision="commented"} 1' in text
+        assert not [ln for ln in text.splitlines() if ln.startswith("b12comment_queue_depth ")]  # no journal
         assert serve.stop() == 0
     assert not (tmp_path / "journal.sqlite3").exists()
     assert not (tmp_path / "out").exists()

@@ -118,6 +118,14 @@ class Service:
             context.close()
             await self._stop_mllp()
             raise StartupError(f"cannot listen on {http.host}:{http.port} (http): {exc.strerror or exc}") from None
+        m = self.config.metrics
+        if not mllp and m.port:  # HTTP alone: no journal to report on, the counters still count
+            self.metrics_server = MetricsServer(self.metrics, m.host, m.port, queue_depth=_no_journal, healthy=_up)
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                await self.http_server.stop(0)
+                raise StartupError(f"cannot serve metrics on {m.host}:{m.port}: {exc.strerror or exc}") from None
         self.log.info(
             "http_listening",
             host=http.host,
@@ -126,6 +134,7 @@ class Service:
             context=context.mode,
             tls=ssl_ctx is not None,
             mutual_tls=bool(http.tls_client_ca),
+            metrics_port=self.metrics_server.port if self.metrics_server else None,
         )
 
     async def _stop_mllp(self) -> None:
@@ -294,6 +303,14 @@ class Service:
             write_marker(self.journal_path, Marker(self.journal_id, await self.journal.depth()))
         except (JournalError, OSError) as exc:
             self.log.error("journal_marker_not_written", error=str(exc))
+
+
+async def _no_journal() -> int:
+    raise LookupError("HTTP only: no journal")
+
+
+async def _up() -> bool:
+    return True
 
 
 async def serve(config: Config) -> int:
