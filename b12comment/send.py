@@ -143,16 +143,28 @@ class Connection:
             frame = mllp.encode(message)
         except ValueError as exc:
             return Answer(cid, "-", "", 0.0, f"not sent: {exc}")
+        reused = self.sock is not None
+        answer, heard = self._attempt(cid, frame)
+        if answer.code == "-" and reused and not heard:
+            # A listener that closes the connection after each ACK (many do):
+            # the reused connection was already closed. Once more, on a new one.
+            answer, _ = self._attempt(cid, frame)
+        return answer
+
+    def _attempt(self, cid: str, frame: bytes) -> tuple[Answer, bool]:
+        """(the answer, whether any byte came back)."""
         if self.sock is None:
             self.open()
         assert self.sock is not None
         started = time.perf_counter()
+        heard = False
         try:
             self.sock.sendall(frame)
             while True:
                 data = self.sock.recv(65536)
                 if not data:
                     raise EOFError("the listener closed the connection before answering")
+                heard = True
                 for event in self.decoder.feed(data):
                     if isinstance(event, mllp.Frame):
                         ms = (time.perf_counter() - started) * 1000
@@ -160,14 +172,14 @@ class Connection:
                             code, acked, error = read_ack(event.payload)
                         except Malformed as exc:
                             self.close()
-                            return Answer(cid, "-", "", ms, f"unreadable answer: {exc}")
-                        return Answer(cid, code, acked, ms, f"error code {error}" if error else "")
+                            return Answer(cid, "-", "", ms, f"unreadable answer: {exc}"), heard
+                        return Answer(cid, code, acked, ms, f"error code {error}" if error else ""), heard
         except TimeoutError:
             self.close()
-            return Answer(cid, "-", "", (time.perf_counter() - started) * 1000, "no ACK in time")
+            return Answer(cid, "-", "", (time.perf_counter() - started) * 1000, "no ACK in time"), heard
         except (OSError, EOFError) as exc:
             self.close()
-            return Answer(cid, "-", "", (time.perf_counter() - started) * 1000, describe_os_error(exc))
+            return Answer(cid, "-", "", (time.perf_counter() - started) * 1000, describe_os_error(exc)), heard
 
 
 def line(a: Answer) -> str:

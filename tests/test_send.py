@@ -169,3 +169,44 @@ def test_send_over_tls_checks_the_server_with_the_given_ca(tmp_path):
     assert plain_trust.returncode == 1 and "TLS with 127.0.0.1" in plain_trust.stderr
     assert "Traceback" not in plain_trust.stderr
     assert os.path.isdir(tmp_path / "outbox")
+
+
+def test_a_listener_that_closes_after_each_ack_gets_every_message(tmp_path):
+    """Many receivers close the connection after each ACK: send reconnects."""
+    import socket
+    import threading
+
+    from service_helpers import ack_for, take_frames
+
+    received: list[bytes] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(20)
+
+    def serve_once_per_connection():
+        for _ in range(3):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                buffer = b""
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    payloads, buffer = take_frames(buffer + data)
+                    if payloads:
+                        received.append(payloads[0])
+                        conn.sendall(frame(ack_for(payloads[0], "AA")))
+                        break  # and close, as hl7apy's server does
+
+    thread = threading.Thread(target=serve_once_per_connection, daemon=True)
+    thread.start()
+    names = ("child_isolated_high_b12.hl7", "adult_high_b12.hl7", "teen_censored_b12.hl7")
+    result = send(*(SAMPLES / n for n in names), "--to", f"127.0.0.1:{server.getsockname()[1]}")
+    server.close()
+    thread.join(10)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [msh10(p) for p in received] == [msh10((SAMPLES / n).read_bytes()) for n in names]
