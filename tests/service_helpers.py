@@ -167,8 +167,15 @@ class Downstream:
     ACK code for the index-th frame received (0-based), a whole ACK payload
     (bytes), or None to stay silent. Every received payload is kept, in order, in `received`."""
 
-    def __init__(self, port: int = 0, answer=lambda i, payload: "AA", ssl_context: ssl.SSLContext | None = None):
+    def __init__(
+        self,
+        port: int = 0,
+        answer=lambda i, payload: "AA",
+        ssl_context: ssl.SSLContext | None = None,
+        close_after_answer: bool = False,
+    ):
         self.answer, self.ssl_context = answer, ssl_context
+        self.close_after_answer = close_after_answer  # like receivers that take one message per connection
         self.received: list[bytes] = []
         self.lock = threading.Lock()
         self.sock = socket.socket()
@@ -215,6 +222,8 @@ class Downstream:
                         conn.sendall(frame(code))
                     elif code is not None:
                         conn.sendall(frame(ack_for(payload, code)))
+                    if self.close_after_answer:
+                        return
         except (OSError, ssl.SSLError, ValueError):
             return
         finally:

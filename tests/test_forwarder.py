@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 
 import pytest
 import structlog
@@ -176,7 +177,46 @@ def test_ack_for_another_message_is_not_taken_as_ours(tmp_path):
         assert down.received == [expected[0], expected[0]]
     j = Journal(tmp_path / "j.sqlite3")
     assert j.rows()[0].state == "forwarded" and j.rows()[0].attempts == 1
+    # ... and the failed attempt says which control ID the ACK that came was for.
+    assert "no ACK for 'MSG1' within 0.5 s; ACKs for another control ID arrived: 'OTHER'" in j.rows()[0].last_error
     j.close()
+
+
+def test_downstream_that_closes_after_each_ack_is_reconnected_at_once(tmp_path):
+    """Many receivers close the connection after each ACK. A kept connection
+    the downstream closed is reopened at once: no failed attempt, no backoff
+    (retry_initial_s is 1 s here, so a single retry per message would take
+    far longer than the bound)."""
+    expected = fill(tmp_path / "j.sqlite3", 30)
+    ds = dict(FAST, retry_initial_s=1.0, retry_max_s=1.0)
+    with Downstream(close_after_answer=True) as down:
+        metrics = run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **ds), all_done, timeout=20)
+        assert down.received == expected
+        assert down.connections == 30
+    assert metrics.value("b12comment_retries_total") == 0
+    j = Journal(tmp_path / "j.sqlite3")
+    assert [r.attempts for r in j.rows()] == [0] * 30 and {r.last_error for r in j.rows()} == {None}
+    j.close()
+
+
+@pytest.mark.slow
+def test_close_after_ack_downstream_reaches_half_the_rate_of_a_keep_open_one(tmp_path):
+    """1,000 messages to each kind of downstream, in one run (a ratio, not a time)."""
+    rates = {}
+    for close in (False, True):
+        path = tmp_path / f"{'close' if close else 'keep'}.sqlite3"
+        expected = fill(path, 1000)
+        with Downstream(close_after_answer=close) as down:
+            ds = DownstreamConfig(url=down.url, **dict(FAST, retry_initial_s=1.0, retry_max_s=1.0))
+            started = time.monotonic()
+            metrics = run_forwarder(path, ds, all_done, timeout=120)
+            rates[close] = 1000 / (time.monotonic() - started)
+            assert down.received == expected
+        assert metrics.value("b12comment_retries_total") == 0
+    ratio = rates[True] / rates[False]
+    close, keep = rates[True], rates[False]
+    print(f"FORWARD FIGURES close_after_ack {close:.0f} msg/s, keep_open {keep:.0f} msg/s, ratio {ratio:.2f}")
+    assert ratio >= 0.5
 
 
 def test_folder_drop_names_files_and_leaves_no_temporary_files(tmp_path):

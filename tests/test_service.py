@@ -339,6 +339,32 @@ def test_sigterm_closes_open_connections_and_exits_zero(tmp_path):
 # Start-up errors, limits, metrics
 
 
+def test_sigterm_with_a_downstream_that_never_answers_exits_within_5_s_and_resends_after_restart(tmp_path):
+    """The delivery waiting for an ACK is abandoned at once (with timeout_s =
+    30, waiting it out took up to 3 x 30 s); the message stays in the journal
+    and is sent again by the next start."""
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0),
+        journal=dict(path=str(tmp_path / "j.sqlite3")),
+        downstream=dict(url=f"mllp://127.0.0.1:{port}", timeout_s=30.0),
+    )
+    with Downstream(port=port, answer=lambda i, payload: None) as silent, Serve(cfg) as serve:
+        with MllpConnection(serve.port) as conn:
+            assert msa(conn.send(oru(1, "TERM")))[0] == "AA"
+        assert silent.wait_for(1)
+        started = time.monotonic()
+        assert serve.stop(timeout=30) == 0
+        took = time.monotonic() - started
+    assert took < 5.0, f"SIGTERM took {took:.1f} s"
+    with Downstream(port=port) as down, Serve(cfg) as serve:
+        assert down.wait_for(1), serve.stderr
+        assert msh10(down.received[0]) == "TERM1"
+        assert serve.stop() == 0
+    print(f"SIGTERM FIGURES stop with a silent downstream took {took:.2f} s; resent after restart: 1")
+
+
 def test_port_in_use_is_one_clear_line_and_non_zero(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

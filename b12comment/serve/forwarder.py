@@ -221,6 +221,8 @@ class MllpTransport:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._decoder = mllp.Decoder(max_ack_bytes)
+        self._answered = 0  # bytes the downstream sent after the current message
+        self._others: list[str] = []  # control IDs of ACKs that were not for it
 
     async def deliver(self, row: Row) -> Outcome:
         payload = row.processed if row.processed is not None else row.raw
@@ -228,27 +230,44 @@ class MllpTransport:
             frame = mllp.encode(payload)
         except ValueError as exc:
             return Rejected(f"cannot be sent over MLLP: {exc}")
-        if self._writer is None:
-            try:
-                await self._connect()
-            except (TimeoutError, OSError, ssl.SSLError) as exc:
+        for first_try in (True, False):
+            # Many receivers close the connection after each ACK. A connection
+            # kept from the last message that the downstream has closed is
+            # not this message's failure: open a new one at once.
+            reused = self._writer is not None
+            if reused and self._reader is not None and self._reader.at_eof():
                 await self.close()
-                return Retry(f"cannot connect to {self.host}:{self.port}: {describe_error(exc)}", counts=False)
-        writer = self._writer
-        assert writer is not None  # connected above
-        try:
-            writer.write(frame)
-            await asyncio.wait_for(writer.drain(), self.timeout_s)
-            return await asyncio.wait_for(self._await_ack(row.control_id), self.timeout_s)
-        except TimeoutError:
-            await self.close()
-            return Retry(f"no ACK within {self.timeout_s:g} s")
-        except ssl.SSLError as exc:  # a TLS set-up problem, not this message's fault
-            await self.close()
-            return Retry(f"TLS failure: {describe_error(exc)}", counts=False)
-        except (OSError, EOFError) as exc:
-            await self.close()
-            return Retry(f"connection lost: {describe_error(exc)}")
+                reused = False
+            if self._writer is None:
+                try:
+                    await self._connect()
+                except (TimeoutError, OSError, ssl.SSLError) as exc:
+                    await self.close()
+                    return Retry(f"cannot connect to {self.host}:{self.port}: {describe_error(exc)}", counts=False)
+            writer = self._writer
+            assert writer is not None  # connected above
+            self._answered, self._others = 0, []
+            try:
+                writer.write(frame)
+                await asyncio.wait_for(writer.drain(), self.timeout_s)
+                return await asyncio.wait_for(self._await_ack(row.control_id), self.timeout_s)
+            except TimeoutError:
+                await self.close()
+                if self._others:
+                    return Retry(
+                        f"no ACK for {row.control_id!r} within {self.timeout_s:g} s; ACKs for another control ID "
+                        f"arrived: {', '.join(repr(c) for c in self._others[:3])}"
+                    )
+                return Retry(f"no ACK within {self.timeout_s:g} s")
+            except ssl.SSLError as exc:  # a TLS set-up problem, not this message's fault
+                await self.close()
+                return Retry(f"TLS failure: {describe_error(exc)}", counts=False)
+            except (OSError, EOFError) as exc:
+                await self.close()
+                if first_try and reused and not self._answered:
+                    continue  # the kept connection was already closed by the downstream
+                return Retry(f"connection lost: {describe_error(exc)}")
+        raise AssertionError("unreachable")  # the loop returns on its second pass
 
     async def _connect(self) -> None:
         self._reader, self._writer = await asyncio.wait_for(
@@ -266,6 +285,7 @@ class MllpTransport:
             data = await reader.read(65536)
             if not data:
                 raise EOFError("downstream closed the connection before answering")
+            self._answered += len(data)
             for event in self._decoder.feed(data):
                 if not isinstance(event, mllp.Frame):
                     continue
@@ -274,6 +294,8 @@ class MllpTransport:
                 except Malformed as exc:
                     return Retry(f"unreadable answer: {exc}")
                 if acked != control_id:
+                    if len(self._others) < 10:
+                        self._others.append(acked)
                     continue  # an answer to something else; keep waiting for ours
                 detail = f"{code}, error code {error}" if error else code
                 if code in ("AA", "CA"):
