@@ -44,6 +44,7 @@ class JournalConfig:
     path: str = "var/journal.sqlite3"
     retransmit_window_s: float = 3600.0
     retention_days: float = 7.0
+    commit_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,7 @@ def _check_service(path: str, cfg: Config) -> None:
         raise r.fail("path", "must not be empty")
     _positive(r, "retransmit_window_s", cfg.journal.retransmit_window_s, allow_zero=True)
     _positive(r, "retention_days", cfg.journal.retention_days, allow_zero=True)
+    _positive(r, "commit_timeout_s", cfg.journal.commit_timeout_s)
     ds = cfg.downstream
     r = _Reader(path, {}, "downstream")
     if not re.match(r"^(mllps?://[^:/\s]+:\d{1,5}|dir:.+)$", ds.url):

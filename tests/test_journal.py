@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 
 import pytest
 from journal_helpers import head, keep_invalid, mark_processed, record
@@ -245,9 +246,9 @@ def test_deliverable_is_the_processed_head_of_the_queue(journal):
     assert journal.deliverable(10) == []
 
 
-def test_journal_thread_commits_frames_of_one_loop_turn_together_before_answering(tmp_path, monkeypatch):
-    """Group commit: records handed in during one event-loop turn share one
-    transaction, and no caller has its result before that commit is done."""
+def test_journal_thread_commits_every_waiting_frame_together_before_answering(tmp_path, monkeypatch):
+    """Group commit: the records that wait while the writer thread is busy
+    share one transaction, and no caller has its result before that commit."""
     batches = []
     original = Journal.intake
 
@@ -268,7 +269,15 @@ def test_journal_thread_commits_frames_of_one_loop_turn_together_before_answerin
 
     async def main():
         jt = JournalThread(path)
+        await jt.depth()  # opens the journal, starts the thread
+        gate, inside = threading.Event(), threading.Event()
+        busy = jt._call(lambda j: (inside.set(), gate.wait(10)))  # the thread is busy with a slow call
+        assert await asyncio.to_thread(inside.wait, 10)
         futures = [jt.record(MSG1 + str(n).encode(), control_id=f"G{n}", message_type="ORU^R01") for n in range(5)]
+        await asyncio.sleep(0.05)
+        assert not any(f.done() for f in futures)
+        gate.set()
+        await busy
         seen = []
         for n, future in enumerate(futures):
             receipt = await future
@@ -282,17 +291,28 @@ def test_journal_thread_commits_frames_of_one_loop_turn_together_before_answerin
     assert [rid for rid, _ in seen] == sorted(rid for rid, _ in seen)
 
 
-def test_journal_thread_hands_intake_to_its_thread_while_the_journal_is_busy(tmp_path):
+def test_journal_thread_keeps_the_event_loop_free_while_a_commit_waits_for_a_lock(tmp_path):
+    """Another connection holds the write lock: the record waits on the writer
+    thread while the event loop goes on; it commits once the lock is gone."""
+    path = tmp_path / "j.sqlite3"
+
     async def main():
-        jt = JournalThread(tmp_path / "j.sqlite3")
-        await jt.depth()  # opens the journal, starts the thread
-        jt._lock.acquire()
+        jt = JournalThread(path)
+        await jt.depth()
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
         future = jt.record(MSG1, control_id="C1", message_type="ORU^R01")
-        await asyncio.sleep(0.05)
-        assert not future.done()  # waits; the event loop did not block
-        jt._lock.release()
-        receipt = await asyncio.wait_for(future, 10)
+        ticks = 0
+        for _ in range(20):  # the loop keeps turning
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20 and not future.done()
+        assert not await jt.available(health_timeout_s=0.2)  # busy past the bound: not healthy
+        other.execute("ROLLBACK")
+        other.close()
+        receipt = await asyncio.wait_for(future, 15)
         assert (await jt.get(receipt.id)).raw == MSG1
+        assert await jt.available()
         await jt.close()
 
     asyncio.run(main())

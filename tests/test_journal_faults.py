@@ -290,3 +290,59 @@ def test_second_serve_on_the_same_journal_is_refused(tmp_path):
         assert "another serve is using the journal" in line and str(first.proc.pid) in line, line
         assert send_all(first.port, [oru("ONE")]) == ["AA"]
         assert first.stop() == 0
+
+
+# -- another process holds the journal's write lock
+
+
+@pytest.mark.slow
+def test_journal_locked_by_another_process_keeps_the_listener_answering(tmp_path):
+    """Intake commits run on the writer thread: while another process holds
+    the write lock, the event loop still answers. A message whose commit
+    does not finish within commit_timeout_s gets AE (not after SQLite's 10 s
+    busy timeout), /healthz answers at once (503), and once the lock is gone
+    the message sent again is ACKed AA and delivered once."""
+    import time
+
+    journal = tmp_path / "journal.sqlite3"
+    outbox = tmp_path / "outbox"
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0),
+        journal=dict(path=str(journal), commit_timeout_s=1.0),
+        downstream=dict(url=f"dir:{outbox}", retry_initial_s=0.1, retry_max_s=0.5),
+        metrics=dict(port=free_port()),
+    )
+    with Serve(cfg) as serve:
+        assert send_all(serve.port, [oru("BEFORE")]) == ["AA"]
+        db = sqlite3.connect(journal, timeout=30, isolation_level=None)
+        db.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            with MllpConnection(serve.port) as conn:
+                code, acked = msa(conn.send(oru("LOCKED")))
+                ae_after = time.monotonic() - started
+                health_started = time.monotonic()
+                status = healthz(serve)
+                health_s = time.monotonic() - health_started
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        assert (code, acked) == ("AE", "LOCKED")
+        assert ae_after < 5.0, f"AE after {ae_after:.1f} s"  # the bound is 1 s; SQLite's busy timeout is 10 s
+        assert status == 503 and health_s < 5.0
+        assert send_all(serve.port, [oru("LOCKED")]) == ["AA"]
+        assert wait_until(lambda: len(list(outbox.glob("*.hl7"))) == 2), serve.stderr
+        assert serve.stop() == 0
+    names = sorted(p.name.split("_", 1)[1] for p in outbox.glob("*.hl7"))
+    assert names == ["BEFORE.hl7", "LOCKED.hl7"]  # the AE'd commit that finished later is not delivered twice
+    figures(
+        "journal_locked",
+        sent=3,
+        acked_aa=2,
+        answered_ae=1,
+        ae_after_s=round(ae_after, 2),
+        healthz_s=round(health_s, 2),
+        delivered=2,
+        lost=0,
+    )

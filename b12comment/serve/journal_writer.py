@@ -31,20 +31,20 @@ T = TypeVar("T")
 
 
 class JournalThread:
-    """The journal for asyncio code: intake on the event loop, the rest on a thread.
+    """The journal for asyncio code: every call runs on one writer thread, so
+    the event loop never waits on the disk or on SQLite's lock.
 
-    Intake (`record`, `keep_invalid`) is what a sender waits for, so it takes the
-    shortest path: the frames handed in during one turn of the event loop,
-    from every connection, are committed together at the end of that turn,
-    on the event loop itself, in one transaction and one fsync (group
-    commit); each caller gets its result only after that commit. Frames that
-    arrive meanwhile wait in the kernel and make the next batch. Handing each
-    frame to a thread and back instead costs two thread wake-ups per message,
-    which is most of a sequential sender's round trip on a busy machine.
+    Intake (`record`, `keep_invalid`) is what a sender waits for, so it goes
+    first: when the thread is free, it takes every frame waiting (from every
+    connection, up to `max_batch`) and commits them in one transaction and
+    one fsync (group commit); each caller gets its result only after that
+    commit. Frames that arrive during a commit make the next batch. Every
+    other call runs when no intake waits, one at a time, in the order made.
 
-    Every other call runs on the journal thread, one at a time, in the order
-    made. A lock keeps the two apart: when the thread is in the middle of a
-    call, intake is handed to the thread, which runs it before anything else.
+    The event loop keeps answering while a commit is slow (another process
+    holds the write lock, the disk stalls): the listener bounds its wait for
+    a commit and answers AE past it (see listener.py), and `available()`
+    answers within `health_timeout_s`.
 
     The journal is opened lazily and opened again after a failed open, so a
     disk that goes away for a while (full, locked by another process) costs
@@ -64,11 +64,9 @@ class JournalThread:
         self.on_fault = on_fault
         self.fault: JournalFault | None = None
         self._journal: Journal | None = None
-        self._lock = threading.Lock()  # held while the journal is in use
         self._cv = threading.Condition()  # guards the queues below
         self._intake: deque[tuple[asyncio.Future, Arrival]] = deque()
         self._calls: deque[tuple[asyncio.Future, Callable[[Journal], Any] | None]] = deque()
-        self._flush_scheduled = False
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -153,13 +151,14 @@ class JournalThread:
     async def undelivered_salvage(self) -> list[Row | int]:
         return await self._call(lambda j: list(j.salvage_undelivered()))
 
-    async def available(self) -> bool:
+    async def available(self, health_timeout_s: float = 2.0) -> bool:
+        """The journal answers (within the timeout) and has no fault."""
         if self.fault is not None:
             return False
         try:
-            await self.depth()
+            await asyncio.wait_for(asyncio.shield(self.depth()), health_timeout_s)
             return True
-        except JournalError:
+        except (JournalError, TimeoutError):
             return False
 
     async def close(self) -> None:
@@ -181,9 +180,7 @@ class JournalThread:
             if self._closed:
                 raise RuntimeError("the journal is closed")
             self._intake.append((future, arrival))
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                loop.call_soon(self._flush)
+            self._wake_thread()
         return future
 
     def _call(self, fn: Callable[[Journal], T]) -> asyncio.Future[T]:
@@ -198,24 +195,6 @@ class JournalThread:
             self._calls.append((future, fn))
             self._wake_thread()
         return future
-
-    def _flush(self) -> None:
-        """End of a loop turn: commit the intake batch here, unless the thread
-        is busy with the journal; then the thread takes it next."""
-        with self._cv:
-            self._flush_scheduled = False
-        if not self._lock.acquire(blocking=False):
-            with self._cv:
-                self._wake_thread()
-            return
-        try:
-            while True:
-                batch = self._take_intake()
-                if not batch:
-                    return
-                _resolve(self._run_intake(batch))
-        finally:
-            self._lock.release()
 
     def _wake_thread(self) -> None:  # with self._cv held
         if self._thread is None:
@@ -237,15 +216,14 @@ class JournalThread:
                 if not (self._intake or self._calls):
                     return
             done: list = []
-            with self._lock:
-                batch = self._take_intake()
-                if batch:
-                    done = self._run_intake(batch)
-                else:
-                    with self._cv:
-                        call = self._calls.popleft() if self._calls else None
-                    if call is not None:
-                        done = [self._run_call(*call)]
+            batch = self._take_intake()
+            if batch:
+                done = self._run_intake(batch)
+            else:
+                with self._cv:
+                    call = self._calls.popleft() if self._calls else None
+                if call is not None:
+                    done = [self._run_call(*call)]
             if done:
                 self._settle(done)
 

@@ -100,10 +100,13 @@ class Intake:
         self, stored: asyncio.Future[Receipt], payload: bytes, header: Header, peer: str, fields: dict
     ) -> Answer:
         try:
-            receipt = await stored
-        except JournalError as exc:
-            if not isinstance(exc, JournalFault):  # a fault is told once, by the service
-                self.log.error("journal_unavailable", stage="listener", error=str(exc), **fields)
+            receipt = await asyncio.wait_for(asyncio.shield(stored), self.cfg.commit_timeout_s)
+        except (JournalError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                why = f"the journal did not commit it within {self.cfg.commit_timeout_s:g} s (commit_timeout_s)"
+                self.log.error("journal_unavailable", stage="listener", error=why)
+            elif not isinstance(exc, JournalFault):  # a fault is told once, by the service
+                self.log.error("journal_unavailable", stage="listener", error=str(exc))
             error = AckError(
                 APPLICATION_INTERNAL_ERROR, "message not stored: the journal cannot be written; send it again later"
             )
@@ -133,7 +136,9 @@ class Intake:
         self, stored: asyncio.Future[int], payload: bytes, peer: str, code: str, why: str, fields: dict
     ) -> Answer:
         try:
-            fields["journal_id"] = await stored
+            fields["journal_id"] = await asyncio.wait_for(asyncio.shield(stored), self.cfg.commit_timeout_s)
+        except TimeoutError:
+            pass  # answered AR all the same; it may still be kept
         except JournalError as exc:
             if not isinstance(exc, JournalFault):
                 self.log.error("journal_unavailable", stage="listener", error=str(exc))
