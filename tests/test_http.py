@@ -104,6 +104,7 @@ def test_decision_headers(ep):
     assert commented.headers["x-b12comment-decision"] == "commented"
     assert commented.headers["x-b12comment-reasons"] == ""
     assert commented.headers["x-b12comment-rule"] == RULE_VERSION
+    assert commented.headers["date"].endswith(" GMT")
     adult = build(birth="19700101")
     unchanged = post(conn, adult, "application/hl7-v2; charset=UTF-8")
     assert unchanged.body == adult

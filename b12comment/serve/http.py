@@ -37,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.utils import formatdate
 from http import HTTPStatus
 
 import h11
@@ -481,8 +482,21 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ti
                     break
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The Date header (RFC 9110: a server with a clock sends it), formatted once a second."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, formatdate(second, usegmt=True))
+    return _date_cache[1]
+
+
 def _encode(conn: h11.Connection, reply: Reply, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     headers = [
+        ("Date", _http_date()),
         ("Content-Type", reply.content_type),
         ("Content-Length", str(len(reply.body))),
         *reply.headers,
