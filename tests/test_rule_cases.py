@@ -229,6 +229,8 @@ CASES = [
     ("range_words", dict(range="se kommentar"), False, ("range_unreadable",), (7, 1500.0, None, None, None)),
     ("range_sex_specific", dict(range="M: 200-900; F: 250-950"), False, ("range_unreadable",), None),
     ("range_reversed", dict(range="900-200"), False, ("range_unreadable",), None),
+    ("range_two_repetitions", dict(range="200-600~250-900"), False, ("range_unreadable",), None),
+    ("range_trailing_empty_components", dict(value="700", range="200-600^^"), True, (), (7, 700.0, 600.0, "range")),
     ("range_other_unit", dict(range="200-600 pg/mL"), False, ("range_unreadable",), None),
     (
         "range_unit_after",
@@ -336,6 +338,7 @@ CASES = [
     ("other_value_unreadable", dict(others=(Obx(value="hemolyseret"),)), False, ("context_unreadable",), None),
     ("other_value_empty_with_range", dict(others=(Obx(value=""),)), False, ("context_unreadable",), None),
     ("other_range_unit_disagrees", dict(others=(Obx(range="136-145 µmol/L"),)), False, ("context_unreadable",), None),
+    ("other_range_two_repetitions", dict(others=(Obx(range="136-145~1-2"),)), False, ("context_unreadable",), None),
     ("other_range_same_unit", dict(others=(Obx(range="136-145 mmol/L"),)), True, (), None),
     ("other_value_with_unit", dict(others=(Obx(value="140 mmol/L", vtype="ST"),)), True, (), None),
     (

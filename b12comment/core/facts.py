@@ -331,13 +331,18 @@ def _text(raw: bytes, codec: str) -> str:
 
 
 def _range_text(raw: bytes, delims: Delimiters, codec: str) -> str:
-    """OBX-7 as written, first repetition, with its components (a range sent
-    SN-shaped, `>^11.0`) joined by `^`: present-but-odd is never read as empty."""
-    first = raw.split(delims.repetition, 1)[0] if delims.repetition else raw
-    comps = [_text(c, codec) for c in first.split(delims.component)]
-    while comps and not comps[-1]:
-        comps.pop()
-    return "^".join(comps)
+    """OBX-7 as written, its components (a range sent SN-shaped, `>^11.0`)
+    joined by `^` and repetitions (two ranges in one field) by `~`:
+    present-but-odd is never read as empty, nor as its first part."""
+    reps = []
+    for rep in raw.split(delims.repetition) if delims.repetition else [raw]:
+        comps = [_text(c, codec) for c in rep.split(delims.component)]
+        while comps and not comps[-1]:
+            comps.pop()
+        reps.append("^".join(comps))
+    while reps and not reps[-1]:
+        reps.pop()
+    return "~".join(reps)
 
 
 def _cheap_observation(
