@@ -236,13 +236,15 @@ def _reference_observation(fields: list[bytes], header, codec: str):
 
     d = header.delimiters
     first_rep = field_of(fields, 5).split(d.repetition, 1)[0]
-    first_range = field_of(fields, 7).split(d.repetition, 1)[0]
+    range_reps = [
+        "^".join(text(c) for c in rep.split(d.component)).rstrip("^") for rep in field_of(fields, 7).split(d.repetition)
+    ]
     flags = tuple(text(component(rep, d, 1)) for rep in repetitions(field_of(fields, 8), d))
     return (
         text(component(field_of(fields, 2), d, 1)).upper(),
         tuple(text(c) for c in first_rep.split(d.component)),
         text(component(field_of(fields, 6), d, 1)) or text(component(field_of(fields, 6), d, 2)),
-        "^".join(ranges).rstrip("^") if (ranges := [text(c) for c in first_range.split(d.component)]) else "",
+        "~".join(range_reps).rstrip("~"),  # OBX-7: every repetition (two ranges are not the first one)
         tuple(f for f in flags if f),
         text(component(field_of(fields, 11), d, 1)).upper(),
         text(component(field_of(fields, 14), d, 1)),
