@@ -406,10 +406,10 @@ def start_script(tmp: Path, name: str, text: str, *extra: str) -> Server:
     return Server([sys.executable, str(script), str(port), *extra], port)
 
 
-def start_serve(tmp: Path, downstream: str) -> Server:
+def start_serve(tmp: Path, downstream: str, extra: str = "", name: str = "bench") -> Server:
     port = free_port()
-    cfg = tmp / "bench.toml"
-    journal = tmp / "journal.sqlite3"
+    cfg = tmp / f"{name}.toml"
+    journal = tmp / f"{name}-journal.sqlite3"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
     cfg.write_text(
@@ -417,8 +417,9 @@ def start_serve(tmp: Path, downstream: str) -> Server:
         f'[journal]\npath = "{journal}"\n'
         f'[downstream]\nurl = "{downstream}"\n'
         f'[logging]\nlevel = "warning"\n'
+        f'[context]\nstore = "{tmp / f"{name}-context.sqlite3"}"\nkey_file = "{tmp / f"{name}-context.key"}"\n' + extra
     )
-    return Server([sys.executable, "-m", "b12comment", "serve", "--config", str(cfg)], port)
+    return Server([sys.executable, "-m", "b12comment", "serve", "--config", str(cfg)], port)  # extra: [context] keys
 
 
 def send_sequential(port: int, messages: list[bytes], pace_s: float = 0.0) -> list[float]:
@@ -627,18 +628,87 @@ def bench_folder_drop(tmp: Path, messages: list[bytes]) -> None:
     )
 
 
+# ---------------------------------------------------------------- the context: on vs off
+
+MESSAGE_MODE = 'mode = "message"\n'
+
+
+def bench_context(tmp: Path, replay_n: int, serve_n: int, rounds: int) -> None:
+    """The cost of the patient's context: [context] mode "patient" (the
+    default: replay's first pass and its store, serve's store) against
+    "message" (no store), interleaved in the same run, on the team mix."""
+    print(f"context on vs off: replay of {replay_n:,} messages (1 worker), serve of {serve_n:,} (1 sequential sender)")
+    archive = tmp / "archive_context"
+    generate.generate(archive, replay_n, seed=11, mix="team")
+    off_cfg = tmp / "message-mode.toml"
+    off_cfg.write_text("[context]\n" + MESSAGE_MODE)
+    out = tmp / "out_context"
+    peaks: dict[str, int] = {}
+
+    def replay(*extra: str, name: str) -> float:
+        args = [sys.executable, "-m", "b12comment", "replay", "--quiet", str(archive), "--out", str(out)]
+        secs, peak = run_child([*args, "--workers", "1", *extra], out)
+        peaks[name] = max(peaks.get(name, 0), peak)
+        return replay_n / secs
+
+    m = interleaved(rounds, on=lambda: replay(name="on"), off=lambda: replay("--config", str(off_cfg), name="off"))
+    row(
+        "replay, team mix, 1 worker, context on",
+        f"{m['on']:,.0f} msg/s",
+        f"context off {m['off']:,.0f} msg/s",
+        f"{m['on'] / m['off']:.2f}x off",
+        "≥ 0.7x off",
+    )
+    row(
+        f"replay peak RSS, {replay_n:,} messages, context on",
+        f"{peaks['on'] / 1024:,.0f} MB",
+        f"context off {peaks['off'] / 1024:,.0f} MB",
+        "",
+    )
+    shutil.rmtree(archive)
+    shutil.rmtree(out, ignore_errors=True)
+    messages = messages_of(generate.generate(tmp / "serve_context", serve_n, seed=13, mix="team"), serve_n)
+    sink = start_script(tmp, "sink_context", RAW_NOOP)
+    servers = {
+        "on": start_serve(tmp, f"mllp://127.0.0.1:{sink.port}", name="context-on"),
+        "off": start_serve(tmp, f"mllp://127.0.0.1:{sink.port}", MESSAGE_MODE, name="context-off"),
+    }
+    seq: dict[str, list[float]] = {k: [] for k in servers}
+    try:
+        for srv in servers.values():
+            send_sequential(srv.port, tagged(messages[:200], "W"))
+        for r in range(rounds):
+            for name, srv in servers.items():
+                start = time.perf_counter()
+                send_sequential(srv.port, tagged(messages, f"X{r}"))
+                seq[name].append(serve_n / (time.perf_counter() - start))
+    finally:
+        for srv in (*servers.values(), sink):
+            srv.stop()
+    on, off = statistics.median(seq["on"]), statistics.median(seq["off"])
+    row(
+        "serve, 1 sequential sender, context on",
+        f"{on:,.0f} msg/s",
+        f"context off {off:,.0f} msg/s",
+        f"{on / off:.2f}x off",
+        "≥ 0.8x off",
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer messages and rounds")
     p.add_argument("--replay-messages", type=int, default=10_000)
     p.add_argument("--serve-messages", type=int, default=2_000)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--only", action="append", choices=("process", "replay", "serve"), help="one part (repeatable)")
+    p.add_argument(
+        "--only", action="append", choices=("process", "replay", "serve", "context"), help="one part (repeatable)"
+    )
     args = p.parse_args()
     replay_n, serve_n, rounds = args.replay_messages, args.serve_messages, args.rounds
     if args.quick:
         replay_n, serve_n, rounds = 3_000, 500, 2
-    parts = set(args.only or ("process", "replay", "serve"))
+    parts = set(args.only or ("process", "replay", "serve", "context"))
     print(
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}; "
         f"load average {os.getloadavg()[0]:.1f} at start"
@@ -651,6 +721,8 @@ def main() -> None:
             bench_replay(tmp, replay_n, rounds)
         if "serve" in parts:
             bench_serve(tmp, serve_n, rounds)
+        if "context" in parts:
+            bench_context(tmp, replay_n, serve_n, rounds)
     print(f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine makes figures noisy)")
     print()
     print("| measure | b12comment | baseline | ratio | target |\n|---|---|---|---|---|")

@@ -317,3 +317,33 @@ def test_a_corrected_normal_result_in_the_requisition_supersedes_the_abnormal_on
         ]
     )
     assert outcome.decision.commented
+
+
+def _sample_messages() -> list[bytes]:
+    from paths import CORPUS, SAMPLES
+
+    from b12comment.replay.inputs import iter_chunks, iter_pieces
+
+    found = [b12_message(), other_message(), other_message(orc4=None), build(extra_pid=True)]
+    for path in sorted(SAMPLES.glob("*.hl7")) + sorted(CORPUS.glob("*.hl7")):
+        with open(path, "rb") as f:
+            found += [p.data for p in iter_pieces(iter_chunks(f)) if p.kind == "message"]
+    return found
+
+
+def test_keys_are_those_of_the_extracted_rows_and_the_first_pass_filter_keeps_every_match():
+    from b12comment.core.context import keys
+    from b12comment.replay.context import Wanted
+
+    messages = _sample_messages()
+    assert len(messages) > 100
+    for message in messages:
+        ex, found = extract(message, RULE), keys(message, RULE)
+        assert (ex is None) == (found is None)
+        if ex is None or found is None:
+            continue
+        assert found.patients >= {k for r in ex.rows for k in r.patient_keys}  # every PID: a superset
+        assert found.requisitions == {r.requisition_key for r in ex.rows if r.requisition_key}
+        wanted = Wanted(RULE)
+        wanted.add(found)
+        assert wanted.may_share(message) or not (found.patients or found.requisitions)

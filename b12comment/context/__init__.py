@@ -50,8 +50,8 @@ def decide(
     `seq` orders the messages: later rows supersede earlier ones.
     `text_codec`: the message's character set known from outside it (HTTP)."""
     out, decision = process(message, rule, text_codec=text_codec)
-    if store is None or mode == "message":
-        return Outcome(out, decision)
+    if store is None or mode == "message" or not (record or watch or decision.commented):
+        return Outcome(out, decision)  # (replay's second pass: nothing to keep, nothing to look up)
     ex = extract(message, rule)
     if ex is None:
         return Outcome(out, decision)

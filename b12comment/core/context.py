@@ -126,27 +126,12 @@ def _extract(message: bytes, rule: RuleConfig) -> Extract | None:
             continue
         fields = segment_fields(message, seg, d)
         if name == b"PID":
-            keys = []
-            for rep in field_of(fields, 3).split(d.repetition) if d.repetition else [field_of(fields, 3)]:
-                ident = component(rep, d, 1).strip()
-                if ident:
-                    authority = _whole_component(rep, d, 4).strip()
-                    keys.append(ident + b"\x00" + authority)
-            patient_keys = tuple(dict.fromkeys(keys))
+            patient_keys = _patient_keys(fields, d)
             orc4 = b""
         elif name == b"ORC":
             orc4 = _first_rep(field_of(fields, 4), d).strip()
         elif name == b"OBR":
-            placer = _first_rep(field_of(fields, 2), d).strip()
-            filler = _first_rep(field_of(fields, 3), d).strip()
-            if orc4:
-                requisition = b"ORC-4\x00" + orc4
-            elif placer:
-                requisition = b"OBR-2\x00" + placer
-            elif filler:
-                requisition = b"OBR-3\x00" + filler
-            else:
-                requisition = b""
+            requisition = _requisition(orc4, fields, d)
             order_status = text(component(field_of(fields, 25), d, 1)).upper()
             order_time = text(component(field_of(fields, 7), d, 1))
             specimen_time = ""
@@ -185,6 +170,82 @@ def _extract(message: bytes, rule: RuleConfig) -> Extract | None:
                 )
             )
     return Extract(header.control_id, tuple(rows))
+
+
+def _patient_keys(fields: list[bytes], d) -> tuple[bytes, ...]:
+    """Each PID-3 identifier with its assigning authority."""
+    keys = []
+    for rep in field_of(fields, 3).split(d.repetition) if d.repetition else [field_of(fields, 3)]:
+        ident = component(rep, d, 1).strip()
+        if ident:
+            keys.append(ident + b"\x00" + _whole_component(rep, d, 4).strip())
+    return tuple(dict.fromkeys(keys))
+
+
+def _requisition(orc4: bytes, fields: list[bytes], d) -> bytes:
+    """ORC-4 (the last ORC's, within the patient), else OBR-2, else OBR-3."""
+    placer = _first_rep(field_of(fields, 2), d).strip()
+    filler = _first_rep(field_of(fields, 3), d).strip()
+    if orc4:
+        return b"ORC-4\x00" + orc4
+    if placer:
+        return b"OBR-2\x00" + placer
+    if filler:
+        return b"OBR-3\x00" + filler
+    return b""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The identifiers a message's rows are found by (raw: the shell hashes them)."""
+
+    patients: frozenset[bytes]
+    requisitions: frozenset[bytes]
+
+
+_KEY_SEGMENTS = (b"PID", b"ORC", b"OBR")
+
+
+def keys(message: bytes, rule: RuleConfig) -> Keys | None:
+    """The same patient and requisition keys `extract` gives the message's
+    rows, found without reading its results (a byte search for PID, ORC and
+    OBR): what replay's first pass needs to know which messages to keep.
+    None where `extract` gives None. Total: never raises."""
+    try:
+        header = read_header(message)
+        if not header.delimiters.valid:
+            return None
+        if f"{header.message_code.upper()}^{header.trigger_event.upper()}" not in rule.message_types:
+            return None
+        d = header.delimiters
+        starts = []
+        for name in _KEY_SEGMENTS:
+            for sep in (b"\r", b"\n"):
+                pattern = sep + name + d.field
+                i = message.find(pattern, header.start)
+                while i != -1:
+                    starts.append(i + 1)
+                    i = message.find(pattern, i + 1)
+        starts.sort()
+        patients: set[bytes] = set()
+        requisitions: set[bytes] = set()
+        orc4 = b""
+        for start in starts:
+            ends = [e for e in (message.find(b"\r", start), message.find(b"\n", start)) if e != -1]
+            fields = message[start : min(ends) if ends else len(message)].split(d.field)
+            name = fields[0]
+            if name == b"PID":
+                patients.update(_patient_keys(fields, d))
+                orc4 = b""
+            elif name == b"ORC":
+                orc4 = _first_rep(field_of(fields, 4), d).strip()
+            else:
+                requisition = _requisition(orc4, fields, d)
+                if requisition:
+                    requisitions.add(requisition)
+        return Keys(frozenset(patients), frozenset(requisitions))
+    except Exception:
+        return None
 
 
 def _first_rep(raw: bytes, d) -> bytes:
