@@ -52,7 +52,7 @@ def decide(
     out, decision = process(message, rule, text_codec=text_codec)
     if store is None or mode == "message" or not (record or watch or decision.commented):
         return Outcome(out, decision)  # (replay's second pass: nothing to keep, nothing to look up)
-    ex = extract(message, rule)
+    ex = extract(message, rule, lookback_days)
     if ex is None:
         return Outcome(out, decision)
     if record:

@@ -21,9 +21,11 @@ Two pure functions live here:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import timedelta
 
-from b12comment.core.dates import parse_ts
+from b12comment.core.dates import DayRange, age_at, parse_ts
 from b12comment.core.decision import OTHER_ABNORMAL_RECENT, REQUISITION_PENDING
 from b12comment.core.facts import _cheap_observation, match_b12
 from b12comment.core.rule import ABNORMAL, NORMAL, judge_value
@@ -90,16 +92,56 @@ class Context:
     lookback_days: float = 30.0
 
 
-def extract(message: bytes, rule: RuleConfig) -> Extract | None:
+def extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> Extract | None:
     """The store's rows for one result message; None for what is not one
-    (unreadable, or a message type the rule does not look at). Total: never raises."""
+    (unreadable, or a message type the rule does not look at). A patient who
+    was certainly an adult `lookback_days` before the message's collection
+    can never get the comment, so their results are not needed: no rows.
+    Total: never raises."""
     try:
-        return _extract(message, rule)
+        return _extract(message, rule, lookback_days)
     except Exception:
         return None
 
 
-def _extract(message: bytes, rule: RuleConfig) -> Extract | None:
+def _certainly_adult(message: bytes, header, rule: RuleConfig, lookback_days: float) -> bool:
+    """Every PID's birth date (PID-7) says 18 or older at the collection (the
+    first OBR-7, else MSH-7) less the look-back; any doubt says no."""
+    d, start = header.delimiters, header.start
+    reference = None
+    for sep in (b"\r", b"\n"):
+        i = message.find(sep + b"OBR" + d.field, start)
+        if i != -1:
+            fields = _segment_at(message, i + 1).split(d.field)
+            reference = parse_ts(component(field_of(fields, 7), d, 1).decode("latin-1").strip())
+            break
+    if reference is None:
+        reference = parse_ts(component(header.field(7), d, 1).decode("latin-1").strip())
+    if reference is None:
+        return False
+    earliest = reference.first - timedelta(days=math.ceil(lookback_days))
+    births = []
+    for sep in (b"\r", b"\n"):
+        i = message.find(sep + b"PID" + d.field, start)
+        while i != -1:
+            fields = _segment_at(message, i + 1).split(d.field)
+            births.append(parse_ts(component(field_of(fields, 7), d, 1).decode("latin-1").strip()))
+            i = message.find(sep + b"PID" + d.field, i + 1)
+    if not births:
+        return False
+    for birth in births:
+        age = age_at(birth, DayRange(earliest, earliest)) if birth is not None else None
+        if age is None or age.youngest < rule.adult_age_years:
+            return False
+    return True
+
+
+def _segment_at(message: bytes, start: int) -> bytes:
+    ends = [e for e in (message.find(b"\r", start), message.find(b"\n", start)) if e != -1]
+    return message[start : min(ends) if ends else len(message)]
+
+
+def _extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> Extract | None:
     try:
         header = read_header(message)
     except Malformed:
@@ -109,6 +151,9 @@ def _extract(message: bytes, rule: RuleConfig) -> Extract | None:
     if f"{header.message_code.upper()}^{header.trigger_event.upper()}" not in rule.message_types:
         return None
     d = header.delimiters
+    if _certainly_adult(message, header, rule, lookback_days):
+        return Extract(header.control_id, ())
+    may_hold_b12 = any(cm.code.encode("ascii") in message for cm in rule.codes)  # as the engine's pre-check
     codec = "latin-1"  # identifiers are hashed as bytes; codes and statuses are ASCII
     rows: list[ExtractedRow] = []
     patient_keys: tuple[bytes, ...] = ()
@@ -154,7 +199,7 @@ def _extract(message: bytes, rule: RuleConfig) -> Extract | None:
         else:  # OBX
             obx_position += 1
             obs = _cheap_observation(fields, header, codec, obx_position, 0, 0)
-            b12_code = match_b12(field_of(fields, 3), d, rule)
+            b12_code = match_b12(field_of(fields, 3), d, rule) if may_hold_b12 else None
             rows.append(
                 ExtractedRow(
                     position=len(rows) + 1,

@@ -72,7 +72,7 @@ def build(path: Path, files: list[str], rule: RuleConfig, mode: str, lookback_da
             for index, position, message in _messages(files):
                 if not wanted.may_share(message):
                     continue
-                ex = extract(message, rule)
+                ex = extract(message, rule, lookback_days)
                 if ex is not None:
                     store.add(seq(index, position), ex, now=0.0)
                     count += 1
