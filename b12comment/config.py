@@ -97,6 +97,7 @@ class ContextConfig:
     store: str = "var/context.sqlite3"
     key_file: str = "var/context.key"
     lookback_days: float = 30.0
+    hold_s: float = 0.0  # serve: how long a message that would get the comment waits; 0 = no hold
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,9 @@ def _check_service(path: str, cfg: Config) -> None:
         if not getattr(cx, key):
             raise r.fail(key, "must not be empty")
     _positive(r, "lookback_days", cx.lookback_days)
+    _positive(r, "hold_s", cx.hold_s, allow_zero=True)
+    if cx.hold_s and cx.mode == "message":
+        raise r.fail("hold_s", 'needs mode "requisition" or "patient": a hold waits for the rest of the requisition')
 
 
 def _check_peers_and_tls(r: _Reader, section: ListenerConfig | HttpConfig) -> None:

@@ -59,6 +59,8 @@ def test_changed_value_is_read():
         ('[context]\nmode = "everything"\n', "[context.mode] must be message, requisition or patient"),
         ("[context]\nlookback_days = 0\n", "[context.lookback_days] must be greater than zero"),
         ('[context]\nstore = ""\n', "[context.store] must not be empty"),
+        ("[context]\nhold_s = -1\n", "[context.hold_s] must be zero or more"),
+        ('[context]\nmode = "message"\nhold_s = 900\n', "[context.hold_s] needs mode"),
         ("[context]\nkey_file = 3\n", "[context.key_file] must be a string"),
     ],
 )

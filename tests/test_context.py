@@ -365,3 +365,14 @@ def test_rows_are_kept_for_every_patient_who_could_be_a_child_within_the_look_ba
     ex = extract(other_message(birth=birth, collected="20240110083000"), RULE, 30.0)
     assert ex is not None
     assert bool(ex.rows) is kept
+
+
+def test_hold_gauges_are_in_the_metrics():
+    from b12comment.serve.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.set("b12comment_held_messages", 2)
+    metrics.set("b12comment_longest_hold_seconds", 12.5)
+    text = metrics.render()
+    assert "# TYPE b12comment_held_messages gauge\nb12comment_held_messages 2\n" in text
+    assert "b12comment_longest_hold_seconds 12.5\n" in text

@@ -257,12 +257,12 @@ class ContextStore:
 
     # -- replay's first pass: which messages to keep
 
-    def _key_hashes(self, keys: Keys) -> list[bytes]:
+    def key_hashes(self, keys: Keys) -> list[bytes]:
         return [b"P" + self._hash(k) for k in keys.patients] + [b"R" + self._hash(k) for k in keys.requisitions]
 
     def want(self, keys: Keys) -> None:
         """The rows of messages sharing a patient or requisition with these keys are wanted."""
-        hashes = self._key_hashes(keys)
+        hashes = self.key_hashes(keys)
         if hashes:
             self._begin()
             try:
@@ -271,7 +271,7 @@ class ContextStore:
                 raise ContextError(f"context store {self.path}: {exc}") from None
 
     def is_wanted(self, keys: Keys) -> bool:
-        hashes = self._key_hashes(keys)
+        hashes = self.key_hashes(keys)
         if not hashes:
             return False
         found = self._run(f"SELECT 1 FROM wanted WHERE key IN ({','.join('?' * len(hashes))}) LIMIT 1", hashes)
@@ -289,6 +289,14 @@ class ContextStore:
                 "INSERT OR REPLACE INTO comments VALUES (?, ?, ?, ?)",
                 [(seq, p, extract.control_id, now) for p in patients],
             )
+        except sqlite3.Error as exc:
+            raise ContextError(f"context store {self.path}: {exc}") from None
+
+    def forget_comment(self, seq: int) -> None:
+        """Message `seq` did not get the comment after all (a hold ended in a veto)."""
+        self._begin()
+        try:
+            self._db.execute("DELETE FROM comments WHERE seq = ?", (seq,))
         except sqlite3.Error as exc:
             raise ContextError(f"context store {self.path}: {exc}") from None
 

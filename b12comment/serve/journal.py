@@ -84,6 +84,7 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS messages_by_state ON messages (state, id);
 CREATE INDEX IF NOT EXISTS messages_by_control_id ON messages (control_id, received_at);
 CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source, position) WHERE source != '';
+CREATE TABLE IF NOT EXISTS holds (id INTEGER PRIMARY KEY, until REAL NOT NULL);
 """
 
 
@@ -478,29 +479,56 @@ class Journal:
     # -- the processing stage
 
     def unprocessed(self, limit: int = 100) -> list[Row]:
-        rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE state = 'received' ORDER BY id LIMIT ?", (limit,))
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM messages WHERE state = 'received' AND id NOT IN (SELECT id FROM holds) "
+            "ORDER BY id LIMIT ?",
+            (limit,),
+        )
         return [_row(r) for r in rows]
 
     def mark_processed_many(self, results: Sequence[Processed], now: float | None = None) -> None:
         """Record what processing made of each message, in one transaction.
         Processed bytes equal to the received ones are not stored again."""
         now = time.time() if now is None else now
-        self._tx(
-            lambda cur: cur.executemany(
+
+        def tx(cur) -> None:
+            cur.executemany(
                 "UPDATE messages SET processed = CASE WHEN raw = ?1 THEN NULL ELSE ?1 END, commented = ?2, "
                 "reasons = ?3, state = 'processed', updated_at = ?4 WHERE id = ?5 AND state = 'received'",
                 [(p.processed, int(p.commented), json.dumps(list(p.reasons)), now, p.id) for p in results],
-            ),
-            durable=False,
+            )
+            cur.executemany("DELETE FROM holds WHERE id = ?", [(p.id,) for p in results])  # released
+
+        self._tx(tx, durable=False)
+
+    # -- the hold window ([context] hold_s): a message waits for the rest of its requisition
+
+    def hold_many(self, holds: Sequence[tuple[int, float]]) -> None:
+        """Keep received messages back until a time each, (id, until): the
+        processing stage decides them again then, or when a newer message of
+        the same patient comes. Not delivered, and not in the way of the
+        messages after them, until `mark_processed_many` releases them."""
+        self._tx(lambda cur: cur.executemany("INSERT OR REPLACE INTO holds (id, until) VALUES (?, ?)", holds))
+
+    def held(self) -> list[tuple[Row, float]]:
+        """The messages held, oldest first, each with the time its hold ends."""
+        until = dict(self._query("SELECT id, until FROM holds"))
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM messages WHERE state = 'received' AND id IN (SELECT id FROM holds) ORDER BY id"
         )
+        return [(_row(r), until[r[0]]) for r in rows]
 
     # -- the forwarder
 
     def deliverable(self, limit: int = 100) -> list[Row]:
         """The head of the queue: up to `limit` processed messages in journal
-        order, stopping before the first one not yet processed."""
+        order, stopping before the first one not yet processed. A held message
+        is passed over: the messages of its own patient stay behind it, since
+        the processing stage releases it before it processes them."""
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM messages WHERE state IN ('received', 'processed') ORDER BY id LIMIT ?", (limit,)
+            f"SELECT {_COLUMNS} FROM messages WHERE state IN ('received', 'processed') "
+            "AND id NOT IN (SELECT id FROM holds) ORDER BY id LIMIT ?",
+            (limit,),
         )
         out = []
         for r in rows:

@@ -106,6 +106,12 @@ class JournalThread:
     async def mark_processed_many(self, results: Sequence[Processed]) -> None:
         await self._call(lambda j: j.mark_processed_many(results))
 
+    async def hold_many(self, holds: Sequence[tuple[int, float]]) -> None:
+        await self._call(lambda j: j.hold_many(holds))
+
+    async def held(self) -> list[tuple[Row, float]]:
+        return await self._call(lambda j: j.held())
+
     async def deliverable(self, limit: int = 100) -> list[Row]:
         return await self._call(lambda j: j.deliverable(limit))
 

@@ -17,6 +17,10 @@ COUNTERS = {
     "b12comment_http_requests_total": "HTTP requests answered, by endpoint and status code.",
     "b12comment_http_decisions_total": "Messages decided through HTTP, by decision (commented, unchanged, rejected).",
 }
+GAUGES = {
+    "b12comment_held_messages": "Messages held now, waiting for the rest of their requisition ([context] hold_s).",
+    "b12comment_longest_hold_seconds": "The longest a message has been held since the service started.",
+}
 HISTOGRAMS = {
     "b12comment_processing_seconds": "Time spent in process() per message.",
     "b12comment_ack_seconds": "Time from a complete frame to its ACK written.",
@@ -53,6 +57,12 @@ class Metrics:
         for name in COUNTERS:
             if name not in LABELLED:
                 self.counters[(name, ())] = 0.0
+        self.gauges: dict[str, float] = dict.fromkeys(GAUGES, 0.0)
+
+    def set(self, name: str, value: float) -> None:
+        if name not in GAUGES:
+            raise KeyError(name)
+        self.gauges[name] = value
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         if name not in COUNTERS:
@@ -87,6 +97,8 @@ class Metrics:
         ]
         if queue_depth is not None:
             lines.append(f"b12comment_queue_depth {queue_depth}")
+        for name, help_text in GAUGES.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {self.gauges[name]:g}"]
         for name, help_text in HISTOGRAMS.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
             for (n, labels), h in sorted(self.histograms.items(), key=lambda item: item[0]):

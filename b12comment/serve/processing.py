@@ -28,13 +28,15 @@ import contextlib
 import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from b12comment.config import ContextConfig
 from b12comment.context import ContextStore, Outcome, decide, open_store
+from b12comment.core.context import extract, keys
 from b12comment.core.decision import CONTEXT_UNAVAILABLE, INTERNAL_ERROR
 from b12comment.core.engine import process
 from b12comment.serve.aio import wait_event
-from b12comment.serve.journal import JournalError, JournalFault, Processed
+from b12comment.serve.journal import JournalError, JournalFault, Processed, Row
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
 
@@ -46,6 +48,16 @@ def unavailable(log, stage: str, exc: JournalError) -> None:
     """Log a failed journal call; a fault was already told once, by the service."""
     if not isinstance(exc, JournalFault):
         log.error("journal_unavailable", stage=stage, error=str(exc))
+
+
+@dataclass
+class Held:
+    """A message held back, waiting for the rest of its requisition."""
+
+    row: Row
+    until: float  # when the hold ends (time.time())
+    since: float
+    keys: frozenset[bytes]  # keyed hashes of its patients and requisitions
 
 
 class ContextStage:
@@ -73,6 +85,25 @@ class ContextStage:
                 decision = dataclasses.replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,))
                 out = raw
             return Outcome(out, dataclasses.replace(decision, detail=f"context store: {type(exc).__name__}"))
+
+    def hold_keys(self, raw: bytes, rule) -> frozenset[bytes]:
+        """The keyed patient and requisition hashes a held message waits on."""
+        if self.store is None:
+            return frozenset()
+        try:
+            found = keys(raw, rule)
+            return frozenset(self.store.key_hashes(found)) if found is not None else frozenset()
+        except Exception:
+            return frozenset()
+
+    def record(self, seq: int, raw: bytes, rule) -> None:
+        """Keep a message's rows before it is decided (a held message is decided with them)."""
+        if self.store is None:
+            return
+        with contextlib.suppress(Exception):  # decide() reports a failing store
+            ex = extract(raw, rule, self.settings.lookback_days)
+            if ex is not None:
+                self.store.add(seq, ex)
 
     def commit(self) -> str | None:
         """Commit the batch's rows (and purge once an hour); an error's text, or None."""
@@ -122,13 +153,21 @@ class Processor:
         self.wake, self.processed, self.poll_s = wake, processed, poll_s
         self.batch, self.batch_s, self.linger_s = batch, batch_s, linger_s
         self.context = context or ContextStage(None, ContextConfig(mode="message"))
+        self.hold_s = self.context.settings.hold_s if self.context.store is not None else 0.0
+        self.held: dict[int, Held] = {}  # journal id -> the message held (worker thread only)
+        self.longest_hold_s = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="process")
         try:
+            if self.hold_s:
+                await self._restore_holds(loop, stop)
             while not stop.is_set():
                 self.wake.clear()
+                if self.held and not await self._release_due(loop):
+                    await wait_event(stop, self.poll_s)
+                    continue
                 try:
                     rows = await self.journal.unprocessed(self.batch)
                 except JournalError as exc:
@@ -137,25 +176,93 @@ class Processor:
                     continue
                 drained = len(rows) < self.batch
                 while rows and not stop.is_set():
-                    done, store_error = await loop.run_in_executor(self._executor, self._process_rows, rows)
+                    done, holds, consumed, store_error = await loop.run_in_executor(
+                        self._executor, self._process_rows, rows
+                    )
                     if store_error:
                         self.log.error("context_unavailable", stage="processing", error=store_error)
-                    rows = rows[len(done) :]
-                    try:
-                        results = [Processed(r.id, out, f["commented"], f["reasons"]) for r, out, f, _, _ in done]
-                        await self.journal.mark_processed_many(results)
-                    except JournalError as exc:
-                        unavailable(self.log, "processing", exc)
+                    if not await self._record(done, holds):
                         await wait_event(stop, self.poll_s)
                         break
-                    for entry in done:
-                        self._report(*entry)
-                    self.processed.set()
+                    rows = rows[consumed:]
                 if drained:
-                    await wait_event(self.wake, self.poll_s)
+                    await wait_event(self.wake, self._next_wait())
                     await wait_event(stop, self.linger_s)
         finally:
             self._executor.shutdown(wait=False)
+
+    async def _record(self, done: list, holds: list[tuple[int, float]]) -> bool:
+        """Journal the holds, then what was decided (a released message with
+        the newer one that released it); False if the journal failed."""
+        try:
+            if holds:
+                await self.journal.hold_many(holds)
+            if done:
+                results = [Processed(r.id, out, f["commented"], f["reasons"]) for r, out, f, _, _ in done]
+                await self.journal.mark_processed_many(results)
+        except JournalError as exc:
+            unavailable(self.log, "processing", exc)
+            return False
+        for row, until in ((self.held[i].row, u) for i, u in holds if i in self.held):
+            self.log.info(
+                "held", journal_id=row.id, control_id=row.control_id, until=round(until, 3), hold_s=self.hold_s
+            )
+        for entry in done:
+            self._report(*entry)
+        self.metrics.set("b12comment_held_messages", len(self.held))
+        self.metrics.set("b12comment_longest_hold_seconds", round(self.longest_hold_s, 3))
+        if done:
+            self.processed.set()
+        return True
+
+    async def _restore_holds(self, loop, stop: asyncio.Event) -> None:
+        """After a restart: the messages still held in the journal wait on."""
+        while not stop.is_set():
+            try:
+                held = await self.journal.held()
+                break
+            except JournalError as exc:
+                unavailable(self.log, "processing", exc)
+                await wait_event(stop, self.poll_s)
+        else:
+            return
+        await loop.run_in_executor(self._executor, self._restore, held)
+        self.metrics.set("b12comment_held_messages", len(self.held))
+        if held:
+            self.log.info("holds_restored", held=len(held))
+
+    def _restore(self, held: list) -> None:
+        for row, until in held:
+            self.held[row.id] = Held(row, until, row.received_at, self.context.hold_keys(row.raw, self.rule))
+
+    async def _release_due(self, loop) -> bool:
+        """Decide again the messages whose hold has ended; False if the journal failed."""
+        now = time.time()
+        due = sorted(i for i, h in self.held.items() if h.until <= now)
+        if not due:
+            return True
+        done = await loop.run_in_executor(self._executor, self._release, due, "hold_ended")
+        return await self._record(done, [])
+
+    def _next_wait(self) -> float:
+        if not self.held:
+            return self.poll_s
+        return max(0.0, min(self.poll_s, min(h.until for h in self.held.values()) - time.time()))
+
+    def _release(self, ids: list[int], why: str) -> list:
+        """(On the worker thread.) Held messages decided again with what is known now."""
+        done = []
+        for i in ids:
+            held = self.held.pop(i)
+            started = time.perf_counter()
+            out, fields, outcome = self._safe_process(held.row)
+            self.longest_hold_s = max(self.longest_hold_s, time.time() - held.since)
+            fields = {**fields, "held_s": round(time.time() - held.since, 3), "released_by": why}
+            if not fields["commented"] and self.context.store is not None:
+                with contextlib.suppress(Exception):
+                    self.context.store.forget_comment(held.row.id)
+            done.append((held.row, out, fields, time.perf_counter() - started, outcome))
+        return done
 
     def _report(self, row, _out, fields: dict, elapsed: float, outcome: Outcome | None) -> None:
         self.metrics.observe("b12comment_processing_seconds", elapsed)
@@ -174,20 +281,38 @@ class Processor:
                     action="review the earlier comment (b12comment queue review)",
                 )
 
-    def _process_rows(self, rows) -> tuple[list, str | None]:
-        """(row, output, log fields, seconds, outcome) for the first rows, at
-        least one, until `batch_s` of work is done; then the store's commit."""
-        done = []
+    def _process_rows(self, rows) -> tuple[list, list[tuple[int, float]], int, str | None]:
+        """(On the worker thread.) The first rows, at least one, until `batch_s`
+        of work is done: (done, holds, rows consumed, the store's commit error).
+        `done` holds (row, output, log fields, seconds, outcome) in the order to
+        record them: a held message of the same patient or requisition comes
+        just before the newer message that released it. With `hold_s`, a
+        message that would get the comment is held instead (`holds`)."""
+        done: list = []
+        holds: list[tuple[int, float]] = []
         clock = time.perf_counter
         first = clock()
+        consumed = 0
         for row in rows:
+            consumed += 1
+            if self.held:
+                waiting_on = self.context.hold_keys(row.raw, self.rule)
+                released = sorted(i for i, h in self.held.items() if h.keys & waiting_on)
+                if released:
+                    self.context.record(row.id, row.raw, self.rule)  # decided with the newer results
+                    done += self._release(released, "newer_message")
             started = clock()
             out, fields, outcome = self._safe_process(row)
             finished = clock()
-            done.append((row, out, fields, finished - started, outcome))
+            if self.hold_s and fields["commented"]:
+                until = time.time() + self.hold_s
+                self.held[row.id] = Held(row, until, time.time(), self.context.hold_keys(row.raw, self.rule))
+                holds.append((row.id, until))
+            else:
+                done.append((row, out, fields, finished - started, outcome))
             if finished - first >= self.batch_s:
                 break
-        return done, self.context.commit()
+        return done, holds, consumed, self.context.commit()
 
     def _safe_process(self, row) -> tuple[bytes, dict, Outcome | None]:
         """process(), with the promise kept even if the core broke its own: on
