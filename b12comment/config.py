@@ -33,6 +33,7 @@ class ListenerConfig:
     max_message_bytes: int = 1048576
     idle_timeout_s: float = 300.0
     max_connections: int = 64
+    max_invalid_frames: int = 20  # invalid frames in a row before the connection is closed; 0 = no limit
     allowed_peers: tuple[str, ...] = ()
     tls_cert: str = ""
     tls_key: str = ""
@@ -354,6 +355,7 @@ def _check_service(path: str, cfg: Config) -> None:
     _positive(r, "max_message_bytes", lis.max_message_bytes)
     _positive(r, "idle_timeout_s", lis.idle_timeout_s)
     _positive(r, "max_connections", lis.max_connections)
+    _positive(r, "max_invalid_frames", lis.max_invalid_frames, allow_zero=True)
     _check_peers_and_tls(r, lis)
     _check_http(path, cfg)
     r = _Reader(path, {}, "journal")

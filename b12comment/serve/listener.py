@@ -17,6 +17,7 @@ holds its frame, and ACKs go out in the order of the frames.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import ssl
 import time
@@ -42,6 +43,16 @@ from b12comment.serve.ack import (
 from b12comment.serve.journal import JournalError, JournalFault, Receipt
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.peers import PeerFilter
+
+KEEP_INVALID_BYTES = 4096  # how much of an invalid frame the journal keeps
+
+
+@dataclass
+class _Conversation:
+    """What one connection has seen: its frames, and invalid frames in a row."""
+
+    seq: int = 0
+    invalid_run: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,12 +90,14 @@ class Intake:
         self.journal, self.cfg, self.log = journal, cfg, log
         self.on_journaled = on_journaled
 
-    def accept(self, payload: bytes, peer: str, seq: int) -> Coroutine[Any, Any, Answer]:
-        """Hand the frame to the journal now; await the result for its answer."""
+    def accept(self, payload: bytes, peer: str, seq: int) -> tuple[Coroutine[Any, Any, Answer], bool]:
+        """Hand the frame to the journal now; await the result for its answer.
+        The flag says whether the frame is invalid (answered AR)."""
         try:
             header = read_header(payload)
         except Malformed as exc:
-            return self._invalid(payload, peer, seq, SEGMENT_SEQUENCE_ERROR, f"not an HL7 message: {exc}", "", "")
+            why = f"not an HL7 message: {exc}"
+            return self._invalid(payload, peer, seq, SEGMENT_SEQUENCE_ERROR, why, "", ""), True
         cid, mtype = header.control_id, header.message_type
         stored = self.journal.record(
             payload,
@@ -94,7 +107,7 @@ class Intake:
             conn_seq=seq,
             retransmit_window_s=self.cfg.retransmit_window_s,
         )
-        return self._accepted(stored, payload, header, peer, dict(control_id=cid, message_type=mtype))
+        return self._accepted(stored, payload, header, peer, dict(control_id=cid, message_type=mtype)), False
 
     async def _accepted(
         self, stored: asyncio.Future[Receipt], payload: bytes, header: Header, peer: str, fields: dict
@@ -128,7 +141,12 @@ class Intake:
     def _invalid(
         self, payload: bytes, peer: str, seq: int, code: str, why: str, cid: str, mtype: str
     ) -> Coroutine[Any, Any, Answer]:
-        stored = self.journal.keep_invalid(payload, why, peer=peer, conn_seq=seq, control_id=cid, message_type=mtype)
+        kept = why
+        if len(payload) > KEEP_INVALID_BYTES:  # a frame that is not a message is kept for inspection, not whole
+            digest = hashlib.sha256(payload).hexdigest()[:16]
+            kept = f"{why} (frame of {len(payload)} bytes, sha256 {digest}..., first {KEEP_INVALID_BYTES} kept)"
+            payload = payload[:KEEP_INVALID_BYTES]
+        stored = self.journal.keep_invalid(payload, kept, peer=peer, conn_seq=seq, control_id=cid, message_type=mtype)
         fields = dict(control_id=cid, message_type=mtype, reason=why)
         return self._invalid_kept(stored, payload, peer, code, why, fields)
 
@@ -233,7 +251,7 @@ class Listener:
         decoder = mllp.Decoder(self.cfg.max_message_bytes)
         task = asyncio.current_task()
         assert task is not None
-        seq = 0
+        conv = _Conversation()
         while True:
             if self._stop.is_set():
                 self.log.info("connection_closed", peer=peer, reason="service stopping", in_frame=decoder.in_frame)
@@ -257,8 +275,11 @@ class Listener:
             if not data:
                 break
             events = decoder.feed(data)
-            if events:
-                seq = await self._on_events(events, writer, peer, seq)
+            if events and await self._on_events(events, writer, peer, conv):
+                self.log.warning(
+                    "connection_closed", peer=peer, reason="too many invalid frames in a row", frames=conv.invalid_run
+                )
+                return
         for event in decoder.close():
             assert isinstance(event, (mllp.Incomplete, mllp.Junk))  # close() reports only these
             self.log.warning(
@@ -268,10 +289,17 @@ class Listener:
             )
         self.log.info("connection_closed", peer=peer, reason="closed by peer")
 
-    async def _on_events(self, events: list[mllp.Event], writer: asyncio.StreamWriter, peer: str, seq: int) -> int:
+    async def _on_events(
+        self, events: list[mllp.Event], writer: asyncio.StreamWriter, peer: str, conv: _Conversation
+    ) -> bool:
         """Answer the frames of one read: all go to the journal at once (one
-        commit), then each ACK is written, in order, once its frame is stored."""
+        commit), then each ACK is written, in order, once its frame is stored,
+        yielding to other connections between frames. True when the
+        connection is to be closed: `max_invalid_frames` invalid frames in a
+        row (the frames after them in this read are not taken)."""
         pending: list[tuple[float, int, Coroutine[Any, Any, Answer]]] = []
+        limit = self.cfg.max_invalid_frames
+        close = False
         for event in events:
             if isinstance(event, mllp.Junk):
                 self.log.warning("junk_skipped", peer=peer, bytes=event.size)
@@ -279,16 +307,23 @@ class Listener:
             if isinstance(event, mllp.Incomplete):
                 continue
             started = time.monotonic()
-            seq += 1
+            conv.seq += 1
             self.metrics.inc("b12comment_messages_received_total")
             if isinstance(event, mllp.Frame):
-                answer = self.intake.accept(event.payload, peer, seq)
+                answer, invalid = self.intake.accept(event.payload, peer, conv.seq)
             else:
-                answer = self.intake.oversize(event.size, event.head, self.cfg.max_message_bytes, peer, seq)
-            pending.append((started, seq, answer))
+                answer = self.intake.oversize(event.size, event.head, self.cfg.max_message_bytes, peer, conv.seq)
+                invalid = True
+            pending.append((started, conv.seq, answer))
+            conv.invalid_run = conv.invalid_run + 1 if invalid else 0
+            if limit and conv.invalid_run >= limit:
+                close = True
+                break
         try:
-            for i, (started, n, answer) in enumerate(pending):  # noqa: B007 - i is read below
+            for i, (started, n, answer) in enumerate(pending):
                 await self._answer(await answer, started, writer, peer, n)
+                if i + 1 < len(pending):
+                    await asyncio.sleep(0)  # fair: let other connections be answered between frames
         except BaseException:
             # The connection failed: the frames after it stay journaled (the
             # sender resends them for want of an ACK; they are then
@@ -296,7 +331,7 @@ class Listener:
             for _, _, answer in pending[i + 1 :]:
                 answer.close()
             raise
-        return seq
+        return close
 
     async def _answer(self, answer: Answer, started: float, writer: asyncio.StreamWriter, peer: str, seq: int) -> None:
         writer.write(mllp.encode(answer.ack))
