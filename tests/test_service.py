@@ -190,6 +190,28 @@ def test_non_hl7_frame_gets_ar_with_err_and_is_kept_as_invalid(served):
     assert any(raw == b"this is not HL7 at all" and "MSH" in why for raw, why in rows)
 
 
+def test_batch_in_one_frame_gets_ar_saying_one_message_per_frame_and_is_never_forwarded(served):
+    """A batch file (FHS/BHS ... BTS/FTS) sent as one frame: AR with an ERR
+    that says to send each message in its own frame; it is kept as invalid,
+    never queued or forwarded. Its messages, one per frame, are ACKed AA."""
+    batch = (SAMPLES / "night_batch_crlf.hl7").read_bytes()
+    with MllpConnection(served.port) as conn:
+        answer = conn.send(batch)
+        assert msa(answer)[0] == "AR"
+        err = segment(answer, b"ERR")
+        assert err[3].startswith(b"100^") and b"batch (FHS/BHS) in one frame" in err[8] and b"own frame" in err[8]
+        messages = [b"MSH" + part for part in batch.split(b"MSH")[1:]]
+        cut = [m[: m.index(b"BTS")] if b"BTS" in m else m for m in messages]
+        for m in cut:
+            assert msa(conn.send(m)) == ("AA", msh10(m))
+    db = sqlite3.connect(served.base / "journal.sqlite3")
+    states = dict(db.execute("SELECT control_id, state FROM messages WHERE raw = ?", (batch,)).fetchall())
+    queued = {cid for (cid,) in db.execute("SELECT control_id FROM messages WHERE state != 'invalid'")}
+    db.close()
+    assert states == {"": "invalid"}
+    assert {msh10(m) for m in cut} <= queued and "" not in queued
+
+
 def test_idle_connection_is_closed(served):
     with MllpConnection(served.port) as conn:
         conn.sock.settimeout(20)
