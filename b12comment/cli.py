@@ -14,7 +14,15 @@ import sys
 
 from b12comment import __version__
 from b12comment.config import Config, load_config
-from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error, UsageError, describe_os_error
+from b12comment.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_IO,
+    EXIT_OK,
+    EXIT_USAGE,
+    B12Error,
+    UsageError,
+    describe_os_error,
+)
 
 # replay: each worker holds about 22 MB (its interpreter, hl7apy's tables, one
 # message) beside the main process's 35 MB (bench/README.md), so four keep a
@@ -347,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         print("b12comment: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _run(args: argparse.Namespace) -> int:

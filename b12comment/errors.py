@@ -26,11 +26,16 @@ EXIT_NOT_ACCEPTED = 3
 """`send`: every message was sent, but at least one was not answered AA
 (AE, AR, an ACK for another control ID, or no ACK in time)."""
 
+EXIT_INTERRUPTED = 130
+"""Interrupted by Ctrl-C (SIGINT) in a command other than serve (which stops
+cleanly on SIGINT and exits 0). 128 + 2, as shells report it."""
+
 EXIT_CODES = {
     EXIT_OK: "done",
     EXIT_IO: "an input could not be read or an output not written",
     EXIT_USAGE: "usage or configuration error; nothing ran",
     EXIT_NOT_ACCEPTED: "send: a message was not acknowledged with AA",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
 

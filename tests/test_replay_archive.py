@@ -435,3 +435,23 @@ def test_a_second_replay_into_the_same_output_is_refused(tmp_path):
     assert len(err.strip().splitlines()) == 1
     # the lock goes with the process that held it, however it ended
     assert cli(tmp_path / "in", "--out", out, "--resume").returncode == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_exit_130_then_resume_completes(tmp_path):
+    make_archive(tmp_path / "in", files=200, per_file=60, fast=True)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "b12comment", "replay", str(tmp_path / "in"), "--out", str(out), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    _wait_for_files_done(proc, out / ".b12comment-resume.jsonl", 3)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().strip().splitlines() == ["b12comment: interrupted"]
+    resumed = cli(tmp_path / "in", "--out", out, "--resume", "--report", tmp_path / "r.json")
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert json.loads((tmp_path / "r.json").read_text())["files"] == 200
