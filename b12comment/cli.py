@@ -24,14 +24,15 @@ from b12comment.errors import (
     describe_os_error,
 )
 
-# replay: each worker holds about 22 MB (its interpreter, hl7apy's tables, one
-# message) beside the main process's 35 MB (bench/README.md), so four keep a
-# run with the default under 150 MB on any machine.
-MAX_DEFAULT_WORKERS = 4
+# replay: each worker holds about 30 MB (its interpreter, hl7apy's tables, its
+# connection to the run's context store, one message) beside the main
+# process's 36 MB (bench/README.md: 126 MB with 3 workers, 147-159 MB with 4),
+# so three keep a run with the default under 150 MB on any machine.
+MAX_DEFAULT_WORKERS = 3
 
 
 def default_workers() -> int:
-    """replay's --workers when none is given: the number of cores, at most four."""
+    """replay's --workers when none is given: the number of cores, at most three."""
     return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
 
 

@@ -185,14 +185,14 @@ def test_stream_pieces_rejoin_exactly_across_chunk_edges():
         assert [p.kind for p in pieces].count("message") == 3
 
 
-def test_default_workers_is_the_cores_capped_at_four():
-    """The default stays under 150 MB: about 22 MB per worker beside the main
-    process (bench/README.md), so at most four by default."""
+def test_default_workers_is_the_cores_capped_at_three():
+    """The default stays under 150 MB: about 30 MB per worker beside the main
+    process's 36 MB (bench/README.md), so at most three by default."""
     import os
 
     from b12comment.cli import MAX_DEFAULT_WORKERS, _parser, default_workers
 
-    assert MAX_DEFAULT_WORKERS == 4
-    assert default_workers() == max(1, min(os.cpu_count() or 1, 4))
+    assert MAX_DEFAULT_WORKERS == 3
+    assert default_workers() == max(1, min(os.cpu_count() or 1, 3))
     args = _parser().parse_args(["replay", "in", "--out", "out"])
     assert args.workers == default_workers()
