@@ -104,6 +104,8 @@ def test_files_without_a_message_are_copied_unchanged_and_counted(tmp_path):
     # --quiet: errors and the summary only
     quiet = cli(src, "--dry-run", "--quiet")
     assert b"warning" not in quiet.stderr and b"cut.hl7.gz" in quiet.stderr and b"replayed 7 files" in quiet.stderr
+    assert cli(src, "--dry-run", "--report", tmp_path / "d.json").returncode == 1  # the cut gzip
+    assert json.loads((tmp_path / "d.json").read_text())["files_without_hl7_output"] == "none"
 
 
 def test_replaying_an_output_folder_again_skips_replays_own_files(tmp_path):

@@ -410,7 +410,8 @@ def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     report = total.to_json()
     report["elapsed_s"] = round(elapsed, 3)
     report["messages_per_s"] = round(total.messages / elapsed, 1) if elapsed > 0 else None
-    report["files_without_hl7_output"] = "none" if opts.skip_non_hl7 else "copied unchanged"
+    copied = out_dir is not None and not opts.skip_non_hl7  # --dry-run and --forward write no files
+    report["files_without_hl7_output"] = "copied unchanged" if copied else "none"
     report.update(extra)
     status = EXIT_IO if total.errors else EXIT_OK
     for err in total.errors:
