@@ -553,3 +553,50 @@ def test_replay_counts_only_what_was_written_when_the_output_disk_fills(tmp_path
         proc = cli("replay", src, "--dry-run", "--quiet", "--report", small / "r.json", cwd=tmp_path)
         lines = [line for line in error_lines(proc.stderr) if "r.json" in line]
         assert proc.returncode == 1 and len(lines) == 1 and "No space left" in lines[0], proc.stderr
+
+
+# --------------------------------------------------------------------------
+# The open-file limit against max_connections
+
+
+def _serve_with_nofile(cfg: Path, soft: int, hard: int) -> subprocess.Popen:
+    import resource
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "b12comment", "serve", "--config", str(cfg)],
+        cwd=cfg.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+
+
+def test_max_connections_above_the_hard_open_file_limit_is_refused_at_start(tmp_path):
+    cfg = base_config(tmp_path, listener=dict(max_connections=500))
+    proc = _serve_with_nofile(cfg, 256, 256)
+    out, err = proc.communicate(timeout=60)
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert proc.returncode == 2, err
+    assert len(lines) == 1 and "max_connections 500" in lines[0] and "limit is 256" in lines[0], lines
+    assert "LimitNOFILE" in lines[0] and "Traceback" not in err.decode()
+
+
+def test_max_connections_above_the_soft_limit_raises_it_and_serves(tmp_path):
+    cfg = base_config(tmp_path, listener=dict(max_connections=500))
+    proc = _serve_with_nofile(cfg, 256, 4096)
+    try:
+        raised = None
+        for raw in proc.stderr:
+            record = json.loads(raw)
+            if record.get("event") == "open_file_limit_raised":
+                raised = record
+            if record.get("event") == "listening":
+                with MllpConnection(record["port"]) as conn:
+                    assert msa(conn.send(oru("NOFILE")))[0] == "AA"
+                break
+        assert raised and raised["soft_was"] == 256 and raised["soft"] >= 564, raised
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

@@ -21,6 +21,8 @@ they have read, let the forwarder finish its current delivery, and exit 0.
 from __future__ import annotations
 
 import asyncio
+import errno
+import resource
 import signal
 import sys
 import time
@@ -30,7 +32,7 @@ from b12comment import logs
 from b12comment.config import Config
 from b12comment.context import ContextError
 from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
-from b12comment.serve.aio import wait_event
+from b12comment.serve.aio import describe_error, wait_event
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.http import HttpServer
 from b12comment.serve.journal import JournalCorrupt, JournalError, JournalFault, JournalGone
@@ -51,6 +53,7 @@ from b12comment.serve.queue_cli import export_messages
 from b12comment.serve.tls import TlsError, server_context
 
 PRUNE_EVERY_S = 3600.0
+FILES_RESERVED = 64  # file descriptors beside the connections: journal, WAL, lock, downstream, metrics, logs
 STOP_TASKS_S = 3.0  # how long stop() waits for the stages before cancelling them
 LINGER_S = 0.05  # how long a new message may wait for others to join its processing batch
 
@@ -82,10 +85,44 @@ class Service:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        self._check_open_files()
+        asyncio.get_running_loop().set_exception_handler(self._loop_exception)
         if self.config.listener.enabled:
             await self._start_mllp()
         if self.config.http.enabled:
             await self._start_http()
+
+    def _check_open_files(self) -> None:
+        """Every allowed connection needs a file descriptor: raise the soft
+        open-file limit to what the settings need, or refuse to start with
+        one line when the hard limit is lower (else accept() fails at run time)."""
+        cfg = self.config
+        parts = [("[listener] max_connections", cfg.listener.max_connections if cfg.listener.enabled else 0)]
+        parts.append(("[http] max_connections", cfg.http.max_connections if cfg.http.enabled else 0))
+        needed = sum(n for _, n in parts) + FILES_RESERVED
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= needed:
+            return
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            named = " + ".join(f"{name} {n}" for name, n in parts if n)
+            raise StartupError(
+                f"{named} + {FILES_RESERVED} for the journal, downstream and metrics need {needed} open files, "
+                f"but the limit is {soft} (hard limit {hard}): lower max_connections, or raise the limit "
+                "(systemd: LimitNOFILE=)",
+                EXIT_USAGE,
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        self.log.info("open_file_limit_raised", soft_was=soft, soft=needed, hard=hard)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """asyncio's own errors. Out of file descriptors at accept(), asyncio
+        pauses accepting for a second by itself: one warning line (rate-limited)
+        instead of a traceback each time."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            self.log.warning("accept_paused", error=describe_error(exc), consequence="accepting again in 1 s")
+            return
+        loop.default_exception_handler(context)
 
     async def _start_http(self) -> None:
         """The [http] endpoint, on this event loop; it neither journals nor forwards."""
