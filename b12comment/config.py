@@ -33,6 +33,8 @@ class ListenerConfig:
     max_message_bytes: int = 1048576
     idle_timeout_s: float = 300.0
     max_connections: int = 64
+    max_connections_per_peer: int = 16  # 0 = no limit
+    first_byte_timeout_s: float = 10.0
     max_invalid_frames: int = 20  # invalid frames in a row before the connection is closed; 0 = no limit
     allowed_peers: tuple[str, ...] = ()
     tls_cert: str = ""
@@ -356,6 +358,8 @@ def _check_service(path: str, cfg: Config) -> None:
     _positive(r, "idle_timeout_s", lis.idle_timeout_s)
     _positive(r, "max_connections", lis.max_connections)
     _positive(r, "max_invalid_frames", lis.max_invalid_frames, allow_zero=True)
+    _positive(r, "max_connections_per_peer", lis.max_connections_per_peer, allow_zero=True)
+    _positive(r, "first_byte_timeout_s", lis.first_byte_timeout_s)
     _check_peers_and_tls(r, lis)
     _check_http(path, cfg)
     r = _Reader(path, {}, "journal")

@@ -210,7 +210,15 @@ def hostile(tmp_path_factory):
         base / "config.toml",
         # max_invalid_frames off: these scenarios count every answer to long runs
         # of invalid frames; closing such a connection is tests/test_junk_fairness.py's.
-        listener=dict(port=0, idle_timeout_s=IDLE_TIMEOUT_S, max_connections=MAX_CONNECTIONS, max_invalid_frames=0),
+        # and no per-peer limit or early close: every hostile client is 127.0.0.1, and some are slow to start.
+        listener=dict(
+            port=0,
+            idle_timeout_s=IDLE_TIMEOUT_S,
+            max_connections=MAX_CONNECTIONS,
+            max_invalid_frames=0,
+            max_connections_per_peer=0,
+            first_byte_timeout_s=IDLE_TIMEOUT_S,
+        ),
         journal=dict(path=str(h.journal)),
         downstream=dict(url=h.down.url, timeout_s=10.0, retry_initial_s=0.05, retry_max_s=0.5),
         logging=dict(format="json", level="info"),

@@ -181,7 +181,10 @@ class Listener:
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self._reading: set[asyncio.Task] = set()  # connections waiting for bytes
-        self._interrupted: set[asyncio.Task] = set()  # ... whose wait stop() cancelled
+        self._interrupted: set[asyncio.Task] = set()  # ... whose wait stop() or _make_room() cancelled
+        self._idle_since: dict[asyncio.Task, float] = {}  # waiting between messages, since
+        self._evicted: set[asyncio.Task] = set()  # ... closed by _make_room() for a new connection
+        self._per_peer: dict[str, int] = {}  # open connections by peer address
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -216,6 +219,14 @@ class Listener:
             self.log.warning("connection_refused", peer=peer, reason="peer not in allowed_peers")
             writer.close()
             return
+        host = str(peername[0])
+        per_peer = self.cfg.max_connections_per_peer
+        if per_peer and self._per_peer.get(host, 0) >= per_peer:
+            self.log.warning("connection_refused", peer=peer, reason="max_connections_per_peer reached")
+            writer.close()
+            return
+        if len(self._connections) >= self.cfg.max_connections and not self._stop.is_set():
+            self._make_room()
         if len(self._connections) >= self.cfg.max_connections or self._stop.is_set():
             self.log.warning("connection_refused", peer=peer, reason="max_connections reached")
             writer.close()
@@ -223,6 +234,7 @@ class Listener:
         task = asyncio.current_task()
         assert task is not None  # a connection handler runs as a task
         self._connections.add(task)
+        self._per_peer[host] = self._per_peer.get(host, 0) + 1
         try:
             client = await self._start_tls(writer, peer) if self.ssl_context else None
             self.log.info("connection_opened", peer=peer, tls=self.ssl_context is not None, client_cert=client)
@@ -233,7 +245,26 @@ class Listener:
             self.log.info("connection_lost", peer=peer, error=type(exc).__name__)
         finally:
             self._connections.discard(task)
+            self._per_peer[host] -= 1
+            if not self._per_peer[host]:
+                del self._per_peer[host]
             writer.close()
+
+    def _make_room(self) -> None:
+        """All slots taken: close the connection idle longest, if it has been
+        idle for first_byte_timeout_s at least (it is waiting between
+        messages, nothing half-read), so a new sender is not locked out."""
+        now = time.monotonic()
+        idle = [(since, task) for task, since in self._idle_since.items() if task not in self._evicted]
+        if not idle:
+            return
+        since, task = min(idle, key=lambda pair: pair[0])
+        if now - since < self.cfg.first_byte_timeout_s:
+            return
+        self._evicted.add(task)
+        self._interrupted.add(task)
+        self._connections.discard(task)  # its slot is the new one's from now on
+        task.cancel()
 
     async def _start_tls(self, writer: asyncio.StreamWriter, peer: str) -> str | None:
         """Upgrade to TLS; returns the client certificate's name (CN, else first SAN)."""
@@ -255,26 +286,41 @@ class Listener:
         task = asyncio.current_task()
         assert task is not None
         conv = _Conversation()
+        received = False
         while True:
             if self._stop.is_set():
                 self.log.info("connection_closed", peer=peer, reason="service stopping", in_frame=decoder.in_frame)
                 return
             self._reading.add(task)
+            if not decoder.in_frame:
+                self._idle_since[task] = time.monotonic()
+            wait_s = (
+                self.cfg.idle_timeout_s if received else min(self.cfg.idle_timeout_s, self.cfg.first_byte_timeout_s)
+            )
             try:
-                async with asyncio.timeout(self.cfg.idle_timeout_s):
+                async with asyncio.timeout(wait_s):
                     data = await reader.read(65536)
             except TimeoutError:
-                self.log.info("connection_closed", peer=peer, reason="idle timeout", in_frame=decoder.in_frame)
+                early = not received and self.cfg.first_byte_timeout_s < self.cfg.idle_timeout_s
+                reason = "nothing received (first_byte_timeout_s)" if early else "idle timeout"
+                self.log.info("connection_closed", peer=peer, reason=reason, in_frame=decoder.in_frame)
                 return
             except asyncio.CancelledError:
                 if task not in self._interrupted:
                     raise
                 task.uncancel()
-                self.log.info("connection_closed", peer=peer, reason="service stopping", in_frame=decoder.in_frame)
+                if task in self._evicted:
+                    self._evicted.discard(task)
+                    reason = "closed to admit a new connection (idle longest)"
+                else:
+                    reason = "service stopping"
+                self.log.info("connection_closed", peer=peer, reason=reason, in_frame=decoder.in_frame)
                 return
             finally:
                 self._reading.discard(task)
                 self._interrupted.discard(task)
+                self._idle_since.pop(task, None)
+            received = received or bool(data)
             if not data:
                 break
             events = decoder.feed(data)
