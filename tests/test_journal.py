@@ -395,3 +395,20 @@ def test_journal_of_a_newer_schema_is_refused(tmp_path):
     db.close()
     with pytest.raises(JournalError, match="schema version 99"):
         Journal(path)
+
+
+def test_batches_of_rows_are_bounded_by_their_bytes(journal):
+    """Large messages come a few at a time: a batch stops at the row that
+    crosses max_bytes (and always holds one)."""
+    big = [padded(n) for n in range(5)]
+    ids = [record(journal, m, f"B{n}").id for n, m in enumerate(big)]
+    assert [r.id for r in journal.unprocessed(100, max_bytes=2500)] == ids[:3]
+    assert [r.id for r in journal.unprocessed(100, max_bytes=1)] == ids[:1]
+    journal.mark_processed_many([Processed(i, m, False, []) for i, m in zip(ids, big, strict=True)])
+    assert [r.id for r in journal.deliverable(100, max_bytes=2500)] == ids[:3]
+    assert [r.id for r in journal.deliverable(2, max_bytes=10**9)] == ids[:2]
+
+
+def padded(n: int) -> bytes:
+    """A message of about 1,050 bytes."""
+    return MSG1.replace(b"|C1|", f"|B{n}|".encode()) + b"NTE|1||" + b"x" * 1000 + b"\r"

@@ -55,6 +55,7 @@ UNDELIVERED = (RECEIVED, PROCESSED)
 # The schema's version, in PRAGMA user_version. A journal of an older version
 # is migrated when it is opened (see _migrate); one of a newer version is refused.
 SCHEMA_VERSION = 1
+BATCH_BYTES = 8 * 1024 * 1024  # the message bytes one batch of rows may hold (processing, forwarding)
 
 # peer and conn_seq: where a frame came from (address, its number on that
 # connection). source and position: where `replay --forward` read a message
@@ -480,13 +481,35 @@ class Journal:
 
     # -- the processing stage
 
-    def unprocessed(self, limit: int = 100) -> list[Row]:
-        rows = self._query(
+    def unprocessed(self, limit: int = 100, max_bytes: int = BATCH_BYTES) -> list[Row]:
+        """Up to `limit` received messages in journal order, and no more than
+        `max_bytes` of them (at least one): large messages come a few at a time."""
+        return self._rows_within(
             f"SELECT {_COLUMNS} FROM messages WHERE state = 'received' AND id NOT IN (SELECT id FROM holds) "
             "ORDER BY id LIMIT ?",
             (limit,),
+            max_bytes,
         )
-        return [_row(r) for r in rows]
+
+    def _rows_within(self, sql: str, args: tuple, max_bytes: int, until=lambda r: False) -> list[Row]:
+        """The rows of a query, read one at a time, up to the first for which
+        until(raw row) is true, or until `max_bytes` of message bytes are held
+        (the row that crosses it is the last; the first is always taken)."""
+        out: list[Row] = []
+        held = 0
+        try:
+            cur = self._db.execute(sql, args)
+            while held < max_bytes:
+                r = cur.fetchone()
+                if r is None or until(r):
+                    break
+                row = _row(r)
+                out.append(row)
+                held += len(row.raw) + (len(r[10]) if r[10] is not None else 0)
+            cur.close()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        return out
 
     def mark_processed_many(self, results: Sequence[Processed], now: float | None = None) -> None:
         """Record what processing made of each message, in one transaction.
@@ -522,22 +545,18 @@ class Journal:
 
     # -- the forwarder
 
-    def deliverable(self, limit: int = 100) -> list[Row]:
+    def deliverable(self, limit: int = 100, max_bytes: int = BATCH_BYTES) -> list[Row]:
         """The head of the queue: up to `limit` processed messages in journal
         order, stopping before the first one not yet processed. A held message
         is passed over: the messages of its own patient stay behind it, since
         the processing stage releases it before it processes them."""
-        rows = self._query(
+        return self._rows_within(
             f"SELECT {_COLUMNS} FROM messages WHERE state IN ('received', 'processed') "
             "AND id NOT IN (SELECT id FROM holds) ORDER BY id LIMIT ?",
             (limit,),
+            max_bytes,
+            until=lambda r: r[11] != PROCESSED,
         )
-        out = []
-        for r in rows:
-            if r[11] != PROCESSED:
-                break
-            out.append(_row(r))
-        return out
 
     def mark_forwarded_many(self, ids: Sequence[int], now: float | None = None) -> None:
         now = time.time() if now is None else now
