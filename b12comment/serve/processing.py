@@ -156,6 +156,7 @@ class Processor:
         self.hold_s = self.context.settings.hold_s if self.context.store is not None else 0.0
         self.held: dict[int, Held] = {}  # journal id -> the message held (worker thread only)
         self.longest_hold_s = 0.0
+        self._reload_holds = False
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -165,6 +166,9 @@ class Processor:
                 await self._restore_holds(loop, stop)
             while not stop.is_set():
                 self.wake.clear()
+                if self._reload_holds:
+                    self._reload_holds = False
+                    await self._restore_holds(loop, stop)
                 if self.held and not await self._release_due(loop):
                     await wait_event(stop, self.poll_s)
                     continue
@@ -202,6 +206,7 @@ class Processor:
                 await self.journal.mark_processed_many(results)
         except JournalError as exc:
             unavailable(self.log, "processing", exc)
+            self._reload_holds = True  # what the journal holds is the truth: read it again
             return False
         for row, until in ((self.held[i].row, u) for i, u in holds if i in self.held):
             self.log.info(
@@ -232,6 +237,9 @@ class Processor:
             self.log.info("holds_restored", held=len(held))
 
     def _restore(self, held: list) -> None:
+        """(On the worker thread.) The journal's holds become the ones waited on;
+        a hold the journal did not take is dropped: its message is processed again."""
+        self.held.clear()
         for row, until in held:
             self.held[row.id] = Held(row, until, row.received_at, self.context.hold_keys(row.raw, self.rule))
 
