@@ -217,6 +217,8 @@ def run_child(args: list[str], out: Path) -> tuple[float, int]:
 def bench_replay(tmp: Path, n: int, rounds: int) -> None:
     print(f"replay, {n:,} messages per archive, 1 worker, against baselines as processes of their own")
     copy_py, hl7_py = tmp / "copy_fsync.py", tmp / "pythonhl7_replay.py"
+    message_mode = tmp / "message_mode.toml"
+    message_mode.write_text('[context]\nmode = "message"\n')  # the message alone: no context store
     copy_py.write_text(COPY_FSYNC)
     hl7_py.write_text(PYTHON_HL7_REPLAY)
     repo = str(HERE.parent)
@@ -225,10 +227,13 @@ def bench_replay(tmp: Path, n: int, rounds: int) -> None:
         generate.generate(archive, n, seed=7, mix=mix)
         out = tmp / "out"
 
-        def ours(workers: int = 1, archive=archive, out=out) -> float:
-            args = [sys.executable, "-m", "b12comment", "replay", "--quiet", str(archive), "--out", str(out)]
+        def ours(workers: int = 1, archive=archive, out=out, extra=()) -> float:
+            args = [sys.executable, "-m", "b12comment", "replay", "--quiet", *extra, str(archive), "--out", str(out)]
             secs, _ = run_child([*args, "--workers", str(workers)], out)
             return n / secs
+
+        def ours_message_mode() -> float:
+            return ours(extra=("--config", str(message_mode)))
 
         def copy(archive=archive, out=out) -> float:
             return n / run_child([sys.executable, str(copy_py), str(archive), str(out)], out)[0]
@@ -236,7 +241,7 @@ def bench_replay(tmp: Path, n: int, rounds: int) -> None:
         def python_hl7(archive=archive, out=out) -> float:
             return n / run_child([sys.executable, str(hl7_py), str(archive), str(out), repo], out)[0]
 
-        m = interleaved(rounds, ours=ours, python_hl7=python_hl7, copy=copy)
+        m = interleaved(rounds, ours=ours, message_mode=ours_message_mode, python_hl7=python_hl7, copy=copy)
         name = {"dense": "B12-dense", "realistic": "realistic (2% B12)", "team": "team mix"}[mix]
         target_hl7 = "≥ 3x" if mix == "dense" else ""
         target_copy = "≥ 0.15x" if mix == "realistic" else ""
@@ -254,8 +259,14 @@ def bench_replay(tmp: Path, n: int, rounds: int) -> None:
             f"{m['ours'] / m['copy']:.3f}x copy",
             target_copy,
         )
+        row(
+            f"replay, {name} archive, 1 worker, [context] mode = message (no store)",
+            f"{m['message_mode']:,.0f} msg/s",
+            f"python-hl7 replay {m['python_hl7']:,.0f} msg/s / copy {m['copy']:,.0f} msg/s",
+            f"{m['message_mode'] / m['python_hl7']:.2f}x python-hl7, {m['message_mode'] / m['copy']:.3f}x copy",
+        )
         if mix == "team":
-            for workers in (1, 2, 4):
+            for workers in (1, 2, 3, 4):
                 args = [sys.executable, "-m", "b12comment", "replay", "--quiet", str(archive), "--out", str(out)]
                 secs, peak = run_child([*args, "--workers", str(workers)], out)
                 row(f"replay peak RSS, {workers} worker(s), team mix", f"{peak / 1024:,.0f} MB", "", "")
