@@ -38,6 +38,7 @@ def test_one_peer_cannot_take_every_slot(tmp_path):
         assert serve.wait_record("connection_opened", 3)
         extra = socket.create_connection(("127.0.0.1", serve.port))
         assert closed_without_answer(extra)
+        assert serve.wait_record("connection_refused")
         refused = serve.records("connection_refused")
         assert [r["reason"] for r in refused] == ["max_connections_per_peer reached"]
         other = socket.socket()
@@ -57,6 +58,7 @@ def test_a_connection_that_sends_nothing_is_closed_after_first_byte_timeout(tmp_
         with MllpConnection(serve.port) as talking:
             assert msa(talking.send(oru("T1")))[0] == "AA"
             assert closed_without_answer(silent)
+            assert serve.wait_record("connection_closed")  # the log line may come just after the close
             reasons = [r.get("reason") for r in serve.records("connection_closed")]
             assert reasons == ["nothing received (first_byte_timeout_s)"]
             assert msa(talking.send(oru("T2")))[0] == "AA"  # one that spoke keeps idle_timeout_s
@@ -74,6 +76,7 @@ def test_all_slots_taken_the_connection_idle_longest_makes_room(tmp_path):
             assert msa(newcomer.send(oru("NEW"))) == ("AA", "NEW")
         assert closed_without_answer(conns[0].sock)  # the one idle longest
         assert msa(conns[1].send(oru("S1b")))[0] == "AA"
+        assert serve.wait_record("connection_closed")
         made_room = [r for r in serve.records("connection_closed") if "admit a new connection" in r.get("reason", "")]
         assert len(made_room) == 1
         for c in conns:
