@@ -99,6 +99,21 @@ CASES = [
         ("requisition_pending",),
     ),
     (
+        "corrected_not_final_order_in_requisition",
+        [other_message(NORMAL_PLATELETS, obr25="M")],
+        "patient",
+        False,
+        ("requisition_pending",),
+    ),
+    (
+        "order_done_no_results_yet_in_requisition",
+        [other_message(NORMAL_PLATELETS, obr25="N")],
+        "patient",
+        False,
+        ("requisition_pending",),
+    ),
+    ("cancelled_order_in_requisition", [other_message(NORMAL_PLATELETS, obr25="X")], "patient", True, ()),
+    (
         "pending_result_in_requisition",
         [other_message(Obx(code="777-3^Platelets^LN", value="", units="", range="", status="P"))],
         "patient",

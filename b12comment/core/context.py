@@ -34,10 +34,6 @@ from b12comment.core.segments import Malformed, component, field_of, read_header
 
 # A row is one OBX (kind "obx") or one OBR (kind "order": the order's status).
 OBX, ORDER = "obx", "order"
-# OBR-25 result statuses (HL7 table 0123) of an order whose results are not
-# all in: some results available, preliminary, in the lab, scheduled, results
-# stored but not verified, order received.
-PENDING_ORDER_STATUSES = ("A", "P", "I", "S", "R", "O")
 # Verdicts of a later result that contradict an earlier comment (the review alert).
 ABNORMAL_VERDICTS = (ABNORMAL,)
 
@@ -342,7 +338,7 @@ def veto(context: Context, b12_collected: str, rule: RuleConfig) -> tuple[list[s
             continue  # the message itself: the rule judges it from its own bytes
         found = None
         if r.kind == ORDER:
-            if r.same_requisition and r.order_status in PENDING_ORDER_STATUSES:
+            if r.same_requisition and _order_not_final(r.order_status, rule):
                 found = REQUISITION_PENDING
         elif r.is_b12 or r.status in rule.ignored_statuses:
             continue
@@ -356,3 +352,10 @@ def veto(context: Context, b12_collected: str, rule: RuleConfig) -> tuple[list[s
             reasons[found] = None
             vetoes[r.control_id] = None
     return list(reasons), list(vetoes)
+
+
+def _order_not_final(status: str, rule: RuleConfig) -> bool:
+    """An order status (OBR-25) stated and neither final nor cancelled: the
+    same test the rule applies to the orders of the message itself. Empty is
+    "not stated": the order's results (OBX-11) decide."""
+    return bool(status) and status not in rule.final_order_statuses and status not in rule.cancelled_order_statuses
