@@ -320,6 +320,7 @@ def test_journal_on_a_read_only_filesystem(tmp_path):
         assert_refused_at_start(cfg, tmp_path, "Read-only file system")
 
 
+@pytest.mark.slow
 def test_existing_journal_on_a_filesystem_remounted_read_only(tmp_path):
     """Queued messages on a disk that became read-only: serve refuses to start
     on it (one line), and delivers them, once each, when it is writable again."""

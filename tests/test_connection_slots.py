@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 from service_helpers import MllpConnection, Serve, msa, wait_until, write_config
 
 
@@ -52,6 +53,7 @@ def test_one_peer_cannot_take_every_slot(tmp_path):
         assert serve.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_connection_that_sends_nothing_is_closed_after_first_byte_timeout(tmp_path):
     with Serve(config(tmp_path, first_byte_timeout_s=1.0)) as serve:
         silent = socket.create_connection(("127.0.0.1", serve.port))
@@ -66,6 +68,7 @@ def test_a_connection_that_sends_nothing_is_closed_after_first_byte_timeout(tmp_
         assert serve.stop() == 0
 
 
+@pytest.mark.slow
 def test_all_slots_taken_the_connection_idle_longest_makes_room(tmp_path):
     with Serve(config(tmp_path, max_connections=3, max_connections_per_peer=0, first_byte_timeout_s=1.0)) as serve:
         conns = [MllpConnection(serve.port) for _ in range(3)]

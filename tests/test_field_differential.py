@@ -97,6 +97,7 @@ def _messages_of_files() -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 def test_every_field_of_the_corpus_and_samples():
     messages = _messages_of_files()
     seen: set[tuple[str, str, str, str]] = set()
@@ -115,6 +116,7 @@ def test_every_field_of_the_corpus_and_samples():
     assert taken >= len(seen) // 2, (taken, len(seen))
 
 
+@pytest.mark.slow
 def test_read_fields_of_the_corpus_mostly_skip_hl7apy():
     """The fields the product reads take the fast path for at least 90% of
     the corpus's values (the point of it)."""
@@ -124,6 +126,7 @@ def test_read_fields_of_the_corpus_mostly_skip_hl7apy():
     assert taken >= 0.9 * len(values), (taken, len(values))
 
 
+@pytest.mark.slow
 def test_every_field_of_the_cornerstone_cases():
     values = [v for _, kw, _, _, _ in CASES for v in message_values(build(**kw))]
     taken, wrong = _differences(iter(values))
@@ -167,6 +170,7 @@ def generated(count: int, seed: int) -> Iterator[Value]:
         yield text, name, reader
 
 
+@pytest.mark.slow
 def test_generated_values_fast_lane():
     taken, wrong = _differences(generated(10_000, seed=13))
     assert not wrong, "\n".join(wrong[:20])

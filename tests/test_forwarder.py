@@ -145,6 +145,7 @@ def test_ar_is_dead_lettered_and_the_next_is_delivered(tmp_path):
     assert metrics.value("b12comment_dead_lettered_total") == 1
 
 
+@pytest.mark.slow
 def test_silent_downstream_times_out_and_is_retried(tmp_path):
     expected = fill(tmp_path / "j.sqlite3", 1)
     with Downstream(answer=lambda i, p: None if i == 0 else "AA") as down:
@@ -170,6 +171,7 @@ def test_max_attempts_dead_letters_and_moves_on(tmp_path):
     j.close()
 
 
+@pytest.mark.slow
 def test_ack_for_another_message_is_not_taken_as_ours(tmp_path):
     expected = fill(tmp_path / "j.sqlite3", 1)
     other = ack_for(b"MSH|^~\\&|A|B|C|D|1||ORU^R01|OTHER|P|2.5.1\r", "AA")
@@ -335,6 +337,7 @@ def test_mllps_downstream_with_client_certificate(tmp_path):
         assert down.received == expected
 
 
+@pytest.mark.slow
 def test_mllps_without_client_certificate_is_not_delivered(tmp_path):
     ca = trustme.CA()
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

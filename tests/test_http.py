@@ -270,6 +270,7 @@ def test_request_log_has_the_decision_and_no_patient_data(ep):
 # -- slow and many clients
 
 
+@pytest.mark.slow
 def test_slow_client_trickling_headers_gets_408_and_others_are_served():
     with Endpoint(request_timeout_s=1.0) as ep, socket.create_connection(("127.0.0.1", ep.port), timeout=10) as slow:
         slow.sendall(b"POST /hl7 HTTP/1.1\r\n")
@@ -295,6 +296,7 @@ def test_slow_client_trickling_headers_gets_408_and_others_are_served():
         assert slow.recv(100) == b""  # and closed
 
 
+@pytest.mark.slow
 def test_idle_keep_alive_connection_is_closed():
     with Endpoint(idle_timeout_s=0.3) as ep:
         conn = ep.connection()
@@ -303,6 +305,7 @@ def test_idle_keep_alive_connection_is_closed():
         assert conn.sock.recv(10) == b""
 
 
+@pytest.mark.slow
 def test_200_concurrent_connections_while_good_requests_are_answered():
     with Endpoint(request_timeout_s=20.0) as ep:
         hogs = []
@@ -347,6 +350,7 @@ def test_connections_beyond_max_connections_get_503():
         assert post(ep.connection(), build()).status == 200
 
 
+@pytest.mark.slow
 def test_large_body_comes_back_byte_exact():
     others = tuple(Obx(code=f"{i}^Analyte {i}^L", value="5", units="U/L", range="1-9", flags="N") for i in range(20000))
     message = build(others=others)

@@ -135,6 +135,7 @@ def test_journal_deleted_while_serving_answers_ae_delivers_what_it_held_and_rest
     figures("journal_deleted", sent=600, acked_aa_before=300, answered_ae_after=300, delivered=len(delivered), lost=0)
 
 
+@pytest.mark.slow
 def test_journal_deleted_with_undelivered_messages_saves_them_and_refuses_a_new_journal(tmp_path):
     journal = tmp_path / "journal.sqlite3"
     cfg = config(tmp_path, journal, f"mllp://127.0.0.1:{free_port()}")  # nothing listens there
@@ -189,6 +190,7 @@ def damage(journal: Path, fraction: float = 0.5) -> None:
         os.fsync(f.fileno())
 
 
+@pytest.mark.slow
 def test_damaged_journal_is_refused_at_start_and_queue_export_saves_what_can_be_read(tmp_path):
     journal = tmp_path / "journal.sqlite3"
     cfg = config(tmp_path, journal, f"mllp://127.0.0.1:{free_port()}")
@@ -282,6 +284,7 @@ def test_delivery_the_journal_cannot_record_is_not_sent_again_and_again(tmp_path
 # -- one journal, one serve
 
 
+@pytest.mark.slow
 def test_second_serve_on_the_same_journal_is_refused(tmp_path):
     journal = tmp_path / "journal.sqlite3"
     cfg = config(tmp_path, journal, f"dir:{tmp_path / 'outbox'}")

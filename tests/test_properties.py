@@ -465,6 +465,7 @@ def test_mutated_built_messages(message):
     check(message)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CORPUS_FILES, reason=f"corpus not present at {CORPUS}")
 @settings(**SETTINGS)
 @given(st.data())
@@ -585,6 +586,7 @@ def _primary_must_not_comment(p: dict) -> list[str]:
     return why
 
 
+@pytest.mark.slow
 @settings(**SETTINGS)
 @given(params())
 def test_random_builder_messages(p):

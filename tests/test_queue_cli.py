@@ -63,6 +63,7 @@ def test_dead_lists_control_ids_and_reasons_without_patient_data(cfg):
         assert secret not in result.stdout
 
 
+@pytest.mark.slow
 def test_retry_one_then_all(cfg, tmp_path):
     result = queue(cfg, "retry", "DEAD1")
     assert result.returncode == 0, result.stderr
@@ -94,6 +95,7 @@ def test_missing_journal_is_a_clear_error(tmp_path):
     assert not (tmp_path / "nothing.sqlite3").exists()
 
 
+@pytest.mark.slow
 def test_retry_while_serve_runs_delivers_the_dead_message(tmp_path):
     from service_helpers import Downstream, MllpConnection, Serve, msa, wait_until
 

@@ -62,6 +62,7 @@ def test_gzip_in_gzip_out(tmp_path):
     assert (tmp_path / "out2" / "night.hl7.gz").read_bytes() == out
 
 
+@pytest.mark.slow
 def test_files_without_a_message_are_copied_unchanged_and_counted(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -197,6 +198,7 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_workers_give_identical_output_and_report(tmp_path):
     make_archive(tmp_path / "in", files=12, per_file=40)
     assert (
@@ -296,6 +298,7 @@ def peak_rss_kb(args) -> int:
     return usage.ru_maxrss
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_message_count(tmp_path):
     small, large = tmp_path / "small.hl7", tmp_path / "large.hl7"
     body = [numbered(m, i) for i, m in enumerate([CHILD, ADULT] + [ADT] * 598)]
@@ -343,6 +346,7 @@ def run_on_terminal(args) -> bytes:
     return shown
 
 
+@pytest.mark.slow
 def test_progress_line_on_a_terminal_only(tmp_path):
     make_archive(tmp_path / "in", files=3, per_file=5)
     shown = run_on_terminal([tmp_path / "in", "--dry-run", "--workers", 1])

@@ -49,6 +49,7 @@ def journal_rows(path: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
 
 
+@pytest.mark.slow
 def test_forward_delivers_every_message_in_order(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -64,6 +65,7 @@ def test_forward_delivers_every_message_in_order(tmp_path):
     assert report["dead_lettered"] == 0 and report["commented"] == 5
 
 
+@pytest.mark.slow
 def test_forward_dead_letters_a_rejected_message_and_goes_on(tmp_path):
     src = tmp_path / "in"
     src.mkdir()

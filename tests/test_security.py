@@ -171,6 +171,7 @@ def test_refused_clients_leave_nothing_in_the_journal_or_the_outbox(tmp_path, pk
     assert serve.records("ack")[0]["control_id"] == "SEC-99"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["untrusted CA", "wrong host name"])
 def test_mllps_downstream_whose_certificate_cannot_be_verified_gets_nothing(tmp_path, case):
     trusted, other = trustme.CA(), trustme.CA()
@@ -410,6 +411,7 @@ def _downstream_answer(patients: dict[str, str]):
     return answer
 
 
+@pytest.mark.slow
 def test_no_patient_data_in_any_log_line(tmp_path):
     files = sorted(SAMPLES.glob("*.hl7")) + (sorted(CORPUS.glob("*.hl7")) if CORPUS.is_dir() else [])
     messages: list[bytes] = []

@@ -109,6 +109,7 @@ def test_an_ack_for_another_control_id_is_not_accepted(tmp_path):
     assert "MSA-2 is 'SOMEONE-ELSE', not this message" in result.stdout
 
 
+@pytest.mark.slow
 def test_no_ack_in_time_is_a_line_not_a_hang(tmp_path):
     with Downstream(answer=lambda i, payload: None) as down:
         result = send(SAMPLES / "adult_high_b12.hl7", "--to", f"127.0.0.1:{down.port}", "--timeout", 0.5)
@@ -147,6 +148,7 @@ def test_a_file_without_hl7_is_one_line_and_exit_1(tmp_path):
     assert "no HL7 message (no MSH segment) in" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_send_over_tls_checks_the_server_with_the_given_ca(tmp_path):
     ca = trustme.CA()
     ca_file, cert, key = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"

@@ -212,6 +212,7 @@ def test_batch_in_one_frame_gets_ar_saying_one_message_per_frame_and_is_never_fo
     assert {msh10(m) for m in cut} <= queued and "" not in queued
 
 
+@pytest.mark.slow
 def test_idle_connection_is_closed(served):
     with MllpConnection(served.port) as conn:
         conn.sock.settimeout(20)
@@ -236,6 +237,7 @@ def test_retransmission_is_acked_again_and_forwarded_once(served):
 # A third-party sender: python-hl7's MLLPClient with the samples and the corpus.
 
 
+@pytest.mark.slow
 def test_python_hl7_client_samples_and_corpus_reach_downstream_byte_identical(tmp_path):
     if not CORPUS.is_dir():
         pytest.skip(f"the shared corpus is not at {CORPUS} (it sits beside the checkout)")
@@ -339,6 +341,7 @@ def test_journal_that_can_never_be_written_stops_serve_at_start(tmp_path):
     assert outbox_files(outbox) == []
 
 
+@pytest.mark.slow
 def test_sigterm_closes_open_connections_and_exits_zero(tmp_path):
     cfg = write_config(
         tmp_path / "config.toml",
@@ -361,6 +364,7 @@ def test_sigterm_closes_open_connections_and_exits_zero(tmp_path):
 # Start-up errors, limits, metrics
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_downstream_that_never_answers_exits_within_5_s_and_resends_after_restart(tmp_path):
     """The delivery waiting for an ACK is abandoned at once (with timeout_s =
     30, waiting it out took up to 3 x 30 s); the message stays in the journal
