@@ -27,7 +27,7 @@ from b12comment.core.segments import Malformed, read_header
 from b12comment.errors import EXIT_NOT_ACCEPTED, EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.replay.inputs import open_input, read_pieces
 from b12comment.serve import mllp
-from b12comment.serve.forwarder import read_ack
+from b12comment.serve.ack import read_ack
 from b12comment.serve.tls import TlsError, client_context
 
 

@@ -1,4 +1,4 @@
-"""Build the ACK for a received message, from its raw bytes. Pure.
+"""Build the ACK for a received message, and read the ACK a downstream sends. Pure.
 
 The ACK speaks the sender's dialect: its field separator and encoding
 characters (MSH-1/MSH-2 copied as they are), its version (MSH-12) and
@@ -17,7 +17,18 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from b12comment.core.segments import DEFAULT_DELIMITERS, Delimiters, Header, Malformed, escape, read_header
+from b12comment.core.segments import (
+    DEFAULT_DELIMITERS,
+    Delimiters,
+    Header,
+    Malformed,
+    component,
+    escape,
+    field_of,
+    read_header,
+    segment_fields,
+    split_segments,
+)
 
 ACCEPT, ERROR, REJECT = "AA", "AE", "AR"
 
@@ -157,3 +168,24 @@ def escape_text(text: str, d: Delimiters) -> bytes:
     """Text as printable ASCII with every delimiter escaped (or, with no
     escape character, replaced by a space)."""
     return escape(re.sub(r"[^\x20-\x7e]", "?", text).encode("ascii"), d)
+
+
+def read_ack(payload: bytes) -> tuple[str, str, str]:
+    """(MSA-1 code, MSA-2 control ID, HL7 error code from ERR) of an ACK;
+    raises Malformed. Free text is left out: it may name a patient."""
+    header = read_header(payload)
+    d = header.delimiters
+    code = acked = error = ""
+    found = False
+    for seg in split_segments(payload, header.start):
+        fields = segment_fields(payload, seg, d)
+        if seg.name == b"MSA" and not found:
+            found = True
+            code = field_of(fields, 1).decode("latin-1").strip().upper()
+            acked = field_of(fields, 2).decode("latin-1").strip()
+        elif seg.name == b"ERR" and not error:
+            raw = component(field_of(fields, 3), d, 1) or component(field_of(fields, 1), d, 4)
+            error = re.sub(r"[^A-Za-z0-9]", "", raw.decode("latin-1"))[:10]
+    if not found:
+        raise Malformed("the answer has no MSA segment")
+    return code, acked, error

@@ -42,9 +42,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from b12comment.config import DownstreamConfig
-from b12comment.core.segments import Malformed, component, field_of, read_header, segment_fields, split_segments
+from b12comment.core.segments import Malformed
 from b12comment.files import fsync_dir
 from b12comment.serve import mllp
+from b12comment.serve.ack import read_ack
 from b12comment.serve.aio import describe_error, wait_event
 from b12comment.serve.journal import JournalError, JournalFault, Row
 from b12comment.serve.journal_writer import JournalThread
@@ -77,27 +78,6 @@ def backoff_delay(failures: int, initial: float, maximum: float, rand=random.ran
     ceiling = min(maximum, initial * 2 ** min(max(failures - 1, 0), 32))
     floor = min(ceiling, max(initial, ceiling / 2))
     return floor + (ceiling - floor) * rand()
-
-
-def read_ack(payload: bytes) -> tuple[str, str, str]:
-    """(MSA-1 code, MSA-2 control ID, HL7 error code from ERR) of an ACK;
-    raises Malformed. Free text is left out: it may name a patient."""
-    header = read_header(payload)
-    d = header.delimiters
-    code = acked = error = ""
-    found = False
-    for seg in split_segments(payload, header.start):
-        fields = segment_fields(payload, seg, d)
-        if seg.name == b"MSA" and not found:
-            found = True
-            code = field_of(fields, 1).decode("latin-1").strip().upper()
-            acked = field_of(fields, 2).decode("latin-1").strip()
-        elif seg.name == b"ERR" and not error:
-            raw = component(field_of(fields, 3), d, 1) or component(field_of(fields, 1), d, 4)
-            error = re.sub(r"[^A-Za-z0-9]", "", raw.decode("latin-1"))[:10]
-    if not found:
-        raise Malformed("the answer has no MSA segment")
-    return code, acked, error
 
 
 def safe_name(control_id: str) -> str:
