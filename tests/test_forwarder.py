@@ -16,12 +16,12 @@ from journal_helpers import mark_processed, record
 from service_helpers import Downstream, ack_for, free_port, msh10
 
 from b12comment.config import DownstreamConfig
+from b12comment.serve.ack import read_ack
 from b12comment.serve.forwarder import (
     DirTransport,
     Forwarder,
     MllpTransport,
     backoff_delay,
-    read_ack,
     safe_name,
     transport_for,
 )
