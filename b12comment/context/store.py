@@ -36,7 +36,7 @@ MEMORY = ":memory:"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     seq          INTEGER NOT NULL,
-    position     INTEGER NOT NULL,
+    row_index    INTEGER NOT NULL,
     patient      BLOB    NOT NULL,
     requisition  BLOB    NOT NULL,
     kind         TEXT    NOT NULL,
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS results (
     collected    TEXT    NOT NULL,
     control_id   TEXT    NOT NULL,
     stored_at    REAL    NOT NULL,
-    PRIMARY KEY (seq, position, patient)
+    PRIMARY KEY (seq, row_index, patient)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_by_patient ON results (patient);
 CREATE INDEX IF NOT EXISTS results_by_requisition ON results (requisition);
@@ -176,7 +176,7 @@ class ContextStore:
                 rows.append(
                     (
                         seq,
-                        r.position,
+                        r.row_index,
                         patient,
                         requisition,
                         r.kind,

@@ -43,7 +43,7 @@ class ExtractedRow:
     """One result of a message as the store keeps it, before the shell hashes
     `patient_keys` and `requisition_key` (raw identifiers: never stored)."""
 
-    position: int  # 1-based among the message's rows
+    row_index: int  # 1-based among the message's rows
     patient_keys: tuple[bytes, ...]  # each PID-3 identifier with its assigning authority
     requisition_key: bytes  # ORC-4, else OBR-2, else OBR-3 (prefixed with which)
     kind: str  # OBX or ORDER
@@ -156,7 +156,7 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> E
     orc4 = b""
     requisition = b""
     order_status = order_time = specimen_time = ""
-    obx_position = 0
+    obx_index = 0
 
     def text(raw: bytes) -> str:
         return raw.decode(codec).strip()
@@ -178,7 +178,7 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> E
             specimen_time = ""
             rows.append(
                 ExtractedRow(
-                    position=len(rows) + 1,
+                    row_index=len(rows) + 1,
                     patient_keys=patient_keys,
                     requisition_key=requisition,
                     kind=ORDER,
@@ -193,12 +193,12 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> E
         elif name == b"SPM":
             specimen_time = specimen_time or text(component(field_of(fields, 17), d, 1))
         else:  # OBX
-            obx_position += 1
-            obs = _cheap_observation(fields, header, codec, obx_position, 0, 0)
+            obx_index += 1
+            obs = _cheap_observation(fields, header, codec, obx_index, 0, 0)
             b12_code = match_b12(field_of(fields, 3), d, rule) if may_hold_b12 else None
             rows.append(
                 ExtractedRow(
-                    position=len(rows) + 1,
+                    row_index=len(rows) + 1,
                     patient_keys=patient_keys,
                     requisition_key=requisition,
                     kind=OBX,

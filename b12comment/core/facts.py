@@ -46,9 +46,9 @@ MAX_B12_RESULTS = 10
 
 @dataclass(frozen=True)
 class Observation:
-    """One OBX: its position, OBR group and the fields the rule reads."""
+    """One OBX: its number (obx_index), OBR group and the fields the rule reads."""
 
-    position: int  # 1-based among the message's OBX segments
+    obx_index: int  # 1-based among the message's OBX segments
     segment_index: int  # index into Facts.segments
     group: int  # OBR group (0 = before any OBR)
     value_type: str
@@ -75,7 +75,7 @@ class B12Result:
 class ObxAt(NamedTuple):
     """Where one OBX stands: read into an Observation only when asked."""
 
-    position: int  # 1-based among the message's OBX segments
+    obx_index: int  # 1-based among the message's OBX segments
     segment_index: int
     group: int
 
@@ -104,7 +104,7 @@ class Facts:
         out = []
         for at in self.obx_at:
             fields = segment_fields(self.message, self.segments[at.segment_index], self.header.delimiters)
-            out.append(_cheap_observation(fields, self.header, self.codec, at.position, at.segment_index, at.group))
+            out.append(_cheap_observation(fields, self.header, self.codec, at.obx_index, at.segment_index, at.group))
         return tuple(out)
 
 
@@ -346,7 +346,7 @@ def _range_text(raw: bytes, delims: Delimiters, codec: str) -> str:
 
 
 def _cheap_observation(
-    fields: list[bytes], header: Header, codec: str, position: int, index: int, group: int
+    fields: list[bytes], header: Header, codec: str, obx_index: int, index: int, group: int
 ) -> Observation:
     d = header.delimiters
     rs, cs, ss = d.repetition, d.component, d.subcomponent
@@ -373,7 +373,7 @@ def _cheap_observation(
             flags.append(flag)
     units = first(6)
     return Observation(
-        position=position,
+        obx_index=obx_index,
         segment_index=index,
         group=group,
         value_type=read(first(2)[0]).upper(),
@@ -387,7 +387,9 @@ def _cheap_observation(
     )
 
 
-def _hl7apy_observation(fields: list[bytes], reader: FieldReader, position: int, index: int, group: int) -> Observation:
+def _hl7apy_observation(
+    fields: list[bytes], reader: FieldReader, obx_index: int, index: int, group: int
+) -> Observation:
     value_reps = reader.components(field_of(fields, 5), "OBX_5")
     value = tuple(c.strip() for c in value_reps[0]) if value_reps else ()
     flag_reps = reader.components(field_of(fields, 8), "OBX_8")
@@ -398,7 +400,7 @@ def _hl7apy_observation(fields: list[bytes], reader: FieldReader, position: int,
     ]
     units = next((c for c in unit_comps[:2] if c), "")
     return Observation(
-        position=position,
+        obx_index=obx_index,
         segment_index=index,
         group=group,
         value_type=reader.first(field_of(fields, 2), "OBX_2").upper(),
@@ -415,7 +417,7 @@ def read_detail(facts: Facts, result: B12Result) -> B12Result:
     """The B12 OBX's fields the rule needs, read with hl7apy."""
     reader = reader_for(facts.header, facts.codec)
     obs = result.observation
-    detailed = _hl7apy_observation(list(result.fields), reader, obs.position, obs.segment_index, obs.group)
+    detailed = _hl7apy_observation(list(result.fields), reader, obs.obx_index, obs.segment_index, obs.group)
     return replace(result, observation=detailed, detailed=True)
 
 
@@ -471,8 +473,8 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
             b12.append(block.result())
             block = None
         if name == b"OBX":
-            position = len(obx_at) + 1
-            obx_at.append(ObxAt(position, index, group))
+            obx_index = len(obx_at) + 1
+            obx_at.append(ObxAt(obx_index, index, group))
             if may_hold_code(message, seg.start, seg.end) is None:  # no configured code stands in it
                 continue
             fields = segment_fields(message, seg, d)
@@ -480,7 +482,7 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
             if code is not None:
                 # Read cheaply now; the collection time with the field reader
                 # below, and the rest only if the age says so (read_detail).
-                obs = _cheap_observation(fields, header, codec, position, index, group)
+                obs = _cheap_observation(fields, header, codec, obx_index, index, group)
                 block = _OpenBlock(obs, code, fields, index)
         elif name == b"PID":
             patient_count += 1

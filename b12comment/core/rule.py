@@ -169,10 +169,10 @@ def is_abnormal(obs: Observation, rule: RuleConfig) -> bool:
 def context_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
     """Reasons found in the other results of the message (not other B12 results).
     A pending result is pending, whatever its value says so far."""
-    b12_positions = {r.observation.position for r in facts.b12}
+    b12_positions = {r.observation.obx_index for r in facts.b12}
     found = set()
     for obs in facts.observations:
-        if obs.position in b12_positions or obs.status in rule.ignored_statuses:
+        if obs.obx_index in b12_positions or obs.status in rule.ignored_statuses:
             continue
         verdict = judge_value(obs, rule)
         if obs.status in rule.pending_statuses:
@@ -285,17 +285,17 @@ def decide_result(
     whatever rule version or text wrote it."""
     obs = result.observation
     if any(text in known_comments or (marker and marker in text) for text in result.nte_texts):
-        return ResultDecision(obs.position, result.code, False, (ALREADY_COMMENTED,))
+        return ResultDecision(obs.obx_index, result.code, False, (ALREADY_COMMENTED,))
     if age is None or not is_paediatric(age, rule):
         return ResultDecision(
-            obs.position,
+            obs.obx_index,
             result.code,
             False,
             (AGE_UNKNOWN,) if age is None else (ADULT,),
             age_years=age.youngest if age is not None else None,
         )
     if not result.detailed:  # the engine reads every paediatric result in full first
-        return ResultDecision(obs.position, result.code, False, (INTERNAL_ERROR,), age_years=age.youngest)
+        return ResultDecision(obs.obx_index, result.code, False, (INTERNAL_ERROR,), age_years=age.youngest)
     reasons: list[str] = []
     if obs.status not in rule.final_statuses:
         reasons.append(STATUS_NOT_FINAL)
@@ -329,7 +329,7 @@ def decide_result(
         vetoes, vetoed_by = veto(context, collection_time(facts, obs, rule), rule)
         reasons.extend(vetoes)
     return ResultDecision(
-        obx_index=obs.position,
+        obx_index=obs.obx_index,
         code=result.code,
         commented=not reasons,
         reasons=tuple(dict.fromkeys(reasons)),
