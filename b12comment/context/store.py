@@ -61,9 +61,6 @@ CREATE TABLE IF NOT EXISTS comments (
     PRIMARY KEY (seq, patient)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS comments_by_patient ON comments (patient);
-CREATE TABLE IF NOT EXISTS wanted (
-    key BLOB PRIMARY KEY
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS contradictions (
     comment_control_id TEXT NOT NULL,
     control_id         TEXT NOT NULL,
@@ -259,23 +256,6 @@ class ContextStore:
 
     def key_hashes(self, keys: Keys) -> list[bytes]:
         return [b"P" + self._hash(k) for k in keys.patients] + [b"R" + self._hash(k) for k in keys.requisitions]
-
-    def want(self, keys: Keys) -> None:
-        """The rows of messages sharing a patient or requisition with these keys are wanted."""
-        hashes = self.key_hashes(keys)
-        if hashes:
-            self._begin()
-            try:
-                self._db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", [(h,) for h in hashes])
-            except sqlite3.Error as exc:
-                raise ContextError(f"context store {self.path}: {exc}") from None
-
-    def is_wanted(self, keys: Keys) -> bool:
-        hashes = self.key_hashes(keys)
-        if not hashes:
-            return False
-        found = self._run(f"SELECT 1 FROM wanted WHERE key IN ({','.join('?' * len(hashes))}) LIMIT 1", hashes)
-        return bool(found)
 
     # -- the review alert
 

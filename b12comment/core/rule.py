@@ -162,10 +162,6 @@ def judge_value(obs: Observation, rule: RuleConfig) -> str:
     return UNKNOWN
 
 
-def is_abnormal(obs: Observation, rule: RuleConfig) -> bool:
-    return judge_value(obs, rule) == ABNORMAL
-
-
 def context_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
     """Reasons found in the other results of the message (not other B12 results).
     A pending result is pending, whatever its value says so far."""
