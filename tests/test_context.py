@@ -14,7 +14,7 @@ from builders import Obx, build
 from service_helpers import subprocess_env
 
 from b12comment.context import ContextError, ContextStore, decide, load_key
-from b12comment.core.context import Context, extract
+from b12comment.core.context import Context, Extract, extract
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
 
@@ -219,6 +219,41 @@ def test_corrected_b12_contradicts_and_normal_result_does_not():
     corrected = decide(store, 4, b12_message(control_id="B12C", status="C", value="300"), RULE, "patient", 30.0)
     assert corrected.contradicts == ("B12MSG",)
     assert corrected.why == "corrected_b12"
+
+
+def huge(message: bytes) -> bytes:
+    """The message with normal sodium results appended up to 10,001 segments."""
+    sodium = b"OBX|9|NM|2951-2^Sodium^LN||140|mmol/L|136-145||||F\r"
+    return message + sodium * (10_001 - message.count(b"\r"))
+
+
+def test_a_message_too_large_to_read_vetoes_its_patients_comments_before_and_after():
+    """Its results are not read (too_many_segments), so none of them may be
+    taken for normal: the store keeps one result that cannot be judged per
+    requisition, which vetoes a later B12 of the same patient (another
+    requisition) and of the same requisition, and contradicts an earlier
+    comment of the patient (the review alert)."""
+    big = huge(other_message(NORMAL_PLATELETS, control_id="BIG", orc4="REQ-BIG"))
+    ex = extract(big, RULE)
+    assert ex is not None and ex.not_read
+    assert [(r.requisition_key, r.verdict, r.collected) for r in ex.rows] == [(b"ORC-4\x00REQ-BIG", "unknown", "")]
+    assert ex.rows[0].patient_keys == (b"0101169999\x00CPR",)
+    later = run([big, b12_message(orc4="REQ-OTHER", collected="20240301083000")])
+    assert (later.decision.commented, later.decision.reasons) == (False, ("other_abnormal_recent",))
+    assert later.decision.vetoed_by == ("BIG",)
+    same = run([big, b12_message(orc4="REQ-BIG")], mode="requisition")
+    assert (same.decision.commented, same.decision.vetoed_by) == (False, ("BIG",))
+    store = ContextStore(":memory:", KEY)
+    assert decide(store, 1, b12_message(), RULE, "patient", 30.0).decision.commented
+    alert = decide(store, 2, big, RULE, "patient", 30.0)
+    assert (alert.decision.reasons, alert.contradicts, alert.why) == (
+        ("no_b12",),
+        ("B12MSG",),
+        "results_not_read",
+    )
+    assert store.count() == 2 + 1  # the B12 message's order and result, and one row for the huge one
+    adult = huge(other_message(control_id="ADULT", birth="19700101"))
+    assert extract(adult, RULE) == Extract("ADULT", ())  # certainly an adult: nothing is needed
 
 
 def test_extract_keeps_no_name_or_birth_date():

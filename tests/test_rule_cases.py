@@ -18,6 +18,7 @@ from builders import Obx, b12, build, segments
 
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
+from b12comment.core.segments import segment_count
 
 RULE = RuleConfig()
 COLLECTED = "20240110083000"
@@ -546,7 +547,7 @@ def test_all_reason_codes_covered():
     from b12comment.core import decision
 
     covered = {r for _, _, _, reasons, _ in CASES for r in reasons}
-    covered |= {"already_commented", "internal_error", "too_many_b12"}  # tested below
+    covered |= {"already_commented", "internal_error", "too_many_b12", "too_many_segments"}  # tested below
     covered |= {"other_abnormal_recent", "requisition_pending", "context_unavailable"}  # test_context.py
     codes = {v for k, v in vars(decision).items() if k.isupper() and isinstance(v, str) and k not in ("RULE_VERSION",)}
     assert codes <= covered, codes - covered
@@ -850,6 +851,27 @@ def test_too_many_b12_results_in_one_message_get_no_comment():
     ten = base.replace(obx + b"\r", (obx + b"\r") * 10)
     out, d = process(ten, RULE)
     assert d.commented and out.count(b"\rNTE|1|L|") == 10
+
+
+def test_a_message_of_more_than_10000_segments_is_not_read():
+    """A huge message (max_message_bytes raised) would cost seconds and many
+    times its size to read: no comment, the message unchanged; at the bound
+    it is read as any other."""
+    base = build()
+    sodium = b"OBX|9|NM|2951-2^Sodium^LN||140|mmol/L|136-145||||F\r"
+    over = base + sodium * (10_001 - segment_count(base))
+    assert segment_count(over) == 10_001
+    out, d = process(over, RULE)
+    assert out is over
+    assert (d.commented, d.reasons, d.detail) == (False, ("too_many_segments",), "10001 segments (more than 10000)")
+    at = base + sodium * (10_000 - segment_count(base))
+    out, d = process(at, RULE)
+    assert d.commented and out.count(b"\rNTE|1|L|") == 1
+
+
+def test_segment_count_counts_every_kind_of_terminator():
+    assert segment_count(b"MSH|^~\\&\rPID|1\r\nOBX|1\nOBX|2") == 3
+    assert segment_count(b"MSH|^~\\&\r\r") == 2  # an empty line counts: an upper bound
 
 
 # ---------------------------------------------------------------------------

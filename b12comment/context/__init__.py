@@ -15,6 +15,7 @@ from .store import ContextError, ContextStore, load_key
 __all__ = ["ContextError", "ContextStore", "Outcome", "decide", "load_key", "open_store"]
 
 NEW_ABNORMAL, CORRECTED_B12 = "abnormal_result", "corrected_b12"
+NOT_READ = "results_not_read"  # a later message too large to read (its results could hold anything)
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Outcome:
     output: bytes
     decision: Decision
     contradicts: tuple[str, ...] = ()  # control IDs of earlier comments this message contradicts
-    why: str = ""  # NEW_ABNORMAL or CORRECTED_B12
+    why: str = ""  # NEW_ABNORMAL, CORRECTED_B12 or NOT_READ
 
 
 def open_store(path: str, key_file: str) -> ContextStore:
@@ -72,6 +73,8 @@ def decide(
 
 def _contradiction(ex: Extract, rule: RuleConfig) -> str:
     """Why this message would contradict an earlier comment of its patient."""
+    if ex.not_read:
+        return NOT_READ
     rows = [r for r in ex.rows if r.kind == OBX and r.status not in rule.ignored_statuses]
     if any(r.is_b12 and r.status == "C" for r in rows):
         return CORRECTED_B12

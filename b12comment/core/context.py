@@ -27,15 +27,28 @@ from datetime import timedelta
 
 from b12comment.core.dates import DayRange, age_at, parse_ts
 from b12comment.core.decision import OTHER_ABNORMAL_RECENT, REQUISITION_PENDING
-from b12comment.core.facts import _cheap_observation, match_b12
-from b12comment.core.rule import ABNORMAL, NORMAL, judge_value
+from b12comment.core.facts import MAX_SEGMENTS, _cheap_observation, match_b12
+from b12comment.core.rule import ABNORMAL, NORMAL, UNKNOWN, judge_value
 from b12comment.core.rule_config import RuleConfig
-from b12comment.core.segments import Malformed, component, field_of, read_header, segment_fields, split_segments
+from b12comment.core.segments import (
+    Malformed,
+    component,
+    field_of,
+    read_header,
+    segment_count,
+    segment_fields,
+    split_segments,
+)
 
 # A row is one OBX (kind "obx") or one OBR (kind "order": the order's status).
 OBX, ORDER = "obx", "order"
 # Verdicts of a later result that contradict an earlier comment (the review alert).
 ABNORMAL_VERDICTS = (ABNORMAL,)
+# The analyte of the one row per requisition kept for a message whose results
+# were not read (more than MAX_SEGMENTS segments): a result that cannot be
+# judged, so that no comment of the same patient or requisition relies on
+# the results it holds.
+NOT_READ = "(results not read: too many segments)"
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,7 @@ class ExtractedRow:
 class Extract:
     control_id: str
     rows: tuple[ExtractedRow, ...]
+    not_read: bool = False  # too many segments: `rows` are one NOT_READ row per requisition
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,9 @@ def extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> Ex
     (unreadable, or a message type the rule does not look at). A patient who
     was certainly an adult `lookback_days` before the message's collection
     can never get the comment, so their results are not needed: no rows.
+    A message of more than MAX_SEGMENTS segments is not read: its rows are
+    one result that cannot be judged per requisition (`not_read`), which
+    vetoes a comment of its patient and requisitions, never makes one.
     Total: never raises."""
     try:
         return _extract(message, rule, lookback_days)
@@ -149,6 +166,8 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> E
     d = header.delimiters
     if _certainly_adult(message, header, rule, lookback_days):
         return Extract(header.control_id, ())
+    if segment_count(message) > MAX_SEGMENTS:
+        return _not_read(message, header.control_id, rule)
     may_hold_b12 = any(cm.code.encode("ascii") in message for cm in rule.codes)  # as the engine's pre-check
     codec = "latin-1"  # identifiers are hashed as bytes; codes and statuses are ASCII
     rows: list[ExtractedRow] = []
@@ -211,6 +230,33 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> E
                 )
             )
     return Extract(header.control_id, tuple(rows))
+
+
+def _not_read(message: bytes, control_id: str, rule: RuleConfig) -> Extract | None:
+    """The rows of a message too large to read: for each of its requisitions
+    (found by `keys`, a byte search) one result that cannot be judged, of
+    every patient in it, collected at an unknown time (so within any
+    look-back)."""
+    found = keys(message, rule)
+    if found is None:
+        return None
+    patients = tuple(sorted(found.patients))
+    rows = tuple(
+        ExtractedRow(
+            row_index=i,
+            patient_keys=patients,
+            requisition_key=requisition,
+            kind=OBX,
+            analyte=NOT_READ,
+            is_b12=False,
+            verdict=UNKNOWN,
+            status="",
+            order_status="",
+            collected="",
+        )
+        for i, requisition in enumerate(sorted(found.requisitions) or [b""], start=1)
+    )
+    return Extract(control_id, rows, not_read=True)
 
 
 def _patient_keys(fields: list[bytes], d) -> tuple[bytes, ...]:

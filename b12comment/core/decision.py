@@ -12,6 +12,7 @@ NOT_ORU = "not_oru"
 NO_B12 = "no_b12"
 MULTIPLE_PATIENTS = "multiple_patients"
 TOO_MANY_B12 = "too_many_b12"
+TOO_MANY_SEGMENTS = "too_many_segments"
 UNSUPPORTED_CHARSET = "unsupported_charset"
 INTERNAL_ERROR = "internal_error"
 # Result-level reasons (one B12 OBX)
@@ -38,6 +39,10 @@ REASONS = {
     NO_B12: "no OBX carries a configured total-B12 code",
     MULTIPLE_PATIENTS: "the message holds more than one PID; results cannot be tied to one patient",
     TOO_MANY_B12: "more than 10 total-B12 results in one message: not one sample's report",
+    TOO_MANY_SEGMENTS: (
+        "more than 10,000 segments in one message: too many to read every other result within bounded time "
+        "and memory, so none is read (the message goes on unchanged)"
+    ),
     UNSUPPORTED_CHARSET: "MSH-18 names a character set the comment cannot be written in safely",
     INTERNAL_ERROR: "interpretation failed unexpectedly; the message is forwarded unchanged",
     ALREADY_COMMENTED: (

@@ -21,14 +21,15 @@ from b12comment.core.decision import (
     NO_B12,
     NOT_ORU,
     TOO_MANY_B12,
+    TOO_MANY_SEGMENTS,
     UNSUPPORTED_CHARSET,
     Decision,
     ResultDecision,
 )
-from b12comment.core.facts import MAX_B12_RESULTS, Facts, read_detail, read_facts
+from b12comment.core.facts import MAX_B12_RESULTS, MAX_SEGMENTS, Facts, read_detail, read_facts
 from b12comment.core.rule import decide_result, is_paediatric, order_notes, patient_age
 from b12comment.core.rule_config import RuleConfig
-from b12comment.core.segments import Header, Malformed, read_header
+from b12comment.core.segments import Header, Malformed, read_header, segment_count
 from b12comment.core.splice import (
     apply,
     comment_field,
@@ -129,6 +130,10 @@ def _read(message: bytes, rule: RuleConfig, precheck: bool, text_codec: str | No
         raise _Done(Decision(False, (NOT_ORU,), **base))
     if precheck and not has_b12_code(message, rule):
         raise _Done(Decision(False, (NO_B12,), **base))
+    segments = segment_count(message)
+    if segments > MAX_SEGMENTS:
+        detail = f"{segments} segments (more than {MAX_SEGMENTS})"
+        raise _Done(Decision(False, (TOO_MANY_SEGMENTS,), detail=detail, **base))
     codec = text_codec or charset.codec_for(header.charset)
     try:
         facts = read_facts(message, header, codec or "latin-1", rule)

@@ -42,6 +42,12 @@ FALLBACK_VERSION = "2.5.1"
 # sample: no comment, and nothing of them is read with hl7apy (a 1 MiB message
 # of B12 OBX segments would otherwise take seconds).
 MAX_B12_RESULTS = 10
+# A message with more segments than this is not read at all (no comment,
+# too_many_segments; no row per result in the context store): reading every
+# other result of a huge message would cost time and memory in proportion
+# to it, tens of seconds and many times its size at 400,000 OBX. The largest
+# message of the corpus has under 1,000 segments.
+MAX_SEGMENTS = 10_000
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,13 @@ def split_segments(message: bytes, start: int = 0) -> list[Segment]:
     return segments
 
 
+def segment_count(message: bytes) -> int:
+    """How many segment terminators (CR, LF or CRLF) the message holds: the
+    segments, give or take the last one and empty lines. Counted without
+    splitting, so a huge message costs no list of its segments."""
+    return message.count(b"\r") + message.count(b"\n") - message.count(b"\r\n")
+
+
 def _segment(message: bytes, start: int, end: int, nxt: int) -> Segment:
     return Segment(message[start : start + 3], start, end, nxt)
 
