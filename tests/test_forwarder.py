@@ -395,3 +395,41 @@ def _quiet_logs():
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
     yield
     structlog.reset_defaults()
+
+
+def test_mllp_deliveries_are_recorded_a_group_at_a_time(tmp_path, monkeypatch):
+    """Each message still waits for its own AA before the next is sent, but
+    the AAs of a batch are written down in a few journal calls, not one per
+    message: while senders keep the journal busy with intake, a call per
+    message held delivery to the rate of intake commits."""
+    calls: list[int] = []
+    original = Journal.mark_forwarded_many
+
+    def spy(self, ids):
+        calls.append(len(ids))
+        return original(self, ids)
+
+    monkeypatch.setattr(Journal, "mark_forwarded_many", spy)
+    expected = fill(tmp_path / "j.sqlite3", 120)
+    with Downstream() as down:
+        metrics = run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
+        assert down.received == expected
+    assert metrics.value("b12comment_forwarded_total") == 120
+    assert sum(calls) == 120
+    assert len(calls) <= 12, calls  # at most 10 at a time would be 12 calls
+
+
+def test_mllp_deliveries_before_a_failure_are_recorded_and_the_failed_one_retried(tmp_path):
+    """A group's delivered messages are written down when the next one fails,
+    so nothing delivered is sent twice and the failed one is retried in order."""
+    expected = fill(tmp_path / "j.sqlite3", 6)
+    answers = ["AA", "AA", "AE", "AA", "AA", "AA", "AA"]
+    with Downstream(answer=lambda i, payload: answers[i] if i < len(answers) else "AA") as down:
+        metrics = run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
+        got = down.received
+    assert [msh10(m) for m in got] == ["MSG1", "MSG2", "MSG3", "MSG3", "MSG4", "MSG5", "MSG6"]
+    assert got[3] == expected[2]
+    assert metrics.value("b12comment_forwarded_total") == 6
+    j = Journal(tmp_path / "j.sqlite3")
+    assert states(j.rows()) == ["forwarded"] * 6
+    j.close()

@@ -412,3 +412,34 @@ def test_batches_of_rows_are_bounded_by_their_bytes(journal):
 def padded(n: int) -> bytes:
     """A message of about 1,050 bytes."""
     return MSG1.replace(b"|C1|", f"|B{n}|".encode()) + b"NTE|1||" + b"x" * 1000 + b"\r"
+
+
+def test_journal_thread_runs_other_calls_between_intake_batches(tmp_path):
+    """Intake goes first, but never only: while senders keep the intake queue
+    full, the processing stage's and the forwarder's calls still run, one
+    between two intake commits (else delivery stops while intake flows)."""
+    path = tmp_path / "j.sqlite3"
+    order: list[str] = []
+
+    async def main():
+        jt = JournalThread(path, max_batch=1)
+        await jt.depth()
+        gate, inside = threading.Event(), threading.Event()
+        busy = jt._call(lambda j: (inside.set(), gate.wait(10)))
+        assert await asyncio.to_thread(inside.wait, 10)
+        # while the thread is busy: 30 frames (30 intake batches of one) and two calls wait
+        futures = [jt.record(MSG1 + str(n).encode(), control_id=f"F{n}", message_type="ORU^R01") for n in range(30)]
+        for n, future in enumerate(futures):
+            future.add_done_callback(lambda _f, n=n: order.append(f"intake{n}"))
+        depth = jt._call(lambda j: j.depth())  # the future at once, as the typed methods await it
+        depth.add_done_callback(lambda _f: order.append("depth"))
+        gate.set()
+        await busy
+        await asyncio.gather(*futures)
+        assert await depth >= 1
+        await jt.close()
+
+    asyncio.run(main())
+    assert len(order) == 31
+    assert order.index("depth") <= 2, order  # not after all 30 intake commits
+    assert [o for o in order if o != "depth"] == [f"intake{n}" for n in range(30)]  # intake keeps its order

@@ -39,7 +39,11 @@ class JournalThread:
     connection, up to `max_batch`) and commits them in one transaction and
     one fsync (group commit); each caller gets its result only after that
     commit. Frames that arrive during a commit make the next batch. Every
-    other call runs when no intake waits, one at a time, in the order made.
+    other call (the processing stage's, the forwarder's) runs one at a time,
+    in the order made: when no intake waits, and else one between two intake
+    commits, so that while senders keep intake busy, processing and delivery
+    still go on (a strict priority stopped delivery for as long as intake
+    flowed).
 
     The event loop keeps answering while a commit is slow (another process
     holds the write lock, the disk stalls): the listener bounds its wait for
@@ -215,21 +219,23 @@ class JournalThread:
     # -- the journal thread
 
     def _run(self) -> None:
+        call_turn = False  # after an intake commit, one waiting call goes before the next
         while True:
             with self._cv:
                 while not (self._intake or self._calls or self._closed):
                     self._cv.wait()
                 if not (self._intake or self._calls):
                     return
+                call = self._calls.popleft() if self._calls and (call_turn or not self._intake) else None
             done: list = []
-            batch = self._take_intake()
-            if batch:
-                done = self._run_intake(batch)
+            if call is not None:
+                done = [self._run_call(*call)]
+                call_turn = False
             else:
-                with self._cv:
-                    call = self._calls.popleft() if self._calls else None
-                if call is not None:
-                    done = [self._run_call(*call)]
+                batch = self._take_intake()
+                if batch:
+                    done = self._run_intake(batch)
+                    call_turn = True
             if done:
                 self._settle(done)
 
