@@ -6,11 +6,22 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 
 import pytest
 from journal_helpers import head, keep_invalid, mark_processed, record
 
-from b12comment.serve.journal import InvalidFrame, Journal, JournalError, NewMessage, Processed
+from b12comment.serve.journal import (
+    BATCH_BYTES,
+    LARGE_BYTES,
+    InvalidFrame,
+    Journal,
+    JournalError,
+    NewMessage,
+    Processed,
+    Replayed,
+    batch_full,
+)
 from b12comment.serve.journal_writer import JournalThread
 
 MSG1 = b"MSH|^~\\&|L|F|R|F|2024||ORU^R01|C1|P|2.5.1\rOBX|1|NM|X||1\r"
@@ -382,7 +393,7 @@ def test_journal_of_the_first_schema_is_migrated_in_place(tmp_path):
     finally:
         j.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.close()
     Journal(path).close()  # opening again changes nothing
 
@@ -443,3 +454,78 @@ def test_journal_thread_runs_other_calls_between_intake_batches(tmp_path):
     assert len(order) == 31
     assert order.index("depth") <= 2, order  # not after all 30 intake commits
     assert [o for o in order if o != "depth"] == [f"intake{n}" for n in range(30)]  # intake keeps its order
+
+
+def large(cid: str, size: int = 600_000, fill: bytes = b"x") -> bytes:
+    """A message over LARGE_BYTES: its bytes are kept out of its row."""
+    head = f"MSH|^~\\&|L|F|R|F|2024||ORU^R01|{cid}|P|2.5.1\rOBX|1|ED|X||".encode()
+    return head + fill * (size - len(head) - 1) + b"\r"
+
+
+def test_a_large_message_is_kept_out_of_its_row_and_read_back_whole(journal, tmp_path):
+    """SQLite rewrites a whole row on every state change: the bytes of a
+    large message live in a table of their own, written once."""
+    big = large("BIG")
+    assert len(big) > LARGE_BYTES
+    rid = record(journal, big, "BIG", retransmit_window_s=60).id
+    small = record(journal, MSG1, "C1").id
+    commented = big + b"NTE|1|L|comment|RE\r"
+    journal.mark_processed_many([Processed(rid, commented, True, []), Processed(small, None, False, ["no_b12"])])
+    db = sqlite3.connect(tmp_path / "j.sqlite3")
+    in_row = {i: (r, p) for i, r, p in db.execute("SELECT id, raw, processed FROM messages")}
+    assert in_row == {rid: (b"", b""), small: (MSG1, None)}
+    assert db.execute("SELECT data FROM large_raw WHERE id = ?", (rid,)).fetchone() == (big,)
+    assert db.execute("SELECT data FROM large_processed WHERE id = ?", (rid,)).fetchone() == (commented,)
+    db.close()
+    row = journal.get(rid)
+    assert (row.raw, row.processed, row.state) == (big, commented, "processed")
+    assert [r.id for r in journal.deliverable()] == [rid, small]
+    assert journal.get(small).processed == MSG1  # None: unchanged
+    # A retransmission of the large message is found (compared a piece at a time), another one is new.
+    assert record(journal, big, "BIG", retransmit_window_s=60).duplicate
+    other = large("BIG", fill=b"y")
+    assert not record(journal, other, "BIG", retransmit_window_s=60).duplicate
+    assert [m for _, _, m in journal.raw_rows()] == [big, MSG1, other]
+    assert [r.raw for r in journal.salvage_undelivered()] == [big, MSG1, other]
+    # Delivered and pruned: its bytes go with its row.
+    journal.mark_forwarded_many([rid, small])
+    assert journal.prune(0, now=time.time() + 10) == 2
+    db = sqlite3.connect(tmp_path / "j.sqlite3")
+    assert db.execute("SELECT COUNT(*) FROM large_raw").fetchone() == (1,)  # the other one, still queued
+    assert db.execute("SELECT COUNT(*) FROM large_processed").fetchone() == (0,)
+    db.close()
+
+
+def test_a_large_message_processed_unchanged_is_not_stored_twice(journal, tmp_path):
+    big = large("BIG")
+    a, b = record(journal, big, "A").id, record(journal, large("B"), "B").id
+    journal.mark_processed_many([Processed(a, None, False, []), Processed(b, large("B"), False, [])])
+    assert journal.get(a).processed == big and journal.get(b).processed == large("B")
+    db = sqlite3.connect(tmp_path / "j.sqlite3")
+    assert db.execute("SELECT COUNT(*) FROM large_processed").fetchone() == (0,)
+    assert db.execute("SELECT processed FROM messages").fetchall() == [(None,), (None,)]
+    db.close()
+
+
+def test_replay_forward_keeps_large_messages_out_of_their_rows(journal):
+    big = large("BIG")
+    journal.enqueue_processed(
+        "replay:a.hl7",
+        [
+            Replayed(MSG1, MSG1, "C1", "ORU^R01", False, (), 1),
+            Replayed(big, big + b"NTE|1|L|c\r", "BIG", "ORU^R01", True, (), 2),
+        ],
+    )
+    rows = journal.deliverable()
+    assert [(r.raw, r.processed) for r in rows] == [(MSG1, MSG1), (big, big + b"NTE|1|L|c\r")]
+    assert journal.last_position("replay:a.hl7") == 2
+
+
+def test_a_batch_holding_a_large_message_is_full(journal):
+    """A batch cut short by its bytes is read again at once, not after a poll."""
+    rid = record(journal, large("BIG", size=BATCH_BYTES + 10), "BIG").id
+    record(journal, MSG1, "C1")
+    rows = journal.unprocessed(100)
+    assert [r.id for r in rows] == [rid]
+    assert batch_full(rows, 100)
+    assert not batch_full(journal.unprocessed(100)[1:], 100)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from b12comment.serve.mllp import Decoder, Frame, Incomplete, Junk, Oversize, encode
+from b12comment.serve.mllp import Decoder, Frame, Incomplete, Junk, Oversize, encode, pieces
 
 MSG_A = b"MSH|^~\\&|LAB|H|EHR|H|20240101||ORU^R01|A1|P|2.5.1\rPID|1||123\r"
 MSG_B = b"MSH|^~\\&|LAB|H|EHR|H|20240101||ADT^A01|B2|P|2.5.1\r"
@@ -28,6 +28,16 @@ def test_encode_refuses_block_bytes_inside_payload():
         encode(b"MSH|\x1c|")
     with pytest.raises(ValueError):
         encode(b"MSH|\x0b|")
+
+
+def test_pieces_of_a_large_payload_make_its_frame_without_a_copy():
+    payload = bytes(range(32, 127)) * 100
+    parts = pieces(payload, 1000)
+    assert b"".join(parts) == encode(payload)
+    assert len(parts) == 2 + 10 and all(isinstance(p, memoryview) for p in parts[1:-1])
+    assert pieces(b"MSH|small", 1000) == [encode(b"MSH|small")]
+    with pytest.raises(ValueError):
+        pieces(payload + b"\x1c" + payload, 1000)
 
 
 def test_one_frame_in_one_read():

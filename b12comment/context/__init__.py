@@ -59,6 +59,7 @@ def decide(
     if record:
         store.add(seq, ex)
     if decision.commented:
+        out = message  # (the first output is not held while the second is made)
         out, decision = process(message, rule, store.context(seq, ex, mode, lookback_days), text_codec=text_codec)
         if decision.commented and watch:
             store.add_comment(seq, ex)

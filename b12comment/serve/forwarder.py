@@ -47,7 +47,7 @@ from b12comment.files import fsync_dir
 from b12comment.serve import mllp
 from b12comment.serve.ack import read_ack
 from b12comment.serve.aio import describe_error, wait_event
-from b12comment.serve.journal import JournalError, JournalFault, Row
+from b12comment.serve.journal import JournalError, JournalFault, Row, batch_full
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.tls import client_context
 
@@ -187,6 +187,8 @@ class MllpTransport:
     """One MLLP connection downstream, opened when needed and dropped after
     any failure (a late ACK on an old connection cannot be mistaken)."""
 
+    WRITE_BYTES = 256 * 1024  # a larger message is written in pieces of this size
+
     def __init__(
         self,
         host: str,
@@ -207,7 +209,7 @@ class MllpTransport:
     async def deliver(self, row: Row) -> Outcome:
         payload = row.processed if row.processed is not None else row.raw
         try:
-            frame = mllp.encode(payload)
+            frame = mllp.pieces(payload, self.WRITE_BYTES)
         except ValueError as exc:
             return Rejected(f"cannot be sent over MLLP: {exc}")
         for first_try in (True, False):
@@ -228,8 +230,7 @@ class MllpTransport:
             assert writer is not None  # connected above
             self._answered, self._others = 0, []
             try:
-                writer.write(frame)
-                await asyncio.wait_for(writer.drain(), self.timeout_s)
+                await asyncio.wait_for(self._write(writer, frame), self.timeout_s)
                 return await asyncio.wait_for(self._await_ack(row.control_id), self.timeout_s)
             except TimeoutError:
                 await self.close()
@@ -248,6 +249,14 @@ class MllpTransport:
                     continue  # the kept connection was already closed by the downstream
                 return Retry(f"connection lost: {describe_error(exc)}")
         raise AssertionError("unreachable")  # the loop returns on its second pass
+
+    @staticmethod
+    async def _write(writer: asyncio.StreamWriter, pieces: list[bytes | memoryview]) -> None:
+        """Write a frame's pieces, each once the one before has (mostly) gone:
+        the transport's buffer holds about one piece, never a whole large message."""
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
 
     async def _connect(self) -> None:
         self._reader, self._writer = await asyncio.wait_for(
@@ -339,7 +348,10 @@ class Forwarder:
                     if not rows:
                         await wait_event(self.wake, self.poll_s)
                         continue
-                    if await self._deliver(rows, stop) and len(rows) < self.batch:
+                    drained = not batch_full(rows, self.batch)  # (a large message makes a batch of its own)
+                    delivered = await self._deliver(rows, stop)
+                    del rows  # not held while waiting
+                    if delivered and drained:
                         await wait_event(self.wake, self.poll_s)  # drained: wait for the next batch
                 except JournalError as exc:
                     if not isinstance(exc, JournalFault):  # a fault is told once, by the service

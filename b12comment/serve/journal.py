@@ -27,6 +27,15 @@ The processed bytes are stored only when they differ from the received
 bytes (about 97% of messages get no comment); `Row.processed` is then the
 received bytes again, so readers see no difference.
 
+A large message (over `LARGE_BYTES`) is kept out of its row: its bytes are
+in `large_raw` (and its processed bytes, if they differ, in
+`large_processed`), under the row's id, and the row's column holds an empty
+blob. SQLite rewrites a whole row on every UPDATE, so a state change of a
+row that held 20 MB would read those 20 MB into memory twice and may write
+them to the WAL again; kept apart, the bytes are written once, with
+SQLite's incremental blob I/O (no copy of them is made on the way in), and
+read once into one `bytes` object on the way out.
+
 `Journal` is synchronous and not thread-safe; the service drives it from a
 single thread through `JournalThread` (journal_writer.py), so the event loop never waits on disk.
 `JournalThread` commits the intake of every frame waiting for the journal in
@@ -54,8 +63,10 @@ UNDELIVERED = (RECEIVED, PROCESSED)
 
 # The schema's version, in PRAGMA user_version. A journal of an older version
 # is migrated when it is opened (see _migrate); one of a newer version is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the tables large_raw and large_processed
 BATCH_BYTES = 8 * 1024 * 1024  # the message bytes one batch of rows may hold (processing, forwarding)
+LARGE_BYTES = 256 * 1024  # larger message bytes are kept out of their row (see the module's docstring)
+_COMPARE_CHUNK = 1024 * 1024
 
 # peer and conn_seq: where a frame came from (address, its number on that
 # connection). source and position: where `replay --forward` read a message
@@ -86,7 +97,10 @@ CREATE INDEX IF NOT EXISTS messages_by_state ON messages (state, id);
 CREATE INDEX IF NOT EXISTS messages_by_control_id ON messages (control_id, received_at);
 CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source, position) WHERE source != '';
 CREATE TABLE IF NOT EXISTS holds (id INTEGER PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS large_raw (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS large_processed (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+_LARGE_TABLES = ("large_raw", "large_processed")
 
 
 def _table(name: str) -> str:
@@ -170,10 +184,11 @@ class Replayed:
 
 @dataclass(frozen=True)
 class Processed:
-    """What the processing stage made of one journaled message."""
+    """What the processing stage made of one journaled message (`processed`
+    None: the received bytes, unchanged)."""
 
     id: int
-    processed: bytes
+    processed: bytes | None
     commented: bool
     reasons: tuple[str, ...] | list[str]
 
@@ -204,28 +219,17 @@ _COLUMNS = (
 )
 
 
-def _row(r) -> Row:
-    raw = bytes(r[9])
-    # commented is set by mark_processed_many; processed is NULL there when unchanged.
-    processed = bytes(r[10]) if r[10] is not None else (raw if r[14] is not None else None)
-    return Row(
-        id=r[0],
-        received_at=r[1],
-        updated_at=r[2],
-        peer=r[3],
-        conn_seq=r[4],
-        source=r[5],
-        position=r[6],
-        control_id=r[7],
-        message_type=r[8],
-        raw=raw,
-        processed=processed,
-        state=r[11],
-        attempts=r[12],
-        last_error=r[13],
-        commented=None if r[14] is None else bool(r[14]),
-        reasons=tuple(json.loads(r[15] or "[]")),
-    )
+def batch_full(rows: Sequence[Row], limit: int, max_bytes: int = BATCH_BYTES) -> bool:
+    """Whether a batch read with `limit` (and `max_bytes`) may have left rows
+    behind: the caller reads again at once rather than waiting for news."""
+    if len(rows) >= limit:
+        return True
+    held = 0
+    for row in rows:
+        held += len(row.raw)
+        if row.processed is not None and row.processed is not row.raw:
+            held += len(row.processed)
+    return held >= max_bytes
 
 
 def _ident(st: os.stat_result) -> tuple[int, int]:
@@ -373,6 +377,66 @@ class Journal:
         with contextlib.suppress(AttributeError, OSError):
             os.close(self._fd)
 
+    def _row(self, r) -> Row:
+        """A Row from the columns of _COLUMNS; a large message's bytes are read
+        from their own table (one `bytes` each, no other copy)."""
+        raw = r[9]
+        if not raw and r[11] != INVALID:
+            raw = self._read_large("large_raw", r[0])
+        processed = r[10]
+        if processed is not None and not processed:
+            processed = self._read_large("large_processed", r[0])
+        # commented is set by mark_processed_many; processed is NULL there when unchanged.
+        if processed is None and r[14] is not None:
+            processed = raw
+        return Row(
+            id=r[0],
+            received_at=r[1],
+            updated_at=r[2],
+            peer=r[3],
+            conn_seq=r[4],
+            source=r[5],
+            position=r[6],
+            control_id=r[7],
+            message_type=r[8],
+            raw=raw,
+            processed=processed,
+            state=r[11],
+            attempts=r[12],
+            last_error=r[13],
+            commented=None if r[14] is None else bool(r[14]),
+            reasons=tuple(json.loads(r[15] or "[]")),
+        )
+
+    def _read_large(self, table: str, id: int) -> bytes:
+        try:
+            with self._db.blobopen(table, "data", id, readonly=True) as blob:
+                return blob.read()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    def _write_large(self, table: str, id: int, data: bytes) -> None:
+        """Keep `data` under `id` in a large table (in the open transaction):
+        room is made with zeroblob() and filled in place, so SQLite makes no
+        copy of the bytes."""
+        self._db.execute(f"INSERT OR REPLACE INTO {table} (id, data) VALUES (?, zeroblob(?))", (id, len(data)))
+        with self._db.blobopen(table, "data", id) as blob:
+            blob.write(data)
+
+    def _large_equals(self, table: str, id: int, data: bytes) -> bool:
+        """Whether the large bytes kept under `id` are `data` (read a piece at a time)."""
+        try:
+            blob = self._db.blobopen(table, "data", id, readonly=True)
+        except sqlite3.OperationalError:  # no such row
+            return False
+        with blob:
+            if len(blob) != len(data):
+                return False
+            for pos in range(0, len(data), _COMPARE_CHUNK):
+                if blob.read(_COMPARE_CHUNK) != data[pos : pos + _COMPARE_CHUNK]:
+                    return False
+        return True
+
     def _error(self, exc: sqlite3.Error) -> JournalError:
         if _is_corrupt(exc):
             return JournalCorrupt(f"journal {self.path} is damaged: {exc}")
@@ -452,8 +516,7 @@ class Journal:
         self.check_file()  # and after it: did the commit land in the file the path names?
         return results
 
-    @staticmethod
-    def _arrive(cur, a: Arrival) -> Receipt | int:
+    def _arrive(self, cur, a: Arrival) -> Receipt | int:
         now = time.time() if a.now is None else a.now
         if isinstance(a, InvalidFrame):
             return cur.execute(
@@ -461,23 +524,35 @@ class Journal:
                 "raw, state, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'invalid', ?)",
                 (now, now, a.peer, a.conn_seq, a.control_id, a.message_type, digest(a.raw), a.raw, a.reason),
             ).lastrowid
+        large = len(a.raw) > LARGE_BYTES
         if a.retransmit_window_s > 0:
             # A retransmission is the same bytes under the same control ID: the
             # index on control_id finds the few rows to compare (usually none),
             # so a new message costs no hash at all.
-            hit = cur.execute(
-                "SELECT id FROM messages WHERE control_id = ? AND received_at >= ? "
-                "AND state != 'invalid' AND raw = ? ORDER BY id DESC LIMIT 1",
-                (a.control_id, now - a.retransmit_window_s, a.raw),
-            ).fetchone()
+            if large:
+                candidates = cur.execute(
+                    "SELECT id FROM messages WHERE control_id = ? AND received_at >= ? "
+                    "AND state != 'invalid' AND length(raw) = 0 ORDER BY id DESC",
+                    (a.control_id, now - a.retransmit_window_s),
+                ).fetchall()
+                hit = next(((i,) for (i,) in candidates if self._large_equals("large_raw", i, a.raw)), None)
+            else:
+                hit = cur.execute(
+                    "SELECT id FROM messages WHERE control_id = ? AND received_at >= ? "
+                    "AND state != 'invalid' AND raw = ? ORDER BY id DESC LIMIT 1",
+                    (a.control_id, now - a.retransmit_window_s, a.raw),
+                ).fetchone()
             if hit:
                 return Receipt(hit[0], True)
         cur.execute(
             "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, "
             "digest, raw, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'received')",
-            (now, now, a.peer, a.conn_seq, a.control_id, a.message_type, b"", a.raw),
+            (now, now, a.peer, a.conn_seq, a.control_id, a.message_type, b"", b"" if large else a.raw),
         )
-        return Receipt(cur.lastrowid, False)
+        id = cur.lastrowid
+        if large:
+            self._write_large("large_raw", id, a.raw)
+        return Receipt(id, False)
 
     # -- the processing stage
 
@@ -503,9 +578,11 @@ class Journal:
                 r = cur.fetchone()
                 if r is None or until(r):
                     break
-                row = _row(r)
+                row = self._row(r)
                 out.append(row)
-                held += len(row.raw) + (len(r[10]) if r[10] is not None else 0)
+                held += len(row.raw)
+                if row.processed is not None and row.processed is not row.raw:
+                    held += len(row.processed)
             cur.close()
         except sqlite3.Error as exc:
             raise self._error(exc) from None
@@ -517,11 +594,26 @@ class Journal:
         now = time.time() if now is None else now
 
         def tx(cur) -> None:
+            small = [p for p in results if p.processed is None or len(p.processed) <= LARGE_BYTES]
             cur.executemany(
                 "UPDATE messages SET processed = CASE WHEN raw = ?1 THEN NULL ELSE ?1 END, commented = ?2, "
                 "reasons = ?3, state = 'processed', updated_at = ?4 WHERE id = ?5 AND state = 'received'",
-                [(p.processed, int(p.commented), json.dumps(list(p.reasons)), now, p.id) for p in results],
+                [(p.processed, int(p.commented), json.dumps(list(p.reasons)), now, p.id) for p in small],
             )
+            for p in results:
+                if p.processed is None or len(p.processed) <= LARGE_BYTES:
+                    continue
+                if self._large_equals("large_raw", p.id, p.processed):  # unchanged after all
+                    value: bytes | None = None
+                else:
+                    value = b""
+                changed = cur.execute(
+                    "UPDATE messages SET processed = ?, commented = ?, reasons = ?, state = 'processed', "
+                    "updated_at = ? WHERE id = ? AND state = 'received'",
+                    (value, int(p.commented), json.dumps(list(p.reasons)), now, p.id),
+                ).rowcount
+                if changed and value is not None:
+                    self._write_large("large_processed", p.id, p.processed)
             cur.executemany("DELETE FROM holds WHERE id = ?", [(p.id,) for p in results])  # released
 
         self._tx(tx, durable=False)
@@ -541,7 +633,7 @@ class Journal:
         rows = self._query(
             f"SELECT {_COLUMNS} FROM messages WHERE state = 'received' AND id IN (SELECT id FROM holds) ORDER BY id"
         )
-        return [(_row(r), until[r[0]]) for r in rows]
+        return [(self._row(r), until[r[0]]) for r in rows]
 
     # -- the forwarder
 
@@ -598,11 +690,14 @@ class Journal:
         """Delete forwarded rows and invalid frames older than the retention."""
         now = time.time() if now is None else now
         cutoff = now - retention_days * 86400
-        return self._tx(
-            lambda cur: cur.execute(
-                "DELETE FROM messages WHERE state IN ('forwarded', 'invalid') AND updated_at < ?", (cutoff,)
-            ).rowcount
-        )
+        where = "state IN ('forwarded', 'invalid') AND updated_at < ?"
+
+        def tx(cur) -> int:
+            for table in _LARGE_TABLES:
+                cur.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM messages WHERE {where})", (cutoff,))
+            return cur.execute(f"DELETE FROM messages WHERE {where}", (cutoff,)).rowcount
+
+        return self._tx(tx)
 
     # -- replay --forward
 
@@ -611,28 +706,32 @@ class Journal:
         transaction, with their source (`replay:<file>`) and position in the
         file, so that `last_position` can resume an interrupted replay."""
         now = time.time() if now is None else now
-        self._tx(
-            lambda cur: cur.executemany(
-                "INSERT INTO messages (received_at, updated_at, source, position, control_id, message_type, digest, "
-                "raw, processed, state, commented, reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'processed', ?, ?)",
-                [
-                    (
-                        now,
-                        now,
-                        source,
-                        m.position,
-                        m.control_id,
-                        m.message_type,
-                        digest(m.raw),
-                        m.raw,
-                        None if m.processed == m.raw else m.processed,
-                        int(m.commented),
-                        json.dumps(list(m.reasons)),
-                    )
-                    for m in batch
-                ],
-            )
+        sql = (
+            "INSERT INTO messages (received_at, updated_at, source, position, control_id, message_type, digest, "
+            "raw, processed, state, commented, reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'processed', ?, ?)"
         )
+
+        def values(m: Replayed, raw: bytes, processed: bytes | None) -> tuple:
+            return (now, now, source, m.position, m.control_id, m.message_type, digest(m.raw), raw, processed) + (
+                int(m.commented),
+                json.dumps(list(m.reasons)),
+            )
+
+        def tx(cur) -> None:
+            if all(len(m.raw) <= LARGE_BYTES and len(m.processed) <= LARGE_BYTES for m in batch):
+                cur.executemany(sql, [values(m, m.raw, None if m.processed == m.raw else m.processed) for m in batch])
+                return
+            for m in batch:  # one at a time, in order: each large one's bytes go to their table
+                changed = m.processed != m.raw
+                raw_large, processed_large = len(m.raw) > LARGE_BYTES, changed and len(m.processed) > LARGE_BYTES
+                processed = (b"" if processed_large else m.processed) if changed else None
+                id = cur.execute(sql, values(m, b"" if raw_large else m.raw, processed)).lastrowid
+                if raw_large:
+                    self._write_large("large_raw", id, m.raw)
+                if processed_large:
+                    self._write_large("large_processed", id, m.processed)
+
+        self._tx(tx)
 
     def last_position(self, source: str) -> int:
         """The highest position journaled from `source` (0 if none)."""
@@ -642,14 +741,14 @@ class Journal:
 
     def get(self, id: int) -> Row | None:
         rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE id = ?", (id,))
-        return _row(rows[0]) if rows else None
+        return self._row(rows[0]) if rows else None
 
     def rows(self, state: str | None = None) -> list[Row]:
         if state is None:
             rows = self._query(f"SELECT {_COLUMNS} FROM messages ORDER BY id")
         else:
             rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE state = ? ORDER BY id", (state,))
-        return [_row(r) for r in rows]
+        return [self._row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         found = dict(self._query("SELECT state, COUNT(*) FROM messages GROUP BY state"))
@@ -681,7 +780,7 @@ class Journal:
         try:
             cur = self._db.execute("SELECT id, received_at, raw FROM messages WHERE state != 'invalid' ORDER BY id")
             for r in cur:
-                yield r[0], r[1], bytes(r[2])
+                yield r[0], r[1], bytes(r[2]) or self._read_large("large_raw", r[0])
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from None
 
@@ -703,13 +802,12 @@ class Journal:
         for id in sorted(ids):
             try:
                 found = self._db.execute(f"SELECT {_COLUMNS} FROM messages WHERE id = ?", (id,)).fetchall()
-            except sqlite3.Error:
+                row = self._row(found[0]) if found else None
+            except (sqlite3.Error, JournalError):
                 yield id
                 continue
-            if found:
-                row = _row(found[0])
-                if row.state in UNDELIVERED:
-                    yield row
+            if row is not None and row.state in UNDELIVERED:
+                yield row
 
     def settings(self) -> tuple[str, int]:
         """(journal_mode, synchronous) as SQLite reports them."""

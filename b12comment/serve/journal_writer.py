@@ -227,17 +227,25 @@ class JournalThread:
                 if not (self._intake or self._calls):
                     return
                 call = self._calls.popleft() if self._calls and (call_turn or not self._intake) else None
-            done: list = []
-            if call is not None:
-                done = [self._run_call(*call)]
-                call_turn = False
-            else:
-                batch = self._take_intake()
-                if batch:
-                    done = self._run_intake(batch)
-                    call_turn = True
-            if done:
-                self._settle(done)
+            call_turn = self._step(call, call_turn)
+            call = None  # (its arguments may be a large message)
+
+    def _step(self, call, call_turn: bool) -> bool:
+        """One call, or one batch of intake; returns the next call_turn. (A
+        method of its own, so that nothing it handled, such as a large
+        message, stays referenced in _run while the thread waits.)"""
+        done: list = []
+        if call is not None:
+            done = [self._run_call(*call)]
+            call_turn = False
+        else:
+            batch = self._take_intake()
+            if batch:
+                done = self._run_intake(batch)
+                call_turn = True
+        if done:
+            self._settle(done)
+        return call_turn
 
     def _run_intake(self, batch: list[tuple[asyncio.Future, Arrival]]) -> list:
         """Commit intake together; (future, value, ok) each."""

@@ -324,7 +324,9 @@ class Listener:
             if not data:
                 break
             events = decoder.feed(data)
-            if events and await self._on_events(events, writer, peer, conv):
+            close = bool(events) and await self._on_events(events, writer, peer, conv)
+            del events  # its frames are journaled: not held while the connection waits
+            if close:
                 self.log.warning(
                     "connection_closed", peer=peer, reason="too many invalid frames in a row", frames=conv.invalid_run
                 )

@@ -54,11 +54,28 @@ Event = Frame | Junk | Oversize | Incomplete
 _OUTSIDE, _INSIDE, _DISCARDING = "outside", "inside", "discarding"
 
 
-def encode(payload: bytes) -> bytes:
-    """Wrap one message in an MLLP frame."""
+def check(payload: bytes) -> None:
+    """Raise ValueError if the payload cannot be framed (it holds a block byte)."""
     if START_BLOCK in payload or END_BLOCK in payload:
         raise ValueError("payload holds an MLLP start or end block byte (0x0B or 0x1C)")
+
+
+def encode(payload: bytes) -> bytes:
+    """Wrap one message in an MLLP frame."""
+    check(payload)
     return START_BLOCK + payload + END_BLOCK + CARRIAGE_RETURN
+
+
+def pieces(payload: bytes, size: int) -> list[bytes | memoryview]:
+    """The frame of a payload as pieces of about `size` bytes, to be written
+    one after another: a large message is sent without a framed copy of it
+    (the pieces between the blocks are views of the payload). A small one
+    is one piece. Raises ValueError as `encode` does."""
+    if len(payload) <= size:
+        return [encode(payload)]
+    check(payload)
+    view = memoryview(payload)
+    return [START_BLOCK, *(view[i : i + size] for i in range(0, len(view), size)), END_BLOCK + CARRIAGE_RETURN]
 
 
 class Decoder:

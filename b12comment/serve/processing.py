@@ -36,7 +36,7 @@ from b12comment.core.context import extract, keys
 from b12comment.core.decision import CONTEXT_UNAVAILABLE, INTERNAL_ERROR
 from b12comment.core.engine import process
 from b12comment.serve.aio import wait_event
-from b12comment.serve.journal import JournalError, JournalFault, Processed, Row
+from b12comment.serve.journal import JournalError, JournalFault, Processed, Row, batch_full
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
 
@@ -178,22 +178,25 @@ class Processor:
                     unavailable(self.log, "processing", exc)
                     await wait_event(stop, self.poll_s)
                     continue
-                drained = len(rows) < self.batch
-                while rows and not stop.is_set():
-                    done, holds, consumed, store_error = await loop.run_in_executor(
-                        self._executor, self._process_rows, rows
-                    )
-                    if store_error:
-                        self.log.error("context_unavailable", stage="processing", error=store_error)
-                    if not await self._record(done, holds):
-                        await wait_event(stop, self.poll_s)
-                        break
-                    rows = rows[consumed:]
+                drained = not batch_full(rows, self.batch)  # (a large message makes a batch of its own)
+                await self._process_all(loop, rows, stop)
+                del rows  # a large message is not held while waiting for the next
                 if drained:
                     await wait_event(self.wake, self._next_wait())
                     await wait_event(stop, self.linger_s)
         finally:
             self._executor.shutdown(wait=False)
+
+    async def _process_all(self, loop, rows: list[Row], stop: asyncio.Event) -> None:
+        """Process and record rows, a batch at a time (see _process_rows)."""
+        while rows and not stop.is_set():
+            done, holds, consumed, store_error = await loop.run_in_executor(self._executor, self._process_rows, rows)
+            if store_error:
+                self.log.error("context_unavailable", stage="processing", error=store_error)
+            if not await self._record(done, holds):
+                await wait_event(stop, self.poll_s)
+                return
+            rows = rows[consumed:]
 
     async def _record(self, done: list, holds: list[tuple[int, float]]) -> bool:
         """Journal the holds, then what was decided (a released message with
@@ -202,7 +205,10 @@ class Processor:
             if holds:
                 await self.journal.hold_many(holds)
             if done:
-                results = [Processed(r.id, out, f["commented"], f["reasons"]) for r, out, f, _, _ in done]
+                results = [
+                    Processed(r.id, None if out is r.raw else out, f["commented"], f["reasons"])
+                    for r, out, f, _, _ in done
+                ]
                 await self.journal.mark_processed_many(results)
         except JournalError as exc:
             unavailable(self.log, "processing", exc)

@@ -47,6 +47,7 @@ from b12comment.serve.journal_guard import (
 )
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.listener import Intake, Listener
+from b12comment.serve.malloc import return_large_blocks
 from b12comment.serve.metrics import Metrics, MetricsServer
 from b12comment.serve.processing import ContextStage, Processor, open_context, unavailable
 from b12comment.serve.queue_cli import export_messages
@@ -371,6 +372,7 @@ def run_serve(config: Config) -> int:
     """Entry point for `b12comment serve`: returns the exit code."""
     lg = config.logging
     logs.configure(lg.level, lg.format, lg.patient_data)
+    return_large_blocks()  # a large message's memory is given back once it is done with
     try:
         return asyncio.run(serve(config))
     except StartupError as exc:
