@@ -7,8 +7,9 @@ from __future__ import annotations
 import random
 import re
 
+from paths import corpus_files, sample_files
+
 from b12comment.replay.inputs import iter_pieces
-from tests.paths import corpus_files, sample_files
 
 _BOUNDARY = re.compile(rb"[\r\n]([\xef\xbb\xbf \t\x00]*(MSH|FHS|BHS|BTS|FTS))")
 _FIRST = re.compile(rb"[\xef\xbb\xbf \t\x00]*(MSH|FHS|BHS|BTS|FTS)")

@@ -101,7 +101,9 @@ def load_key(path: str | Path) -> bytes:
 class ContextStore:
     """Rows in, a `Context` out. `path` ":memory:" keeps it in memory (preview)."""
 
-    def __init__(self, path: str | Path, key: bytes):
+    def __init__(self, path: str | Path, key: bytes, *, durable: bool = True):
+        """`durable=False`: no fsync at all (replay's temporary store, deleted
+        after the run, made again by a new one)."""
         self.path = str(path)
         self._key = key
         try:
@@ -113,7 +115,7 @@ class ContextStore:
                 os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA synchronous=NORMAL" if durable else "PRAGMA synchronous=OFF")
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise ContextError(f"cannot open the context store {self.path}: {exc}") from None
@@ -308,6 +310,10 @@ class ContextStore:
     def contradictions(self) -> list[tuple[str, str, str, float]]:
         """(comment's control ID, contradicting control ID, why, when), oldest first."""
         return self._run("SELECT comment_control_id, control_id, why, found_at FROM contradictions ORDER BY found_at")
+
+    def has(self, seq: int) -> bool:
+        """Whether message `seq` has rows in the store."""
+        return bool(self._run("SELECT 1 FROM results WHERE seq = ? LIMIT 1", (seq,)))
 
     def count(self) -> int:
         return self._run("SELECT COUNT(*) FROM results")[0][0]

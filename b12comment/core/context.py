@@ -31,6 +31,7 @@ from b12comment.core.facts import MAX_SEGMENTS, _cheap_observation, match_b12
 from b12comment.core.rule import ABNORMAL, NORMAL, UNKNOWN, judge_value
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.segments import (
+    DEFAULT_DELIMITERS,
     Malformed,
     component,
     field_of,
@@ -102,17 +103,21 @@ class Context:
     lookback_days: float = 30.0
 
 
-def extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> Extract | None:
+def extract(
+    message: bytes, rule: RuleConfig, lookback_days: float = 30.0, *, skip_adults: bool = True
+) -> Extract | None:
     """The store's rows for one result message; None for what is not one
     (unreadable, or a message type the rule does not look at). A patient who
     was certainly an adult `lookback_days` before the message's collection
-    can never get the comment, so their results are not needed: no rows.
+    can never get the comment, so their results are not needed: no rows
+    (`skip_adults=False`: rows for every patient, as replay keeps them for the
+    identifiers it knows a child's B12 shares).
     A message of more than MAX_SEGMENTS segments is not read: its rows are
     one result that cannot be judged per requisition (`not_read`), which
     vetoes a comment of its patient and requisitions, never makes one.
     Total: never raises."""
     try:
-        return _extract(message, rule, lookback_days)
+        return _extract(message, rule, lookback_days, skip_adults)
     except Exception:
         return None
 
@@ -154,7 +159,7 @@ def _segment_at(message: bytes, start: int) -> bytes:
     return message[start : min(ends) if ends else len(message)]
 
 
-def _extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> Extract | None:
+def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults: bool) -> Extract | None:
     try:
         header = read_header(message)
     except Malformed:
@@ -164,7 +169,7 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float = 30.0) -> E
     if f"{header.message_code.upper()}^{header.trigger_event.upper()}" not in rule.message_types:
         return None
     d = header.delimiters
-    if _certainly_adult(message, header, rule, lookback_days):
+    if skip_adults and _certainly_adult(message, header, rule, lookback_days):
         return Extract(header.control_id, ())
     if segment_count(message) > MAX_SEGMENTS:
         return _not_read(message, header.control_id, rule)
@@ -333,6 +338,77 @@ def keys(message: bytes, rule: RuleConfig) -> Keys | None:
         return Keys(frozenset(patients), frozenset(requisitions))
     except Exception:
         return None
+
+
+_DEFAULT_MSH = b"MSH|^~\\&"  # the usual encoding characters (a fifth, truncation, changes no key)
+_KEY_LINES = (b"\rPID", b"\rORC", b"\rOBR")
+_PID, _ORC, _OBR = range(3)
+
+
+def possible_keys(message: bytes) -> tuple[bytes, ...] | None:
+    """Every raw key `extract(..., skip_adults=False)` could give the
+    message's rows, under any rule: each PID-3 identifier with its assigning
+    authority and each order's requisition (no message type is checked, so
+    it can be more, never fewer). Found by byte searches for the PID, ORC and
+    OBR lines where the message has the usual encoding characters and only CR
+    line ends, else by reading its segments as `extract` does. () for a
+    message `extract` cannot read; None if the keys could not be found (the
+    caller must then assume any)."""
+    try:
+        if message.startswith(_DEFAULT_MSH) and b"\n" not in message:
+            return _keys_by_search(message)
+        return _keys_by_segments(message)
+    except Exception:
+        return None
+
+
+def _keys_by_search(message: bytes) -> tuple[bytes, ...]:
+    d = DEFAULT_DELIMITERS
+    lines = []
+    for kind, needle in enumerate(_KEY_LINES):
+        i = message.find(needle)
+        while i != -1:
+            lines.append((i + 1, kind))
+            i = message.find(needle, i + 4)
+    lines.sort()
+    found: dict[bytes, None] = {}
+    orc4 = b""
+    for start, kind in lines:
+        end = message.find(b"\r", start)
+        line = message[start:end] if end != -1 else message[start:]
+        if kind == _PID:
+            found.update(dict.fromkeys(_patient_keys(line.split(b"|", 4), d)))
+            orc4 = b""
+        elif kind == _ORC:
+            orc4 = _first_rep(field_of(line.split(b"|", 5), 4), d).strip()
+        else:
+            requisition = _requisition(orc4, line.split(b"|", 4), d)
+            if requisition:
+                found[requisition] = None
+    return tuple(found)
+
+
+def _keys_by_segments(message: bytes) -> tuple[bytes, ...]:
+    try:
+        header = read_header(message)
+    except Malformed:
+        return ()
+    d = header.delimiters
+    if not d.valid:
+        return ()
+    found: dict[bytes, None] = {}
+    orc4 = b""
+    for seg in split_segments(message, header.start):
+        if seg.name == b"PID":
+            found.update(dict.fromkeys(_patient_keys(segment_fields(message, seg, d), d)))
+            orc4 = b""
+        elif seg.name == b"ORC":
+            orc4 = _first_rep(field_of(segment_fields(message, seg, d), 4), d).strip()
+        elif seg.name == b"OBR":
+            requisition = _requisition(orc4, segment_fields(message, seg, d), d)
+            if requisition:
+                found[requisition] = None
+    return tuple(found)
 
 
 def _first_rep(raw: bytes, d) -> bytes:

@@ -1,17 +1,42 @@
 """Replay with the context: a first pass over the whole input builds it.
 
 An archive holds the patient's earlier and later messages, so before any
-message is decided, the input is read once and the rows of every message
-of a patient who could be a child go into a temporary context store on disk (a SQLite file beside the resume
-record, or the journal with --forward): memory stays flat for an archive of
-any size. Then every message is decided with that store, from any number of
+message is decided, the input is read and the rows that can matter go into
+a temporary context store on disk (a SQLite file beside the resume record,
+or the journal with --forward): memory stays flat for an archive of any
+size. Then every message is decided with that store, from any number of
 worker processes (readers only), so a B12 is vetoed by an abnormal result of
 the same patient that comes later in the archive too (within the window, by
 collection time).
 
+Which rows can matter: a message's context is looked up only when the
+message alone would get the comment, so it holds a B12 code (the engine's
+own byte pre-check): such a message is a *candidate*. Its context is the
+rows of the other messages that share one of its keys (a PID-3 identifier
+with its authority, or a requisition). So:
+
+1. The first pass reads every result message's keys (`possible_keys`: byte
+   searches, no result read) and writes them, hashed, with the message's
+   place and whether it is a candidate, to a scratch file; three bit sets
+   (keys seen, seen twice, a candidate's) mark the keys that may be shared
+   with a candidate.
+2. Reading the scratch file, those keys are counted exactly: a key of a
+   candidate found in two messages or more is *shared*, and each message
+   with a shared key is *kept*.
+3. Only the files that hold a kept message are read again, and only the
+   kept messages' rows go into the store, of every patient whatever the
+   birth date says (a patient is their identifiers).
+4. Deciding, a message that would get the comment is decided again with
+   its context only if its rows are in the store: if they are not, no
+   other message shares a key with it and its context would be empty.
+
+A 64-bit hash stands for a key: two keys with one hash only make more
+messages kept, never fewer. A message whose keys cannot be found makes the
+run keep every message's rows.
+
 The store's key is made for the run and lives only in memory and in the
-jobs given to the workers; the file is deleted when the run ends. A resumed
-run makes its first pass again.
+jobs given to the workers; the store and the scratch file are deleted when
+the run ends. A resumed run makes its passes again.
 """
 
 from __future__ import annotations
@@ -19,17 +44,22 @@ from __future__ import annotations
 import contextlib
 import secrets
 import zlib
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from b12comment.context import ContextStore, Outcome, decide
-from b12comment.core.context import extract
+from b12comment.context import ContextStore, Outcome
+from b12comment.core.context import extract, possible_keys
+from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
-from b12comment.replay.inputs import open_input, read_pieces
+from b12comment.replay.inputs import is_gzip, open_input, read_pieces
 from b12comment.replay.resume import CONTEXT_NAME
 
 NAME = CONTEXT_NAME
 COMMIT_EVERY = 2000
+CANDIDATE = 1 << 62  # flag beside a message's place in the scratch file
+_RECORDS = 1 << 16  # (hash, place) pairs buffered before they are written
 
 
 @dataclass(frozen=True)
@@ -47,32 +77,158 @@ def seq(file_index: int, position: int) -> int:
     return ((file_index + 1) << 32) | position
 
 
-def build(path: Path, files: list[str], rule: RuleConfig, mode: str, lookback_days: float) -> ReplayContext:
-    """The first pass: one read of the input, the rows of every message into
-    a new store at `path`. An adult's message gives no rows (its results can
-    veto nothing) and costs a byte search; a child's is read in full. A file
-    that cannot be read is skipped here (the second pass reports it)."""
+def build(
+    path: Path,
+    files: list[str],
+    rules: Iterable[RuleConfig],
+    mode: str,
+    lookback_days: float,
+    *,
+    every_message: bool = False,
+) -> ReplayContext:
+    """The passes that fill a new store at `path` for deciding with `rules`
+    (the rule, and the old rule of --compare-config; the rows are the first
+    rule's, as in serve). `every_message`: keep every message's rows (what
+    the narrowing must decide the same as; tests compare the two). A file
+    that cannot be read is skipped here (the deciding pass reports it)."""
+    rules = list(rules)
     remove(path)
     key = secrets.token_bytes(32)
-    store = ContextStore(path, key)
+    store = ContextStore(path, key, durable=False)
+    scratch = Path(f"{path}-keys")
     try:
+        kept = None if every_message else _kept(files, rules, scratch)
         count = 0
-        for index, position, message in _messages(files):
-            ex = extract(message, rule, lookback_days)
+        for index, position, message in _messages(files, None if kept is None else {s >> 32 for s in kept}):
+            s = seq(index, position)
+            if kept is not None and s not in kept:
+                continue
+            ex = extract(message, rules[0], lookback_days, skip_adults=False)
             if ex is not None and ex.rows:
-                store.add(seq(index, position), ex, now=0.0)
+                store.add(s, ex, now=0.0)
                 count += 1
                 if count % COMMIT_EVERY == 0:
                     store.commit()
         store.commit()
     finally:
         store.close()
+        with contextlib.suppress(FileNotFoundError):
+            scratch.unlink()
     return ReplayContext(str(path), key, mode, lookback_days)
 
 
-def _messages(files: list[str]):
-    """(file index, position, message) of every message of every readable file."""
+def _bits_for(files: list[str]) -> int:
+    """log2 of the bit sets' size: 8 bits per 256 bytes of input (a gzip
+    file counted 8 times its size; a message of 1.6 KB has two or three
+    keys, so about 20 bits a key), from 64 Kbit to 128 Mbit (16 MB)."""
+    size = 0
+    for f in files:
+        with contextlib.suppress(OSError):
+            size += Path(f).stat().st_size * (8 if is_gzip(f) else 1)
+    return min(max((size // 256 * 8).bit_length(), 16), 27)
+
+
+def _result_line(rules: list[RuleConfig]):
+    """A test that is true for every message whose type one of the rules
+    looks at (and for some others): its MSH line, upper-cased, holds the
+    message code."""
+    codes = tuple(dict.fromkeys(t.split("^", 1)[0].strip().upper() for rule in rules for t in rule.message_types))
+
+    def may_be(message: bytes) -> bool:
+        end = message.find(b"\r")
+        if end == -1:
+            end = len(message)
+        lf = message.find(b"\n", 0, end)
+        line = message[: end if lf == -1 else lf].decode("latin-1").upper()
+        return any(code in line for code in codes)
+
+    return may_be
+
+
+def _kept(files: list[str], rules: list[RuleConfig], scratch: Path) -> set[int] | None:
+    """The places (seq) of the messages whose rows can matter; None if a
+    message's keys could not be found (then every message's rows are kept)."""
+    codes = tuple(dict.fromkeys(cm.code.encode("ascii") for rule in rules for cm in rule.codes))
+    may_be = _result_line(rules)
+    bits = _bits_for(files)
+    mask = (1 << bits) - 1
+    seen, shared, candidate = bytearray(1 << (bits - 3)), bytearray(1 << (bits - 3)), bytearray(1 << (bits - 3))
+    records = array("q")
+    with open(scratch, "wb") as out:
+        for index, position, message in _messages(files):
+            if not may_be(message):
+                continue
+            found = possible_keys(message)
+            if found is None:
+                return None
+            if not found:
+                continue
+            place = seq(index, position)
+            if any(code in message for code in codes):  # as the engine's pre-check
+                place |= CANDIDATE
+            for k in found:
+                h = hash(k)
+                a, b = h & mask, (h >> 32) & mask
+                ia, ma, ib, mb = a >> 3, 1 << (a & 7), b >> 3, 1 << (b & 7)
+                if seen[ia] & ma and seen[ib] & mb:
+                    shared[ia] |= ma
+                    shared[ib] |= mb
+                else:
+                    seen[ia] |= ma
+                    seen[ib] |= mb
+                if place & CANDIDATE:
+                    candidate[ia] |= ma
+                    candidate[ib] |= mb
+                records.append(h)
+                records.append(place)
+            if len(records) >= _RECORDS:
+                records.tofile(out)
+                del records[:]
+        records.tofile(out)
+    del seen
+
+    def maybe_shared(h: int) -> bool:
+        a, b = h & mask, (h >> 32) & mask
+        return bool(
+            shared[a >> 3] & (1 << (a & 7))
+            and shared[b >> 3] & (1 << (b & 7))
+            and candidate[a >> 3] & (1 << (a & 7))
+            and candidate[b >> 3] & (1 << (b & 7))
+        )
+
+    # The bit sets' "maybe", counted exactly: a candidate's key in two messages or more.
+    count: dict[int, int] = {}
+    has_candidate: set[int] = set()
+    for h, place in _read_records(scratch):
+        if maybe_shared(h):
+            count[h] = count.get(h, 0) + 1
+            if place & CANDIDATE:
+                has_candidate.add(h)
+    keys = {h for h in has_candidate if count[h] > 1}
+    del count, has_candidate
+    if not keys:
+        return set()
+    return {place & ~CANDIDATE for h, place in _read_records(scratch) if h in keys}
+
+
+def _read_records(scratch: Path) -> Iterator[tuple[int, int]]:
+    with open(scratch, "rb") as f:
+        while True:
+            block = array("q")
+            with contextlib.suppress(EOFError):  # the last, shorter block (fromfile keeps what it read)
+                block.fromfile(f, _RECORDS)
+            if not block:
+                return
+            it = iter(block)
+            yield from zip(it, it, strict=True)
+
+
+def _messages(files: list[str], only: set[int] | None = None) -> Iterator[tuple[int, int, bytes]]:
+    """(file index, position, message) of every message of every readable
+    file (`only`: of the files whose seq's high part is in it)."""
     for index, src in enumerate(files):
+        if only is not None and index + 1 not in only:
+            continue
         position = 0
         try:
             with open_input(src) as fin:
@@ -92,16 +248,21 @@ class Reader:
         self.store = ContextStore(ctx.path, ctx.key)
 
     def decide(self, file_index: int, position: int, message: bytes, rule: RuleConfig) -> Outcome:
-        return decide(
-            self.store,
-            seq(file_index, position),
-            message,
-            rule,
-            self.ctx.mode,
-            self.ctx.lookback_days,
-            record=False,
-            watch=False,
-        )
+        """process() with the context: the message alone, then, if that
+        gives the comment and the store holds the message's rows (another
+        message shares a key with it), again with what the store knows of its
+        requisition and patient."""
+        out, decision = process(message, rule)
+        if not decision.commented or self.ctx.mode == "message":
+            return Outcome(out, decision)
+        s = seq(file_index, position)
+        if not self.store.has(s):
+            return Outcome(out, decision)
+        ex = extract(message, rule, self.ctx.lookback_days, skip_adults=False)
+        if ex is None:
+            return Outcome(out, decision)
+        out, decision = process(message, rule, self.store.context(s, ex, self.ctx.mode, self.ctx.lookback_days))
+        return Outcome(out, decision)
 
     def close(self) -> None:
         self.store.close()

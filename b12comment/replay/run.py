@@ -503,7 +503,8 @@ def _first_pass(config: Config, pairs, folder: Path | None, opts: Options):
         try:
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
-            ctx = build_context(path, [str(src) for src, _ in pairs], config.rule, cx.mode, window)
+            rules = [config.rule] + ([opts.old_config.rule] if opts.old_config else [])
+            ctx = build_context(path, [str(src) for src, _ in pairs], rules, cx.mode, window)
         except (ContextError, OSError) as exc:
             remove_context(path)
             raise B12Error(f"replay: the context's first pass: {_describe(exc)}") from None
