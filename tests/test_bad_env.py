@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from service_helpers import (
     Serve,
     free_port,
     msa,
+    msh10,
     subprocess_env,
     wait_until,
     write_config,
@@ -601,3 +603,77 @@ def test_max_connections_above_the_soft_limit_raises_it_and_serves(tmp_path):
         proc.terminate()
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_out_of_file_descriptors_at_accept_pauses_logs_once_and_loses_nothing(tmp_path):
+    """The open-file limit lowered under a running serve (as when something
+    else in the process took the descriptors): accept() fails with EMFILE.
+    serve pauses accepting (retrying each second), says so in one line, not
+    one per retry, and once descriptors are free again serves the
+    connections that waited in the backlog: every message AA and delivered."""
+    import resource
+
+    from service_helpers import Downstream, frame
+
+    with Downstream() as down:
+        cfg = base_config(
+            tmp_path, listener=dict(max_connections=16), downstream=dict(url=down.url, retry_initial_s=0.05)
+        )
+        with Serve(cfg) as serve:
+            pid = serve.proc.pid
+            with MllpConnection(serve.port) as warm:  # the forwarder's connection is open from here on
+                assert msa(warm.send(oru("WARM")))[0] == "AA"
+            assert down.wait_for(1)
+            assert serve.wait_record("connection_closed")
+            time.sleep(0.3)  # the warm-up connection's descriptor is closed on serve's side
+            open_fds = len(os.listdir(f"/proc/{pid}/fd"))
+            limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+            held: list[MllpConnection] = []
+            waiting: list[tuple[MllpConnection, str]] = []
+            try:
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_fds + 3, limits[1]))
+                for i in range(6):  # these take the last descriptors, until one is not accepted
+                    conn = MllpConnection(serve.port, timeout=2)
+                    conn.send_raw(frame(oru(f"HELD{i}")))
+                    try:
+                        assert msa(conn.read_ack())[0] == "AA"
+                        held.append(conn)
+                    except TimeoutError:
+                        waiting.append((conn, f"HELD{i}"))
+                        break
+                assert waiting, "every connection was accepted: the limit did not bite"
+                for i in range(5):  # these wait in the listen backlog too
+                    conn = MllpConnection(serve.port, timeout=2)
+                    conn.send_raw(frame(oru(f"WAIT{i}")))
+                    waiting.append((conn, f"WAIT{i}"))
+                assert serve.wait_record("accept_paused", timeout=10), serve.stderr
+                time.sleep(3.5)  # asyncio retries each second: 3 more failed turns at least
+                assert len(serve.records("accept_paused")) == 1, "\n".join(serve.lines[-40:])
+                paused = serve.records("accept_paused")[0]
+                assert paused["level"] == "warning" and "Too many open files" in paused["error"], paused
+                for conn in held:  # their descriptors are free again: the backlog is served
+                    conn.close()
+                for conn, cid in waiting:  # each closed once answered, so the next one can be accepted
+                    conn.sock.settimeout(30)
+                    assert msa(conn.read_ack()) == ("AA", cid)
+                    conn.close()
+            finally:
+                for conn in held + [c for c, _ in waiting]:
+                    conn.close()
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+            assert serve.wait_record("accept_resumed", timeout=15), serve.stderr
+            resumed = serve.records("accept_resumed")[0]
+            assert resumed["paused_s"] >= 3 and resumed["retries"] >= 3, resumed
+            with MllpConnection(serve.port) as after:
+                assert msa(after.send(oru("AFTER")))[0] == "AA"
+            sent = ["WARM", *(f"HELD{i}" for i in range(len(held))), *(cid for _, cid in waiting), "AFTER"]
+            assert down.wait_for(len(sent)), serve.stderr
+            assert serve.stop() == 0
+    assert sorted({msh10(m) for m in down.received}) == sorted(sent)  # each AA delivered; nothing lost
+    assert len(serve.records("accept_paused")) == 1
+    assert "Traceback" not in serve.stderr
+    print(
+        f"EMFILE FIGURES paused {resumed['paused_s']} s, {resumed['retries']} retries, 1 line; "
+        f"{len(held)} served, {len(waiting)} waited in the backlog; {len(sent)} sent, AA and delivered"
+    )

@@ -64,6 +64,53 @@ class StartupError(B12Error):
     for a setting that can never work)."""
 
 
+class AcceptPauses:
+    """Out of file descriptors at accept() (EMFILE, ENFILE): asyncio takes the
+    listening socket out of the loop and tries again a second later, by
+    itself, and new connections wait in the kernel's listen backlog
+    meanwhile. This says so in one line when the pause starts
+    (`accept_paused`) and one when accept() has not failed for QUIET_S
+    (`accept_resumed`, with how long it failed and on how many retries).
+
+    Each retry reports many failures: asyncio's accept loop (3.11) goes on
+    calling accept() up to its backlog of 100 times in the turn that failed,
+    and Linux answers EMFILE while no descriptor is free even with no
+    connection waiting. They count as one retry, and are not logged."""
+
+    QUIET_S = 5.0
+
+    def __init__(self, log, clock=time.monotonic):
+        self.log, self.clock = log, clock
+        self.since: float | None = None
+        self.retries = 0
+        self._last = 0.0
+
+    def failed(self, exc: OSError, loop: asyncio.AbstractEventLoop) -> None:
+        now = self.clock()
+        if self.since is None:
+            self.since, self.retries = now, 0
+            self.log.warning(
+                "accept_paused",
+                error=describe_error(exc),
+                consequence="new connections wait in the listen backlog; accepting is retried every second "
+                f"until a file descriptor is free (accept_resumed once it has not failed for {self.QUIET_S:g} s)",
+            )
+            loop.call_later(self.QUIET_S, self._check, loop)
+        if now - self._last >= 0.5:  # a new turn of the event loop's retry
+            self.retries += 1
+        self._last = now
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.since is None:
+            return
+        quiet = self.clock() - self._last
+        if quiet < self.QUIET_S:
+            loop.call_later(self.QUIET_S - quiet, self._check, loop)
+            return
+        self.log.info("accept_resumed", paused_s=round(self._last - self.since + 1, 1), retries=self.retries)
+        self.since = None
+
+
 class Service:
     """All stages of serve, started and stopped together."""
 
@@ -84,6 +131,7 @@ class Service:
         self.context: ContextStage | None = None
         self.http_server: HttpServer | None = None
         self._tasks: list[asyncio.Task] = []
+        self.accept_pauses = AcceptPauses(self.log)
 
     async def start(self) -> None:
         self._check_open_files()
@@ -117,11 +165,11 @@ class Service:
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """asyncio's own errors. Out of file descriptors at accept(), asyncio
-        pauses accepting for a second by itself: one warning line (rate-limited)
-        instead of a traceback each time."""
+        pauses accepting for a second by itself: one line for the whole pause
+        (AcceptPauses) instead of a traceback for each failed accept()."""
         exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
-            self.log.warning("accept_paused", error=describe_error(exc), consequence="accepting again in 1 s")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            self.accept_pauses.failed(exc, loop)
             return
         loop.default_exception_handler(context)
 
