@@ -341,48 +341,55 @@ def keys(message: bytes, rule: RuleConfig) -> Keys | None:
 
 
 _DEFAULT_MSH = b"MSH|^~\\&"  # the usual encoding characters (a fifth, truncation, changes no key)
-_KEY_LINES = (b"\rPID", b"\rORC", b"\rOBR")
 _PID, _ORC, _OBR = range(3)
+_KEY_SEGMENTS_BY_NAME = {b"PID": _PID, b"ORC": _ORC, b"OBR": _OBR}
 
 
 def possible_keys(message: bytes) -> tuple[bytes, ...] | None:
     """Every raw key `extract(..., skip_adults=False)` could give the
     message's rows, under any rule: each PID-3 identifier with its assigning
     authority and each order's requisition (no message type is checked, so
-    it can be more, never fewer). Found by byte searches for the PID, ORC and
-    OBR lines where the message has the usual encoding characters and only CR
-    line ends, else by reading its segments as `extract` does. () for a
-    message `extract` cannot read; None if the keys could not be found (the
-    caller must then assume any)."""
+    it can be more, never fewer). Read from the PID, ORC and OBR lines alone
+    (a line's name is its first three bytes, as for `extract`), quickest
+    where the message has the usual encoding characters and only CR line
+    ends. () for a message `extract` cannot read; None if the keys could not
+    be found (the caller must then assume any)."""
     try:
         if message.startswith(_DEFAULT_MSH) and b"\n" not in message:
-            return _keys_by_search(message)
+            return _keys_by_lines(message)
         return _keys_by_segments(message)
     except Exception:
         return None
 
 
-def _keys_by_search(message: bytes) -> tuple[bytes, ...]:
-    d = DEFAULT_DELIMITERS
-    lines = []
-    for kind, needle in enumerate(_KEY_LINES):
-        i = message.find(needle)
-        while i != -1:
-            lines.append((i + 1, kind))
-            i = message.find(needle, i + 4)
-    lines.sort()
+def _keys_by_lines(message: bytes) -> tuple[bytes, ...]:
+    """possible_keys of a message with CR line ends and |^~\\& (the same as
+    _keys_by_segments gives it: a test holds them equal)."""
     found: dict[bytes, None] = {}
     orc4 = b""
-    for start, kind in lines:
-        end = message.find(b"\r", start)
-        line = message[start:end] if end != -1 else message[start:]
+    kind_of = _KEY_SEGMENTS_BY_NAME.get
+    for line in message.split(b"\r"):
+        kind = kind_of(line[:3])
+        if kind is None:
+            continue
         if kind == _PID:
-            found.update(dict.fromkeys(_patient_keys(line.split(b"|", 4), d)))
+            fields = line.split(b"|", 4)
+            pid3 = fields[3] if len(fields) > 3 else b""
+            if b"~" in pid3 or b"&" in pid3:
+                found.update(dict.fromkeys(_patient_keys(fields, DEFAULT_DELIMITERS)))
+            else:
+                parts = pid3.split(b"^", 4)
+                ident = parts[0].strip()
+                if ident:
+                    found[ident + b"\x00" + (parts[3].strip() if len(parts) > 3 else b"")] = None
             orc4 = b""
         elif kind == _ORC:
-            orc4 = _first_rep(field_of(line.split(b"|", 5), 4), d).strip()
+            fields = line.split(b"|", 5)
+            orc4 = fields[4].split(b"~", 1)[0].strip() if len(fields) > 4 else b""
+        elif orc4:
+            found[b"ORC-4\x00" + orc4] = None
         else:
-            requisition = _requisition(orc4, line.split(b"|", 4), d)
+            requisition = _requisition(b"", line.split(b"|", 4), DEFAULT_DELIMITERS)
             if requisition:
                 found[requisition] = None
     return tuple(found)

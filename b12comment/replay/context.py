@@ -120,7 +120,8 @@ def build(
 def _bits_for(files: list[str]) -> int:
     """log2 of the bit sets' size: 8 bits per 256 bytes of input (a gzip
     file counted 8 times its size; a message of 1.6 KB has two or three
-    keys, so about 20 bits a key), from 64 Kbit to 128 Mbit (16 MB)."""
+    keys, so about 20 bits a key, and a set about 5% full), from 64 Kbit to
+    128 Mbit (16 MB)."""
     size = 0
     for f in files:
         with contextlib.suppress(OSError):
@@ -152,8 +153,12 @@ def _kept(files: list[str], rules: list[RuleConfig], scratch: Path) -> set[int] 
     may_be = _result_line(rules)
     bits = _bits_for(files)
     mask = (1 << bits) - 1
+    # One bit a key (the low bits of its hash) in each set: "maybe" for about
+    # as many unseen keys as the set has bits set, counted exactly below.
     seen, shared, candidate = bytearray(1 << (bits - 3)), bytearray(1 << (bits - 3)), bytearray(1 << (bits - 3))
+    bit = [1 << i for i in range(8)]
     records = array("q")
+    append = records.append
     with open(scratch, "wb") as out:
         for index, position, message in _messages(files):
             if not may_be(message):
@@ -164,43 +169,33 @@ def _kept(files: list[str], rules: list[RuleConfig], scratch: Path) -> set[int] 
             if not found:
                 continue
             place = seq(index, position)
-            if any(code in message for code in codes):  # as the engine's pre-check
+            is_candidate = any(code in message for code in codes)  # as the engine's pre-check
+            if is_candidate:
                 place |= CANDIDATE
             for k in found:
                 h = hash(k)
-                a, b = h & mask, (h >> 32) & mask
-                ia, ma, ib, mb = a >> 3, 1 << (a & 7), b >> 3, 1 << (b & 7)
-                if seen[ia] & ma and seen[ib] & mb:
-                    shared[ia] |= ma
-                    shared[ib] |= mb
+                i = (h & mask) >> 3
+                m = bit[h & 7]
+                if seen[i] & m:
+                    shared[i] |= m
                 else:
-                    seen[ia] |= ma
-                    seen[ib] |= mb
-                if place & CANDIDATE:
-                    candidate[ia] |= ma
-                    candidate[ib] |= mb
-                records.append(h)
-                records.append(place)
+                    seen[i] |= m
+                if is_candidate:
+                    candidate[i] |= m
+                append(h)
+                append(place)
             if len(records) >= _RECORDS:
                 records.tofile(out)
                 del records[:]
         records.tofile(out)
     del seen
 
-    def maybe_shared(h: int) -> bool:
-        a, b = h & mask, (h >> 32) & mask
-        return bool(
-            shared[a >> 3] & (1 << (a & 7))
-            and shared[b >> 3] & (1 << (b & 7))
-            and candidate[a >> 3] & (1 << (a & 7))
-            and candidate[b >> 3] & (1 << (b & 7))
-        )
-
     # The bit sets' "maybe", counted exactly: a candidate's key in two messages or more.
     count: dict[int, int] = {}
     has_candidate: set[int] = set()
     for h, place in _read_records(scratch):
-        if maybe_shared(h):
+        i, m = (h & mask) >> 3, bit[h & 7]
+        if shared[i] & m and candidate[i] & m:
             count[h] = count.get(h, 0) + 1
             if place & CANDIDATE:
                 has_candidate.add(h)
