@@ -233,3 +233,24 @@ def test_possible_keys_hold_every_key_of_the_rows():
 def test_seq_orders_files_then_positions():
     assert seq(0, 1) < seq(0, 2) < seq(1, 1)
     assert seq(3, 7) >> 32 == 4
+
+
+def test_the_scratch_file_holds_no_identifier_is_private_and_is_removed(tmp_path, monkeypatch):
+    from b12comment.replay import context as replay_context
+
+    src = tmp_path / "crafted.hl7"
+    src.write_bytes(b"".join(crafted()))
+    for seed in ("random", "0"):  # PYTHONHASHSEED fixed: the hash is keyed with the run's key instead
+        monkeypatch.setenv("PYTHONHASHSEED", seed)
+        hash_of = replay_context._key_hash(b"k" * 32)
+        assert (hash_of is hash) is (seed == "random")
+        scratch = tmp_path / f"scratch-{seed}"
+        kept = replay_context._kept([str(src)], [RULE], scratch, hash_of)
+        assert kept  # the crafted patients share keys
+        data = scratch.read_bytes()
+        assert len(data) > 0 and oct(scratch.stat().st_mode & 0o777) == "0o600"
+        for ident in (b"0303039999", b"0808089999", b"REQ-A", b"SHARED", b"CPR"):
+            assert ident not in data
+        found, _, _ = assert_same(tmp_path / seed, [str(src)])
+        assert "CHILD-B12" in vetoed(found)
+        assert not [p for p in (tmp_path / seed).iterdir() if p.name.endswith("-keys")]  # the scratch file removed

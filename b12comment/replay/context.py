@@ -30,9 +30,11 @@ with its authority, or a requisition). So:
    its context only if its rows are in the store: if they are not, no
    other message shares a key with it and its context would be empty.
 
-A 64-bit hash stands for a key: two keys with one hash only make more
-messages kept, never fewer. A message whose keys cannot be found makes the
-run keep every message's rows.
+A 64-bit keyed hash stands for a key (Python's own string hash, keyed at
+random per process; blake2b with the run's key when PYTHONHASHSEED fixes
+that hash): two keys with one hash only make more messages kept, never
+fewer, and the scratch file (mode 0600) holds no identifier. A message
+whose keys cannot be found makes the run keep every message's rows.
 
 The store's key is made for the run and lives only in memory and in the
 jobs given to the workers; the store and the scratch file are deleted when
@@ -42,10 +44,12 @@ the run ends. A resumed run makes its passes again.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import secrets
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,9 +99,9 @@ def build(
     remove(path)
     key = secrets.token_bytes(32)
     store = ContextStore(path, key, durable=False)
-    scratch = Path(f"{path}-keys")
+    scratch = Path(f"{path}-keys")  # the first pass's (hash, place) pairs
     try:
-        kept = None if every_message else _kept(files, rules, scratch)
+        kept = None if every_message else _kept(files, rules, scratch, _key_hash(key))
         count = 0
         for index, position, message in _messages(files, None if kept is None else {s >> 32 for s in kept}):
             s = seq(index, position)
@@ -146,7 +150,19 @@ def _result_line(rules: list[RuleConfig]):
     return may_be
 
 
-def _kept(files: list[str], rules: list[RuleConfig], scratch: Path) -> set[int] | None:
+def _key_hash(key: bytes) -> Callable[[bytes], int]:
+    """A 64-bit hash keyed with a secret: Python's hash() (SipHash, keyed at
+    random per process) unless PYTHONHASHSEED makes that key known."""
+    if os.environ.get("PYTHONHASHSEED", "random") == "random":
+        return hash
+
+    def keyed(k: bytes) -> int:
+        return int.from_bytes(hashlib.blake2b(k, digest_size=8, key=key).digest(), "little", signed=True)
+
+    return keyed
+
+
+def _kept(files: list[str], rules: list[RuleConfig], scratch: Path, hash_of=hash) -> set[int] | None:
     """The places (seq) of the messages whose rows can matter; None if a
     message's keys could not be found (then every message's rows are kept)."""
     codes = tuple(dict.fromkeys(cm.code.encode("ascii") for rule in rules for cm in rule.codes))
@@ -159,7 +175,7 @@ def _kept(files: list[str], rules: list[RuleConfig], scratch: Path) -> set[int] 
     bit = [1 << i for i in range(8)]
     records = array("q")
     append = records.append
-    with open(scratch, "wb") as out:
+    with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
         for index, position, message in _messages(files):
             if not may_be(message):
                 continue
@@ -173,7 +189,7 @@ def _kept(files: list[str], rules: list[RuleConfig], scratch: Path) -> set[int] 
             if is_candidate:
                 place |= CANDIDATE
             for k in found:
-                h = hash(k)
+                h = hash_of(k)
                 i = (h & mask) >> 3
                 m = bit[h & 7]
                 if seen[i] & m:
@@ -264,6 +280,6 @@ class Reader:
 
 
 def remove(path: Path) -> None:
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-keys")):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()

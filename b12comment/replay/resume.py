@@ -29,7 +29,7 @@ RESUME_NAME = ".b12comment-resume.jsonl"
 LOCK_NAME = ".b12comment-replay.lock"
 CONTEXT_NAME = ".b12comment-context.sqlite3"  # the first pass's store (replay/context.py)
 OWN_FILES = frozenset(
-    {RESUME_NAME, LOCK_NAME, CONTEXT_NAME, CONTEXT_NAME + "-wal", CONTEXT_NAME + "-shm"}
+    {RESUME_NAME, LOCK_NAME, CONTEXT_NAME, CONTEXT_NAME + "-wal", CONTEXT_NAME + "-shm", CONTEXT_NAME + "-keys"}
 )  # never read as inputs
 
 
