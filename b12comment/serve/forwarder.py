@@ -230,8 +230,10 @@ class MllpTransport:
             assert writer is not None  # connected above
             self._answered, self._others = 0, []
             try:
-                await asyncio.wait_for(self._write(writer, frame), self.timeout_s)
-                return await asyncio.wait_for(self._await_ack(row.control_id), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):
+                    await self._write(writer, frame)
+                async with asyncio.timeout(self.timeout_s):
+                    return await self._await_ack(row.control_id)
             except TimeoutError:
                 await self.close()
                 if self._others:
@@ -256,15 +258,14 @@ class MllpTransport:
         the transport's buffer holds about one piece, never a whole large message."""
         for piece in pieces:
             writer.write(piece)
-            await writer.drain()
+            if writer.transport.get_write_buffer_size():  # not all sent at once
+                await writer.drain()
 
     async def _connect(self) -> None:
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(
+        async with asyncio.timeout(self.timeout_s):
+            self._reader, self._writer = await asyncio.open_connection(
                 self.host, self.port, ssl=self.ssl_context, server_hostname=self.host if self.ssl_context else None
-            ),
-            self.timeout_s,
-        )
+            )
         self._decoder = mllp.Decoder(self.max_ack_bytes)
 
     async def _await_ack(self, control_id: str) -> Outcome:
@@ -298,7 +299,8 @@ class MllpTransport:
         if writer is not None:
             writer.close()
             with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
-                await asyncio.wait_for(writer.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await writer.wait_closed()
 
 
 def transport_for(ds: DownstreamConfig):
@@ -338,6 +340,8 @@ class Forwarder:
         self.metrics, self.log, self.wake, self.poll_s = metrics, log, wake, poll_s
         self.batch = batch
         self._failures = 0
+        self._current: asyncio.Future | None = None  # the delivery in flight
+        self._watcher: asyncio.Future | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -358,27 +362,36 @@ class Forwarder:
                         self.log.error("journal_unavailable", stage="forwarder", error=str(exc))
                     await wait_event(stop, self.ds.retry_initial_s)
         finally:
+            if self._watcher is not None:
+                self._watcher.cancel()
             await self.transport.close()
 
     async def _until_stopped(self, delivery: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
         """Run a delivery, abandoned at once when serve stops (None then): the
-        message stays in the journal and is sent again after the restart."""
+        message stays in the journal and is sent again after the restart.
+        (One watcher per run cancels the delivery in flight when `stop` is
+        set: no task per message to wait for `stop`.)"""
         if stop.is_set():
             delivery.close()
             return None
-        task = asyncio.ensure_future(delivery)
-        stopped = asyncio.ensure_future(stop.wait())
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.ensure_future(self._cancel_on_stop(stop))
+        task = self._current = asyncio.ensure_future(delivery)
         try:
-            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            return await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if not (task.cancelled() and stop.is_set()) or (me is not None and me.cancelling()):
+                raise  # not the stop's doing: the forwarder itself is cancelled
         finally:
-            stopped.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+            self._current = None
         await self.transport.close()
         return None
+
+    async def _cancel_on_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        if self._current is not None:
+            self._current.cancel()
 
     async def _write_down(self, what: str, rows: list[Row], write, stop: asyncio.Event) -> bool:
         """Record the outcome of a delivery that happened: `write()` is retried,
