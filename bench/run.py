@@ -433,6 +433,11 @@ class Server:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port)
 
+    def cpu_s(self) -> float:
+        """User + system CPU time of the server process so far (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_kb(self) -> int:
         return tree_rss_kb(self.proc.pid)
 
@@ -579,6 +584,7 @@ def bench_serve(tmp: Path, n: int, rounds: int) -> None:
     seq: dict[str, list[float]] = {k: [] for k in servers}
     conc: dict[str, list[float]] = {k: [] for k in servers}
     lat: dict[str, list[float]] = {k: [] for k in servers}
+    cpu: dict[str, list[float]] = {k: [] for k in servers}  # CPU seconds per message, sequential phase
     ratio_delivery: list[float] = []
     try:
         for srv in servers.values():  # warm-up
@@ -587,6 +593,7 @@ def bench_serve(tmp: Path, n: int, rounds: int) -> None:
         for r in range(rounds):
             for name, srv in servers.items():
                 batch = tagged(messages, f"S{r}")
+                cpu_before = srv.cpu_s()
                 start = time.perf_counter()
                 send_sequential(srv.port, batch)
                 end = time.perf_counter()
@@ -595,6 +602,7 @@ def bench_serve(tmp: Path, n: int, rounds: int) -> None:
                     delivered += n
                     done = wait_until(lambda: read_count(sink_count), delivered)
                     ratio_delivery.append((end - start) / (done - start))
+                cpu[name].append((srv.cpu_s() - cpu_before) / n)  # serve: with its delivery downstream
             for name, srv in servers.items():
                 conc[name].append(send_concurrent(srv.port, tagged(messages, f"C{r}"), 8))
                 if name == "serve":
@@ -633,6 +641,13 @@ def bench_serve(tmp: Path, n: int, rounds: int) -> None:
         f"raw no-op {med['raw no-op']:,.0f} msg/s",
         f"{med['floor'] / med['raw no-op']:.2f}x raw no-op",
     )
+    for name in ("serve", "floor", "floor, writer thread", "raw no-op"):
+        row(
+            f"CPU per message, 1 sequential sender: {name}",
+            f"{statistics.median(cpu[name]) * 1e6:,.0f} µs",
+            f"floor {statistics.median(cpu['floor']) * 1e6:,.0f} µs",
+            f"{statistics.median(cpu[name]) / statistics.median(cpu['floor']):.1f}x floor",
+        )
     row(
         "durable floor with its commit on a writer thread, 1 sequential sender",
         f"{med['floor, writer thread']:,.0f} msg/s",

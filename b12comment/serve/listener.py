@@ -116,7 +116,8 @@ class Intake:
         self, stored: asyncio.Future[Receipt], payload: bytes, header: Header, peer: str, fields: dict
     ) -> Answer:
         try:
-            receipt = await asyncio.wait_for(asyncio.shield(stored), self.cfg.commit_timeout_s)
+            async with asyncio.timeout(self.cfg.commit_timeout_s):
+                receipt = await stored  # on time-out the future is cancelled; the journal thread skips it
         except (JournalError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 why = f"the journal did not commit it within {self.cfg.commit_timeout_s:g} s (commit_timeout_s)"
