@@ -53,6 +53,25 @@ def test_status_counts_and_oldest_undelivered(cfg):
     assert "undelivered: 1, oldest received 2023-11-14 22:13:20 UTC" in result.stdout
 
 
+def test_status_shows_the_held_messages_apart(cfg, tmp_path):
+    """A message held for the rest of its requisition is undelivered, but not
+    stuck: status says how many are held and when the next hold ends."""
+    j = Journal(tmp_path / "journal.sqlite3")
+    held = record(j, msg("HELD1"), "HELD1", now=1_700_000_100.0).id
+    j.hold_many([(held, 1_700_000_900.0)])
+    j.close()
+    result = queue(cfg, "status")
+    assert result.returncode == 0, result.stderr
+    assert "undelivered: 2, oldest received 2023-11-14 22:13:20 UTC" in result.stdout
+    assert "held: 1 (waiting for the rest of the requisition; the next hold ends 2023-11-14 22:28:20 UTC)" in (
+        result.stdout
+    )
+
+
+def test_status_without_holds_says_none_held(cfg):
+    assert "held: none" in queue(cfg, "status").stdout
+
+
 def test_dead_lists_control_ids_and_reasons_without_patient_data(cfg):
     result = queue(cfg, "dead")
     assert result.returncode == 0, result.stderr

@@ -119,6 +119,11 @@ def _status(journal: Journal) -> int:
         print("undelivered: none")
     else:
         print(f"undelivered: {waiting}, oldest received {_when(oldest)} ({_age(time.time() - oldest)} ago)")
+    holds = [until for _, until in journal.held()]
+    if not holds:
+        print("held: none")
+    else:
+        print(f"held: {len(holds)} (waiting for the rest of the requisition; the next hold ends {_when(min(holds))})")
     return EXIT_OK
 
 
