@@ -254,3 +254,16 @@ def test_the_scratch_file_holds_no_identifier_is_private_and_is_removed(tmp_path
         found, _, _ = assert_same(tmp_path / seed, [str(src)])
         assert "CHILD-B12" in vetoed(found)
         assert not [p for p in (tmp_path / seed).iterdir() if p.name.endswith("-keys")]  # the scratch file removed
+
+
+def test_the_type_test_of_the_first_pass_holds_every_type_the_engine_reads():
+    from b12comment.core.engine import process
+    from b12comment.replay.context import _result_line
+
+    rule = RuleConfig(message_types=("ORU^R01", "XSS^R01"))
+    may_be = _result_line([rule])
+    for msh9, reads in (("ORU^R01", True), ("oru^r01", True), ("X\xdf^R01", True), ("ADT^A01", False)):
+        message = build(msh9=msh9, encoding="latin-1")
+        assert process(message, rule)[1].reasons != ("not_oru",) or not reads
+        assert may_be(message) or not reads, msh9
+    assert not may_be(build(msh9="ADT^A01"))

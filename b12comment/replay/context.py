@@ -133,18 +133,25 @@ def _bits_for(files: list[str]) -> int:
     return min(max((size // 256 * 8).bit_length(), 16), 27)
 
 
-def _result_line(rules: list[RuleConfig]):
+def _result_line(rules: list[RuleConfig]) -> Callable[[bytes], bool]:
     """A test that is true for every message whose type one of the rules
     looks at (and for some others): its MSH line, upper-cased, holds the
-    message code."""
+    message code. Bytes are upper-cased as the engine's str.upper() does
+    for ASCII; a line with a byte that str.upper() makes ASCII of (latin-1
+    sharp s: SS), or a code that is not ASCII, is read as text."""
     codes = tuple(dict.fromkeys(t.split("^", 1)[0].strip().upper() for rule in rules for t in rule.message_types))
+    ascii_codes = tuple(c.encode("ascii") for c in codes) if all(c.isascii() for c in codes) else None
 
     def may_be(message: bytes) -> bool:
         end = message.find(b"\r")
         if end == -1:
             end = len(message)
         lf = message.find(b"\n", 0, end)
-        line = message[: end if lf == -1 else lf].decode("latin-1").upper()
+        raw = message[: end if lf == -1 else lf]
+        if ascii_codes is not None and b"\xdf" not in raw:
+            upper = raw.upper()
+            return any(code in upper for code in ascii_codes)
+        line = raw.decode("latin-1").upper()
         return any(code in line for code in codes)
 
     return may_be
