@@ -85,6 +85,9 @@ def crafted() -> list[bytes]:
         build(with_b12=False, others=(ALT_HIGH,), msh9="ORU^W01", patient_id="1414149999^^^CPR", orc4="R-N"),
         b12_message(patient_id="1414149999^^^CPR", orc4="R-O", control_id="B12-W01"),
         build(others=(Obx(),), patient_id="", placer="", filler="", control_id="B12-NOKEYS"),
+        # a child's B12 in an ORU^W01, which only the old rule reads, and the patient's ALT in an ORU^R01
+        build(msh9="ORU^W01", patient_id="1515159999^^^CPR", orc4="R-P", control_id="B12-W01-OLD"),
+        other_message(ALT_HIGH, patient_id="1515159999^^^CPR", birth="19700101", orc4="R-Q", control_id="ALT-P"),
     ]
 
 
@@ -196,6 +199,17 @@ def test_generated_archive_of_unique_patients_keeps_no_rows_and_decides_the_same
     found, full_rows, narrow_rows = assert_same(tmp_path, files)
     assert any(d.commented for _, _, _, d in found)
     assert full_rows > 500 and narrow_rows == 0  # every patient and requisition once: nothing can veto
+
+
+def test_the_old_rule_looks_up_what_only_it_reads(tmp_path):
+    """--compare-with: the old rule reads ORU^W01, the store's rows are the
+    new rule's; the W01 child's B12 is still decided with its patient's rows."""
+    src = tmp_path / "crafted.hl7"
+    src.write_bytes(b"".join(crafted()))
+    found, _, _ = assert_same(tmp_path, [str(src)], rules=(RULE, OLD_RULE))
+    old = [d for _, _, _, d in found if d.control_id == "B12-W01-OLD"]
+    assert len(old) == 2  # (the new rule: not a type it reads; the old rule: vetoed by the ALT)
+    assert old[0].reasons == ("not_oru",) and old[1].vetoed_by == ("ALT-P",)
 
 
 def test_requisition_mode_decides_the_same(tmp_path):

@@ -74,6 +74,7 @@ class ReplayContext:
     key: bytes
     mode: str
     lookback_days: float
+    rows_rule: RuleConfig | None = None  # the rule the store's rows were made with
 
 
 def seq(file_index: int, position: int) -> int:
@@ -118,7 +119,7 @@ def build(
         store.close()
         with contextlib.suppress(FileNotFoundError):
             scratch.unlink()
-    return ReplayContext(str(path), key, mode, lookback_days)
+    return ReplayContext(str(path), key, mode, lookback_days, rules[0])
 
 
 def _bits_for(files: list[str]) -> int:
@@ -269,13 +270,15 @@ class Reader:
         """process() with the context: the message alone, then, if that
         gives the comment and the store holds the message's rows (another
         message shares a key with it), again with what the store knows of its
-        requisition and patient."""
+        requisition and patient. Under another rule than the rows' (the old
+        rule of --compare-with), every message that gets the comment is
+        looked up: it may be one the rows' rule does not read."""
         out, decision = process(message, rule)
         if not decision.commented or self.ctx.mode == "message":
             return Outcome(out, decision)
         s = seq(file_index, position)
-        if not self.store.has(s):
-            return Outcome(out, decision)
+        if not self.store.has(s) and rule == self.ctx.rows_rule:
+            return Outcome(out, decision)  # (another rule may read a message the rows' rule does not)
         ex = extract(message, rule, self.ctx.lookback_days, skip_adults=False)
         if ex is None:
             return Outcome(out, decision)
