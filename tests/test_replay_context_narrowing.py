@@ -281,3 +281,17 @@ def test_the_type_test_of_the_first_pass_holds_every_type_the_engine_reads():
         assert process(message, rule)[1].reasons != ("not_oru",) or not reads
         assert may_be(message) or not reads, msh9
     assert not may_be(build(msh9="ADT^A01"))
+
+
+def test_a_process_opens_the_store_once_for_all_its_files(tmp_path):
+    from b12comment.replay.context import _READERS, close_readers, reader_for
+
+    src = tmp_path / "crafted.hl7"
+    src.write_bytes(b"".join(crafted()))
+    ctx = build_context(tmp_path / "store.sqlite3", [str(src)], [RULE], "patient", 30.0)
+    first = reader_for(ctx)
+    assert reader_for(ctx) is first and len(_READERS) == 1
+    assert first.decide(0, 2, crafted()[1], RULE).decision.vetoed_by == ("ADULT-ALT",)
+    close_readers()
+    assert not _READERS and reader_for(ctx) is not first
+    close_readers()

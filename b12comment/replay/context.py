@@ -289,6 +289,27 @@ class Reader:
         self.store.close()
 
 
+_READERS: dict[tuple[str, bytes], Reader] = {}
+
+
+def reader_for(ctx: ReplayContext) -> Reader:
+    """This process's reader of the store: opened once per process and run,
+    not once per file (an open costs about 0.4 ms, more than deciding a
+    message, and an archive often holds a message per file)."""
+    found = _READERS.get((ctx.path, ctx.key))
+    if found is None:
+        found = _READERS[(ctx.path, ctx.key)] = Reader(ctx)
+    return found
+
+
+def close_readers() -> None:
+    """Close this process's readers (the store is about to be removed)."""
+    while _READERS:
+        _, reader = _READERS.popitem()
+        with contextlib.suppress(Exception):
+            reader.close()
+
+
 def remove(path: Path) -> None:
     for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-keys")):
         with contextlib.suppress(FileNotFoundError):

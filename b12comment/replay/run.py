@@ -41,7 +41,7 @@ from b12comment.errors import EXIT_IO, EXIT_OK, B12Error, UsageError
 from b12comment.files import replace_durably, write_atomically
 from b12comment.logs import configure
 from b12comment.replay.context import NAME as CONTEXT_NAME
-from b12comment.replay.context import Reader, ReplayContext
+from b12comment.replay.context import Reader, ReplayContext, close_readers, reader_for
 from b12comment.replay.context import build as build_context
 from b12comment.replay.context import remove as remove_context
 from b12comment.replay.inputs import is_gzip, open_input, open_output, read_pieces
@@ -274,12 +274,11 @@ def replay_file(job: Job) -> Tally:
     _exit_if_orphaned()
     out: Output | None = None
     log: DecisionLog | None = None
-    reader: Reader | None = None
     try:
         if job.out_dir is not None:
             out = Output(Path(job.out_dir) / job.rel, is_gzip(job.src))
         log = DecisionLog(job.log_file, job.rel) if job.log_file else None
-        reader = Reader(job.context) if job.context is not None else None
+        reader = reader_for(job.context) if job.context is not None else None
         tally = _replay_pieces(job, out, log, reader)
         if log is not None:
             log.flush()
@@ -297,8 +296,6 @@ def replay_file(job: Job) -> Tally:
         if log is not None:
             with contextlib.suppress(WriteFailed, OSError):
                 log.close()
-        if reader is not None:
-            reader.close()
 
 
 def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None, reader: Reader | None = None) -> Tally:
@@ -511,6 +508,7 @@ def _first_pass(config: Config, pairs, folder: Path | None, opts: Options):
         try:
             yield ctx
         finally:
+            close_readers()  # (this process's, when the files were decided here)
             remove_context(path)
 
 
