@@ -295,3 +295,18 @@ def test_a_process_opens_the_store_once_for_all_its_files(tmp_path):
     close_readers()
     assert not _READERS and reader_for(ctx) is not first
     close_readers()
+
+
+@pytest.mark.parametrize("counted, kept", [(3, 10**9), (10**9, 3), (0, 0)])
+def test_past_the_memory_bounds_more_is_kept_and_decisions_stay_the_same(tmp_path, monkeypatch, counted, kept):
+    from b12comment.replay import context as replay_context
+
+    monkeypatch.setattr(replay_context, "MAX_COUNTED", counted)
+    monkeypatch.setattr(replay_context, "MAX_KEPT", kept)
+    gen = _generate()
+    files = _archive(gen, tmp_path / "children", 120, "children", 15)
+    src = tmp_path / "crafted.hl7"
+    src.write_bytes(b"".join(crafted()))
+    found, full_rows, narrow_rows = assert_same(tmp_path / "run", [str(src), *files])
+    assert narrow_rows == full_rows if kept <= 3 else narrow_rows <= full_rows
+    assert "CHILD-B12" in vetoed(found)

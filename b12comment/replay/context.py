@@ -22,7 +22,9 @@ with its authority, or a requisition). So:
    with a candidate.
 2. Reading the scratch file, those keys are counted exactly: a key of a
    candidate found in two messages or more is *shared*, and each message
-   with a shared key is *kept*.
+   with a shared key is *kept*. (Memory is bounded: past MAX_COUNTED keys
+   to count, the bit sets' maybes are taken as they are; past MAX_KEPT
+   messages to keep, every message's rows are kept.)
 3. Only the files that hold a kept message are read again, and only the
    kept messages' rows go into the store, of every patient whatever the
    birth date says (a patient is their identifiers).
@@ -64,6 +66,8 @@ NAME = CONTEXT_NAME
 COMMIT_EVERY = 2000
 CANDIDATE = 1 << 62  # flag beside a message's place in the scratch file
 _RECORDS = 1 << 16  # (hash, place) pairs buffered before they are written
+MAX_COUNTED = 300_000  # keys counted exactly (a dict entry each, about 100 bytes)
+MAX_KEPT = 500_000  # places of kept messages held (a set entry each, about 60 bytes)
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,8 @@ def _key_hash(key: bytes) -> Callable[[bytes], int]:
 
 def _kept(files: list[str], rules: list[RuleConfig], scratch: Path, hash_of=hash) -> set[int] | None:
     """The places (seq) of the messages whose rows can matter; None if a
-    message's keys could not be found (then every message's rows are kept)."""
+    message's keys could not be found or too many messages are kept (then
+    every message's rows are kept)."""
     codes = tuple(dict.fromkeys(cm.code.encode("ascii") for rule in rules for cm in rule.codes))
     may_be = _result_line(rules)
     bits = _bits_for(files)
@@ -214,20 +219,40 @@ def _kept(files: list[str], rules: list[RuleConfig], scratch: Path, hash_of=hash
         records.tofile(out)
     del seen
 
-    # The bit sets' "maybe", counted exactly: a candidate's key in two messages or more.
-    count: dict[int, int] = {}
+    # The bit sets' "maybe", counted exactly: a candidate's key in two messages
+    # or more. Memory is bounded: past MAX_COUNTED keys the maybes are taken
+    # as they are, past MAX_KEPT messages every message's rows are kept.
+    count: dict[int, int] | None = {}
     has_candidate: set[int] = set()
     for h, place in _read_records(scratch):
         i, m = (h & mask) >> 3, bit[h & 7]
-        if shared[i] & m and candidate[i] & m:
+        if count is not None and shared[i] & m and candidate[i] & m:
             count[h] = count.get(h, 0) + 1
             if place & CANDIDATE:
                 has_candidate.add(h)
-    keys = {h for h in has_candidate if count[h] > 1}
-    del count, has_candidate
-    if not keys:
-        return set()
-    return {place & ~CANDIDATE for h, place in _read_records(scratch) if h in keys}
+            if len(count) > MAX_COUNTED:
+                count = None
+                has_candidate.clear()
+                break
+    keys: set[int] | None = None
+    if count is not None:
+        keys = {h for h in has_candidate if count[h] > 1}
+        del count, has_candidate
+        if not keys:
+            return set()
+    kept: set[int] = set()
+    for h, place in _read_records(scratch):
+        if keys is not None:
+            if h not in keys:
+                continue
+        else:
+            i, m = (h & mask) >> 3, bit[h & 7]
+            if not (shared[i] & m and candidate[i] & m):
+                continue
+        kept.add(place & ~CANDIDATE)
+        if len(kept) > MAX_KEPT:
+            return None
+    return kept
 
 
 def _read_records(scratch: Path) -> Iterator[tuple[int, int]]:
