@@ -14,7 +14,7 @@ from builders import Obx, build
 from service_helpers import subprocess_env
 
 from b12comment.context import ContextError, ContextStore, decide, load_key
-from b12comment.core.context import Context, Extract, extract
+from b12comment.core.context import ADULT, NOT_READ, Context, extract
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
 
@@ -253,7 +253,8 @@ def test_a_message_too_large_to_read_vetoes_its_patients_comments_before_and_aft
     )
     assert store.count() == 2 + 1  # the B12 message's order and result, and one row for the huge one
     adult = huge(other_message(control_id="ADULT", birth="19700101"))
-    assert extract(adult, RULE) == Extract("ADULT", ())  # certainly an adult: nothing is needed
+    adult_ex = extract(adult, RULE)  # an adult's, too large to read (the birth date is not looked for): the same
+    assert adult_ex is not None and adult_ex.not_read and [r.analyte for r in adult_ex.rows] == [NOT_READ]
 
 
 def test_extract_keeps_no_name_or_birth_date():
@@ -399,7 +400,7 @@ def test_keys_are_those_of_the_extracted_rows():
 @pytest.mark.parametrize(
     "birth, kept",
     [
-        ("19800101", False),  # an adult: their results can veto nothing
+        ("19800101", False),  # an adult: their results are not read, one marker row instead
         ("20070101", True),  # 17 at collection
         ("20060101", True),  # 18 on 2024-01-01, so 17 at a B12 collected 30 days before
         ("20051201", False),  # 18 even 30 days before
@@ -410,7 +411,54 @@ def test_keys_are_those_of_the_extracted_rows():
 def test_rows_are_kept_for_every_patient_who_could_be_a_child_within_the_look_back(birth, kept):
     ex = extract(other_message(birth=birth, collected="20240110083000"), RULE, 30.0)
     assert ex is not None
-    assert bool(ex.rows) is kept
+    if kept:
+        assert {r.analyte for r in ex.rows} >= {"777-3"}
+    else:  # one result that cannot be judged per order, at the order's time, for the same keys
+        assert [(r.analyte, r.verdict, r.collected) for r in ex.rows] == [(ADULT, "unknown", "20240110083000")]
+        full = extract(other_message(birth=birth, collected="20240110083000"), RULE, 30.0, skip_adults=False)
+        assert full is not None
+        assert {(r.patient_keys, r.requisition_key) for r in ex.rows} == {
+            (r.patient_keys, r.requisition_key) for r in full.rows
+        }
+
+
+@pytest.mark.parametrize("result", [ALT_HIGH, NORMAL_PLATELETS], ids=["abnormal", "normal"])
+def test_a_child_b12_whose_identifier_an_adult_message_carried_gets_no_comment(result):
+    """The same PID-3 identifier, with an adult's birth date in an earlier
+    message: whose results are they? In doubt, no comment, whatever that
+    message's results say (they are not read: an adult's message is one
+    result that cannot be judged)."""
+    adult = other_message(result, control_id="ADULTMSG", orc4="REQ9", birth="19800101")
+    outcome = run([adult, b12_message()])
+    assert not outcome.decision.commented
+    assert outcome.decision.reasons == ("other_abnormal_recent",)
+    assert outcome.decision.vetoed_by == ("ADULTMSG",)
+
+
+def test_an_adult_message_of_another_identifier_does_not_veto():
+    adult = other_message(ALT_HIGH, control_id="ADULTMSG", orc4="REQ9", birth="19800101", patient_id="9999999999^^^CPR")
+    assert run([adult, b12_message()]).decision.commented
+
+
+def test_an_adult_message_after_the_comment_raises_no_review_alert():
+    """Its results are not read, so it says nothing against the comment."""
+    store = ContextStore(":memory:", KEY)
+    assert decide(store, 1, b12_message(), RULE, "patient", 30.0).decision.commented
+    later = other_message(ALT_HIGH, control_id="ADULTMSG", orc4="REQ9", birth="19800101", collected="20240111083000")
+    assert decide(store, 2, later, RULE, "patient", 30.0).contradicts == ()
+
+
+def test_results_the_store_cannot_read_take_a_comment_away(monkeypatch):
+    """extract() gives None for a message that process() commented (it never
+    should): without the message's rows the context was not looked up, so
+    the comment goes."""
+    import b12comment.context as shell
+
+    monkeypatch.setattr(shell, "extract", lambda *a, **k: None)
+    outcome = decide(ContextStore(":memory:", KEY), 1, b12_message(), RULE, "patient", 30.0)
+    assert not outcome.decision.commented
+    assert outcome.decision.reasons == ("context_unavailable",)
+    assert outcome.output == b12_message()
 
 
 def test_hold_gauges_are_in_the_metrics():

@@ -3,10 +3,10 @@ way every entry point decides a message with it (`decide`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from b12comment.core.context import ABNORMAL_VERDICTS, OBX, Extract, extract
-from b12comment.core.decision import Decision
+from b12comment.core.decision import CONTEXT_UNAVAILABLE, Decision
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
 
@@ -55,6 +55,9 @@ def decide(
         return Outcome(out, decision)  # (replay's second pass: nothing to keep, nothing to look up)
     ex = extract(message, rule, lookback_days)
     if ex is None:
+        if decision.commented:  # (extract reads what process() reads: it never should) no rows, no look-up
+            detail = "context: the message's results could not be read for the store"
+            return Outcome(message, replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,), detail=detail))
         return Outcome(out, decision)
     if record:
         store.add(seq, ex)

@@ -50,6 +50,13 @@ ABNORMAL_VERDICTS = (ABNORMAL,)
 # judged, so that no comment of the same patient or requisition relies on
 # the results it holds.
 NOT_READ = "(results not read: too many segments)"
+# The analyte of the one row per order kept for a message whose patient was
+# certainly an adult (by its own birth dates): its results are not read (they
+# can never get the comment themselves), but its identifiers are kept, as a
+# result that cannot be judged, at the order's time. A child's B12 under the
+# same identifier (a birth date that disagrees, a message filed under the
+# wrong patient) is then in doubt: no comment.
+ADULT = "(results not read: an adult by this message's birth date)"
 
 
 @dataclass(frozen=True)
@@ -109,9 +116,10 @@ def extract(
     """The store's rows for one result message; None for what is not one
     (unreadable, or a message type the rule does not look at). A patient who
     was certainly an adult `lookback_days` before the message's collection
-    can never get the comment, so their results are not needed: no rows
-    (`skip_adults=False`: rows for every patient, as replay keeps them for the
-    identifiers it knows a child's B12 shares).
+    can never get the comment, so their results are not read: one ADULT row
+    per order instead, a result that cannot be judged under the same keys
+    (`skip_adults=False`: the rows of every result, as replay keeps them for
+    the identifiers it knows a child's B12 shares).
     A message of more than MAX_SEGMENTS segments is not read: its rows are
     one result that cannot be judged per requisition (`not_read`), which
     vetoes a comment of its patient and requisitions, never makes one.
@@ -169,8 +177,6 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults
     if f"{header.message_code.upper()}^{header.trigger_event.upper()}" not in rule.message_types:
         return None
     d = header.delimiters
-    if skip_adults and _certainly_adult(message, header, rule, lookback_days):
-        return Extract(header.control_id, ())
     if segment_count(message) > MAX_SEGMENTS:
         return _not_read(message, header.control_id, rule)
     may_hold_b12 = any(cm.code.encode("ascii") in message for cm in rule.codes)  # as the engine's pre-check
@@ -185,9 +191,11 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults
     def text(raw: bytes) -> str:
         return raw.decode(codec).strip()
 
+    adult = skip_adults and _certainly_adult(message, header, rule, lookback_days)
+    wanted = (b"PID", b"ORC", b"OBR") if adult else (b"PID", b"ORC", b"OBR", b"SPM", b"OBX")
     for seg in split_segments(message, header.start):
         name = seg.name
-        if name not in (b"PID", b"ORC", b"OBR", b"SPM", b"OBX"):
+        if name not in wanted:
             continue
         fields = segment_fields(message, seg, d)
         if name == b"PID":
@@ -200,6 +208,9 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults
             order_status = text(component(field_of(fields, 25), d, 1)).upper()
             order_time = text(component(field_of(fields, 7), d, 1))
             specimen_time = ""
+            if adult:
+                rows.append(_adult_row(len(rows) + 1, patient_keys, requisition, order_time))
+                continue
             rows.append(
                 ExtractedRow(
                     row_index=len(rows) + 1,
@@ -234,7 +245,24 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults
                     collected=obs.observed_at or order_time or specimen_time,
                 )
             )
+    if adult and not rows:  # no order: one row for the patients, at the message's time
+        rows.append(_adult_row(1, patient_keys, b"", text(component(header.field(7), d, 1))))
     return Extract(header.control_id, tuple(rows))
+
+
+def _adult_row(row_index: int, patient_keys: tuple[bytes, ...], requisition: bytes, collected: str) -> ExtractedRow:
+    return ExtractedRow(
+        row_index=row_index,
+        patient_keys=patient_keys,
+        requisition_key=requisition,
+        kind=OBX,
+        analyte=ADULT,
+        is_b12=False,
+        verdict=UNKNOWN,
+        status="",
+        order_status="",
+        collected=collected,
+    )
 
 
 def _not_read(message: bytes, control_id: str, rule: RuleConfig) -> Extract | None:
