@@ -21,6 +21,8 @@ CASES = [
     ("other_requisition_3_days_before", [other_message(orc4="R-OLD", collected="20240107083000")], False),
     ("other_requisition_40_days_before", [other_message(orc4="R-OLD", collected="20231201083000")], True),
     ("pending_order_seen_earlier", [other_message(NORMAL_PLATELETS, obr25="P")], False),
+    # The same ID under an adult's birth date earlier: whose results? In doubt, none.
+    ("same_id_adult_birth_date_before", [other_message(NORMAL_PLATELETS, orc4="R-OLD", birth="19800101")], False),
 ]
 
 
