@@ -112,7 +112,7 @@ def build(
             s = seq(index, position)
             if kept is not None and s not in kept:
                 continue
-            ex = extract(message, rules[0], lookback_days, skip_adults=False)
+            ex = extract(message, rules[0], lookback_days)  # an adult's message: its ADULT rows, as in serve
             if ex is not None and ex.rows:
                 store.add(s, ex, now=0.0)
                 count += 1
@@ -304,7 +304,7 @@ class Reader:
         s = seq(file_index, position)
         if not self.store.has(s) and rule == self.ctx.rows_rule:
             return Outcome(out, decision)  # (another rule may read a message the rows' rule does not)
-        ex = extract(message, rule, self.ctx.lookback_days, skip_adults=False)
+        ex = extract(message, rule, self.ctx.lookback_days)
         if ex is None:
             return Outcome(out, decision)
         out, decision = process(message, rule, self.store.context(s, ex, self.ctx.mode, self.ctx.lookback_days))
