@@ -236,7 +236,7 @@ def _ident(st: os.stat_result) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def _path_ident(path: Path) -> tuple[int, int] | None:
+def _path_ident(path: str | Path) -> tuple[int, int] | None:
     try:
         return _ident(os.stat(path))
     except FileNotFoundError:
@@ -252,6 +252,7 @@ class Journal:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._path_s, self._wal_s = str(self.path), f"{self.path}-wal"  # (checked at every commit: no Path work)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Whole messages with patient data: readable by the service user only.
@@ -282,6 +283,7 @@ class Journal:
         (for recovery from a damaged file). Only reading methods may be used."""
         self = cls.__new__(cls)
         self.path = Path(path)
+        self._path_s, self._wal_s = str(self.path), f"{self.path}-wal"  # (checked at every commit: no Path work)
         self._full = True
         try:
             self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
@@ -307,14 +309,14 @@ class Journal:
         leads to the file open here: deleted, renamed or replaced."""
         try:
             fst = os.fstat(self._fd)
-            now = _path_ident(self.path)
+            now = _path_ident(self._path_s)
         except OSError as exc:
             raise JournalGone(f"journal {self.path} cannot be checked: {exc.strerror or exc}") from None
         if fst.st_nlink == 0 or now is None:
             raise JournalGone(f"journal {self.path} was deleted while serve had it open")
         if now != _ident(fst):
             raise JournalGone(f"journal {self.path} was replaced by another file while serve had it open")
-        wal = _path_ident(self.wal_path)
+        wal = _path_ident(self._wal_s)
         if self._wal_ident is None:
             self._wal_ident = wal
         elif wal != self._wal_ident:
