@@ -1,3 +1,3 @@
 """b12comment: an interpretive comment on isolated elevated vitamin B12 in children."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
