@@ -7,7 +7,7 @@ processed, in batches of one transaction each, under the source name
 `--resume` journals only the positions not yet journaled, so an interrupted
 replay sends nothing twice from its side (delivery itself is at least once,
 as in `serve`: a kill between the downstream's AA and the journal update
-resends that one message, with the same control ID). Then the forwarder runs
+resends those messages, at most 10, with the same control IDs). Then the forwarder runs
 until nothing is left to deliver: every message is delivered or dead-lettered.
 """
 
