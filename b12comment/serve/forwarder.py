@@ -15,9 +15,10 @@ re-serialised), and acts on the outcome:
   backoff with jitter between `retry_initial_s` and `retry_max_s`.
 
 Delivery is at least once: a crash between the downstream's ACK and the
-journal update sends that one message again after restart (for a folder
-drop, the batch written since the last journal update: files of the same
-names, written again). The journal updates here are commits without an fsync
+journal update sends those messages again after restart (over MLLP at most
+RECORD_EVERY, whose AAs are recorded together; for a folder drop, the batch
+written since the last journal update: files of the same names, written
+again). The journal updates here are commits without an fsync
 of their own (see journal.py), so a power cut may also resend the last few.
 
 The folder drop takes the head of the queue in batches: every file is
