@@ -413,8 +413,8 @@ def test_rows_are_kept_for_every_patient_who_could_be_a_child_within_the_look_ba
     assert ex is not None
     if kept:
         assert {r.analyte for r in ex.rows} >= {"777-3"}
-    else:  # one result that cannot be judged per order, at the order's time, for the same keys
-        assert [(r.analyte, r.verdict, r.collected) for r in ex.rows] == [(ADULT, "unknown", "20240110083000")]
+    else:  # one result that cannot be judged per order, at an unknown time, for the same keys
+        assert [(r.analyte, r.verdict, r.collected) for r in ex.rows] == [(ADULT, "unknown", "")]
         full = extract(other_message(birth=birth, collected="20240110083000"), RULE, 30.0, skip_adults=False)
         assert full is not None
         assert {(r.patient_keys, r.requisition_key) for r in ex.rows} == {
@@ -440,12 +440,63 @@ def test_an_adult_message_of_another_identifier_does_not_veto():
     assert run([adult, b12_message()]).decision.commented
 
 
-def test_an_adult_message_after_the_comment_raises_no_review_alert():
-    """Its results are not read, so it says nothing against the comment."""
+def test_an_adult_message_after_the_comment_raises_the_review_alert():
+    """Its results were not read (whose are they?): as a message too large to
+    read, it contradicts the patient's earlier comment."""
     store = ContextStore(":memory:", KEY)
     assert decide(store, 1, b12_message(), RULE, "patient", 30.0).decision.commented
     later = other_message(ALT_HIGH, control_id="ADULTMSG", orc4="REQ9", birth="19800101", collected="20240111083000")
-    assert decide(store, 2, later, RULE, "patient", 30.0).contradicts == ()
+    alert = decide(store, 2, later, RULE, "patient", 30.0)
+    assert (alert.contradicts, alert.why) == (("B12MSG",), "results_not_read")
+
+
+def test_an_adult_message_vetoes_whatever_its_own_times_say():
+    """OBR-7 long before the look-back, the result itself (OBX-14) the day
+    before the child's B12: an identity in doubt has no time."""
+    alt = Obx(code="1742-6^ALT^LN", value="300", units="U/L", range="10-45", flags="H", obx14="20240109083000")
+    adult = other_message(alt, control_id="ADULTMSG", orc4="REQ9", birth="19800101", collected="20231101083000")
+    outcome = run([adult, b12_message(collected="20240110083000")])
+    assert (outcome.decision.commented, outcome.decision.vetoed_by) == (False, ("ADULTMSG",))
+
+
+@pytest.mark.parametrize("order", ["old_first", "new_first"])
+def test_an_adult_message_of_two_orders_vetoes_in_either_order(order):
+    times = ["20231101083000", "20240109083000"] if order == "old_first" else ["20240109083000", "20231101083000"]
+    adult = other_message(
+        NORMAL_PLATELETS,
+        control_id="ADULTMSG",
+        orc4="REQ8",
+        birth="19800101",
+        collected=times[0],
+        group2=(NORMAL_PLATELETS,),
+    )
+    second = b"OBR|2|ORD2|FIL2|CBC^Blood count^L|||"
+    adult = adult.replace(second + times[0].encode(), second + times[1].encode())
+    assert second + times[1].encode() in adult
+    outcome = run([adult, b12_message(collected="20240110083000")])
+    assert (outcome.decision.commented, outcome.decision.vetoed_by) == (False, ("ADULTMSG",))
+
+
+def test_every_adult_patient_of_a_message_keeps_a_row_with_or_without_an_order():
+    """A PID with results but no OBR, then a second adult PID: both keep a row."""
+    first = b"PID|1||0101169999^^^CPR||Voksen^En||19800101|M\rOBX|1|NM|1742-6^ALT^LN||300|U/L|10-45|H|||F\r"
+    second = b"PID|2||0202029999^^^CPR||Voksen^To||19790101|F\rOBR|1|ORD2|FIL2|ALT^ALT^L|||20240109083000\r"
+    message = b"MSH|^~\\&|LAB|HOSP|MW|HOSP|20240109120000||ORU^R01|TWOADULTS|P|2.5.1\r" + first + second
+    ex = extract(message, RULE)
+    assert ex is not None
+    assert sorted(r.patient_keys for r in ex.rows) == [(b"0101169999\x00CPR",), (b"0202029999\x00CPR",)]
+    assert {r.analyte for r in ex.rows} == {ADULT}
+    outcome = run([message, b12_message(collected="20240110083000")])
+    assert (outcome.decision.commented, outcome.decision.vetoed_by) == (False, ("TWOADULTS",))
+
+
+def test_an_adult_patient_beside_a_child_in_one_message_is_judged_on_their_own():
+    """The adult PID's results are not read (ADULT rows), the child's are."""
+    message = other_message(NORMAL_PLATELETS, control_id="MIXED", orc4="REQ7", birth="19800101", extra_pid=True)
+    ex = extract(message, RULE)
+    assert ex is not None
+    by_patient = {r.patient_keys: r.analyte for r in ex.rows if r.kind == "obx"}
+    assert by_patient.get((b"0101169999\x00CPR",)) == ADULT
 
 
 def test_results_the_store_cannot_read_take_a_comment_away(monkeypatch):

@@ -126,3 +126,27 @@ def test_replay_forward_with_context(tmp_path):
             delivered.update(split(f.read_bytes()))
     for control_id, want in expect.items():
         assert commented(delivered[control_id]) is want, control_id
+
+
+def test_replay_takes_the_comment_away_when_the_message_cannot_be_read_for_its_context(tmp_path, monkeypatch):
+    """As in serve: a message that would get the comment, whose context must
+    be looked up (another message shares its keys), but whose rows cannot be
+    read (extract gives None: it never should), gets no comment."""
+    import b12comment.replay.context as replay_context
+    from b12comment.core.rule_config import RuleConfig
+
+    rule = RuleConfig()
+    src = tmp_path / "a.hl7"
+    b12 = b12_message()
+    src.write_bytes(other_message(orc4="REQ-OTHER", collected="20231101083000") + b12)
+    ctx = replay_context.build(tmp_path / "ctx.sqlite3", [str(src)], [rule], "patient", 30.0)
+    reader = replay_context.Reader(ctx)
+    try:
+        assert reader.decide(0, 2, b12, rule).decision.commented  # 40 days before: a comment
+        monkeypatch.setattr(replay_context, "extract", lambda *a, **k: None)
+        outcome = reader.decide(0, 2, b12, rule)
+    finally:
+        reader.close()
+    assert not outcome.decision.commented
+    assert outcome.decision.reasons == ("context_unavailable",)
+    assert outcome.output == b12

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from b12comment.core.context import ABNORMAL_VERDICTS, OBX, Extract, extract
+from b12comment.core.context import ABNORMAL_VERDICTS, ADULT, OBX, Extract, extract
 from b12comment.core.decision import CONTEXT_UNAVAILABLE, Decision
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
@@ -15,7 +15,7 @@ from .store import ContextError, ContextStore, load_key
 __all__ = ["ContextError", "ContextStore", "Outcome", "decide", "load_key", "open_store"]
 
 NEW_ABNORMAL, CORRECTED_B12 = "abnormal_result", "corrected_b12"
-NOT_READ = "results_not_read"  # a later message too large to read (its results could hold anything)
+NOT_READ = "results_not_read"  # a later message whose results were not read (too large, an adult's birth date)
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def decide(
 
 def _contradiction(ex: Extract, rule: RuleConfig) -> str:
     """Why this message would contradict an earlier comment of its patient."""
-    if ex.not_read:
+    if ex.not_read or any(r.analyte == ADULT for r in ex.rows):  # results not read: they could hold anything
         return NOT_READ
     rows = [r for r in ex.rows if r.kind == OBX and r.status not in rule.ignored_statuses]
     if any(r.is_b12 and r.status == "C" for r in rows):

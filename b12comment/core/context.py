@@ -50,12 +50,12 @@ ABNORMAL_VERDICTS = (ABNORMAL,)
 # judged, so that no comment of the same patient or requisition relies on
 # the results it holds.
 NOT_READ = "(results not read: too many segments)"
-# The analyte of the one row per order kept for a message whose patient was
-# certainly an adult (by its own birth dates): its results are not read (they
-# can never get the comment themselves), but its identifiers are kept, as a
-# result that cannot be judged, at the order's time. A child's B12 under the
-# same identifier (a birth date that disagrees, a message filed under the
-# wrong patient) is then in doubt: no comment.
+# The analyte of the one row per order (or per patient without an order) kept
+# for a patient certainly an adult by the PID's own birth date: their results
+# are not read (they can never get the comment themselves), but the
+# identifiers are kept, as a result that cannot be judged, at an unknown time.
+# A child's B12 under the same identifier (a birth date that disagrees, a
+# message filed under the wrong patient) is then in doubt: no comment.
 ADULT = "(results not read: an adult by this message's birth date)"
 
 
@@ -117,9 +117,9 @@ def extract(
     (unreadable, or a message type the rule does not look at). A patient who
     was certainly an adult `lookback_days` before the message's collection
     can never get the comment, so their results are not read: one ADULT row
-    per order instead, a result that cannot be judged under the same keys
-    (`skip_adults=False`: the rows of every result, as replay keeps them for
-    the identifiers it knows a child's B12 shares).
+    per order (per patient without one) instead, a result that cannot be
+    judged under the same keys, at an unknown time; judged per PID
+    (`skip_adults=False`: the rows of every result, for tests that compare).
     A message of more than MAX_SEGMENTS segments is not read: its rows are
     one result that cannot be judged per requisition (`not_read`), which
     vetoes a comment of its patient and requisitions, never makes one.
@@ -130,9 +130,10 @@ def extract(
         return None
 
 
-def _certainly_adult(message: bytes, header, rule: RuleConfig, lookback_days: float) -> bool:
-    """Every PID's birth date (PID-7) says 18 or older at the collection (the
-    first OBR-7, else MSH-7) less the look-back; any doubt says no."""
+def _adult_from(message: bytes, header, lookback_days: float):
+    """The day from which a birth date makes a patient certainly an adult for
+    this message: the collection (the first OBR-7, else MSH-7) less the
+    look-back; None when the message gives no time (then nobody is)."""
     d, start = header.delimiters, header.start
     reference = None
     for sep in (b"\r", b"\n"):
@@ -144,22 +145,17 @@ def _certainly_adult(message: bytes, header, rule: RuleConfig, lookback_days: fl
     if reference is None:
         reference = parse_ts(component(header.field(7), d, 1).decode("latin-1").strip())
     if reference is None:
+        return None
+    return reference.first - timedelta(days=math.ceil(lookback_days))
+
+
+def _is_adult(birth_field: bytes, earliest, rule: RuleConfig) -> bool:
+    """PID-7 says 18 or older on `earliest`; any doubt says no."""
+    if earliest is None:
         return False
-    earliest = reference.first - timedelta(days=math.ceil(lookback_days))
-    births = []
-    for sep in (b"\r", b"\n"):
-        i = message.find(sep + b"PID" + d.field, start)
-        while i != -1:
-            fields = _segment_at(message, i + 1).split(d.field)
-            births.append(parse_ts(component(field_of(fields, 7), d, 1).decode("latin-1").strip()))
-            i = message.find(sep + b"PID" + d.field, i + 1)
-    if not births:
-        return False
-    for birth in births:
-        age = age_at(birth, DayRange(earliest, earliest)) if birth is not None else None
-        if age is None or age.youngest < rule.adult_age_years:
-            return False
-    return True
+    birth = parse_ts(birth_field.decode("latin-1").strip())
+    age = age_at(birth, DayRange(earliest, earliest)) if birth is not None else None
+    return age is not None and age.youngest >= rule.adult_age_years
 
 
 def _segment_at(message: bytes, start: int) -> bytes:
@@ -191,15 +187,22 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults
     def text(raw: bytes) -> str:
         return raw.decode(codec).strip()
 
-    adult = skip_adults and _certainly_adult(message, header, rule, lookback_days)
-    wanted = (b"PID", b"ORC", b"OBR") if adult else (b"PID", b"ORC", b"OBR", b"SPM", b"OBX")
+    # A patient certainly an adult by this PID's birth date: their results are
+    # not read; each of their orders (or, with none, the patient) is one ADULT
+    # row instead. Judged per PID, at the message's collection less the look-back.
+    earliest = _adult_from(message, header, lookback_days) if skip_adults else None
+    adult = adult_without_row = False
     for seg in split_segments(message, header.start):
         name = seg.name
-        if name not in wanted:
+        if name not in (b"PID", b"ORC", b"OBR", b"SPM", b"OBX") or (adult and name in (b"SPM", b"OBX")):
             continue
         fields = segment_fields(message, seg, d)
         if name == b"PID":
+            if adult_without_row:
+                rows.append(_adult_row(len(rows) + 1, patient_keys, b""))
             patient_keys = _patient_keys(fields, d)
+            adult = _is_adult(component(field_of(fields, 7), d, 1), earliest, rule)
+            adult_without_row = adult
             orc4 = b""
         elif name == b"ORC":
             orc4 = _first_rep(field_of(fields, 4), d).strip()
@@ -209,7 +212,8 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults
             order_time = text(component(field_of(fields, 7), d, 1))
             specimen_time = ""
             if adult:
-                rows.append(_adult_row(len(rows) + 1, patient_keys, requisition, order_time))
+                rows.append(_adult_row(len(rows) + 1, patient_keys, requisition))
+                adult_without_row = False
                 continue
             rows.append(
                 ExtractedRow(
@@ -245,12 +249,16 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults
                     collected=obs.observed_at or order_time or specimen_time,
                 )
             )
-    if adult and not rows:  # no order: one row for the patients, at the message's time
-        rows.append(_adult_row(1, patient_keys, b"", text(component(header.field(7), d, 1))))
+    if adult_without_row:  # the last patient had no order: one row for them
+        rows.append(_adult_row(len(rows) + 1, patient_keys, b""))
     return Extract(header.control_id, tuple(rows))
 
 
-def _adult_row(row_index: int, patient_keys: tuple[bytes, ...], requisition: bytes, collected: str) -> ExtractedRow:
+def _adult_row(row_index: int, patient_keys: tuple[bytes, ...], requisition: bytes) -> ExtractedRow:
+    """Collected at an unknown time, so within any look-back (an identity in
+    doubt has no time; the store's purge still ends it after `lookback_days`),
+    and so every adult row of a requisition is the same: which one `latest`
+    keeps changes nothing."""
     return ExtractedRow(
         row_index=row_index,
         patient_keys=patient_keys,
@@ -261,7 +269,7 @@ def _adult_row(row_index: int, patient_keys: tuple[bytes, ...], requisition: byt
         verdict=UNKNOWN,
         status="",
         order_status="",
-        collected=collected,
+        collected="",
     )
 
 
@@ -374,8 +382,8 @@ _KEY_SEGMENTS_BY_NAME = {b"PID": _PID, b"ORC": _ORC, b"OBR": _OBR}
 
 
 def possible_keys(message: bytes) -> tuple[bytes, ...] | None:
-    """Every raw key `extract(..., skip_adults=False)` could give the
-    message's rows, under any rule: each PID-3 identifier with its assigning
+    """Every raw key `extract` could give the message's rows (its ADULT rows
+    included), under any rule: each PID-3 identifier with its assigning
     authority and each order's requisition (no message type is checked, so
     it can be more, never fewer). Read from the PID, ORC and OBR lines alone
     (a line's name is its first three bytes, as for `extract`), quickest

@@ -26,8 +26,9 @@ with its authority, or a requisition). So:
    to count, the bit sets' maybes are taken as they are; past MAX_KEPT
    messages to keep, every message's rows are kept.)
 3. Only the files that hold a kept message are read again, and only the
-   kept messages' rows go into the store, of every patient whatever the
-   birth date says (a patient is their identifiers).
+   kept messages' rows go into the store (an adult's message by its own
+   birth dates as its ADULT rows, as in serve: a patient is their
+   identifiers).
 4. Deciding, a message that would get the comment is decided again with
    its context only if its rows are in the store: if they are not, no
    other message shares a key with it and its context would be empty.
@@ -52,11 +53,12 @@ import secrets
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from b12comment.context import ContextStore, Outcome
 from b12comment.core.context import extract, possible_keys
+from b12comment.core.decision import CONTEXT_UNAVAILABLE
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
 from b12comment.replay.inputs import is_gzip, open_input, read_pieces
@@ -305,8 +307,9 @@ class Reader:
         if not self.store.has(s) and rule == self.ctx.rows_rule:
             return Outcome(out, decision)  # (another rule may read a message the rows' rule does not)
         ex = extract(message, rule, self.ctx.lookback_days)
-        if ex is None:
-            return Outcome(out, decision)
+        if ex is None:  # as in serve: without the message's rows no look-up, so no comment
+            detail = "context: the message's results could not be read for the store"
+            return Outcome(message, replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,), detail=detail))
         out, decision = process(message, rule, self.store.context(s, ex, self.ctx.mode, self.ctx.lookback_days))
         return Outcome(out, decision)
 
