@@ -521,3 +521,36 @@ def test_hold_gauges_are_in_the_metrics():
     text = metrics.render()
     assert "# TYPE b12comment_held_messages gauge\nb12comment_held_messages 2\n" in text
     assert "b12comment_longest_hold_seconds 12.5\n" in text
+
+
+def test_a_result_message_that_fails_to_be_read_for_the_store_vetoes_as_one_not_read(monkeypatch):
+    """A result we cannot read is doubt: when reading a message's results for
+    the store fails part-way, its rows are one result that cannot be judged
+    per requisition (found by a byte search for its keys), not nothing."""
+    import b12comment.core.context as core_context
+
+    def broken(*args, **kwargs):
+        raise ValueError("a result this reader did not expect")
+
+    alt = other_message(ALT_HIGH, control_id="BROKEN", orc4="REQ-B")
+    monkeypatch.setattr(core_context, "_cheap_observation", broken)
+    ex = extract(alt, RULE)
+    assert ex is not None and ex.not_read
+    assert [(r.analyte, r.verdict) for r in ex.rows] == [(NOT_READ, "unknown")]
+    store = ContextStore(":memory:", KEY)
+    store.add(1, ex)
+    monkeypatch.undo()
+    later = decide(store, 2, b12_message(orc4="REQ-OTHER"), RULE, "patient", 30.0)
+    assert (later.decision.commented, later.decision.vetoed_by) == (False, ("BROKEN",))
+
+
+def test_a_commented_message_whose_reading_for_the_store_fails_loses_its_comment(monkeypatch):
+    import b12comment.core.context as core_context
+
+    def broken(*args, **kwargs):
+        raise ValueError("a result this reader did not expect")
+
+    monkeypatch.setattr(core_context, "_cheap_observation", broken)
+    outcome = decide(ContextStore(":memory:", KEY), 1, b12_message(), RULE, "patient", 30.0)
+    assert (outcome.decision.commented, outcome.decision.reasons) == (False, ("context_unavailable",))
+    assert outcome.output == b12_message()

@@ -61,6 +61,9 @@ def decide(
         return Outcome(out, decision)
     if record:
         store.add(seq, ex)
+    if decision.commented and ex.not_read:  # (process() read it, the store's reading failed: in doubt)
+        detail = "context: the message's results could not be read for the store"
+        return Outcome(message, replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,), detail=detail))
     if decision.commented:
         out = message  # (the first output is not held while the second is made)
         out, decision = process(message, rule, store.context(seq, ex, mode, lookback_days), text_codec=text_codec)

@@ -49,7 +49,7 @@ ABNORMAL_VERDICTS = (ABNORMAL,)
 # were not read (more than MAX_SEGMENTS segments): a result that cannot be
 # judged, so that no comment of the same patient or requisition relies on
 # the results it holds.
-NOT_READ = "(results not read: too many segments)"
+NOT_READ = "(results not read: too many segments, or they could not be read)"
 # The analyte of the one row per order (or per patient without an order) kept
 # for a patient certainly an adult by the PID's own birth date: their results
 # are not read (they can never get the comment themselves), but the
@@ -80,7 +80,7 @@ class ExtractedRow:
 class Extract:
     control_id: str
     rows: tuple[ExtractedRow, ...]
-    not_read: bool = False  # too many segments: `rows` are one NOT_READ row per requisition
+    not_read: bool = False  # too many segments, or reading failed: `rows` are one NOT_READ row per requisition
 
 
 @dataclass(frozen=True)
@@ -122,12 +122,16 @@ def extract(
     (`skip_adults=False`: the rows of every result, for tests that compare).
     A message of more than MAX_SEGMENTS segments is not read: its rows are
     one result that cannot be judged per requisition (`not_read`), which
-    vetoes a comment of its patient and requisitions, never makes one.
-    Total: never raises."""
+    vetoes a comment of its patient and requisitions, never makes one. So is
+    a result message whose reading fails part-way (a result we cannot read
+    is doubt). Total: never raises."""
     try:
         return _extract(message, rule, lookback_days, skip_adults)
     except Exception:
-        return None
+        try:
+            return _not_read(message, read_header(message).control_id, rule)
+        except Exception:
+            return None
 
 
 def _adult_from(message: bytes, header, lookback_days: float):

@@ -307,7 +307,7 @@ class Reader:
         if not self.store.has(s) and rule == self.ctx.rows_rule:
             return Outcome(out, decision)  # (another rule may read a message the rows' rule does not)
         ex = extract(message, rule, self.ctx.lookback_days)
-        if ex is None:  # as in serve: without the message's rows no look-up, so no comment
+        if ex is None or ex.not_read:  # as in serve: without the message's rows no look-up, so no comment
             detail = "context: the message's results could not be read for the store"
             return Outcome(message, replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,), detail=detail))
         out, decision = process(message, rule, self.store.context(s, ex, self.ctx.mode, self.ctx.lookback_days))
