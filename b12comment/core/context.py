@@ -203,7 +203,7 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults
         fields = segment_fields(message, seg, d)
         if name == b"PID":
             if adult_without_row:
-                rows.append(_adult_row(len(rows) + 1, patient_keys, b""))
+                rows.append(_unknown_row(len(rows) + 1, patient_keys, b""))
             patient_keys = _patient_keys(fields, d)
             adult = _is_adult(component(field_of(fields, 7), d, 1), earliest, rule)
             adult_without_row = adult
@@ -216,7 +216,7 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults
             order_time = text(component(field_of(fields, 7), d, 1))
             specimen_time = ""
             if adult:
-                rows.append(_adult_row(len(rows) + 1, patient_keys, requisition))
+                rows.append(_unknown_row(len(rows) + 1, patient_keys, requisition))
                 adult_without_row = False
                 continue
             rows.append(
@@ -254,21 +254,24 @@ def _extract(message: bytes, rule: RuleConfig, lookback_days: float, skip_adults
                 )
             )
     if adult_without_row:  # the last patient had no order: one row for them
-        rows.append(_adult_row(len(rows) + 1, patient_keys, b""))
+        rows.append(_unknown_row(len(rows) + 1, patient_keys, b""))
     return Extract(header.control_id, tuple(rows))
 
 
-def _adult_row(row_index: int, patient_keys: tuple[bytes, ...], requisition: bytes) -> ExtractedRow:
-    """Collected at an unknown time, so within any look-back (an identity in
-    doubt has no time; the store's purge still ends it after `lookback_days`),
-    and so every adult row of a requisition is the same: which one `latest`
-    keeps changes nothing."""
+def _unknown_row(
+    row_index: int, patient_keys: tuple[bytes, ...], requisition: bytes, analyte: str = ADULT
+) -> ExtractedRow:
+    """A result that cannot be judged (`analyte` ADULT or NOT_READ), collected
+    at an unknown time, so within any look-back (an identity in doubt has no
+    time; the store's purge still ends it after `lookback_days`), and so every
+    such row of a requisition is the same: which one `latest` keeps changes
+    nothing."""
     return ExtractedRow(
         row_index=row_index,
         patient_keys=patient_keys,
         requisition_key=requisition,
         kind=OBX,
-        analyte=ADULT,
+        analyte=analyte,
         is_b12=False,
         verdict=UNKNOWN,
         status="",
@@ -287,18 +290,7 @@ def _not_read(message: bytes, control_id: str, rule: RuleConfig) -> Extract | No
         return None
     patients = tuple(sorted(found.patients))
     rows = tuple(
-        ExtractedRow(
-            row_index=i,
-            patient_keys=patients,
-            requisition_key=requisition,
-            kind=OBX,
-            analyte=NOT_READ,
-            is_b12=False,
-            verdict=UNKNOWN,
-            status="",
-            order_status="",
-            collected="",
-        )
+        _unknown_row(i, patients, requisition, NOT_READ)
         for i, requisition in enumerate(sorted(found.requisitions) or [b""], start=1)
     )
     return Extract(control_id, rows, not_read=True)
