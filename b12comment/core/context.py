@@ -345,7 +345,7 @@ def keys(message: bytes, rule: RuleConfig) -> Keys | None:
         starts = []
         for name in _KEY_SEGMENTS:
             for sep in (b"\r", b"\n"):
-                pattern = sep + name + d.field
+                pattern = sep + name  # a segment's name is its first three bytes, as for extract
                 i = message.find(pattern, header.start)
                 while i != -1:
                     starts.append(i + 1)
@@ -357,7 +357,7 @@ def keys(message: bytes, rule: RuleConfig) -> Keys | None:
         for start in starts:
             ends = [e for e in (message.find(b"\r", start), message.find(b"\n", start)) if e != -1]
             fields = message[start : min(ends) if ends else len(message)].split(d.field)
-            name = fields[0]
+            name = fields[0][:3]
             if name == b"PID":
                 patients.update(_patient_keys(fields, d))
                 orc4 = b""
