@@ -326,47 +326,18 @@ asyncio.run(main())
 
 DURABLE_FLOOR = r"""
 import asyncio, sqlite3, sys
-port, path = int(sys.argv[1]), sys.argv[2]
-db = sqlite3.connect(path, isolation_level=None)
-db.execute("PRAGMA journal_mode=WAL")
-db.execute("PRAGMA synchronous=FULL")
-db.execute("CREATE TABLE IF NOT EXISTS m (id INTEGER PRIMARY KEY, control_id TEXT, raw BLOB)")
-async def handle(reader, writer):
-    try:
-        while True:
-            head = await reader.readuntil(b"\x1c\r")
-            frame = head[1:-2]
-            msh = frame[: frame.find(b"\r")]
-            cid = msh.split(msh[3:4])[9] if msh.count(msh[3:4]) >= 9 else b""
-            db.execute("BEGIN")
-            db.execute("INSERT INTO m (control_id, raw) VALUES (?, ?)", (cid.decode("latin-1"), frame))
-            db.execute("COMMIT")  # one fsync of the WAL per message, before the ACK
-            writer.write(b"\x0bMSH|^~\\&|||||||ACK|1|P|2.5.1\rMSA|AA|" + cid + b"\r\x1c\r")
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-async def main():
-    server = await asyncio.start_server(handle, "127.0.0.1", port, limit=1 << 24)
-    async with server:
-        await server.serve_forever()
-asyncio.run(main())
-"""
-
-DURABLE_FLOOR_THREAD = r"""
-import asyncio, sqlite3, sys
 from concurrent.futures import ThreadPoolExecutor
 port, path = int(sys.argv[1]), sys.argv[2]
+# "thread": each commit on a writer thread, as serve must (the hop is what it costs)
+writer_thread = ThreadPoolExecutor(max_workers=1) if sys.argv[3:] == ["thread"] else None
 db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 db.execute("PRAGMA journal_mode=WAL")
 db.execute("PRAGMA synchronous=FULL")
 db.execute("CREATE TABLE IF NOT EXISTS m (id INTEGER PRIMARY KEY, control_id TEXT, raw BLOB)")
-writer_thread = ThreadPoolExecutor(max_workers=1)
 def commit(cid, frame):
     db.execute("BEGIN")
     db.execute("INSERT INTO m (control_id, raw) VALUES (?, ?)", (cid.decode("latin-1"), frame))
-    db.execute("COMMIT")  # one fsync of the WAL per message, before the ACK, on the writer thread
+    db.execute("COMMIT")  # one fsync of the WAL per message, before the ACK
 async def handle(reader, writer):
     loop = asyncio.get_running_loop()
     try:
@@ -375,7 +346,10 @@ async def handle(reader, writer):
             frame = head[1:-2]
             msh = frame[: frame.find(b"\r")]
             cid = msh.split(msh[3:4])[9] if msh.count(msh[3:4]) >= 9 else b""
-            await loop.run_in_executor(writer_thread, commit, cid, frame)
+            if writer_thread is None:
+                commit(cid, frame)
+            else:
+                await loop.run_in_executor(writer_thread, commit, cid, frame)
             writer.write(b"\x0bMSH|^~\\&|||||||ACK|1|P|2.5.1\rMSA|AA|" + cid + b"\r\x1c\r")
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -571,7 +545,7 @@ def bench_serve(tmp: Path, n: int, rounds: int) -> None:
     sink = start_script(tmp, "sink", RAW_NOOP, str(sink_count))
     serve = start_serve(tmp, f"mllp://127.0.0.1:{sink.port}")
     floor = start_script(tmp, "floor", DURABLE_FLOOR, str(tmp / "floor.sqlite3"))
-    floor_thread = start_script(tmp, "floor_thread", DURABLE_FLOOR_THREAD, str(tmp / "floor_thread.sqlite3"))
+    floor_thread = start_script(tmp, "floor_thread", DURABLE_FLOOR, str(tmp / "floor_thread.sqlite3"), "thread")
     noop = start_script(tmp, "noop", RAW_NOOP)
     pyhl7 = start_script(tmp, "pythonhl7", PYTHON_HL7_NOOP)
     servers = {
