@@ -12,7 +12,7 @@ from b12comment.core.rule_config import RuleConfig
 
 from .store import ContextError, ContextStore, load_key
 
-__all__ = ["ContextError", "ContextStore", "Outcome", "decide", "load_key", "open_store"]
+__all__ = ["ContextError", "ContextStore", "Outcome", "decide", "load_key", "open_store", "without_context"]
 
 NEW_ABNORMAL, CORRECTED_B12 = "abnormal_result", "corrected_b12"
 NOT_READ = "results_not_read"  # a later message whose results were not read (too large, an adult's birth date)
@@ -24,6 +24,15 @@ class Outcome:
     decision: Decision
     contradicts: tuple[str, ...] = ()  # control IDs of earlier comments this message contradicts
     why: str = ""  # NEW_ABNORMAL, CORRECTED_B12 or NOT_READ
+
+
+UNREAD_FOR_STORE = "context: the message's results could not be read for the store"
+
+
+def without_context(message: bytes, decision: Decision, detail: str) -> Outcome:
+    """A comment the context could not confirm: none, the message unchanged
+    (`context_unavailable`, with what went wrong in `detail`)."""
+    return Outcome(message, replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,), detail=detail))
 
 
 def open_store(path: str, key_file: str) -> ContextStore:
@@ -56,14 +65,12 @@ def decide(
     ex = extract(message, rule, lookback_days)
     if ex is None:
         if decision.commented:  # (extract reads what process() reads: it never should) no rows, no look-up
-            detail = "context: the message's results could not be read for the store"
-            return Outcome(message, replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,), detail=detail))
+            return without_context(message, decision, UNREAD_FOR_STORE)
         return Outcome(out, decision)
     if record:
         store.add(seq, ex)
     if decision.commented and ex.not_read:  # (process() read it, the store's reading failed: in doubt)
-        detail = "context: the message's results could not be read for the store"
-        return Outcome(message, replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,), detail=detail))
+        return without_context(message, decision, UNREAD_FOR_STORE)
     if decision.commented:
         out = message  # (the first output is not held while the second is made)
         out, decision = process(message, rule, store.context(seq, ex, mode, lookback_days), text_codec=text_codec)

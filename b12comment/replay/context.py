@@ -53,12 +53,11 @@ import secrets
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from b12comment.context import ContextStore, Outcome
+from b12comment.context import UNREAD_FOR_STORE, ContextStore, Outcome, without_context
 from b12comment.core.context import extract, possible_keys
-from b12comment.core.decision import CONTEXT_UNAVAILABLE
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
 from b12comment.replay.inputs import is_gzip, open_input, read_pieces
@@ -308,8 +307,7 @@ class Reader:
             return Outcome(out, decision)  # (another rule may read a message the rows' rule does not)
         ex = extract(message, rule, self.ctx.lookback_days)
         if ex is None or ex.not_read:  # as in serve: without the message's rows no look-up, so no comment
-            detail = "context: the message's results could not be read for the store"
-            return Outcome(message, replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,), detail=detail))
+            return without_context(message, decision, UNREAD_FOR_STORE)
         out, decision = process(message, rule, self.store.context(s, ex, self.ctx.mode, self.ctx.lookback_days))
         return Outcome(out, decision)
 

@@ -31,9 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from b12comment.config import ContextConfig
-from b12comment.context import ContextStore, Outcome, decide, open_store
+from b12comment.context import ContextStore, Outcome, decide, open_store, without_context
 from b12comment.core.context import extract, keys
-from b12comment.core.decision import CONTEXT_UNAVAILABLE, INTERNAL_ERROR
+from b12comment.core.decision import INTERNAL_ERROR
 from b12comment.core.engine import process
 from b12comment.serve.aio import wait_event
 from b12comment.serve.journal import JournalError, JournalFault, Processed, Row, batch_full
@@ -81,10 +81,10 @@ class ContextStage:
             )
         except Exception as exc:  # ContextError, or anything else the store does: no comment without it
             out, decision = process(raw, rule, text_codec=text_codec)
+            detail = f"context store: {type(exc).__name__}"
             if decision.commented:
-                decision = dataclasses.replace(decision, commented=False, reasons=(CONTEXT_UNAVAILABLE,))
-                out = raw
-            return Outcome(out, dataclasses.replace(decision, detail=f"context store: {type(exc).__name__}"))
+                return without_context(raw, decision, detail)
+            return Outcome(out, dataclasses.replace(decision, detail=detail))
 
     def hold_keys(self, raw: bytes, rule) -> frozenset[bytes]:
         """The keyed patient and requisition hashes a held message waits on."""
