@@ -480,11 +480,10 @@ class Forwarder:
             )
         return True
 
-    async def _handle(self, row: Row, outcome: Outcome, stop: asyncio.Event) -> None:
+    async def _handle(self, row: Row, outcome: Rejected | Retry, stop: asyncio.Event) -> None:
+        """A delivery that failed (deliveries are recorded by `_forwarded`):
+        dead-lettered when rejected or out of attempts, else retried after a backoff."""
         fields = dict(journal_id=row.id, control_id=row.control_id, message_type=row.message_type)
-        if isinstance(outcome, Delivered):
-            await self._forwarded([(row, outcome)], stop)
-            return
         if isinstance(outcome, Rejected):
             await self._dead(row, outcome.reason, fields, stop)
             return
