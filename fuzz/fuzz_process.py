@@ -43,7 +43,9 @@ SEED_DIRS = (
     Path(__file__).resolve().parents[2] / "shared" / "corpus" / "messages",
     REPO / "sample_messages",
 )
-if str(REPO) not in sys.path:
+try:  # the installed package (PYTHONPATH may name it); else this checkout's
+    import b12comment  # noqa: F401
+except ImportError:
     sys.path.insert(0, str(REPO))
 
 TIMEOUT_S = float(os.environ.get("B12_FUZZ_TIMEOUT_S", "10"))

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import b12comment
+
 REPO = Path(__file__).resolve().parents[1]
+# The folder that holds the package under test: site-packages when the suite
+# runs against the installed wheel (as CI does), the checkout in a dev loop.
+# Child processes get this folder, never the checkout by default.
+PACKAGE_ROOT = Path(b12comment.__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_messages"
 CORPUS = REPO.parent / "shared" / "corpus" / "messages"
 

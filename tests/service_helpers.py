@@ -19,9 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "corpus" / "messages"
-SAMPLES = REPO / "sample_messages"
+from paths import PACKAGE_ROOT, SAMPLES  # noqa: F401 (SAMPLES is re-exported to the tests)
+
 SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
 WAIT_S = 30.0
 
@@ -245,9 +244,10 @@ class Downstream:
 
 
 def subprocess_env() -> dict:
-    """The environment for `python -m b12comment` children: this checkout's
-    package first on the path, whatever the venv's install points at."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    """The environment for `python -m b12comment` children: the package this
+    test process imported (the installed wheel in CI, the checkout in a dev
+    loop) first on the path, so parent and child always run the same code."""
+    path = os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import PACKAGE_ROOT
 
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
@@ -157,7 +158,7 @@ def run_harness(tmp_path, *flags, env=None, timeout=240) -> tuple[subprocess.Com
     corpus = tmp_path / "corpus"
     artifacts.mkdir()
     corpus.mkdir()
-    full_env = dict(os.environ, B12_FUZZ_WORKDIR=str(tmp_path), PYTHONPATH=str(REPO), **(env or {}))
+    full_env = dict(os.environ, B12_FUZZ_WORKDIR=str(tmp_path), PYTHONPATH=str(PACKAGE_ROOT), **(env or {}))
     proc = subprocess.run(
         [sys.executable, str(HARNESS), str(corpus), f"-artifact_prefix={artifacts}/", *flags],
         cwd=tmp_path,
