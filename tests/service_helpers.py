@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from paths import PACKAGE_ROOT, SAMPLES  # noqa: F401 (SAMPLES is re-exported to the tests)
+from paths import CORPUS, PACKAGE_ROOT, SAMPLES  # noqa: F401 (CORPUS and SAMPLES are re-exported to the tests)
 
 SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
 WAIT_S = 30.0
