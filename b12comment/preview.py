@@ -19,7 +19,7 @@ from b12comment.core import charset
 from b12comment.core.decision import REASONS, Decision
 from b12comment.core.segments import read_header
 from b12comment.errors import EXIT_OK, B12Error
-from b12comment.replay.inputs import iter_chunks, iter_pieces
+from b12comment.wire.split import iter_chunks, iter_pieces
 
 
 def _as_text(message: bytes) -> str:

@@ -2,8 +2,8 @@
 and show each ACK.
 
 Files are read as replay reads them (any segment terminator, batch files,
-MLLP captures, gzip: `replay.inputs`), each message goes in its own frame
-(`serve.mllp`), and the next is sent only when its ACK is in. One line per
+MLLP captures, gzip: `wire.split`), each message goes in its own frame
+(`wire.mllp`), and the next is sent only when its ACK is in. One line per
 message: control ID, ACK code, whether MSA-2 names the message, round trip.
 
 With `--count N` the messages of the files are sent in turn until N have
@@ -25,10 +25,10 @@ from pathlib import Path
 
 from b12comment.core.segments import Malformed, read_header
 from b12comment.errors import EXIT_NOT_ACCEPTED, EXIT_OK, B12Error, UsageError, describe_os_error
-from b12comment.replay.inputs import open_input, read_pieces
-from b12comment.serve import mllp
-from b12comment.serve.ack import read_ack
-from b12comment.serve.tls import TlsError, client_context
+from b12comment.wire import mllp
+from b12comment.wire.ack import read_ack
+from b12comment.wire.split import open_input, read_pieces
+from b12comment.wire.tls import TlsError, client_context
 
 
 @dataclass(frozen=True)

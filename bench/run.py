@@ -46,7 +46,7 @@ import generate  # noqa: E402
 
 from b12comment.core.engine import process  # noqa: E402
 from b12comment.core.rule_config import RuleConfig  # noqa: E402
-from b12comment.replay.inputs import read_pieces  # noqa: E402
+from b12comment.wire.split import read_pieces  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str, str]] = []
 
@@ -163,7 +163,7 @@ for root, _, files in os.walk(src):
 PYTHON_HL7_REPLAY = r"""
 import os, sys, hl7
 sys.path.insert(0, sys.argv[3])
-from b12comment.replay.inputs import read_pieces
+from b12comment.wire.split import read_pieces
 src, dst = sys.argv[1], sys.argv[2]
 for root, _, files in os.walk(src):
     for name in sorted(files):

@@ -13,7 +13,7 @@ from b12comment.config import HttpConfig
 from b12comment.core.rule_config import RuleConfig
 from b12comment.serve.http import HttpServer
 from b12comment.serve.metrics import Metrics
-from b12comment.serve.tls import server_context
+from b12comment.wire.tls import server_context
 
 
 class RecordingLog:

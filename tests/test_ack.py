@@ -5,7 +5,7 @@ from __future__ import annotations
 import hl7
 
 from b12comment.core.segments import DEFAULT_DELIMITERS, Delimiters, read_header
-from b12comment.serve.ack import AckError, build_ack, escape_text
+from b12comment.wire.ack import AckError, build_ack, escape_text
 
 ORU = (
     b"MSH|^~\\&|LABSYS|LABFAC|EHR|HOSP|20240102030405||ORU^R01^ORU_R01|CTRL-42|P|2.5.1||||||UNICODE UTF-8\r"
@@ -106,8 +106,8 @@ def test_accept_ack_from_its_template_is_build_ack_byte_for_byte():
     from paths import corpus_files, sample_files
 
     from b12comment.core.segments import Malformed, read_header
-    from b12comment.replay.inputs import split_messages
-    from b12comment.serve.ack import ACCEPT, accept_ack, build_ack
+    from b12comment.wire.ack import ACCEPT, accept_ack, build_ack
+    from b12comment.wire.split import split_messages
 
     messages = [
         p.data

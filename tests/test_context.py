@@ -373,7 +373,7 @@ def test_a_corrected_normal_result_in_the_requisition_supersedes_the_abnormal_on
 def _sample_messages() -> list[bytes]:
     from paths import CORPUS, SAMPLES
 
-    from b12comment.replay.inputs import iter_chunks, iter_pieces
+    from b12comment.wire.split import iter_chunks, iter_pieces
 
     found = [b12_message(), other_message(), other_message(orc4=None), build(extra_pid=True)]
     for path in sorted(SAMPLES.glob("*.hl7")) + sorted(CORPUS.glob("*.hl7")):

@@ -12,7 +12,7 @@ from paths import corpus_files, sample_files
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.segments import read_header
-from b12comment.replay.inputs import split_messages
+from b12comment.wire.split import split_messages
 
 RULE = RuleConfig()
 

@@ -32,7 +32,7 @@ from b12comment.core.facts import (
     hl7apy_components,
 )
 from b12comment.core.segments import Malformed, read_header, repetitions, segment_fields, split_segments
-from b12comment.replay.inputs import split_messages
+from b12comment.wire.split import split_messages
 
 # The fields the product reads (facts.py), and the versions hl7apy knows.
 READ_FIELDS = ("PID_7", "OBR_7", "SPM_17", "MSH_7", "OBX_2", "OBX_5", "OBX_6", "OBX_7", "OBX_8", "OBX_11", "OBX_14")

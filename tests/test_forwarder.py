@@ -16,7 +16,6 @@ from journal_helpers import mark_processed, record
 from service_helpers import Downstream, ack_for, free_port, msh10
 
 from b12comment.config import DownstreamConfig
-from b12comment.serve.ack import read_ack
 from b12comment.serve.forwarder import (
     DirTransport,
     Forwarder,
@@ -28,6 +27,7 @@ from b12comment.serve.forwarder import (
 from b12comment.serve.journal import Journal
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
+from b12comment.wire.ack import read_ack
 
 FAST = dict(timeout_s=0.5, retry_initial_s=0.01, retry_max_s=0.05, max_attempts=3)
 

@@ -516,8 +516,8 @@ def test_bad_http_is_400_and_the_server_keeps_serving(ep):
 
 
 def test_the_one_message_fast_path_cuts_bodies_as_replay_does():
-    from b12comment.replay.inputs import split_messages
     from b12comment.serve.http import _pieces
+    from b12comment.wire.split import split_messages
 
     bodies = [p.read_bytes() for p in corpus_files() + sample_files()]
     bodies += [build(), build() + build(), b"MSH|^~\\&|A\rMSH|^~\\&|B\r", b"MSH|^~\\&|A\rBTS|1\r", b" MSH|x", b""]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from b12comment.serve.mllp import Decoder, Frame, Incomplete, Junk, Oversize, encode, pieces
+from b12comment.wire.mllp import Decoder, Frame, Incomplete, Junk, Oversize, encode, pieces
 
 MSG_A = b"MSH|^~\\&|LAB|H|EHR|H|20240101||ORU^R01|A1|P|2.5.1\rPID|1||123\r"
 MSG_B = b"MSH|^~\\&|LAB|H|EHR|H|20240101||ADT^A01|B2|P|2.5.1\r"

@@ -9,7 +9,7 @@ import sys
 
 from paths import SAMPLES, corpus_files
 
-from b12comment.replay.inputs import iter_pieces, split_messages
+from b12comment.wire.split import iter_pieces, split_messages
 
 
 def run(*args, input=None, cwd=None):

@@ -23,7 +23,7 @@ from b12comment.core.context import _keys_by_segments, extract, possible_keys
 from b12comment.core.rule_config import RuleConfig
 from b12comment.replay.context import Reader, seq
 from b12comment.replay.context import build as build_context
-from b12comment.replay.inputs import open_input, read_pieces
+from b12comment.wire.split import open_input, read_pieces
 
 RULE = RuleConfig()
 # A rule that reads a second message type (as --compare-config's old rule may).

@@ -19,7 +19,7 @@ from test_replay_archive import make_archive
 
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
-from b12comment.replay.inputs import split_messages
+from b12comment.wire.split import split_messages
 
 RULE = RuleConfig()
 

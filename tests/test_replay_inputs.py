@@ -9,7 +9,7 @@ import re
 
 from paths import corpus_files, sample_files
 
-from b12comment.replay.inputs import iter_pieces
+from b12comment.wire.split import iter_pieces
 
 _BOUNDARY = re.compile(rb"[\r\n]([\xef\xbb\xbf \t\x00]*(MSH|FHS|BHS|BTS|FTS))")
 _FIRST = re.compile(rb"[\xef\xbb\xbf \t\x00]*(MSH|FHS|BHS|BTS|FTS)")

@@ -13,7 +13,7 @@ import pytest
 import trustme
 from service_helpers import SAMPLES, Downstream, Serve, frame, free_port, msh10, subprocess_env, write_config
 
-from b12comment.replay.inputs import split_messages
+from b12comment.wire.split import split_messages
 
 
 def send(*args, timeout: float = 60) -> subprocess.CompletedProcess:

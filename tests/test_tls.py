@@ -8,7 +8,7 @@ import pytest
 import trustme
 from service_helpers import MllpConnection, Serve, frame, msa, write_config
 
-from b12comment.serve.tls import TlsError, client_context, server_context
+from b12comment.wire.tls import TlsError, client_context, server_context
 
 MSG = b"MSH|^~\\&|LAB|F|EHR|F|20240101||ORU^R01|TLS1|P|2.5.1\rOBX|1|NM|X||1\r"
 

@@ -60,8 +60,8 @@ from b12comment.context import UNREAD_FOR_STORE, ContextStore, Outcome, without_
 from b12comment.core.context import extract, possible_keys
 from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
-from b12comment.replay.inputs import is_gzip, open_input, read_pieces
 from b12comment.replay.resume import CONTEXT_NAME
+from b12comment.wire.split import is_gzip, open_input, read_pieces
 
 NAME = CONTEXT_NAME
 COMMIT_EVERY = 2000

@@ -21,12 +21,12 @@ from b12comment.config import Config
 from b12comment.core.engine import process
 from b12comment.logs import get_logger
 from b12comment.replay.context import Reader
-from b12comment.replay.inputs import open_input, read_pieces
 from b12comment.replay.tally import Tally
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.journal import Journal, Replayed
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
+from b12comment.wire.split import open_input, read_pieces
 
 BATCH = 500
 SOURCE_PREFIX = "replay:"

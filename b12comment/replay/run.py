@@ -1,6 +1,6 @@
 """Replay archived messages: files and folders in, the same layout out.
 
-Each input file is streamed piece by piece (inputs.py) through process();
+Each input file is streamed piece by piece (wire/split.py) through process();
 its output holds the same pieces in the same order, messages processed,
 everything else byte for byte. Outputs are written under a temporary name and
 renamed when complete, so a reader never sees half a file. A file that holds
@@ -44,10 +44,10 @@ from b12comment.replay.context import NAME as CONTEXT_NAME
 from b12comment.replay.context import Reader, ReplayContext, close_readers, reader_for
 from b12comment.replay.context import build as build_context
 from b12comment.replay.context import remove as remove_context
-from b12comment.replay.inputs import is_gzip, open_input, open_output, read_pieces
 from b12comment.replay.progress import Progress, plural
 from b12comment.replay.resume import OWN_FILES, RESUME_NAME, ResumeFile, fingerprint, load_done, lock_output
 from b12comment.replay.tally import Tally
+from b12comment.wire.split import is_gzip, open_input, open_output, read_pieces
 
 
 @dataclass(frozen=True)

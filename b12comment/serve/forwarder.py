@@ -42,15 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from b12comment.aio import describe_error, wait_event
 from b12comment.config import DownstreamConfig
 from b12comment.core.segments import Malformed
 from b12comment.files import fsync_dir
-from b12comment.serve import mllp
-from b12comment.serve.ack import read_ack
-from b12comment.serve.aio import describe_error, wait_event
 from b12comment.serve.journal import JournalError, JournalFault, Row, batch_full
 from b12comment.serve.journal_writer import JournalThread
-from b12comment.serve.tls import client_context
+from b12comment.wire import mllp
+from b12comment.wire.ack import read_ack
+from b12comment.wire.tls import client_context
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,11 @@ from b12comment.core.decision import INTERNAL_ERROR, MALFORMED, RULE_VERSION, De
 from b12comment.core.engine import has_b12_code, process
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.segments import Malformed, read_header
-from b12comment.replay.inputs import Piece, split_messages
-from b12comment.serve.ack import REJECT, SEGMENT_SEQUENCE_ERROR, AckError, build_ack
-from b12comment.serve.listener import _ack_id, _now_dtm
 from b12comment.serve.metrics import Metrics
 from b12comment.serve.peers import PeerFilter
 from b12comment.serve.processing import ContextStage
+from b12comment.wire.ack import REJECT, SEGMENT_SEQUENCE_ERROR, AckError, ack_id, build_ack, now_dtm
+from b12comment.wire.split import Piece, split_messages
 
 HL7_TYPES = frozenset({"application/hl7-v2", "application/hl7-v2+er7", "x-application/hl7-v2+er7", "text/plain"})
 FALLBACK_CODEC = "iso8859-1"  # no charset parameter and no MSH-18
@@ -382,7 +381,7 @@ class HttpServer:
         except Malformed as exc:
             why = str(exc)
         why = f"not an HL7 message: {why}"
-        ack = build_ack(body, REJECT, _ack_id(), _now_dtm(), AckError(SEGMENT_SEQUENCE_ERROR, why))
+        ack = build_ack(body, REJECT, ack_id(), now_dtm(), AckError(SEGMENT_SEQUENCE_ERROR, why))
         return Reply(
             200,
             ack,

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import ssl
 import time
-import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from b12comment.config import JournalConfig, ListenerConfig
 from b12comment.core.segments import Header, Malformed, read_header
-from b12comment.serve import mllp
-from b12comment.serve.ack import (
+from b12comment.serve.journal import JournalError, JournalFault, Receipt
+from b12comment.serve.journal_writer import JournalThread
+from b12comment.serve.peers import PeerFilter
+from b12comment.wire import mllp
+from b12comment.wire.ack import (
     ACCEPT,
     APPLICATION_INTERNAL_ERROR,
     ERROR,
@@ -38,11 +38,10 @@ from b12comment.serve.ack import (
     SEGMENT_SEQUENCE_ERROR,
     AckError,
     accept_ack,
+    ack_id,
     build_ack,
+    now_dtm,
 )
-from b12comment.serve.journal import JournalError, JournalFault, Receipt
-from b12comment.serve.journal_writer import JournalThread
-from b12comment.serve.peers import PeerFilter
 
 KEEP_INVALID_BYTES = 4096  # how much of an invalid frame the journal keeps
 
@@ -60,27 +59,6 @@ class Answer:
     ack: bytes
     code: str
     fields: dict  # for the log record: no patient data
-
-
-_ACK_PREFIX = uuid.uuid4().hex[:8]
-_ack_serial = itertools.count(1)
-
-
-def _ack_id() -> str:
-    """The ACK's own MSH-10: unique per process start and answer (20 characters)."""
-    return f"{_ACK_PREFIX}{next(_ack_serial):012d}"
-
-
-_dtm_cache: tuple[int, str] = (0, "")
-
-
-def _now_dtm() -> str:
-    """The local time as HL7 DTM, to the second (formatted once a second)."""
-    global _dtm_cache
-    second = int(time.time())
-    if _dtm_cache[0] != second:
-        _dtm_cache = (second, datetime.fromtimestamp(second).astimezone().strftime("%Y%m%d%H%M%S%z"))
-    return _dtm_cache[1]
 
 
 class Intake:
@@ -127,11 +105,11 @@ class Intake:
             error = AckError(
                 APPLICATION_INTERNAL_ERROR, "message not stored: the journal cannot be written; send it again later"
             )
-            return Answer(build_ack(payload, ERROR, _ack_id(), _now_dtm(), error, header), ERROR, fields)
+            return Answer(build_ack(payload, ERROR, ack_id(), now_dtm(), error, header), ERROR, fields)
         if not receipt.duplicate:
             self.on_journaled()
         fields.update(journal_id=receipt.id, duplicate=receipt.duplicate)
-        return Answer(accept_ack(header, _ack_id(), _now_dtm()), ACCEPT, fields)
+        return Answer(accept_ack(header, ack_id(), now_dtm()), ACCEPT, fields)
 
     def oversize(self, size: int, head: bytes, limit: int, peer: str, seq: int) -> Coroutine[Any, Any, Answer]:
         try:
@@ -164,7 +142,7 @@ class Intake:
         except JournalError as exc:
             if not isinstance(exc, JournalFault):
                 self.log.error("journal_unavailable", stage="listener", error=str(exc))
-        return Answer(build_ack(payload, REJECT, _ack_id(), _now_dtm(), AckError(code, why)), REJECT, fields)
+        return Answer(build_ack(payload, REJECT, ack_id(), now_dtm(), AckError(code, why)), REJECT, fields)
 
 
 class _Refused(Exception):

@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 from b12comment import logs
+from b12comment.aio import describe_error, wait_event
 from b12comment.config import Config
 from b12comment.context import ContextError
 from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
-from b12comment.serve.aio import describe_error, wait_event
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.http import HttpServer
 from b12comment.serve.journal import JournalCorrupt, JournalError, JournalFault, JournalGone
@@ -51,7 +51,7 @@ from b12comment.serve.malloc import return_large_blocks
 from b12comment.serve.metrics import Metrics, MetricsServer
 from b12comment.serve.processing import ContextStage, Processor, open_context, unavailable
 from b12comment.serve.queue_cli import export_messages
-from b12comment.serve.tls import TlsError, server_context
+from b12comment.wire.tls import TlsError, server_context
 
 PRUNE_EVERY_S = 3600.0
 FILES_RESERVED = 64  # file descriptors beside the connections: journal, WAL, lock, downstream, metrics, logs

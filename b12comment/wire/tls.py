@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ssl
 
-from b12comment.serve.aio import describe_error
+from b12comment.aio import describe_error
 
 
 class TlsError(Exception):

@@ -1,4 +1,4 @@
-"""Two small helpers the service's asyncio code shares."""
+"""Two small helpers the asyncio code (serve, the forwarder) shares."""
 
 from __future__ import annotations
 

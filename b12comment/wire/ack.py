@@ -1,4 +1,4 @@
-"""Build the ACK for a received message, and read the ACK a downstream sends. Pure.
+"""Build the ACK for a received message, and read the ACK a downstream sends.
 
 The ACK speaks the sender's dialect: its field separator and encoding
 characters (MSH-1/MSH-2 copied as they are), its version (MSH-12) and
@@ -9,12 +9,20 @@ ERR-8 a message for the sender's operator, escaped with the sender's own
 delimiters. Versions before 2.5 have neither ERR-3 nor ERR-8, so there the
 code goes in ERR-1 and the text in MSA-3. Bytes without a readable MSH get
 the default delimiters `|^~\\&`. Segments end with `\\r`, as MLLP expects.
+
+`build_ack` and `read_ack` are pure; `ack_id()` and `now_dtm()` give the
+ACK's own MSH-10 and MSH-7 (a process-wide counter and the clock), for
+every answering shell (the listener and the HTTP endpoint) alike.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 
 from b12comment.core.segments import (
@@ -189,3 +197,24 @@ def read_ack(payload: bytes) -> tuple[str, str, str]:
     if not found:
         raise Malformed("the answer has no MSA segment")
     return code, acked, error
+
+
+_ACK_PREFIX = uuid.uuid4().hex[:8]
+_ack_serial = itertools.count(1)
+
+
+def ack_id() -> str:
+    """The ACK's own MSH-10: unique per process start and answer (20 characters)."""
+    return f"{_ACK_PREFIX}{next(_ack_serial):012d}"
+
+
+_dtm_cache: tuple[int, str] = (0, "")
+
+
+def now_dtm() -> str:
+    """The local time as HL7 DTM, to the second (formatted once a second)."""
+    global _dtm_cache
+    second = int(time.time())
+    if _dtm_cache[0] != second:
+        _dtm_cache = (second, datetime.fromtimestamp(second).astimezone().strftime("%Y%m%d%H%M%S%z"))
+    return _dtm_cache[1]
