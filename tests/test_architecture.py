@@ -145,3 +145,61 @@ def test_the_boundary_check_finds_a_planted_import(tmp_path):
     planted.write_text("import os\nfrom b12comment.config import load_config\nimport re\n")
     found = [(line, m) for line, m in imports_of(planted) if judge(m)]
     assert found == [(1, "os"), (2, "b12comment.config")]
+
+
+def core_graph(paths: list[Path]) -> dict[str, set[str]]:
+    """Each core module -> the core modules it imports, anywhere in it (an
+    import inside a function to dodge a cycle is still an edge)."""
+    graph: dict[str, set[str]] = {}
+    for path in paths:
+        edges = graph.setdefault(path.stem, set())
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("b12comment.core")):
+                module = (node.module or "") if not node.level else "b12comment.core." + (node.module or "")
+                if module.rstrip(".") in ("b12comment.core", "b12comment.core."):  # from b12comment.core import x
+                    edges.update(a.name for a in node.names if (path.parent / f"{a.name}.py").exists())
+                else:
+                    edges.add(module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                edges.update(a.name.split(".")[2] for a in node.names if a.name.startswith("b12comment.core."))
+        edges.discard(path.stem)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle, each once, as the path that closes it."""
+    found: list[list[str]] = []
+    seen: set[frozenset[str]] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in path:
+                cycle = path[path.index(nxt) :] + [nxt]
+                if frozenset(cycle) not in seen:
+                    seen.add(frozenset(cycle))
+                    found.append(cycle)
+            elif len(path) < len(graph):
+                visit(nxt, path + [nxt])
+
+    for start in sorted(graph):
+        visit(start, [start])
+    return found
+
+
+def test_the_core_has_no_import_cycles():
+    graph = core_graph([p for p in core_modules() if p.stem != "__init__"])
+    assert not cycles(graph), "\n".join(" -> ".join(c) for c in cycles(graph))
+
+
+def test_the_cycle_check_finds_a_planted_cycle(tmp_path):
+    for name, body in {
+        "a": "from b12comment.core.b import x\n",
+        "b": "def f():\n    from b12comment.core import c\n",
+        "c": "from .a import y\n",
+        "d": "import re\n",
+    }.items():
+        (tmp_path / f"{name}.py").write_text(body)
+    graph = core_graph(sorted(tmp_path.glob("*.py")))
+    assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert cycles(graph) == [["a", "b", "c", "a"]]

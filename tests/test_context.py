@@ -14,8 +14,9 @@ from builders import Obx, build
 from service_helpers import subprocess_env
 
 from b12comment.context import ContextError, ContextStore, decide, load_key
-from b12comment.core.context import ADULT, NOT_READ, Context, extract
+from b12comment.core.context import Context
 from b12comment.core.engine import process
+from b12comment.core.rows import ADULT, NOT_READ, extract
 from b12comment.core.rule_config import RuleConfig
 
 RULE = RuleConfig()
@@ -383,7 +384,7 @@ def _sample_messages() -> list[bytes]:
 
 
 def test_keys_are_those_of_the_extracted_rows():
-    from b12comment.core.context import keys
+    from b12comment.core.keys import keys
 
     messages = _sample_messages()
     assert len(messages) > 100
@@ -529,13 +530,13 @@ def test_a_result_message_that_fails_to_be_read_for_the_store_vetoes_as_one_not_
     """A result we cannot read is doubt: when reading a message's results for
     the store fails part-way, its rows are one result that cannot be judged
     per requisition (found by a byte search for its keys), not nothing."""
-    import b12comment.core.context as core_context
+    import b12comment.core.rows as core_rows
 
     def broken(*args, **kwargs):
         raise ValueError("a result this reader did not expect")
 
     alt = other_message(ALT_HIGH, control_id="BROKEN", orc4="REQ-B")
-    monkeypatch.setattr(core_context, "_cheap_observation", broken)
+    monkeypatch.setattr(core_rows, "cheap_observation", broken)
     ex = extract(alt, RULE)
     assert ex is not None and ex.not_read
     assert [(r.analyte, r.verdict) for r in ex.rows] == [(NOT_READ, "unknown")]
@@ -547,12 +548,12 @@ def test_a_result_message_that_fails_to_be_read_for_the_store_vetoes_as_one_not_
 
 
 def test_a_commented_message_whose_reading_for_the_store_fails_loses_its_comment(monkeypatch):
-    import b12comment.core.context as core_context
+    import b12comment.core.rows as core_rows
 
     def broken(*args, **kwargs):
         raise ValueError("a result this reader did not expect")
 
-    monkeypatch.setattr(core_context, "_cheap_observation", broken)
+    monkeypatch.setattr(core_rows, "cheap_observation", broken)
     outcome = decide(ContextStore(":memory:", KEY), 1, b12_message(), RULE, "patient", 30.0)
     assert (outcome.decision.commented, outcome.decision.reasons) == (False, ("context_unavailable",))
     assert outcome.output == b12_message()

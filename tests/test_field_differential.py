@@ -258,8 +258,8 @@ def _reference_observation(fields: list[bytes], header, codec: str):
     )
 
 
-def test_cheap_observation_reads_as_the_reference():
-    from b12comment.core.facts import _cheap_observation
+def testcheap_observation_reads_as_the_reference():
+    from b12comment.core.facts import cheap_observation
 
     messages = _messages_of_files() + [build(**kw) for _, kw, _, _, _ in CASES]
     checked = 0
@@ -273,7 +273,7 @@ def test_cheap_observation_reads_as_the_reference():
                 if seg.name != b"OBX":
                     continue
                 fields = segment_fields(m, seg, header.delimiters)
-                o = _cheap_observation(fields, header, codec, 1, 0, 0)
+                o = cheap_observation(fields, header, codec, 1, 0, 0)
                 got = (o.value_type, o.value, o.units, o.range_text, o.flags, o.status, o.observed_at, o.codes)
                 assert got == _reference_observation(fields, header, codec), (m[:60], seg)
                 checked += 1

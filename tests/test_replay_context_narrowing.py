@@ -19,7 +19,9 @@ from paths import REPO, corpus_files, sample_files
 from test_context import ALT_HIGH, LOW_PLATELETS, NORMAL_PLATELETS, b12_message, other_message
 
 from b12comment.context import ContextStore, decide
-from b12comment.core.context import _keys_by_segments, extract, possible_keys
+from b12comment.core.keys import keys as keys_of
+from b12comment.core.keys import possible_keys
+from b12comment.core.rows import extract
 from b12comment.core.rule_config import RuleConfig
 from b12comment.replay.context import Reader, seq
 from b12comment.replay.context import build as build_context
@@ -233,8 +235,9 @@ def test_possible_keys_hold_every_key_of_the_rows():
     for message in messages:
         found = possible_keys(message)
         assert found is not None
-        assert set(found) >= set(_keys_by_segments(message))  # the quick reading of the lines: the same keys
         for rule in (RULE, OLD_RULE):
+            typed = keys_of(message, rule)  # the keys under a rule that reads the message: the same reader's
+            assert typed is None or set(found) >= typed.patients | typed.requisitions
             ex = extract(message, rule, 30.0, skip_adults=False)
             if ex is None:
                 continue

@@ -925,8 +925,8 @@ def test_normal_texts_are_the_sites():
 def test_judge_value_is_the_one_verdict(obx, verdict):
     """judge_value() is what the message context (and a patient context) uses."""
     from b12comment.core.facts import read_facts
-    from b12comment.core.rule import judge_value
     from b12comment.core.segments import read_header
+    from b12comment.core.verdict import judge_value
 
     message = build(others=(obx,))
     facts = read_facts(message, read_header(message), "latin-1", RULE)

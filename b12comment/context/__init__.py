@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from b12comment.core.context import ABNORMAL_VERDICTS, ADULT, OBX, Extract, extract
 from b12comment.core.decision import CONTEXT_UNAVAILABLE, Decision
 from b12comment.core.engine import process
+from b12comment.core.rows import ADULT, OBX, Extract, extract
 from b12comment.core.rule_config import RuleConfig
+from b12comment.core.verdict import ABNORMAL
 
 from .store import ContextError, ContextStore, load_key
 
@@ -92,6 +93,6 @@ def _contradiction(ex: Extract, rule: RuleConfig) -> str:
     rows = [r for r in ex.rows if r.kind == OBX and r.status not in rule.ignored_statuses]
     if any(r.is_b12 and r.status == "C" for r in rows):
         return CORRECTED_B12
-    if any(not r.is_b12 and r.verdict in ABNORMAL_VERDICTS for r in rows):
+    if any(not r.is_b12 and r.verdict == ABNORMAL for r in rows):
         return NEW_ABNORMAL
     return ""

@@ -27,7 +27,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from b12comment.core.context import Context, Extract, Keys, PriorResult
+from b12comment.core.context import Context, PriorResult
+from b12comment.core.keys import Keys
+from b12comment.core.rows import Extract
 from b12comment.errors import B12Error
 
 KEY_BYTES = 32

@@ -8,7 +8,6 @@ input itself, or the input with NTE segments inserted; nothing else changes.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from hl7apy.exceptions import HL7apyException
 
@@ -19,7 +18,6 @@ from b12comment.core.decision import (
     MALFORMED,
     MULTIPLE_PATIENTS,
     NO_B12,
-    NOT_ORU,
     TOO_MANY_B12,
     TOO_MANY_SEGMENTS,
     UNSUPPORTED_CHARSET,
@@ -29,7 +27,8 @@ from b12comment.core.decision import (
 from b12comment.core.facts import MAX_B12_RESULTS, MAX_SEGMENTS, Facts, read_detail, read_facts
 from b12comment.core.rule import decide_result, is_paediatric, order_notes, patient_age
 from b12comment.core.rule_config import RuleConfig
-from b12comment.core.segments import Header, Malformed, read_header, segment_count
+from b12comment.core.screen import Refused, has_b12_code, header_fields, result_header, segments_over_limit
+from b12comment.core.segments import Header, read_header
 from b12comment.core.splice import (
     apply,
     comment_field,
@@ -77,24 +76,12 @@ def _control_id(message: bytes) -> str:
         return ""
 
 
-def has_b12_code(message: bytes, rule: RuleConfig) -> bool:
-    """Cheap pre-check: could any configured code stand in this message?"""
-    return any(cm.code.encode("ascii") in message for cm in rule.codes)
-
-
-class _Done(Exception):
-    """A message-level decision: no comment, for the reason it carries."""
-
-    def __init__(self, decision: Decision):
-        self.decision = decision
-
-
 def _process(
     message: bytes, rule: RuleConfig, context: Context | None, precheck: bool, text_codec: str | None
 ) -> tuple[bytes, Decision]:
     try:
         header, facts, codec = _read(message, rule, precheck, text_codec)
-    except _Done as done:
+    except Refused as done:
         return message, done.decision
     results, insertions = _decide_results(message, header, facts, codec, rule, context)
     reasons = tuple(dict.fromkeys(r for rd in results if not rd.commented for r in rd.reasons))
@@ -105,52 +92,39 @@ def _process(
         results=tuple(results),
         notes=facts.notes + order_notes(facts),
         vetoed_by=vetoed_by,
-        **_base(header),
+        **header_fields(header),
     )
     return apply(message, insertions), decision
 
 
-def _base(header: Header) -> dict[str, Any]:
-    return dict(control_id=header.control_id, message_type=header.message_type, version=header.version)
-
-
 def _read(message: bytes, rule: RuleConfig, precheck: bool, text_codec: str | None) -> tuple[Header, Facts, str]:
     """Header, facts and codec of a message whose B12 results can be decided;
-    raises _Done with the message-level Decision otherwise."""
-    try:
-        header = read_header(message)
-    except Malformed as exc:
-        raise _Done(Decision(False, (MALFORMED,), detail=str(exc))) from None
-    base = _base(header)
-    if not header.delimiters.valid:
-        detail = "MSH-2 encoding characters repeat or clash with the field separator"
-        raise _Done(Decision(False, (MALFORMED,), detail=detail, **base))
-    code = f"{header.message_code.upper()}^{header.trigger_event.upper()}"
-    if code not in rule.message_types:
-        raise _Done(Decision(False, (NOT_ORU,), **base))
+    raises Refused with the message-level Decision otherwise."""
+    header = result_header(message, rule)
+    base = header_fields(header)
     if precheck and not has_b12_code(message, rule):
-        raise _Done(Decision(False, (NO_B12,), **base))
-    segments = segment_count(message)
-    if segments > MAX_SEGMENTS:
+        raise Refused(Decision(False, (NO_B12,), **base))
+    segments = segments_over_limit(message)
+    if segments is not None:
         detail = f"{segments} segments (more than {MAX_SEGMENTS})"
-        raise _Done(Decision(False, (TOO_MANY_SEGMENTS,), detail=detail, **base))
+        raise Refused(Decision(False, (TOO_MANY_SEGMENTS,), detail=detail, **base))
     codec = text_codec or charset.codec_for(header.charset)
     try:
         facts = read_facts(message, header, codec or "latin-1", rule)
     except HL7apyException as exc:
-        raise _Done(Decision(False, (MALFORMED,), detail=f"unreadable field: {exc}"[:300], **base)) from None
+        raise Refused(Decision(False, (MALFORMED,), detail=f"unreadable field: {exc}"[:300], **base)) from None
     notes = facts.notes
     if not facts.b12:  # the same Decision the pre-check gives
-        raise _Done(Decision(False, (NO_B12,), **base))
+        raise Refused(Decision(False, (NO_B12,), **base))
     notes = notes + order_notes(facts)
     if len(facts.b12) > MAX_B12_RESULTS:
         detail = f"{len(facts.b12)} total-B12 results"
-        raise _Done(Decision(False, (TOO_MANY_B12,), notes=notes, detail=detail, **base))
+        raise Refused(Decision(False, (TOO_MANY_B12,), notes=notes, detail=detail, **base))
     if facts.patient_count > 1:
-        raise _Done(Decision(False, (MULTIPLE_PATIENTS,), notes=notes, **base))
+        raise Refused(Decision(False, (MULTIPLE_PATIENTS,), notes=notes, **base))
     if codec is None or not _delimiters_safe(header, codec):
         detail = f"MSH-18 {header.charset!r}"
-        raise _Done(Decision(False, (UNSUPPORTED_CHARSET,), notes=notes, detail=detail, **base))
+        raise Refused(Decision(False, (UNSUPPORTED_CHARSET,), notes=notes, detail=detail, **base))
     return header, facts, codec
 
 

@@ -110,7 +110,7 @@ class Facts:
         out = []
         for at in self.obx_at:
             fields = segment_fields(self.message, self.segments[at.segment_index], self.header.delimiters)
-            out.append(_cheap_observation(fields, self.header, self.codec, at.obx_index, at.segment_index, at.group))
+            out.append(cheap_observation(fields, self.header, self.codec, at.obx_index, at.segment_index, at.group))
         return tuple(out)
 
 
@@ -351,7 +351,7 @@ def _range_text(raw: bytes, delims: Delimiters, codec: str) -> str:
     return "~".join(reps)
 
 
-def _cheap_observation(
+def cheap_observation(
     fields: list[bytes], header: Header, codec: str, obx_index: int, index: int, group: int
 ) -> Observation:
     d = header.delimiters
@@ -488,7 +488,7 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
             if code is not None:
                 # Read cheaply now; the collection time with the field reader
                 # below, and the rest only if the age says so (read_detail).
-                obs = _cheap_observation(fields, header, codec, obx_index, index, group)
+                obs = cheap_observation(fields, header, codec, obx_index, index, group)
                 block = _OpenBlock(obs, code, fields, index)
         elif name == b"PID":
             patient_count += 1

@@ -13,8 +13,8 @@ Every failed condition is recorded as a reason code. Pure: facts in, decisions o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from b12comment.core.context import Context, veto
 from b12comment.core.dates import Age, age_at, parse_ts
 from b12comment.core.decision import (
     ADULT,
@@ -37,17 +37,12 @@ from b12comment.core.rule_config import RuleConfig
 from b12comment.core.values import (
     Quantity,
     Range,
-    TextReference,
-    outside,
     parse_quantity,
     parse_quantity_with_unit,
-    possible_quantities,
     read_range,
     same_unit,
 )
-
-if TYPE_CHECKING:
-    from b12comment.core.context import Context
+from b12comment.core.verdict import ABNORMAL, NORMAL, UNKNOWN, judge_value
 
 
 def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:
@@ -76,90 +71,6 @@ def band_limit(age: Age, rule: RuleConfig) -> float:
     """The fallback limit for the youngest age a patient under 18 could be (the
     highest limit, so a doubt about the band never makes a normal value elevated)."""
     return next(b.upper_limit_pmol_l for b in rule.age_bands if age.youngest < b.below_years)
-
-
-# How the rule judges one other (non-B12) result's value: the verdict the
-# message context, the patient context and the context store all share.
-NORMAL, ABNORMAL, UNKNOWN = "normal", "abnormal", "unknown"
-
-CODED_TYPES = ("CWE", "CE", "CNE", "CF")
-# Value types whose OBX-5 may hold a quantity (a date, a code or a name never does).
-QUANTITY_TYPES = ("NM", "SN", "ST", "TX", "FT", "")
-
-
-def _text_key(text: str) -> str:
-    return " ".join(text.split()).rstrip(".").casefold()
-
-
-def _value_texts(obs: Observation) -> list[str]:
-    """The texts of a value compared with normal_texts and a text reference:
-    the whole first component, and for a coded value its identifier and text."""
-    if obs.value_type in CODED_TYPES:
-        return [c for c in obs.value[:2] if c]
-    return [obs.value[0]] if obs.value and obs.value[0] else []
-
-
-def is_normal_text(obs: Observation, rule: RuleConfig) -> bool:
-    normal = {_text_key(t) for t in rule.normal_texts}
-    return any(_text_key(t) in normal for t in _value_texts(obs))
-
-
-def is_ignored_code(obs: Observation, rule: RuleConfig) -> bool:
-    return any(code in rule.ignored_codes for code in obs.codes)
-
-
-def other_quantities(obs: Observation, rng: Range | None) -> list[Quantity]:
-    """Every quantity another result's OBX-5 could mean, in the unit of its
-    range: [] when the value cannot be read, or its unit (in OBX-5, OBX-6 or
-    after the range) disagrees with another."""
-    if obs.value_type not in QUANTITY_TYPES:
-        return []
-    if rng is not None and rng.unit and obs.units and not same_unit(rng.unit, obs.units):
-        return []
-    found = possible_quantities(obs.value_type, list(obs.value))
-    if found:
-        return found
-    with_unit = parse_quantity_with_unit(obs.value_type, list(obs.value))
-    if with_unit is None:
-        return []
-    q, unit = with_unit
-    if any(other and not same_unit(unit, other) for other in (obs.units, rng.unit if rng else "")):
-        return []
-    return [q]
-
-
-def judge_value(obs: Observation, rule: RuleConfig) -> str:
-    """NORMAL, ABNORMAL or UNKNOWN: what one other result says about the patient.
-
-    ABNORMAL: a flag other than a normal flag, or a value outside its own
-    readable OBX-7 range (under every reading of an ambiguous `15,000`).
-    UNKNOWN (doubt): OBX-7 present but unreadable; a value that cannot be read
-    as a quantity while a numeric range is given; a text result with neither
-    flag nor range (or with a text reference it does not match), unless its
-    text is a configured normal text. A normal flag (`N`) or a configured
-    ignored code turns a doubt into NORMAL; neither hides an abnormal flag or
-    a value outside its range.
-    """
-    flags = [f.upper() for f in obs.flags]
-    if any(flag not in rule.normal_flags for flag in flags):
-        return ABNORMAL
-    reading = read_range(obs.range_text)
-    if isinstance(reading, Range):
-        quantities = other_quantities(obs, reading)
-        if any(outside(q, reading) for q in quantities):
-            return ABNORMAL
-        if quantities:
-            return NORMAL
-    elif isinstance(reading, TextReference):
-        reference = _text_key(reading.text)
-        if is_normal_text(obs, rule) or any(_text_key(t) == reference for t in _value_texts(obs)):
-            return NORMAL
-    elif reading is None and (other_quantities(obs, None) or is_normal_text(obs, rule)):
-        return NORMAL  # a number the lab did not flag, or a normal text
-    # In doubt: only the lab's normal flag or the site's list of codes lifts it.
-    if flags or is_ignored_code(obs, rule):
-        return NORMAL
-    return UNKNOWN
 
 
 def context_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
@@ -320,8 +231,6 @@ def decide_result(
     reasons.extend(r for r in order if r != ORDER_NOT_FINAL)
     vetoed_by: list[str] = []
     if context is not None:
-        from b12comment.core.context import veto  # context.py judges with this module
-
         vetoes, vetoed_by = veto(context, collection_time(facts, obs, rule), rule)
         reasons.extend(vetoes)
     return ResultDecision(

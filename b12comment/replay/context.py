@@ -57,8 +57,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from b12comment.context import UNREAD_FOR_STORE, ContextStore, Outcome, without_context
-from b12comment.core.context import extract, possible_keys
 from b12comment.core.engine import process
+from b12comment.core.keys import possible_keys
+from b12comment.core.rows import extract
 from b12comment.core.rule_config import RuleConfig
 from b12comment.replay.resume import CONTEXT_NAME
 from b12comment.wire.split import is_gzip, open_input, read_pieces

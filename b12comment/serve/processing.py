@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from b12comment.aio import wait_event
 from b12comment.config import ContextConfig
 from b12comment.context import ContextStore, Outcome, decide, open_store, without_context
-from b12comment.core.context import extract, keys
 from b12comment.core.decision import INTERNAL_ERROR
 from b12comment.core.engine import process
+from b12comment.core.keys import keys
+from b12comment.core.rows import extract
 from b12comment.serve.journal import JournalError, JournalFault, Processed, Row, batch_full
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
