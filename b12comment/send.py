@@ -26,9 +26,9 @@ from pathlib import Path
 from b12comment.core.segments import Malformed, read_header
 from b12comment.errors import EXIT_NOT_ACCEPTED, EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.wire import mllp
-from b12comment.wire.ack import read_ack
 from b12comment.wire.split import open_input, read_pieces
 from b12comment.wire.tls import TlsError, client_context
+from b12comment.wire.waiter import ACCEPTED_CODES, AckWaiter, Unreadable
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Answer:
 
     @property
     def accepted(self) -> bool:
-        return self.code in ("AA", "CA") and self.acked == self.control_id
+        return self.code in ACCEPTED_CODES and self.acked == self.control_id
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -112,7 +112,7 @@ class Connection:
     def __init__(self, opts: SendOptions):
         self.opts = opts
         self.sock: socket.socket | None = None
-        self.decoder = mllp.Decoder()
+        self.waiter = AckWaiter(first_answer=True)  # the first ACK is shown, whatever MSA-2 names
         self.context = None
         if opts.tls or opts.tls_ca or opts.tls_cert:
             try:
@@ -130,7 +130,8 @@ class Connection:
             raise B12Error(f"TLS with {o.host}:{o.port} failed: {exc.reason or exc}") from None
         except OSError as exc:
             raise B12Error(f"cannot connect to {o.host}:{o.port}: {describe_os_error(exc)}") from None
-        self.sock, self.decoder = sock, mllp.Decoder()
+        self.sock = sock
+        self.waiter.reset()
 
     def close(self) -> None:
         if self.sock is not None:
@@ -157,29 +158,31 @@ class Connection:
             self.open()
         assert self.sock is not None
         started = time.perf_counter()
-        heard = False
+        self.waiter.expect(cid)
         try:
             self.sock.sendall(frame)
             while True:
                 data = self.sock.recv(65536)
                 if not data:
                     raise EOFError("the listener closed the connection before answering")
-                heard = True
-                for event in self.decoder.feed(data):
-                    if isinstance(event, mllp.Frame):
-                        ms = (time.perf_counter() - started) * 1000
-                        try:
-                            code, acked, error = read_ack(event.payload)
-                        except Malformed as exc:
-                            self.close()
-                            return Answer(cid, "-", "", ms, f"unreadable answer: {exc}"), heard
-                        return Answer(cid, code, acked, ms, f"error code {error}" if error else ""), heard
+                reply = self.waiter.feed(data)
+                if reply is None:
+                    continue
+                ms = (time.perf_counter() - started) * 1000
+                if isinstance(reply, Unreadable):
+                    self.close()
+                    return Answer(cid, "-", "", ms, reply.why), True
+                return Answer(
+                    cid, reply.code, reply.acked, ms, f"error code {reply.error}" if reply.error else ""
+                ), True
         except TimeoutError:
             self.close()
-            return Answer(cid, "-", "", (time.perf_counter() - started) * 1000, "no ACK in time"), heard
+            return Answer(cid, "-", "", (time.perf_counter() - started) * 1000, "no ACK in time"), self.waiter.heard > 0
         except (OSError, EOFError) as exc:
             self.close()
-            return Answer(cid, "-", "", (time.perf_counter() - started) * 1000, describe_os_error(exc)), heard
+            return Answer(
+                cid, "-", "", (time.perf_counter() - started) * 1000, describe_os_error(exc)
+            ), self.waiter.heard > 0
 
 
 def line(a: Answer) -> str:

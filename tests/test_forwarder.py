@@ -191,6 +191,33 @@ def test_ack_for_another_message_is_not_taken_as_ours(tmp_path):
     j.close()
 
 
+def test_an_ack_for_another_control_id_before_ours_is_skipped(tmp_path):
+    """The fast twin of the test above: an AA for another message comes in
+    the same write just before the AR for ours; the AR is the one that counts."""
+    fill(tmp_path / "j.sqlite3", 1)
+
+    def answer(i, payload):
+        other = ack_for(b"MSH|^~\\&|A|B|C|D|1||ORU^R01|OTHER|P|2.5.1\r", "AA")
+        return other + b"\x1c\r\x0b" + ack_for(payload, "AR")  # two frames in one write
+
+    with Downstream(answer=answer) as down:
+        run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
+    j = Journal(tmp_path / "j.sqlite3")
+    assert j.rows()[0].state == "dead" and "AR" in j.rows()[0].last_error
+    j.close()
+
+
+def test_ca_is_delivered(tmp_path):
+    expected = fill(tmp_path / "j.sqlite3", 2)
+    with Downstream(answer=lambda i, p: "CA") as down:
+        metrics = run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
+        assert down.received == expected
+    assert metrics.value("b12comment_forwarded_total") == 2
+    j = Journal(tmp_path / "j.sqlite3")
+    assert states(j.rows()) == ["forwarded", "forwarded"] and j.rows()[0].attempts == 0
+    j.close()
+
+
 def test_downstream_that_closes_after_each_ack_is_reconnected_at_once(tmp_path):
     """Many receivers close the connection after each ACK. A kept connection
     the downstream closed is reopened at once: no failed attempt, no backoff

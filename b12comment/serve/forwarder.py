@@ -44,13 +44,12 @@ from typing import Any, TypeVar
 
 from b12comment.aio import describe_error, wait_event
 from b12comment.config import DownstreamConfig
-from b12comment.core.segments import Malformed
 from b12comment.files import fsync_dir
 from b12comment.serve.journal import JournalError, JournalFault, Row, batch_full
 from b12comment.serve.journal_writer import JournalThread
 from b12comment.wire import mllp
-from b12comment.wire.ack import read_ack
 from b12comment.wire.tls import client_context
+from b12comment.wire.waiter import AckWaiter, Unreadable
 
 
 @dataclass(frozen=True)
@@ -203,9 +202,7 @@ class MllpTransport:
         self.max_ack_bytes = max_ack_bytes
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._decoder = mllp.Decoder(max_ack_bytes)
-        self._answered = 0  # bytes the downstream sent after the current message
-        self._others: list[str] = []  # control IDs of ACKs that were not for it
+        self._waiter = AckWaiter(max_ack_bytes)  # MSA-2 matching and the answer's meaning
 
     async def deliver(self, row: Row) -> Outcome:
         payload = row.processed if row.processed is not None else row.raw
@@ -229,18 +226,18 @@ class MllpTransport:
                     return Retry(f"cannot connect to {self.host}:{self.port}: {describe_error(exc)}", counts=False)
             writer = self._writer
             assert writer is not None  # connected above
-            self._answered, self._others = 0, []
+            self._waiter.expect(row.control_id)
             try:
                 async with asyncio.timeout(self.timeout_s):
                     await self._write(writer, frame)
                 async with asyncio.timeout(self.timeout_s):
-                    return await self._await_ack(row.control_id)
+                    return await self._await_ack()
             except TimeoutError:
                 await self.close()
-                if self._others:
+                if self._waiter.others:
                     return Retry(
                         f"no ACK for {row.control_id!r} within {self.timeout_s:g} s; ACKs for another control ID "
-                        f"arrived: {', '.join(repr(c) for c in self._others[:3])}"
+                        f"arrived: {', '.join(repr(c) for c in self._waiter.others[:3])}"
                     )
                 return Retry(f"no ACK within {self.timeout_s:g} s")
             except ssl.SSLError as exc:  # a TLS set-up problem, not this message's fault
@@ -248,7 +245,7 @@ class MllpTransport:
                 return Retry(f"TLS failure: {describe_error(exc)}", counts=False)
             except (OSError, EOFError) as exc:
                 await self.close()
-                if first_try and reused and not self._answered:
+                if first_try and reused and not self._waiter.heard:
                     continue  # the kept connection was already closed by the downstream
                 return Retry(f"connection lost: {describe_error(exc)}")
         raise AssertionError("unreachable")  # the loop returns on its second pass
@@ -267,33 +264,25 @@ class MllpTransport:
             self._reader, self._writer = await asyncio.open_connection(
                 self.host, self.port, ssl=self.ssl_context, server_hostname=self.host if self.ssl_context else None
             )
-        self._decoder = mllp.Decoder(self.max_ack_bytes)
+        self._waiter.reset()
 
-    async def _await_ack(self, control_id: str) -> Outcome:
+    async def _await_ack(self) -> Outcome:
         reader = self._reader
         assert reader is not None  # connected before a message is sent
         while True:
             data = await reader.read(65536)
             if not data:
                 raise EOFError("downstream closed the connection before answering")
-            self._answered += len(data)
-            for event in self._decoder.feed(data):
-                if not isinstance(event, mllp.Frame):
-                    continue
-                try:
-                    code, acked, error = read_ack(event.payload)
-                except Malformed as exc:
-                    return Retry(f"unreadable answer: {exc}")
-                if acked != control_id:
-                    if len(self._others) < 10:
-                        self._others.append(acked)
-                    continue  # an answer to something else; keep waiting for ours
-                detail = f"{code}, error code {error}" if error else code
-                if code in ("AA", "CA"):
-                    return Delivered(code)
-                if code in ("AR", "CR"):
-                    return Rejected(f"downstream rejected it ({detail})")
-                return Retry(f"downstream answered {detail}")
+            reply = self._waiter.feed(data)
+            if reply is None:
+                continue  # nothing yet, or an answer to something else: keep waiting for ours
+            if isinstance(reply, Unreadable):
+                return Retry(reply.why)
+            if reply.accepted:
+                return Delivered(reply.code)
+            if reply.rejected:
+                return Rejected(f"downstream rejected it ({reply.detail})")
+            return Retry(f"downstream answered {reply.detail}")
 
     async def close(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None
