@@ -92,6 +92,7 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
             html=args.html,
             old_config=old,
             context_window_days=args.context_window_days,
+            audit=args.audit,
         ),
     )
 
@@ -136,6 +137,22 @@ def _context(config: Config, args: argparse.Namespace) -> int:
     from b12comment.context.rebuild import run_rebuild
 
     return run_rebuild(config)
+
+
+def _audit(config: Config, args: argparse.Namespace) -> int:
+    from b12comment.audit.commands import run_export, run_purge
+
+    if args.audit_command == "purge":
+        return run_purge(config)
+    return run_export(config, args.first, args.last, "json" if args.json else "csv")
+
+
+def _outcomes(config: Config, args: argparse.Namespace) -> int:
+    from b12comment.audit.commands import run_outcomes
+
+    return run_outcomes(
+        config, as_json=args.json, html=args.html, days=args.days, as_of=args.as_of, min_cell=args.min_cell
+    )
 
 
 # --------------------------------------------------------------------------
@@ -228,6 +245,12 @@ def _add_replay(sub) -> None:
         metavar="DAYS",
         help="the patient's other results collected within DAYS of a B12 count (default: [context] lookback_days)",
     )
+    sp.add_argument(
+        "--audit",
+        action="store_true",
+        help="record every decision on a B12 result of a patient under 18 in the audit store ([audit] path); "
+        "with --dry-run, as shadow decisions (the baseline of outcomes)",
+    )
     sp.set_defaults(func=_replay)
 
 
@@ -318,6 +341,55 @@ def _add_context(sub) -> None:
     sp.set_defaults(func=_context, context_parser=sp)
 
 
+def _add_audit(sub) -> None:
+    sp = _with_config(
+        sub.add_parser(
+            "audit",
+            help="the audit store: export the decisions, purge old ones",
+            description="The audit store ([audit] path) holds every decision on a B12 result of a patient "
+            "under 18, with keyed hashes only.",
+        )
+    )
+    asub = sp.add_subparsers(dest="audit_command", metavar="ACTION")
+    ex = _with_config(
+        asub.add_parser(
+            "export",
+            help="the decisions made from --from to --to (UTC days, both included), for a governance committee",
+            description="One row per decision: time, source, control ID, sending facility, rule version, "
+            "configuration digest, age band, value, limit and its source, commented, reasons, the control IDs "
+            "of the messages that vetoed, collection time. No keyed hashes, no patient data.",
+        ),
+        default=argparse.SUPPRESS,
+    )
+    ex.add_argument("--from", dest="first", metavar="DATE", help="first day (YYYY-MM-DD)")
+    ex.add_argument("--to", dest="last", metavar="DATE", help="last day (YYYY-MM-DD)")
+    fmt = ex.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="a JSON array")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header line (the default)")
+    _with_config(
+        asub.add_parser("purge", help="delete what is older than [audit] retention_days"), default=argparse.SUPPRESS
+    )
+    sp.set_defaults(func=_audit, audit_parser=sp)
+
+
+def _add_outcomes(sub) -> None:
+    sp = _with_config(
+        sub.add_parser(
+            "outcomes",
+            help="did the comment work: repeat B12 within N days, against the shadow decisions",
+            description="From the audit store: of the children whose elevated B12 got the comment, how many "
+            "had another B12 within N days, and the same for shadow decisions (the baseline), by month, with "
+            "a safety line. Aggregates only; small cells suppressed.",
+        )
+    )
+    sp.add_argument("--json", action="store_true", help="print the figures as JSON")
+    sp.add_argument("--html", metavar="PATH", help="write a self-contained HTML report here")
+    sp.add_argument("--days", default="56,180,365", metavar="N,N,...", help="the windows in days (56,180,365)")
+    sp.add_argument("--as-of", metavar="DATE", help="count the windows that have passed by this day (default: today)")
+    sp.add_argument("--min-cell", type=int, metavar="K", help="suppress counts from 1 to K-1 ([audit] min_cell)")
+    sp.set_defaults(func=_outcomes)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="b12comment",
@@ -331,7 +403,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"b12comment {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_serve, _add_send, _add_preview, _add_replay, _add_queue, _add_context):
+    for add in (_add_serve, _add_send, _add_preview, _add_replay, _add_queue, _add_context, _add_audit, _add_outcomes):
         add(sub)
     return p
 
@@ -347,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "context" and not args.context_command:
         args.context_parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.command == "audit" and not args.audit_command:
+        args.audit_parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
         return _run(args)

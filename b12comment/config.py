@@ -104,6 +104,15 @@ class ContextConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    enabled: bool = False  # serve and its HTTP endpoint record every decision on a B12 result of a child
+    path: str = "var/audit.sqlite3"  # SQLite file (created 0600)
+    key_file: str = "var/audit.key"  # HMAC key of the patient and requisition hashes
+    retention_days: float = 730.0
+    min_cell: int = 5  # outcomes: counts from 1 to min_cell - 1 are suppressed
+
+
+@dataclass(frozen=True)
 class Config:
     rule: RuleConfig = field(default_factory=RuleConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
@@ -113,6 +122,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     source: str = "<built-in defaults>"
 
 
@@ -394,6 +404,13 @@ def _check_service(path: str, cfg: Config) -> None:
     _positive(r, "hold_s", cx.hold_s, allow_zero=True)
     if cx.hold_s and cx.mode == "message":
         raise r.fail("hold_s", 'needs mode "requisition" or "patient": a hold waits for the rest of the requisition')
+    au = cfg.audit
+    r = _Reader(path, {}, "audit")
+    for key in ("path", "key_file"):
+        if not getattr(au, key):
+            raise r.fail(key, "must not be empty")
+    _positive(r, "retention_days", au.retention_days)
+    _positive(r, "min_cell", au.min_cell, allow_zero=True)
 
 
 def _check_peers_and_tls(r: _Reader, section: ListenerConfig | HttpConfig) -> None:
@@ -445,6 +462,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         ("http", HttpConfig),
         ("logging", LoggingConfig),
         ("context", ContextConfig),
+        ("audit", AuditConfig),
     ):
         sections[name] = _load_simple(cls, path, top.take_table(name), name)
     top.done()

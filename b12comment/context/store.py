@@ -79,8 +79,21 @@ class ContextError(B12Error):
     """The context store or its key cannot be used; the message is one line."""
 
 
-def load_key(path: str | Path) -> bytes:
-    """The HMAC key: made (32 random bytes, mode 0600) if the file is missing."""
+def keyed_hash(key: bytes, raw: bytes) -> bytes:
+    """The keyed hash of one identifier (HMAC-SHA256); b"" for an empty one.
+    The context store's and the audit's hashes are both made here."""
+    return hmac.new(key, raw, hashlib.sha256).digest() if raw else b""
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Names a key without revealing it: a store records the fingerprint of
+    the key its hashes were made with, and refuses another."""
+    return hmac.new(key, b"b12comment key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def load_key(path: str | Path, what: str = "context") -> bytes:
+    """The HMAC key: made (32 random bytes, mode 0600) if the file is missing.
+    `what` names the key's user in an error ("context", "audit")."""
     p = Path(path)
     try:
         if not p.exists():
@@ -92,11 +105,11 @@ def load_key(path: str | Path) -> bytes:
                 os.fsync(f.fileno())
         key = p.read_bytes()
     except FileExistsError:  # made meanwhile by another process
-        return load_key(p)
+        return load_key(p, what)
     except OSError as exc:
-        raise ContextError(f"cannot read the context key file {p}: {exc.strerror or exc}") from None
+        raise ContextError(f"cannot read the {what} key file {p}: {exc.strerror or exc}") from None
     if len(key) != KEY_BYTES:
-        raise ContextError(f"the context key file {p} must hold exactly {KEY_BYTES} bytes, it holds {len(key)}")
+        raise ContextError(f"the {what} key file {p} must hold exactly {KEY_BYTES} bytes, it holds {len(key)}")
     return key
 
 
@@ -129,7 +142,7 @@ class ContextStore:
         self._db.close()
 
     def _hash(self, raw: bytes) -> bytes:
-        return hmac.new(self._key, raw, hashlib.sha256).digest() if raw else b""
+        return keyed_hash(self._key, raw)
 
     def _begin(self) -> None:
         if not self._in_tx:

@@ -49,10 +49,11 @@ def enqueue_file(
     log=None,
     context: Reader | None = None,
     index: int = 0,
+    audit=None,
 ) -> Tally:
     """Process one file and journal its messages; returns its tally. `log`:
     run.DecisionLog for `--log-file`; `context`: the first pass's store, and
-    `index` the file's place in the plan."""
+    `index` the file's place in the plan; `audit`: the audit's Recorder."""
     source = SOURCE_PREFIX + rel
     already = journal.last_position(source) if resume else 0
     tally = Tally(files=1)
@@ -73,6 +74,8 @@ def enqueue_file(
                 log.write(position, decision)
             if position <= already:
                 continue
+            if audit is not None:
+                audit.record(piece.data, decision)
             batch.append(
                 Replayed(
                     raw=piece.data,
@@ -89,6 +92,8 @@ def enqueue_file(
                 batch = []
     if batch:
         journal.enqueue_processed(source, batch)
+    if audit is not None:
+        audit.flush()
     if position == 0:
         tally.files_without_hl7.append(rel)
     return tally

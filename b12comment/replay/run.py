@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from b12comment.audit.recorder import AuditSpec, audit_spec, close_recorders, open_recorder, recorder_for
+from b12comment.audit.rows import REPLAY, SHADOW
 from b12comment.config import Config
 from b12comment.context import ContextError
 from b12comment.core.decision import Decision
@@ -61,6 +63,7 @@ class Job:
     skip_non_hl7: bool = False
     context: ReplayContext | None = None  # the first pass's store (None: each message alone)
     file_index: int = 0  # the file's place in the plan (orders the context)
+    audit: AuditSpec | None = None  # --audit: record the decisions on children's B12 results
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Options:
     html: str | None = None
     old_config: Config | None = None
     context_window_days: float | None = None  # overrides [context] lookback_days
+    audit: bool = False  # record every decision on a child's B12 in the audit store (--dry-run: as shadow)
 
 
 # --------------------------------------------------------------------------
@@ -307,6 +311,7 @@ def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None, reader
         outcome = reader.decide(job.file_index, position, data, rule)
         return outcome.output, outcome.decision
 
+    recorder = recorder_for(job.audit) if job.audit is not None else None
     check = BatchCheck(job.rel)
     position = 0
     with open_input(job.src) as fin:
@@ -328,6 +333,10 @@ def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None, reader
                     tally.add_difference(job.rel, position, decision, old)
             if log is not None:
                 log.write(position, decision)
+            if recorder is not None:
+                recorder.record(piece.data, decision)
+    if recorder is not None:
+        recorder.flush()
     if position == 0:
         tally.files_without_hl7.append(job.rel)
     tally.batch_count_mismatches.extend(check.mismatches)
@@ -443,6 +452,7 @@ def _to_files_locked(config: Config, pairs, out_dir: Path | None, opts: Options)
     resume_path = out_dir / RESUME_NAME if out_dir is not None else None
     done = load_done(resume_path, fp) if opts.resume and resume_path else {}
     old_rule = opts.old_config.rule if opts.old_config else None
+    spec = _audit(config, opts, SHADOW if out_dir is None else REPLAY)
     with _first_pass(config, pairs, out_dir, opts) as ctx:
         jobs = [
             Job(
@@ -455,11 +465,15 @@ def _to_files_locked(config: Config, pairs, out_dir: Path | None, opts: Options)
                 opts.skip_non_hl7,
                 ctx,
                 index,
+                spec,
             )
             for index, (src, rel) in enumerate(pairs)
             if rel not in done
         ]
-        return _run_to_files(jobs, pairs, done, resume_path, fp, out_dir, opts)
+        try:
+            return _run_to_files(jobs, pairs, done, resume_path, fp, out_dir, opts)
+        finally:
+            close_recorders()  # (this process's, when the files were decided here)
 
 
 def _run_to_files(jobs, pairs, done, resume_path, fp, out_dir, opts) -> tuple[dict, dict]:
@@ -484,6 +498,16 @@ def _run_to_files(jobs, pairs, done, resume_path, fp, out_dir, opts) -> tuple[di
         if resume is not None:
             resume.close()
     return tallies, {"resumed_files": len(done)}
+
+
+def _audit(config: Config, opts: Options, source: str) -> AuditSpec | None:
+    """--audit: the recorder's settings, after the store and key are checked
+    (and the store purged) here, before any worker starts."""
+    if not opts.audit:
+        return None
+    spec = audit_spec(config.audit, config.rule, config.context, source=source, lookback_days=opts.context_window_days)
+    open_recorder(spec).close()
+    return spec
 
 
 @contextlib.contextmanager
@@ -534,6 +558,8 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
                         f"replay: {seen[0]} was already queued in {path}: add --resume to go on "
                         "with that replay, or give another --journal to send it again"
                     )
+            spec = _audit(config, opts, REPLAY)
+            recorder = open_recorder(spec, purge=False, buffered=True) if spec is not None else None
             with _first_pass(config, pairs, path.parent, opts) as ctx:
                 reader = Reader(ctx) if ctx is not None else None
                 try:
@@ -541,7 +567,9 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
                         log = None
                         try:
                             log = DecisionLog(opts.log_file, rel) if opts.log_file else None
-                            tallies[rel] = enqueue_file(journal, str(src), rel, config, opts.resume, log, reader, index)
+                            tallies[rel] = enqueue_file(
+                                journal, str(src), rel, config, opts.resume, log, reader, index, recorder
+                            )
                         except (WriteFailed, OSError, EOFError, ValueError, zlib.error) as exc:
                             tallies[rel] = Tally(files=1, errors=[{"file": rel, "error": _describe(exc)}])
                         finally:
@@ -552,6 +580,8 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
                 finally:
                     if reader is not None:
                         reader.close()
+                    if recorder is not None:
+                        recorder.close()
         finally:
             journal.close()
         assert opts.forward is not None  # run_forward is only called with --forward
