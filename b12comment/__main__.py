@@ -1,5 +1,5 @@
 import sys
 
-from b12comment.cli import main
+from b12comment.launch import main
 
 sys.exit(main())

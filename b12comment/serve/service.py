@@ -33,6 +33,7 @@ from b12comment.aio import describe_error, wait_event
 from b12comment.config import Config
 from b12comment.context import ContextError
 from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
+from b12comment.launch import catch_again, stop_requested
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.http import HttpServer
 from b12comment.serve.journal import JournalCorrupt, JournalError, JournalFault, JournalGone
@@ -400,11 +401,13 @@ async def _up() -> bool:
 
 
 async def serve(config: Config) -> int:
-    service = Service(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if stop_requested():  # SIGTERM or SIGINT came while serve was still starting up
+        return EXIT_OK
+    service = Service(config)
     try:
         await service.start()
     except StartupError:
@@ -426,3 +429,7 @@ def run_serve(config: Config) -> int:
     except StartupError as exc:
         print(f"b12comment: {exc}", file=sys.stderr)
         return exc.exit_code
+    finally:
+        # The event loop gave SIGTERM and SIGINT back to Python's defaults when it
+        # closed: one arriving while the process ends must not turn its exit code into 143.
+        catch_again()
