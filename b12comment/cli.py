@@ -275,7 +275,7 @@ def _add_send(sub) -> None:
         "control ID, ACK code, whether MSA-2 matches, round trip. Exits 3 if any message was not "
         "answered AA.",
     )
-    sp.add_argument("files", nargs="+", metavar="FILE")
+    sp.add_argument("files", nargs="+", metavar="FILE", help="a file of messages, or - for standard input")
     sp.add_argument("--to", required=True, metavar="HOST:PORT", help="the listener, such as 127.0.0.1:2575")
     sp.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait this long for each ACK (10)")
     sp.add_argument(

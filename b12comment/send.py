@@ -15,6 +15,8 @@ a terminal: the messages are their own, nothing goes to the log.
 
 from __future__ import annotations
 
+import gzip
+import io
 import socket
 import ssl
 import sys
@@ -22,11 +24,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from b12comment.core.segments import Malformed, read_header
 from b12comment.errors import EXIT_NOT_ACCEPTED, EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.wire import mllp
-from b12comment.wire.split import open_input, read_pieces
+from b12comment.wire.split import GZIP_MAGIC, open_input, read_pieces
 from b12comment.wire.tls import TlsError, client_context
 from b12comment.wire.waiter import ACCEPTED_CODES, AckWaiter, Unreadable
 
@@ -68,10 +71,9 @@ def read_messages(files: list[str]) -> Iterator[bytes]:
     """Every message of every file, in order; a file that cannot be read or
     holds no message stops the run before anything is sent from it."""
     for name in files:
-        path = Path(name)
         found = 0
         try:
-            with open_input(path) as f:
+            with _open(name) as f:
                 for piece in read_pieces(f):
                     if piece.kind == "message":
                         found += 1
@@ -84,6 +86,16 @@ def read_messages(files: list[str]) -> Iterator[bytes]:
             raise B12Error(f"cannot read {name}: {describe_os_error(exc)}") from None
         if not found:
             raise B12Error(f"no HL7 message (no MSH segment) in {name}")
+
+
+def _open(name: str) -> BinaryIO:
+    """A file, or standard input for '-' (as python-hl7's mllp_send reads it), plain or gzip."""
+    if name != "-":
+        return open_input(Path(name))
+    data = sys.stdin.buffer.read()
+    if data[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=io.BytesIO(data))  # type: ignore[return-value]
+    return io.BytesIO(data)
 
 
 def control_id_of(message: bytes) -> str:

@@ -77,6 +77,36 @@ def test_send_reads_gzip_lf_and_mllp_captures(serve, tmp_path):
     assert ids == [msh10(one), msh10(two), "CAP2"]
 
 
+def test_send_dash_reads_standard_input_plain_or_gzip(serve, tmp_path):
+    """`send -` reads the messages from standard input, as python-hl7's mllp_send does."""
+    one = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
+    two = (SAMPLES / "adult_high_b12.hl7").read_bytes()
+    for stdin, label in [(one + two, "plain"), (gzip.compress(one.replace(b"S0001", b"GZ1")), "gzip")]:
+        result = subprocess.run(
+            [sys.executable, "-m", "b12comment", "send", "-", "--to", f"127.0.0.1:{serve.port}"],
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+            env=subprocess_env(),
+        )
+        assert result.returncode == 0, (label, result.stdout, result.stderr)
+        ids = [line.split()[0] for line in result.stdout.decode().splitlines()[:-1]]
+        assert ids == ([msh10(one), msh10(two)] if label == "plain" else ["GZ1"]), label
+
+
+def test_send_dash_with_nothing_on_standard_input_says_so(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "b12comment", "send", "-", "--to", f"127.0.0.1:{free_port()}"],
+        input=b"",
+        capture_output=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    assert "input not found" not in err and "-" in err, err
+
+
 def test_a_bounded_load_run_gives_new_control_ids_and_a_summary(serve, tmp_path):
     sample = SAMPLES / "child_isolated_high_b12.hl7"
     result = send(sample, "--to", f"127.0.0.1:{serve.port}", "--count", 25, "--rate", 500)
