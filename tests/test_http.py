@@ -136,6 +136,27 @@ def test_hl7_batch_comes_back_with_its_header_and_trailer(ep):
     assert without(answer.body, nte("utf-8")) == batch
 
 
+def test_the_decision_headers_agree_for_one_message_and_for_several(ep):
+    """One message: Reasons is empty when commented. Several: Decision is
+    commented when at least one was, Commented says how many of Messages,
+    and Reasons holds the reasons of those left unchanged (empty when none was)."""
+    child, adult = build(), build(birth="19700101", control_id="ADULT1")
+    single = post(ep.connection(), child, "application/hl7-v2; charset=UTF-8")
+    assert single.headers["x-b12comment-decision"] == "commented"
+    assert single.headers["x-b12comment-reasons"] == ""
+    assert single.headers["x-b12comment-commented"] == "1"
+    mixed = post(ep.connection(), child + adult, "application/hl7-v2; charset=UTF-8")
+    assert mixed.headers["x-b12comment-messages"] == "2"
+    assert mixed.headers["x-b12comment-commented"] == "1"
+    assert mixed.headers["x-b12comment-decision"] == "commented"
+    assert mixed.headers["x-b12comment-reasons"] == "adult"
+    both = post(ep.connection(), child + build(control_id="CHILD2"), "application/hl7-v2; charset=UTF-8")
+    assert (both.headers["x-b12comment-commented"], both.headers["x-b12comment-reasons"]) == ("2", "")
+    none = post(ep.connection(), adult, "application/hl7-v2; charset=UTF-8")
+    assert none.headers["x-b12comment-decision"] == "unchanged"
+    assert (none.headers["x-b12comment-commented"], none.headers["x-b12comment-reasons"]) == ("0", "adult")
+
+
 # -- transport errors: non-2xx with a one-line reason
 
 

@@ -129,7 +129,9 @@ def test_the_curl_example_of_docs_engines_md(tmp_path):
     assert "X-B12comment-Decision: commented" in headers
     assert "Content-Type: application/hl7-v2; charset=UTF-8" in headers
     original = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
-    processed = (tmp_path / "processed.hl7").read_bytes()
+    # The recipe writes into var/ (serve's own folder, ignored by git), never beside the checkout's files.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "sample_messages", "var"]
+    processed = (tmp_path / "var" / "processed.hl7").read_bytes()
     nte = [s for s in processed.split(b"\r") if s.startswith(b"NTE|")]
     assert len(nte) == 1 and "forhøjet".encode() in nte[0]
     assert processed.replace(nte[0] + b"\r", b"", 1) == original

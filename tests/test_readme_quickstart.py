@@ -113,3 +113,13 @@ def test_the_preview_output_the_readme_shows_is_what_preview_prints():
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == text.strip(), f"README.md shows another preview of {path} than it prints"
+
+
+def test_the_send_summary_shown_in_the_readme_counts_the_samples_messages():
+    from b12comment.replay.inputs import split_messages
+
+    shown = re.search(r"`sent (\d+) messages: (\d+) AA, 0 not AA", README)
+    assert shown, "the README shows send's summary for the samples"
+    samples = sorted((REPO / "sample_messages").glob("*.hl7"))
+    count = sum(p.kind == "message" for f in samples for p in split_messages(f.read_bytes()))
+    assert int(shown.group(1)) == int(shown.group(2)) == count

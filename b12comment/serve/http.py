@@ -11,7 +11,9 @@ step of a channel. The convention is HAPI's "HL7 over HTTP" specification:
   request's content type and charset; the decision is in the headers
   `X-B12comment-Decision` (`commented`, `unchanged`, or `rejected` for a body
   that is no HL7 message: that one gets an HL7 ACK `AR` with an ERR segment),
-  `X-B12comment-Reasons` and `X-B12comment-Rule`.
+  `X-B12comment-Reasons`, `X-B12comment-Rule`, `X-B12comment-Messages` and
+  `X-B12comment-Commented` (of a batch: commented when at least one message
+  was, how many were, and the reasons of those left unchanged).
 - Non-2xx only for transport problems, each with a one-line text/plain
   reason: 400 (no body, bad HTTP), 403 (peer not allowed), 404, 405, 408 (the
   request did not arrive within `request_timeout_s`), 413 (body over
@@ -355,7 +357,10 @@ class HttpServer:
                 decisions = [Decision(False, (MALFORMED,), detail="an HL7 batch without an MSH segment")]
             else:
                 return self._reject(body, content_type)
-        commented = any(d.commented for d in decisions)
+        # Several messages (a batch): commented when at least one was; the
+        # reasons are those of the messages left unchanged.
+        n_commented = sum(d.commented for d in decisions)
+        commented = n_commented > 0
         reasons = list(dict.fromkeys(r for d in decisions if not d.commented for r in d.reasons))
         rule_version = decisions[0].rule_version
         fields = decisions[0].log_fields() if len(decisions) == 1 else {}
@@ -370,6 +375,7 @@ class HttpServer:
                 ("X-B12comment-Reasons", ",".join(reasons)),
                 ("X-B12comment-Rule", rule_version),
                 ("X-B12comment-Messages", str(fields["messages"])),
+                ("X-B12comment-Commented", str(n_commented)),
             ),
             fields=fields,
         )
@@ -391,6 +397,7 @@ class HttpServer:
                 ("X-B12comment-Reasons", "malformed"),
                 ("X-B12comment-Rule", RULE_VERSION),
                 ("X-B12comment-Messages", "0"),
+                ("X-B12comment-Commented", "0"),
             ),
             fields={"commented": False, "reasons": ["malformed"], "ack_code": REJECT, "reason": why},
         )
