@@ -116,7 +116,7 @@ def test_the_preview_output_the_readme_shows_is_what_preview_prints():
 
 
 def test_the_send_summary_shown_in_the_readme_counts_the_samples_messages():
-    from b12comment.replay.inputs import split_messages
+    from b12comment.wire.split import split_messages
 
     shown = re.search(r"`sent (\d+) messages: (\d+) AA, 0 not AA", README)
     assert shown, "the README shows send's summary for the samples"
