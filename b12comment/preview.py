@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 from b12comment.config import Config
-from b12comment.context import ContextStore, decide
+from b12comment.context import ContextStore
 from b12comment.context.store import MEMORY
 from b12comment.core import charset
+from b12comment.core.chain import decide
 from b12comment.core.decision import REASONS, Decision
 from b12comment.core.segments import read_header
 from b12comment.errors import EXIT_OK, B12Error

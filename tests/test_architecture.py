@@ -203,3 +203,33 @@ def test_the_cycle_check_finds_a_planted_cycle(tmp_path):
     graph = core_graph(sorted(tmp_path.glob("*.py")))
     assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert cycles(graph) == [["a", "b", "c", "a"]]
+
+
+def shell_modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if CORE not in p.parents)
+
+
+def test_every_shell_decides_through_the_one_chain():
+    """serve, HTTP, preview, replay and the store's rebuild decide with
+    core.chain.decide (process -> context veto -> guard); none calls the
+    engine itself, so none can skip the veto or the guard."""
+    found = []
+    for path in shell_modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if (
+                "b12comment.core.engine" in names
+                or module == "b12comment.core.engine"
+                or module == "b12comment.core"
+                and {"engine", "process"} & set(names)
+            ):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: the engine")
+    assert not found, "\n".join(found)
+    users = {
+        p.relative_to(PACKAGE).as_posix()
+        for p in shell_modules()
+        if "b12comment.core.chain" in (text := p.read_text()) or "from b12comment.core import chain" in text
+    }
+    entry_points = {"serve/processing.py", "serve/http.py", "preview.py", "replay/context.py", "replay/run.py"}
+    assert entry_points | {"replay/forward.py", "context/store.py"} <= users

@@ -13,7 +13,8 @@ import pytest
 from builders import Obx, build
 from service_helpers import subprocess_env
 
-from b12comment.context import ContextError, ContextStore, decide, load_key
+from b12comment.context import ContextError, ContextStore, load_key
+from b12comment.core.chain import decide
 from b12comment.core.context import Context
 from b12comment.core.engine import process
 from b12comment.core.rows import ADULT, NOT_READ, extract
@@ -506,9 +507,9 @@ def test_results_the_store_cannot_read_take_a_comment_away(monkeypatch):
     """extract() gives None for a message that process() commented (it never
     should): without the message's rows the context was not looked up, so
     the comment goes."""
-    import b12comment.context as shell
+    import b12comment.core.chain as chain
 
-    monkeypatch.setattr(shell, "extract", lambda *a, **k: None)
+    monkeypatch.setattr(chain, "extract", lambda *a, **k: None)
     outcome = decide(ContextStore(":memory:", KEY), 1, b12_message(), RULE, "patient", 30.0)
     assert not outcome.decision.commented
     assert outcome.decision.reasons == ("context_unavailable",)
@@ -556,4 +557,25 @@ def test_a_commented_message_whose_reading_for_the_store_fails_loses_its_comment
     monkeypatch.setattr(core_rows, "cheap_observation", broken)
     outcome = decide(ContextStore(":memory:", KEY), 1, b12_message(), RULE, "patient", 30.0)
     assert (outcome.decision.commented, outcome.decision.reasons) == (False, ("context_unavailable",))
+    assert outcome.output == b12_message()
+
+
+def test_the_chain_reads_a_message_once_with_its_context(monkeypatch):
+    """process -> context veto -> guard: the message is read once and its
+    Decision finished with the context, never decided twice."""
+    import b12comment.core.chain as chain
+
+    calls = []
+    real = chain.read
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chain, "read", counted)
+    store = ContextStore(":memory:", KEY)
+    decide(store, 1, other_message(ALT_HIGH, control_id="ALTMSG", orc4="REQ9"), RULE, "patient", 30.0)
+    outcome = decide(store, 2, b12_message(), RULE, "patient", 30.0)
+    assert len(calls) == 2  # one read per message
+    assert (outcome.decision.commented, outcome.decision.vetoed_by) == (False, ("ALTMSG",))
     assert outcome.output == b12_message()

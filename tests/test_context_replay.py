@@ -132,6 +132,7 @@ def test_replay_takes_the_comment_away_when_the_message_cannot_be_read_for_its_c
     """As in serve: a message that would get the comment, whose context must
     be looked up (another message shares its keys), but whose rows cannot be
     read (extract gives None: it never should), gets no comment."""
+    import b12comment.core.chain as chain
     import b12comment.replay.context as replay_context
     from b12comment.core.rule_config import RuleConfig
 
@@ -143,7 +144,7 @@ def test_replay_takes_the_comment_away_when_the_message_cannot_be_read_for_its_c
     reader = replay_context.Reader(ctx)
     try:
         assert reader.decide(0, 2, b12, rule).decision.commented  # 40 days before: a comment
-        monkeypatch.setattr(replay_context, "extract", lambda *a, **k: None)
+        monkeypatch.setattr(chain, "extract", lambda *a, **k: None)
         outcome = reader.decide(0, 2, b12, rule)
     finally:
         reader.close()

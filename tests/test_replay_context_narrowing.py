@@ -18,7 +18,8 @@ from builders import Obx, build
 from paths import REPO, corpus_files, sample_files
 from test_context import ALT_HIGH, LOW_PLATELETS, NORMAL_PLATELETS, b12_message, other_message
 
-from b12comment.context import ContextStore, decide
+from b12comment.context import ContextStore
+from b12comment.core.chain import decide
 from b12comment.core.keys import keys as keys_of
 from b12comment.core.keys import possible_keys
 from b12comment.core.rows import extract

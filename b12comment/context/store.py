@@ -27,6 +27,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from b12comment.core.chain import decide
 from b12comment.core.context import Context, PriorResult
 from b12comment.core.keys import Keys
 from b12comment.core.rows import Extract
@@ -352,14 +353,14 @@ def rebuild(store: ContextStore, journal_rows, rule, lookback_days: float, now: 
     """Make the store again from journal rows (id, received_at, raw), oldest
     first: the results, the comments (as the journal recorded them) and the
     review list. Returns the messages read."""
-    from b12comment.context import decide
-
     now = time.time() if now is None else now
     count = 0
     for seq, received_at, raw in journal_rows:
         if received_at < now - lookback_days * 86400:
             continue
-        decide(store, seq, raw, rule, "patient", lookback_days)
+        outcome = decide(store, seq, raw, rule, "patient", lookback_days)
+        if outcome.history_error is not None:
+            raise outcome.history_error
         count += 1
         if count % 1000 == 0:
             store.commit()

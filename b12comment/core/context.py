@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from b12comment.core.dates import parse_ts
 from b12comment.core.decision import OTHER_ABNORMAL_RECENT, REQUISITION_PENDING
-from b12comment.core.rows import ORDER
+from b12comment.core.rows import ADULT, OBX, ORDER, Extract
 from b12comment.core.rule_config import RuleConfig
-from b12comment.core.verdict import NORMAL
+from b12comment.core.verdict import ABNORMAL, NORMAL
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,22 @@ def _order_not_final(status: str, rule: RuleConfig) -> bool:
     same test the rule applies to the orders of the message itself. Empty is
     "not stated": the order's results (OBX-11) decide."""
     return bool(status) and status not in rule.final_order_statuses and status not in rule.cancelled_order_statuses
+
+
+# Why a later message contradicts an earlier comment of its patient (the review alert).
+NEW_ABNORMAL, CORRECTED_B12, RESULTS_NOT_READ = "abnormal_result", "corrected_b12", "results_not_read"
+
+
+def contradiction(rows: Extract, rule: RuleConfig) -> str:
+    """Why a message with these rows would contradict an earlier comment of
+    its patient: its results were not read (too large, an adult's birth
+    date: they could hold anything), a corrected B12, or another abnormal
+    result; "" if it does not."""
+    if rows.not_read or any(r.analyte == ADULT for r in rows.rows):
+        return RESULTS_NOT_READ
+    found = [r for r in rows.rows if r.kind == OBX and r.status not in rule.ignored_statuses]
+    if any(r.is_b12 and r.status == "C" for r in found):
+        return CORRECTED_B12
+    if any(not r.is_b12 and r.verdict == ABNORMAL for r in found):
+        return NEW_ABNORMAL
+    return ""

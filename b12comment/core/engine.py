@@ -7,12 +7,12 @@ input itself, or the input with NTE segments inserted; nothing else changes.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from hl7apy.exceptions import HL7apyException
 
 from b12comment.core import charset
-from b12comment.core.context import Context
+from b12comment.core.context import Context, veto
 from b12comment.core.decision import (
     INTERNAL_ERROR,
     MALFORMED,
@@ -25,11 +25,12 @@ from b12comment.core.decision import (
     ResultDecision,
 )
 from b12comment.core.facts import MAX_B12_RESULTS, MAX_SEGMENTS, Facts, read_detail, read_facts
-from b12comment.core.rule import decide_result, is_paediatric, order_notes, patient_age
+from b12comment.core.rule import collection_time, decide_result, is_paediatric, order_notes, patient_age, with_veto
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.screen import Refused, has_b12_code, header_fields, result_header, segments_over_limit
 from b12comment.core.segments import Header, read_header
 from b12comment.core.splice import (
+    Insertion,
     apply,
     comment_field,
     entered_by_field,
@@ -37,6 +38,18 @@ from b12comment.core.splice import (
     next_set_id,
     nte_segment,
 )
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A message decided on its own, before the look-back's veto: its
+    Decision, and for each B12 result its collection time (the veto's
+    reference) and, if it keeps the comment, its NTE. `finish` completes it."""
+
+    message: bytes
+    decision: Decision
+    collected: tuple[str, ...] = ()  # per result in decision.results ("" where no veto applies)
+    insertions: tuple[Insertion | None, ...] = ()  # per result: its NTE, if it gets the comment
 
 
 def process(
@@ -58,15 +71,50 @@ def process(
     the message is known to be in from outside it, such as HTTP's `charset`
     parameter: it overrides MSH-18 for reading and for the comment's bytes.
     """
+    return finish(read(message, rule, precheck=precheck, text_codec=text_codec), rule, context)
+
+
+def read(message: bytes, rule: RuleConfig, *, precheck: bool = True, text_codec: str | None = None) -> Reading:
+    """The message decided on its own (the first step of process). Total."""
     try:
-        out, decision = _process(bytes(message), rule, context, precheck, text_codec)
-        if decision.rule_version != rule.rule_version:
-            decision = replace(decision, rule_version=rule.rule_version)
-        return out, decision
+        reading = _reading(bytes(message), rule, precheck, text_codec)
+        if reading.decision.rule_version != rule.rule_version:
+            reading = replace(reading, decision=replace(reading.decision, rule_version=rule.rule_version))
+        return reading
     except Exception as exc:  # the comment is advice: never hold a result back
-        return message, Decision(
-            False, (INTERNAL_ERROR,), control_id=_control_id(message), detail=f"{type(exc).__name__}: {exc}"[:300]
-        )
+        return Reading(message, failed(message, exc))
+
+
+def failed(message: bytes, exc: BaseException) -> Decision:
+    """The Decision when deciding itself failed: no comment (internal_error)."""
+    return Decision(
+        False, (INTERNAL_ERROR,), control_id=_control_id(message), detail=f"{type(exc).__name__}: {exc}"[:300]
+    )
+
+
+def finish(reading: Reading, rule: RuleConfig, context: Context | None = None) -> tuple[bytes, Decision]:
+    """The output bytes and the Decision of a read message, with the veto of
+    `context` (the patient's other results) on each result that was decided
+    on its merits. Total."""
+    try:
+        decision = reading.decision
+        results = decision.results
+        if context is not None and results:
+            results = tuple(
+                with_veto(rd, *veto(context, collected, rule)) if rd.paediatric else rd
+                for rd, collected in zip(results, reading.collected, strict=True)
+            )
+            decision = replace(
+                decision,
+                commented=any(rd.commented for rd in results),
+                reasons=tuple(dict.fromkeys(r for rd in results if not rd.commented for r in rd.reasons)),
+                results=results,
+                vetoed_by=tuple(dict.fromkeys(c for rd in results for c in rd.vetoed_by)),
+            )
+        insertions = [i for rd, i in zip(results, reading.insertions, strict=False) if rd.commented and i is not None]
+        return apply(reading.message, insertions), decision
+    except Exception as exc:  # the comment is advice: never hold a result back
+        return reading.message, failed(reading.message, exc)
 
 
 def _control_id(message: bytes) -> str:
@@ -76,25 +124,21 @@ def _control_id(message: bytes) -> str:
         return ""
 
 
-def _process(
-    message: bytes, rule: RuleConfig, context: Context | None, precheck: bool, text_codec: str | None
-) -> tuple[bytes, Decision]:
+def _reading(message: bytes, rule: RuleConfig, precheck: bool, text_codec: str | None) -> Reading:
     try:
         header, facts, codec = _read(message, rule, precheck, text_codec)
     except Refused as done:
-        return message, done.decision
-    results, insertions = _decide_results(message, header, facts, codec, rule, context)
+        return Reading(message, done.decision)
+    results, collected, insertions = _decide_results(message, header, facts, codec, rule)
     reasons = tuple(dict.fromkeys(r for rd in results if not rd.commented for r in rd.reasons))
-    vetoed_by = tuple(dict.fromkeys(c for rd in results for c in rd.vetoed_by))
     decision = Decision(
-        bool(insertions),
+        any(rd.commented for rd in results),
         reasons,
         results=tuple(results),
         notes=facts.notes + order_notes(facts),
-        vetoed_by=vetoed_by,
         **header_fields(header),
     )
-    return apply(message, insertions), decision
+    return Reading(message, decision, tuple(collected), tuple(insertions))
 
 
 def _read(message: bytes, rule: RuleConfig, precheck: bool, text_codec: str | None) -> tuple[Header, Facts, str]:
@@ -129,26 +173,32 @@ def _read(message: bytes, rule: RuleConfig, precheck: bool, text_codec: str | No
 
 
 def _decide_results(
-    message: bytes, header: Header, facts: Facts, codec: str, rule: RuleConfig, context: Context | None
-) -> tuple[list[ResultDecision], list]:
-    """The decision for each B12 result, and the NTE insertions of those commented."""
+    message: bytes, header: Header, facts: Facts, codec: str, rule: RuleConfig
+) -> tuple[list[ResultDecision], list[str], list[Insertion | None]]:
+    """The decision for each B12 result on the message alone, its collection
+    time (for a result the context's veto applies to) and its NTE (if commented)."""
     d = header.delimiters
     known = frozenset(comment_field(t, d, codec) for t in rule.all_comment_texts())
     marker = comment_field(rule.comment_marker, d, codec) if rule.comment_marker.strip() else b""
     text = comment_field(rule.comment_text(), d, codec)
     entered_by = entered_by_field(rule.nte_entered_by, d, codec)
-    results, insertions = [], []
+    results: list[ResultDecision] = []
+    collected: list[str] = []
+    insertions: list[Insertion | None] = []
     for result in facts.b12:
         age = patient_age(facts, result.observation, rule)
         if is_paediatric(age, rule):
             result = read_detail(facts, result)
-        rd = decide_result(facts, result, rule, known, age, context, marker)
+        rd = decide_result(facts, result, rule, known, age, marker)
         results.append(rd)
+        collected.append(collection_time(facts, result.observation, rule) if rd.paediatric else "")
+        nte = None
         if rd.commented:
             set_id = next_set_id(result.nte_set_ids)
-            nte = nte_segment(set_id, rule.nte_source, text, rule.nte_comment_type, d, entered_by)
-            insertions.append(insertion_after(message, facts.segments[result.last_segment], nte, header.terminator))
-    return results, insertions
+            segment = nte_segment(set_id, rule.nte_source, text, rule.nte_comment_type, d, entered_by)
+            nte = insertion_after(message, facts.segments[result.last_segment], segment, header.terminator)
+        insertions.append(nte)
+    return results, collected, insertions
 
 
 def _delimiters_safe(header: Header, codec: str) -> bool:

@@ -12,9 +12,8 @@ Every failed condition is recorded as a reason code. Pure: facts in, decisions o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from b12comment.core.context import Context, veto
 from b12comment.core.dates import Age, age_at, parse_ts
 from b12comment.core.decision import (
     ADULT,
@@ -180,13 +179,12 @@ def decide_result(
     rule: RuleConfig,
     known_comments: frozenset[bytes],
     age: Age | None,
-    context: Context | None = None,
     marker: bytes = b"",
 ) -> ResultDecision:
     """`age` is patient_age() for this result; a result of a patient not
     certainly under 18 is decided on that alone (its other fields are not
     read); a paediatric one must have been read in full (facts.read_detail).
-    `context`: the patient's other messages (None: the message alone).
+    Decided on the message alone: the context's veto comes after (with_veto).
     An NTE under the result that is one of `known_comments` or holds `marker`
     (the comment's provenance marker, as NTE-3 bytes) is this product's comment,
     whatever rule version or text wrote it."""
@@ -229,10 +227,6 @@ def decide_result(
             limit = round(found.limit, 1)
     reasons.extend(context_reasons(facts, rule))
     reasons.extend(r for r in order if r != ORDER_NOT_FINAL)
-    vetoed_by: list[str] = []
-    if context is not None:
-        vetoes, vetoed_by = veto(context, collection_time(facts, obs, rule), rule)
-        reasons.extend(vetoes)
     return ResultDecision(
         obx_index=obs.obx_index,
         code=result.code,
@@ -246,5 +240,11 @@ def decide_result(
         decided_by=decided_by,
         elevated=elevated,
         paediatric=True,
-        vetoed_by=tuple(vetoed_by),
     )
+
+
+def with_veto(rd: ResultDecision, vetoes: list[str], vetoed_by: list[str]) -> ResultDecision:
+    """A result decided on its merits (paediatric), with the reasons the
+    patient's other results give against its comment (context.veto)."""
+    reasons = tuple(dict.fromkeys((*rd.reasons, *vetoes)))
+    return replace(rd, commented=not reasons, reasons=reasons, vetoed_by=tuple(vetoed_by))

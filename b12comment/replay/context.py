@@ -56,10 +56,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from b12comment.context import UNREAD_FOR_STORE, ContextStore, Outcome, without_context
-from b12comment.core.engine import process
+from b12comment.context import ContextStore
+from b12comment.core.chain import Outcome, decide
+from b12comment.core.context import Context
 from b12comment.core.keys import possible_keys
-from b12comment.core.rows import extract
+from b12comment.core.rows import Extract, extract
 from b12comment.core.rule_config import RuleConfig
 from b12comment.replay.resume import CONTEXT_NAME
 from b12comment.wire.split import is_gzip, open_input, read_pieces
@@ -287,30 +288,45 @@ def _messages(files: list[str], only: set[int] | None = None) -> Iterator[tuple[
 
 
 class Reader:
-    """A worker's read-only use of the first pass's store."""
+    """A worker's read-only use of the first pass's store, as the deciding
+    chain's History: a message that would get the comment is finished with
+    what the store knows of its requisition and patient. Its context is
+    empty (nothing is read) when the store does not hold its rows: no other
+    message shares a key with it. Under another rule than the rows' (the old
+    rule of --compare-with), every such message is looked up: it may be one
+    the rows' rule does not read."""
 
     def __init__(self, ctx: ReplayContext):
         self.ctx = ctx
         self.store = ContextStore(ctx.path, ctx.key)
+        self._rule: RuleConfig | None = None
 
     def decide(self, file_index: int, position: int, message: bytes, rule: RuleConfig) -> Outcome:
-        """process() with the context: the message alone, then, if that
-        gives the comment and the store holds the message's rows (another
-        message shares a key with it), again with what the store knows of its
-        requisition and patient. Under another rule than the rows' (the old
-        rule of --compare-with), every message that gets the comment is
-        looked up: it may be one the rows' rule does not read."""
-        out, decision = process(message, rule)
-        if not decision.commented or self.ctx.mode == "message":
-            return Outcome(out, decision)
-        s = seq(file_index, position)
-        if not self.store.has(s) and rule == self.ctx.rows_rule:
-            return Outcome(out, decision)  # (another rule may read a message the rows' rule does not)
-        ex = extract(message, rule, self.ctx.lookback_days)
-        if ex is None or ex.not_read:  # as in serve: without the message's rows no look-up, so no comment
-            return without_context(message, decision, UNREAD_FOR_STORE)
-        out, decision = process(message, rule, self.store.context(s, ex, self.ctx.mode, self.ctx.lookback_days))
-        return Outcome(out, decision)
+        """The deciding chain (core/chain.py) with this store, nothing
+        recorded; a store that fails raises (the file is reported)."""
+        self._rule = rule
+        cx = self.ctx
+        outcome = decide(
+            self, seq(file_index, position), message, rule, cx.mode, cx.lookback_days, record=False, watch=False
+        )
+        if outcome.history_error is not None:
+            raise outcome.history_error
+        return outcome
+
+    # -- History (read only: the chain records nothing here)
+
+    def context(self, s: int, extract: Extract, mode: str, lookback_days: float) -> Context:
+        if self._rule == self.ctx.rows_rule and not self.store.has(s):
+            return Context(seq=s, lookback_days=lookback_days)
+        return self.store.context(s, extract, mode, lookback_days)
+
+    def add(self, s: int, extract: Extract) -> None:
+        raise TypeError("replay's store is read only")
+
+    add_comment = add
+
+    def contradicted(self, s: int, extract: Extract, why: str) -> list[str]:
+        raise TypeError("replay's store is read only")
 
     def close(self) -> None:
         self.store.close()

@@ -18,7 +18,7 @@ import dataclasses
 from pathlib import Path
 
 from b12comment.config import Config
-from b12comment.core.engine import process
+from b12comment.core import chain
 from b12comment.logs import get_logger
 from b12comment.replay.context import Reader
 from b12comment.replay.tally import Tally
@@ -65,10 +65,10 @@ def enqueue_file(
                 continue
             position += 1
             if context is None:
-                output, decision = process(piece.data, config.rule)
+                outcome = chain.decide(None, 0, piece.data, config.rule)
             else:
                 outcome = context.decide(index, position, piece.data, config.rule)
-                output, decision = outcome.output, outcome.decision
+            output, decision = outcome.output, outcome.decision
             tally.add(decision, rel, position, config.rule)
             if log is not None:
                 log.write(position, decision)

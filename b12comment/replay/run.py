@@ -1,6 +1,6 @@
 """Replay archived messages: files and folders in, the same layout out.
 
-Each input file is streamed piece by piece (wire/split.py) through process();
+Each input file is streamed piece by piece (wire/split.py) through the deciding chain (core/chain.py);
 its output holds the same pieces in the same order, messages processed,
 everything else byte for byte. Outputs are written under a temporary name and
 renamed when complete, so a reader never sees half a file. A file that holds
@@ -36,8 +36,8 @@ from b12comment.audit.recorder import AuditSpec, audit_spec, close_recorders, op
 from b12comment.audit.rows import REPLAY, SHADOW
 from b12comment.config import Config
 from b12comment.context import ContextError
+from b12comment.core import chain
 from b12comment.core.decision import Decision
-from b12comment.core.engine import process
 from b12comment.core.rule_config import RuleConfig
 from b12comment.errors import EXIT_IO, EXIT_OK, B12Error, UsageError
 from b12comment.files import replace_durably, write_atomically
@@ -307,8 +307,9 @@ def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None, reader
 
     def decide(data: bytes, rule: RuleConfig, position: int) -> tuple[bytes, Decision]:
         if reader is None:
-            return process(data, rule)
-        outcome = reader.decide(job.file_index, position, data, rule)
+            outcome = chain.decide(None, 0, data, rule)
+        else:
+            outcome = reader.decide(job.file_index, position, data, rule)
         return outcome.output, outcome.decision
 
     recorder = recorder_for(job.audit) if job.audit is not None else None

@@ -45,11 +45,11 @@ from http import HTTPStatus
 import h11
 
 from b12comment.config import HttpConfig
-from b12comment.context import Outcome
 from b12comment.core import charset
-from b12comment.core.decision import INTERNAL_ERROR, MALFORMED, RULE_VERSION, Decision
-from b12comment.core.engine import has_b12_code, process
+from b12comment.core.chain import Outcome, decide
+from b12comment.core.decision import MALFORMED, RULE_VERSION, Decision
 from b12comment.core.rule_config import RuleConfig
+from b12comment.core.screen import has_b12_code
 from b12comment.core.segments import Malformed, read_header
 from b12comment.serve.metrics import Metrics
 from b12comment.serve.peers import PeerFilter
@@ -150,40 +150,36 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         if self.context is not None and self.context.mode != "message":
             seq = self._next_seq()
-            out, decision, outcome, store_error = await loop.run_in_executor(
-                self._executor, self._decide_in_context, seq, message, text_codec
+            outcome, store_error = await loop.run_in_executor(
+                self._executor, self._decide_with_store, seq, message, text_codec
             )
             if store_error:
                 self.log.error("context_unavailable", stage="http", error=store_error)
-            for comment_id in outcome.contradicts if outcome is not None else ():
+            for comment_id in outcome.contradicts:
                 self.metrics.inc("b12comment_comments_contradicted_total")
                 self.log.warning(
                     "comment_contradicted",
                     comment_control_id=comment_id,
-                    control_id=decision.control_id,
-                    why=outcome.why if outcome is not None else "",
+                    control_id=outcome.decision.control_id,
+                    why=outcome.why,
                     action="review the earlier comment (b12comment queue review)",
                 )
-            return out, decision
+            return outcome.output, outcome.decision
         if has_b12_code(message, self.rule):
-            return await loop.run_in_executor(self._executor, _safe_process, message, self.rule, text_codec)
-        return _safe_process(message, self.rule, text_codec)
+            outcome = await loop.run_in_executor(self._executor, self._decide_alone, message, text_codec)
+        else:
+            outcome = self._decide_alone(message, text_codec)
+        return outcome.output, outcome.decision
 
-    def _decide_in_context(
-        self, seq: int, message: bytes, text_codec: str | None
-    ) -> tuple[bytes, Decision, Outcome | None, str | None]:
-        """On the worker thread: decide with the store, then commit its rows."""
+    def _decide_alone(self, message: bytes, text_codec: str | None) -> Outcome:
+        return decide(None, 0, message, self.rule, text_codec=text_codec)
+
+    def _decide_with_store(self, seq: int, message: bytes, text_codec: str | None) -> tuple[Outcome, str | None]:
+        """On the worker thread: the chain with the store, then its rows committed."""
         assert self.context is not None
-        try:
-            outcome: Outcome | None = self.context.decide(seq, message, self.rule, text_codec)
-            assert outcome is not None
-            out, decision = outcome.output, outcome.decision
-            if not decision.commented and out != message:
-                out = message
-        except Exception as exc:
-            outcome = None
-            out, decision = message, Decision(False, (INTERNAL_ERROR,), detail=type(exc).__name__)
-        return out, decision, outcome, self.context.commit()
+        cx = self.context
+        outcome = decide(cx.store, seq, message, self.rule, cx.mode, cx.settings.lookback_days, text_codec=text_codec)
+        return outcome, cx.commit()
 
     def _next_seq(self) -> int:
         """The arrival order in the context store for a request: microseconds
@@ -549,15 +545,3 @@ def _codec_from_msh18(message: bytes) -> str | None:
     if not msh18.strip():
         return FALLBACK_CODEC
     return charset.codec_for(msh18)
-
-
-def _safe_process(message: bytes, rule: RuleConfig, text_codec: str | None) -> tuple[bytes, Decision]:
-    """process(), with the promise kept even if the core broke its own: the
-    original bytes whenever there is no comment, and on any failure."""
-    try:
-        out, decision = process(message, rule, text_codec=text_codec)
-    except Exception as exc:
-        return message, Decision(False, (INTERNAL_ERROR,), detail=type(exc).__name__)
-    if not decision.commented and out != message:
-        out = message
-    return out, decision

@@ -1,5 +1,5 @@
-"""serve's processing stage: journaled messages through process(), with the
-patient's context, in journal order.
+"""serve's processing stage: journaled messages through the deciding chain
+(core/chain.py), with the store of the patient's other results, in journal order.
 
 Rows are taken from the journal in batches; a batch is processed in one hop
 to the worker thread (bounded by `batch_s` of work) and recorded in one
@@ -11,8 +11,8 @@ two cores).
 
 The context store is used on the worker thread only. For each message its
 rows are kept in the store (keyed hashes), and a message that would get a
-comment is decided again with what the store knows of its requisition and
-patient (`b12comment.context.decide`). The store's rows are committed before
+comment is finished with what the store knows of its requisition and
+patient (`core.chain.decide`). The store's rows are committed before
 the journal records the batch as processed. If the store fails, a message
 that would get a comment gets none (`context_unavailable`): without the
 context the rule is not sure. The message itself always goes on.
@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from b12comment.aio import wait_event
 from b12comment.config import ContextConfig
-from b12comment.context import ContextStore, Outcome, decide, open_store, without_context
-from b12comment.core.decision import INTERNAL_ERROR
-from b12comment.core.engine import process
+from b12comment.context import ContextStore, open_store
+from b12comment.core.chain import Outcome, decide
 from b12comment.core.keys import keys
 from b12comment.core.rows import extract
 from b12comment.serve.journal import JournalError, JournalFault, Processed, Row, batch_full
@@ -71,21 +69,6 @@ class ContextStage:
     @property
     def mode(self) -> str:
         return self.settings.mode if self.store is not None else "message"
-
-    def decide(self, seq: int, raw: bytes, rule, text_codec: str | None = None) -> Outcome:
-        if self.store is None:
-            out, decision = process(raw, rule, text_codec=text_codec)
-            return Outcome(out, decision)
-        try:
-            return decide(
-                self.store, seq, raw, rule, self.settings.mode, self.settings.lookback_days, text_codec=text_codec
-            )
-        except Exception as exc:  # ContextError, or anything else the store does: no comment without it
-            out, decision = process(raw, rule, text_codec=text_codec)
-            detail = f"context store: {type(exc).__name__}"
-            if decision.commented:
-                return without_context(raw, decision, detail)
-            return Outcome(out, dataclasses.replace(decision, detail=detail))
 
     def hold_keys(self, raw: bytes, rule) -> frozenset[bytes]:
         """The keyed patient and requisition hashes a held message waits on."""
@@ -270,7 +253,7 @@ class Processor:
         for i in ids:
             held = self.held.pop(i)
             started = time.perf_counter()
-            out, fields, outcome = self._safe_process(held.row)
+            out, fields, outcome = self._decide(held.row)
             self.longest_hold_s = max(self.longest_hold_s, time.time() - held.since)
             fields = {**fields, "held_s": round(time.time() - held.since, 3), "released_by": why}
             if not fields["commented"] and self.context.store is not None:
@@ -278,6 +261,11 @@ class Processor:
                     self.context.store.forget_comment(held.row.id)
             done.append((held.row, out, fields, time.perf_counter() - started, outcome))
         return done
+
+    def _decide(self, row: Row) -> tuple[bytes, dict, Outcome]:
+        cx = self.context
+        outcome = decide(cx.store, row.id, row.raw, self.rule, cx.mode, cx.settings.lookback_days)
+        return outcome.output, outcome.decision.log_fields(), outcome
 
     def _report(self, row, _out, fields: dict, elapsed: float, outcome: Outcome | None) -> None:
         self.metrics.observe("b12comment_processing_seconds", elapsed)
@@ -317,7 +305,7 @@ class Processor:
                     self.context.record(row.id, row.raw, self.rule)  # decided with the newer results
                     done += self._release(released, "newer_message")
             started = clock()
-            out, fields, outcome = self._safe_process(row)
+            out, fields, outcome = self._decide(row)
             finished = clock()
             if self.hold_s and fields["commented"]:
                 until = time.time() + self.hold_s
@@ -328,16 +316,3 @@ class Processor:
             if finished - first >= self.batch_s:
                 break
         return done, holds, consumed, self.context.commit()
-
-    def _safe_process(self, row) -> tuple[bytes, dict, Outcome | None]:
-        """process(), with the promise kept even if the core broke its own: on
-        any failure, and whenever there is no comment, the original bytes go on."""
-        raw = row.raw
-        try:
-            outcome = self.context.decide(row.id, raw, self.rule)
-            out, fields = outcome.output, outcome.decision.log_fields()
-            if not outcome.decision.commented and out != raw:
-                out = raw
-            return out, fields, outcome
-        except Exception as exc:
-            return raw, {"commented": False, "reasons": [INTERNAL_ERROR], "error": type(exc).__name__}, None
