@@ -126,7 +126,7 @@ def test_core_module_calls_no_io_builtins(path):
     "module, verdict",
     [
         ("b12comment.config", "a shell module"),
-        ("b12comment.serve.journal", "a shell module"),
+        ("b12comment.storage.sqlite.journal", "a shell module"),
         ("sqlite3", "does I/O, reads the clock or loads configuration"),
         ("time", "does I/O, reads the clock or loads configuration"),
         ("structlog", "a third-party package the core may not use"),

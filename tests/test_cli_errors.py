@@ -14,7 +14,7 @@ import pytest
 from service_helpers import SAMPLES, subprocess_env, write_config
 
 from b12comment.errors import EXIT_CODES, EXIT_IO, EXIT_OK, EXIT_USAGE
-from b12comment.serve.journal import Journal
+from b12comment.storage.sqlite import SqliteJournal
 
 SETPRIV = shutil.which("setpriv")
 NO_DAC = "-dac_override,-dac_read_search"
@@ -45,7 +45,7 @@ def locked(tmp_path):
         pytest.skip("setpriv (util-linux) is not installed")
     folder = tmp_path / "locked"
     folder.mkdir()
-    j = Journal(folder / "journal.sqlite3")
+    j = SqliteJournal(folder / "journal.sqlite3")
     j.close()
     shutil.copy(SAMPLES / "adult_high_b12.hl7", folder / "m.hl7")
     folder.chmod(0)

@@ -24,9 +24,9 @@ from b12comment.serve.forwarder import (
     safe_name,
     transport_for,
 )
-from b12comment.serve.journal import Journal
-from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
+from b12comment.storage.sqlite import SqliteJournal
+from b12comment.storage.writer import JournalThread
 from b12comment.wire.ack import read_ack
 
 FAST = dict(timeout_s=0.5, retry_initial_s=0.01, retry_max_s=0.05, max_attempts=3)
@@ -37,8 +37,8 @@ def message(n: int) -> bytes:
 
 
 def fill(path, count: int) -> list[bytes]:
-    """Journal `count` processed messages; returns their bytes in order."""
-    j = Journal(path)
+    """SqliteJournal `count` processed messages; returns their bytes in order."""
+    j = SqliteJournal(path)
     out = []
     for n in range(1, count + 1):
         raw = message(n)
@@ -66,7 +66,7 @@ def run_forwarder(path, ds: DownstreamConfig, until, transport=None, timeout: fl
             async def done():
                 while metrics.value("b12comment_forwarded_total") < forwarded:
                     await asyncio.sleep(0.02)
-                while not until(await journal.rows()):
+                while not until(await journal.call(lambda j: j.rows())):
                     await asyncio.sleep(0.02)
 
             await asyncio.wait_for(done(), timeout)
@@ -119,7 +119,7 @@ def test_downstream_down_at_start_then_up(tmp_path):
             holder["down"].close()
     assert holder["down"].received == expected
     assert metrics.value("b12comment_retries_total") >= 1
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     assert states(j.rows()) == ["forwarded"] * 4
     assert [r.attempts for r in j.rows()] == [0] * 4  # refused connections do not count as attempts
     j.close()
@@ -130,7 +130,7 @@ def test_ae_is_retried_then_aa_delivers(tmp_path):
     with Downstream(answer=lambda i, p: "AE" if i < 2 else "AA") as down:
         metrics = run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
         assert down.received == [expected[0], expected[0], expected[0], expected[1]]
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     first = j.rows()[0]
     assert (first.state, first.attempts) == ("forwarded", 2)
     assert "AE" in first.last_error
@@ -143,7 +143,7 @@ def test_ar_is_dead_lettered_and_the_next_is_delivered(tmp_path):
     with Downstream(answer=lambda i, p: "AR" if msh10(p) == "MSG2" else "AA") as down:
         metrics = run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
         assert down.received == expected
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     assert states(j.rows()) == ["forwarded", "dead", "forwarded"]
     assert "rejected" in j.rows()[1].last_error and "AR" in j.rows()[1].last_error
     j.close()
@@ -157,7 +157,7 @@ def test_silent_downstream_times_out_and_is_retried(tmp_path):
         run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
         assert down.received == [expected[0], expected[0]]
         assert down.connections == 2  # the silent connection was dropped and a new one made
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     row = j.rows()[0]
     assert (row.state, row.attempts) == ("forwarded", 1)
     assert "no ACK" in row.last_error
@@ -169,7 +169,7 @@ def test_max_attempts_dead_letters_and_moves_on(tmp_path):
     with Downstream(answer=lambda i, p: "AE" if msh10(p) == "MSG1" else "AA") as down:
         run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
         assert down.received == [expected[0]] * 3 + [expected[1]]
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     first = j.rows()[0]
     assert first.state == "dead" and first.attempts == 3
     assert first.last_error.startswith("gave up after 3 attempts")
@@ -184,7 +184,7 @@ def test_ack_for_another_message_is_not_taken_as_ours(tmp_path):
         run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
         # The ACK for OTHER was ignored: the message timed out and was sent again.
         assert down.received == [expected[0], expected[0]]
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     assert j.rows()[0].state == "forwarded" and j.rows()[0].attempts == 1
     # ... and the failed attempt says which control ID the ACK that came was for.
     assert "no ACK for 'MSG1' within 0.5 s; ACKs for another control ID arrived: 'OTHER'" in j.rows()[0].last_error
@@ -202,7 +202,7 @@ def test_an_ack_for_another_control_id_before_ours_is_skipped(tmp_path):
 
     with Downstream(answer=answer) as down:
         run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     assert j.rows()[0].state == "dead" and "AR" in j.rows()[0].last_error
     j.close()
 
@@ -213,7 +213,7 @@ def test_ca_is_delivered(tmp_path):
         metrics = run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
         assert down.received == expected
     assert metrics.value("b12comment_forwarded_total") == 2
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     assert states(j.rows()) == ["forwarded", "forwarded"] and j.rows()[0].attempts == 0
     j.close()
 
@@ -230,7 +230,7 @@ def test_downstream_that_closes_after_each_ack_is_reconnected_at_once(tmp_path):
         assert down.received == expected
         assert down.connections == 30
     assert metrics.value("b12comment_retries_total") == 0
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     assert [r.attempts for r in j.rows()] == [0] * 30 and {r.last_error for r in j.rows()} == {None}
     j.close()
 
@@ -345,7 +345,7 @@ def test_folder_drop_that_cannot_be_written_is_retried_not_dead(tmp_path):
         return len(checks) > 20
 
     metrics = run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url="dir:x", **FAST), until, transport)
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     assert j.rows()[0].state == "processed"
     j.close()
     assert metrics.value("b12comment_retries_total") >= 1
@@ -359,7 +359,7 @@ def test_folder_drop_batch_stops_at_the_first_failure_and_keeps_order(tmp_path):
     transport = DirTransport(out)
     out.mkdir()
     (out / f"{3:012d}_MSG3.hl7").mkdir()  # the third file cannot be renamed into place
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     rows = j.deliverable(10)
     j.close()
     outcomes = asyncio.run(transport.deliver_many(rows))
@@ -376,7 +376,7 @@ def test_folder_drop_batch_stops_at_the_first_failure_and_keeps_order(tmp_path):
         return len(checks) > 15
 
     run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=f"dir:{out}", **FAST), until, transport)
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     assert states(j.rows()) == ["forwarded", "forwarded", "processed", "processed", "processed"]
     j.close()
     (out / f"{3:012d}_MSG3.hl7").rmdir()
@@ -418,7 +418,7 @@ def test_mllps_without_client_certificate_is_not_delivered(tmp_path):
         ds = DownstreamConfig(url=down.url, tls_ca=str(tmp_path / "ca.pem"), **dict(FAST, max_attempts=1000))
         run_forwarder(tmp_path / "j.sqlite3", ds, lambda rows: checks.append(1) or len(checks) > 30)
         assert down.received == []
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     row = j.rows()[0]
     # Not delivered, still queued. (With TLS 1.3 the refusal arrives after the
     # handshake, as a TLS alert - not counted - or as a reset - counted.)
@@ -470,13 +470,13 @@ def test_mllp_deliveries_are_recorded_a_group_at_a_time(tmp_path, monkeypatch):
     message: while senders keep the journal busy with intake, a call per
     message held delivery to the rate of intake commits."""
     calls: list[int] = []
-    original = Journal.mark_forwarded_many
+    original = SqliteJournal.mark_forwarded_many
 
     def spy(self, ids):
         calls.append(len(ids))
         return original(self, ids)
 
-    monkeypatch.setattr(Journal, "mark_forwarded_many", spy)
+    monkeypatch.setattr(SqliteJournal, "mark_forwarded_many", spy)
     expected = fill(tmp_path / "j.sqlite3", 120)
     with Downstream() as down:
         metrics = run_forwarder(tmp_path / "j.sqlite3", DownstreamConfig(url=down.url, **FAST), all_done)
@@ -497,6 +497,6 @@ def test_mllp_deliveries_before_a_failure_are_recorded_and_the_failed_one_retrie
     assert [msh10(m) for m in got] == ["MSG1", "MSG2", "MSG3", "MSG3", "MSG4", "MSG5", "MSG6"]
     assert got[3] == expected[2]
     assert metrics.value("b12comment_forwarded_total") == 6
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     assert states(j.rows()) == ["forwarded"] * 6
     j.close()

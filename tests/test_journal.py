@@ -11,18 +11,18 @@ import time
 import pytest
 from journal_helpers import head, keep_invalid, mark_processed, record
 
-from b12comment.serve.journal import (
+from b12comment.storage.model import (
     BATCH_BYTES,
     LARGE_BYTES,
     InvalidFrame,
-    Journal,
     JournalError,
     NewMessage,
     Processed,
     Replayed,
     batch_full,
 )
-from b12comment.serve.journal_writer import JournalThread
+from b12comment.storage.sqlite import SCHEMA_VERSION, SqliteJournal
+from b12comment.storage.writer import JournalThread
 
 MSG1 = b"MSH|^~\\&|L|F|R|F|2024||ORU^R01|C1|P|2.5.1\rOBX|1|NM|X||1\r"
 MSG2 = b"MSH|^~\\&|L|F|R|F|2024||ORU^R01|C2|P|2.5.1\rOBX|1|NM|X||2\r"
@@ -30,7 +30,7 @@ MSG2 = b"MSH|^~\\&|L|F|R|F|2024||ORU^R01|C2|P|2.5.1\rOBX|1|NM|X||2\r"
 
 @pytest.fixture
 def journal(tmp_path):
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     yield j
     j.close()
 
@@ -51,10 +51,10 @@ def test_record_is_committed_and_visible_to_another_connection(journal, tmp_path
 
 
 def test_rows_survive_reopen(tmp_path):
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     rid = record(j, MSG1, "C1").id
     j.close()
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     assert j.get(rid).raw == MSG1
     j.close()
 
@@ -76,10 +76,11 @@ def test_same_control_id_other_bytes_is_a_new_message(journal):
 def test_retransmission_is_found_by_its_bytes_without_a_hash(journal, tmp_path):
     """A message whose control ID was not seen before is stored without
     hashing it; a retransmission is found by comparing the bytes of the rows
-    with its control ID (so a stored digest plays no part)."""
+    with its control ID (the journal keeps no hash of a message at all)."""
     first = record(journal, MSG1, "C1", retransmit_window_s=60, now=1000.0)
     other = sqlite3.connect(tmp_path / "j.sqlite3")
-    assert other.execute("SELECT digest FROM messages WHERE id = ?", (first.id,)).fetchone() == (b"",)
+    columns = [c[1] for c in other.execute("PRAGMA table_info(messages)")]
+    assert "digest" not in columns and "raw" in columns
     other.close()
     again = record(journal, MSG1, "C1", retransmit_window_s=60, now=1001.0)
     assert again.duplicate and again.id == first.id
@@ -163,7 +164,7 @@ def test_oldest_undelivered(journal):
 def test_path_under_a_regular_file_fails_even_for_root(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     with pytest.raises(JournalError):
-        Journal(tmp_path / "afile" / "journal.sqlite3")
+        SqliteJournal(tmp_path / "afile" / "journal.sqlite3")
 
 
 def test_write_failure_is_a_journal_error_and_nothing_is_stored(journal):
@@ -186,7 +187,7 @@ def test_journal_thread_opens_lazily_and_reports_failure(tmp_path):
         await bad.close()
         good = JournalThread(tmp_path / "sub" / "j.sqlite3")
         receipt = await good.record(MSG1, control_id="C1", message_type="ORU^R01")
-        assert (await good.get(receipt.id)).raw == MSG1
+        assert (await good.call(lambda j: j.get(receipt.id))).raw == MSG1
         await good.close()
 
     asyncio.run(main())
@@ -261,14 +262,14 @@ def test_journal_thread_commits_every_waiting_frame_together_before_answering(tm
     """Group commit: the records that wait while the writer thread is busy
     share one transaction, and no caller has its result before that commit."""
     batches = []
-    original = Journal.intake
+    original = SqliteJournal.intake
 
     def spy(self, calls):
         result = original(self, calls)
         batches.append(len(calls))
         return result
 
-    monkeypatch.setattr(Journal, "intake", spy)
+    monkeypatch.setattr(SqliteJournal, "intake", spy)
     path = tmp_path / "j.sqlite3"
 
     def committed(cid: str) -> bool:
@@ -280,9 +281,9 @@ def test_journal_thread_commits_every_waiting_frame_together_before_answering(tm
 
     async def main():
         jt = JournalThread(path)
-        await jt.depth()  # opens the journal, starts the thread
+        await jt.call(lambda j: j.depth())  # opens the journal, starts the thread
         gate, inside = threading.Event(), threading.Event()
-        busy = jt._call(lambda j: (inside.set(), gate.wait(10)))  # the thread is busy with a slow call
+        busy = jt.call(lambda j: (inside.set(), gate.wait(10)))  # the thread is busy with a slow call
         assert await asyncio.to_thread(inside.wait, 10)
         futures = [jt.record(MSG1 + str(n).encode(), control_id=f"G{n}", message_type="ORU^R01") for n in range(5)]
         await asyncio.sleep(0.05)
@@ -309,7 +310,7 @@ def test_journal_thread_keeps_the_event_loop_free_while_a_commit_waits_for_a_loc
 
     async def main():
         jt = JournalThread(path)
-        await jt.depth()
+        await jt.call(lambda j: j.depth())
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN EXCLUSIVE")
         future = jt.record(MSG1, control_id="C1", message_type="ORU^R01")
@@ -322,7 +323,7 @@ def test_journal_thread_keeps_the_event_loop_free_while_a_commit_waits_for_a_loc
         other.execute("ROLLBACK")
         other.close()
         receipt = await asyncio.wait_for(future, 15)
-        assert (await jt.get(receipt.id)).raw == MSG1
+        assert (await jt.call(lambda j: j.get(receipt.id))).raw == MSG1
         assert await jt.available()
         await jt.close()
 
@@ -334,12 +335,12 @@ def test_new_journal_is_readable_by_its_owner_only(tmp_path):
     import os
     import stat
 
-    from b12comment.serve.journal import Journal
+    from b12comment.storage.sqlite import SqliteJournal
 
     path = tmp_path / "j.sqlite3"
     old = os.umask(0o022)
     try:
-        journal = Journal(path)
+        journal = SqliteJournal(path)
         record(journal, b"MSH|^~\\&|A|B|C|D|2024||ORU^R01|X1|P|2.5.1\r", "X1")
         wal = tmp_path / "j.sqlite3-wal"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -381,7 +382,7 @@ def test_journal_of_the_first_schema_is_migrated_in_place(tmp_path):
         )
     db.commit()
     db.close()
-    j = Journal(path)
+    j = SqliteJournal(path)
     try:
         live, replayed, invalid = j.rows()
         assert (live.peer, live.conn_seq, live.source, live.position) == ("127.0.0.1:4000", 3, "", 0)
@@ -393,19 +394,87 @@ def test_journal_of_the_first_schema_is_migrated_in_place(tmp_path):
     finally:
         j.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
-    Journal(path).close()  # opening again changes nothing
+    SqliteJournal(path).close()  # opening again changes nothing
+
+
+_V2_SCHEMA = """
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, received_at REAL NOT NULL, updated_at REAL NOT NULL,
+    peer TEXT NOT NULL DEFAULT '', conn_seq INTEGER NOT NULL DEFAULT 0, source TEXT NOT NULL DEFAULT '',
+    position INTEGER NOT NULL DEFAULT 0, control_id TEXT NOT NULL DEFAULT '', message_type TEXT NOT NULL DEFAULT '',
+    digest BLOB NOT NULL, raw BLOB NOT NULL, processed BLOB,
+    state TEXT NOT NULL CHECK (state IN ('received', 'processed', 'forwarded', 'dead', 'invalid')),
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, commented INTEGER, reasons TEXT
+);
+CREATE INDEX messages_by_state ON messages (state, id);
+CREATE INDEX messages_by_control_id ON messages (control_id, received_at);
+CREATE INDEX messages_by_source ON messages (source, position) WHERE source != '';
+CREATE TABLE holds (id INTEGER PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE large_raw (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE large_processed (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('journal_id', 'j2');
+PRAGMA user_version = 2;
+"""
+
+
+def test_journal_with_a_digest_column_is_migrated_without_it(tmp_path):
+    """Version 2 wrote a hash of every message that nothing read: the column
+    goes, every row, hold, large message and state stays, the journal keeps
+    its id, and an id is never given twice (not even one whose row was pruned)."""
+    path = tmp_path / "v2.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(_V2_SCHEMA)
+    big = MSG1 + b"NTE|1||" + b"x" * LARGE_BYTES + b"\r"
+    for cid, raw, state, processed, commented in [
+        ("C1", MSG1, "processed", MSG1 + b"NTE|1\r", 1),
+        ("C2", b"", "received", None, None),  # a large one, its bytes in large_raw
+        ("C3", MSG2, "dead", None, 0),
+        ("C4", MSG2 + b"X", "forwarded", None, 0),
+    ]:
+        db.execute(
+            "INSERT INTO messages (received_at, updated_at, control_id, message_type, digest, raw, processed, state,"
+            " commented, reasons) VALUES (5, 6, ?, 'ORU^R01', x'0102', ?, ?, ?, ?, '[\"r\"]')",
+            (cid, raw, processed, state, commented),
+        )
+    db.execute("INSERT INTO large_raw VALUES (2, ?)", (big,))
+    db.execute("INSERT INTO holds VALUES (2, 99.0)")
+    db.execute("DELETE FROM messages WHERE id = 4")  # pruned: the sequence stays at 4
+    db.commit()
+    db.close()
+    j = SqliteJournal(path)
+    try:
+        assert j.journal_id == "j2"
+        one, two, three = j.rows()
+        assert (one.control_id, one.state, one.processed, one.commented, one.reasons) == (
+            "C1",
+            "processed",
+            MSG1 + b"NTE|1\r",
+            True,
+            ("r",),
+        )
+        assert (two.raw, two.state) == (big, "received") and [r.id for r, _ in j.held()] == [2]
+        assert (three.state, three.raw, three.processed) == ("dead", MSG2, MSG2)
+        assert record(j, MSG1 + b"Y", "C5").id == 5
+    finally:
+        j.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert "digest" not in [c[1] for c in db.execute("PRAGMA table_info(messages)")]
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
 
 
 def test_journal_of_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "new.sqlite3"
-    Journal(path).close()
+    SqliteJournal(path).close()
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 99")
     db.close()
     with pytest.raises(JournalError, match="schema version 99"):
-        Journal(path)
+        SqliteJournal(path)
 
 
 def test_batches_of_rows_are_bounded_by_their_bytes(journal):
@@ -434,15 +503,15 @@ def test_journal_thread_runs_other_calls_between_intake_batches(tmp_path):
 
     async def main():
         jt = JournalThread(path, max_batch=1)
-        await jt.depth()
+        await jt.call(lambda j: j.depth())
         gate, inside = threading.Event(), threading.Event()
-        busy = jt._call(lambda j: (inside.set(), gate.wait(10)))
+        busy = jt.call(lambda j: (inside.set(), gate.wait(10)))
         assert await asyncio.to_thread(inside.wait, 10)
         # while the thread is busy: 30 frames (30 intake batches of one) and two calls wait
         futures = [jt.record(MSG1 + str(n).encode(), control_id=f"F{n}", message_type="ORU^R01") for n in range(30)]
         for n, future in enumerate(futures):
             future.add_done_callback(lambda _f, n=n: order.append(f"intake{n}"))
-        depth = jt._call(lambda j: j.depth())  # the future at once, as the typed methods await it
+        depth = jt.call(lambda j: j.depth())  # the future at once, as the typed methods await it
         depth.add_done_callback(lambda _f: order.append("depth"))
         gate.set()
         await busy

@@ -9,7 +9,7 @@ import pytest
 from journal_helpers import keep_invalid, mark_processed, record
 from service_helpers import subprocess_env, write_config
 
-from b12comment.serve.journal import Journal
+from b12comment.storage.sqlite import SqliteJournal
 
 PATIENT = b"PID|1||0101151234^^^CPR||Jensen^Anna||20150101|F\r"
 
@@ -31,7 +31,7 @@ def queue(cfg, *args) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cfg(tmp_path):
     path = tmp_path / "journal.sqlite3"
-    j = Journal(path)
+    j = SqliteJournal(path)
     ids = {}
     for cid in ("OK1", "DEAD1", "DEAD2", "WAIT1"):
         ids[cid] = record(j, msg(cid), cid, now=1_700_000_000.0).id
@@ -56,7 +56,7 @@ def test_status_counts_and_oldest_undelivered(cfg):
 def test_status_shows_the_held_messages_apart(cfg, tmp_path):
     """A message held for the rest of its requisition is undelivered, but not
     stuck: status says how many are held and when the next hold ends."""
-    j = Journal(tmp_path / "journal.sqlite3")
+    j = SqliteJournal(tmp_path / "journal.sqlite3")
     held = record(j, msg("HELD1"), "HELD1", now=1_700_000_100.0).id
     j.hold_many([(held, 1_700_000_900.0)])
     j.close()
@@ -87,7 +87,7 @@ def test_retry_one_then_all(cfg, tmp_path):
     result = queue(cfg, "retry", "DEAD1")
     assert result.returncode == 0, result.stderr
     assert "requeued 1 message" in result.stdout
-    j = Journal(tmp_path / "journal.sqlite3")
+    j = SqliteJournal(tmp_path / "journal.sqlite3")
     states = {r.control_id: (r.state, r.attempts) for r in j.rows() if r.control_id}
     j.close()
     assert states["DEAD1"] == ("processed", 0)

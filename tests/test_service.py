@@ -494,14 +494,14 @@ def test_processing_failure_forwards_the_original(tmp_path):
 
     import structlog
 
-    from b12comment.serve.journal import Journal
-    from b12comment.serve.journal_writer import JournalThread
     from b12comment.serve.metrics import Metrics
     from b12comment.serve.processing import Processor
+    from b12comment.storage.sqlite import SqliteJournal
+    from b12comment.storage.writer import JournalThread
 
     raw = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
     assert process(raw, RuleConfig())[0] != raw  # with a good rule it gets the comment
-    j = Journal(tmp_path / "j.sqlite3")
+    j = SqliteJournal(tmp_path / "j.sqlite3")
     rid = record(j, raw, msh10(raw)).id
     j.close()
 
@@ -514,7 +514,7 @@ def test_processing_failure_forwards_the_original(tmp_path):
         stop.set()
         wake.set()
         await asyncio.wait_for(task, 10)
-        row = await journal.get(rid)
+        row = await journal.call(lambda j: j.get(rid))
         await journal.close()
         return row
 

@@ -13,7 +13,7 @@ from b12comment.config import Config
 from b12comment.context import ContextError, open_store
 from b12comment.context.store import rebuild
 from b12comment.errors import EXIT_OK, B12Error
-from b12comment.serve.journal import Journal, JournalError
+from b12comment.storage import JournalError, open_journal
 
 
 def run_rebuild(config: Config) -> int:
@@ -24,7 +24,7 @@ def run_rebuild(config: Config) -> int:
     for p in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
         p.unlink(missing_ok=True)
     try:
-        journal = Journal(journal_path)
+        journal = open_journal(journal_path)
         try:
             store = open_store(str(fresh), config.context.key_file)
             try:

@@ -23,9 +23,10 @@ from b12comment.logs import get_logger
 from b12comment.replay.context import Reader
 from b12comment.replay.tally import Tally
 from b12comment.serve.forwarder import Forwarder, transport_for
-from b12comment.serve.journal import Journal, Replayed
-from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
+from b12comment.storage.interface import JournalStore
+from b12comment.storage.model import Replayed
+from b12comment.storage.writer import JournalThread
 from b12comment.wire.split import open_input, read_pieces
 
 BATCH = 500
@@ -41,7 +42,7 @@ def journal_path_for(config: Config, given: str | None) -> Path:
 
 
 def enqueue_file(
-    journal: Journal,
+    journal: JournalStore,
     src: str,
     rel: str,
     config: Config,
@@ -115,6 +116,6 @@ async def drain(path: Path, config: Config, url: str, poll_s: float = 0.2) -> di
         stop.set()
         wake.set()
         await task
-        counts = await journal.counts()
+        counts = await journal.call(lambda j: j.counts())
         await journal.close()
     return counts

@@ -542,7 +542,7 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
     import asyncio
 
     from b12comment.replay.forward import SOURCE_PREFIX, drain, enqueue_file, journal_path_for
-    from b12comment.serve.journal import Journal, JournalError
+    from b12comment.storage import JournalError, open_journal
 
     path = journal_path_for(config, opts.journal)
     tallies: dict[str, Tally] = {}
@@ -550,7 +550,7 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
     progress = Progress(sum(sizes.values()), opts.quiet, "nothing sent")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        journal = Journal(path)
+        journal = open_journal(path)
         try:
             if not opts.resume:
                 seen = [rel for _, rel in pairs if journal.last_position(SOURCE_PREFIX + rel)]

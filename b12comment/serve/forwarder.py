@@ -19,7 +19,7 @@ journal update sends those messages again after restart (over MLLP at most
 RECORD_EVERY, whose AAs are recorded together; for a folder drop, the batch
 written since the last journal update: files of the same names, written
 again). The journal updates here are commits without an fsync
-of their own (see journal.py), so a power cut may also resend the last few.
+of their own (see storage/sqlite/file.py), so a power cut may also resend the last few.
 
 The folder drop takes the head of the queue in batches: every file is
 written and fsynced, then the folder is fsynced once and the batch marked
@@ -45,8 +45,8 @@ from typing import Any, TypeVar
 from b12comment.aio import describe_error, wait_event
 from b12comment.config import DownstreamConfig
 from b12comment.files import fsync_dir
-from b12comment.serve.journal import JournalError, JournalFault, Row, batch_full
-from b12comment.serve.journal_writer import JournalThread
+from b12comment.storage.model import JournalError, JournalFault, Row, batch_full
+from b12comment.storage.writer import JournalThread
 from b12comment.wire import mllp
 from b12comment.wire.tls import client_context
 from b12comment.wire.waiter import AckWaiter, Unreadable
@@ -338,7 +338,7 @@ class Forwarder:
             while not stop.is_set():
                 self.wake.clear()
                 try:
-                    rows = await self.journal.deliverable(self.batch)
+                    rows = await self.journal.call(lambda j: j.deliverable(self.batch))
                     if not rows:
                         await wait_event(self.wake, self.poll_s)
                         continue
@@ -451,7 +451,7 @@ class Forwarder:
         started = time.monotonic()
         rows = [row for row, _ in delivered]
         if not await self._write_down(
-            "forwarded", rows, lambda: self.journal.mark_forwarded_many([r.id for r in rows]), stop
+            "forwarded", rows, lambda: self.journal.call(lambda j: j.mark_forwarded_many([r.id for r in rows])), stop
         ):
             return False
         self._failures = 0
@@ -477,7 +477,7 @@ class Forwarder:
             await self._dead(row, outcome.reason, fields, stop)
             return
         self._failures += 1
-        attempts = await self.journal.mark_attempt_failed(row.id, outcome.reason, outcome.counts)
+        attempts = await self.journal.call(lambda j: j.mark_attempt_failed(row.id, outcome.reason, outcome.counts))
         if outcome.counts and attempts >= self.ds.max_attempts:
             await self._dead(row, f"gave up after {attempts} attempts: {outcome.reason}", fields, stop)
             return
@@ -489,7 +489,9 @@ class Forwarder:
         await wait_event(stop, delay)
 
     async def _dead(self, row: Row, reason: str, fields: dict, stop: asyncio.Event) -> None:
-        if not await self._write_down("dead", [row], lambda: self.journal.mark_dead(row.id, reason), stop):
+        if not await self._write_down(
+            "dead", [row], lambda: self.journal.call(lambda j: j.mark_dead(row.id, reason)), stop
+        ):
             return
         self._failures = 0
         self.metrics.inc("b12comment_dead_lettered_total")

@@ -26,9 +26,9 @@ from typing import Any
 
 from b12comment.config import JournalConfig, ListenerConfig
 from b12comment.core.segments import Header, Malformed, read_header
-from b12comment.serve.journal import JournalError, JournalFault, Receipt
-from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.peers import PeerFilter
+from b12comment.storage.model import JournalError, JournalFault, Receipt
+from b12comment.storage.writer import JournalThread
 from b12comment.wire import mllp
 from b12comment.wire.ack import (
     ACCEPT,

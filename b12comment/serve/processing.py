@@ -35,9 +35,9 @@ from b12comment.context import ContextStore, open_store
 from b12comment.core.chain import Outcome, decide
 from b12comment.core.keys import keys
 from b12comment.core.rows import extract
-from b12comment.serve.journal import JournalError, JournalFault, Processed, Row, batch_full
-from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.metrics import Metrics
+from b12comment.storage.model import JournalError, JournalFault, Processed, Row, batch_full
+from b12comment.storage.writer import JournalThread
 
 LINGER_S = 0.05  # how long a new message may wait for others to join its processing batch
 PURGE_EVERY_S = 3600.0
@@ -157,7 +157,7 @@ class Processor:
                     await wait_event(stop, self.poll_s)
                     continue
                 try:
-                    rows = await self.journal.unprocessed(self.batch)
+                    rows = await self.journal.call(lambda j: j.unprocessed(self.batch))
                 except JournalError as exc:
                     unavailable(self.log, "processing", exc)
                     await wait_event(stop, self.poll_s)
@@ -187,13 +187,13 @@ class Processor:
         the newer one that released it); False if the journal failed."""
         try:
             if holds:
-                await self.journal.hold_many(holds)
+                await self.journal.call(lambda j: j.hold_many(holds))
             if done:
                 results = [
                     Processed(r.id, None if out is r.raw else out, f["commented"], f["reasons"])
                     for r, out, f, _, _ in done
                 ]
-                await self.journal.mark_processed_many(results)
+                await self.journal.call(lambda j: j.mark_processed_many(results))
         except JournalError as exc:
             unavailable(self.log, "processing", exc)
             self._reload_holds = True  # what the journal holds is the truth: read it again
@@ -214,7 +214,7 @@ class Processor:
         """After a restart: the messages still held in the journal wait on."""
         while not stop.is_set():
             try:
-                held = await self.journal.held()
+                held = await self.journal.call(lambda j: j.held())
                 break
             except JournalError as exc:
                 unavailable(self.log, "processing", exc)

@@ -17,7 +17,7 @@ from b12comment.context.store import ContextError, read_contradictions
 from b12comment.errors import EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.files import write_atomically
 from b12comment.serve.forwarder import safe_name
-from b12comment.serve.journal import STATES, Journal, JournalError, Row
+from b12comment.storage import STATES, JournalError, JournalStore, Row, open_journal, open_journal_for_reading
 
 
 def run_queue(config: Config, args) -> int:
@@ -40,7 +40,7 @@ def run_queue(config: Config, args) -> int:
     if args.queue_command == "export":
         return _export(path, Path(args.dir))
     try:
-        journal = Journal(path)
+        journal = open_journal(path)
     except JournalError as exc:
         raise B12Error(str(exc)) from None
     try:
@@ -73,7 +73,7 @@ def export_messages(items: list[Row | int], folder: Path) -> tuple[int, int]:
 
 def _export(path: Path, folder: Path) -> int:
     try:
-        journal = Journal.for_reading(path)
+        journal = open_journal_for_reading(path)
     except JournalError as exc:
         raise B12Error(str(exc)) from None
     try:
@@ -108,9 +108,9 @@ def _age(seconds: float) -> str:
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
-def _status(journal: Journal) -> int:
+def _status(journal: JournalStore) -> int:
     counts = journal.counts()
-    print(f"journal: {journal.path}")
+    print(f"journal: {journal.location}")
     for state in STATES:
         print(f"  {state:<10} {counts[state]}")
     oldest = journal.oldest_undelivered()
@@ -127,7 +127,7 @@ def _status(journal: Journal) -> int:
     return EXIT_OK
 
 
-def _dead(journal: Journal) -> int:
+def _dead(journal: JournalStore) -> int:
     rows = journal.rows("dead")
     if not rows:
         print("no dead-lettered messages")
@@ -142,7 +142,7 @@ def _dead(journal: Journal) -> int:
     return EXIT_OK
 
 
-def _retry(journal: Journal, control_id: str | None) -> int:
+def _retry(journal: JournalStore, control_id: str | None) -> int:
     count = journal.retry(control_id)
     if count == 0 and control_id is None:
         print("nothing to retry: no dead-lettered messages")

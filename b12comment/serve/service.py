@@ -36,7 +36,6 @@ from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
 from b12comment.launch import catch_again, stop_requested
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.http import HttpServer
-from b12comment.serve.journal import JournalCorrupt, JournalError, JournalFault, JournalGone
 from b12comment.serve.journal_guard import (
     GuardError,
     JournalLock,
@@ -46,12 +45,13 @@ from b12comment.serve.journal_guard import (
     marker_path,
     write_marker,
 )
-from b12comment.serve.journal_writer import JournalThread
 from b12comment.serve.listener import Intake, Listener
 from b12comment.serve.malloc import return_large_blocks
 from b12comment.serve.metrics import Metrics, MetricsServer
 from b12comment.serve.processing import ContextStage, Processor, open_context, unavailable
 from b12comment.serve.queue_cli import export_messages
+from b12comment.storage.model import JournalCorrupt, JournalError, JournalFault, JournalGone
+from b12comment.storage.writer import JournalThread
 from b12comment.wire.tls import TlsError, server_context
 
 PRUNE_EVERY_S = 3600.0
@@ -329,7 +329,7 @@ class Service:
     async def _prune(self) -> None:
         while not self.stop_event.is_set():
             try:
-                removed = await self.journal.prune(self.config.journal.retention_days)
+                removed = await self.journal.call(lambda j: j.prune(self.config.journal.retention_days))
                 if removed:
                     self.log.info("journal_pruned", rows=removed)
             except JournalError as exc:
@@ -369,7 +369,7 @@ class Service:
             return  # the marker keeps saying 'not stopped cleanly'
         try:
             if isinstance(fault, JournalGone):
-                salvage = await self.journal.undelivered_salvage()
+                salvage = await self.journal.call(lambda j: list(j.salvage_undelivered()))
                 if salvage:
                     folder = self.journal_path.with_name(
                         f"{self.journal_path.name}.recovered-{time.strftime('%Y%m%dT%H%M%S')}"

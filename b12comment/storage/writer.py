@@ -1,7 +1,10 @@
-"""The journal's writer: drives the synchronous `Journal` for asyncio code,
-with group commit of intake (see `JournalThread`).
+"""The journal's writer: drives a synchronous journal (any backend of
+`JournalStore`) for asyncio code, with group commit of intake (see
+`JournalThread`).
 
-Every operation is a typed method here, so mypy checks each call.
+Intake has its two methods (`record`, `keep_invalid`, committed in groups);
+every other operation is one typed call, `call(lambda j: j.operation(...))`,
+so mypy checks each against the interface.
 """
 
 from __future__ import annotations
@@ -10,21 +13,20 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from b12comment.serve.journal import (
+from b12comment.storage import open_journal
+from b12comment.storage.interface import JournalStore
+from b12comment.storage.model import (
     Arrival,
     InvalidFrame,
-    Journal,
     JournalCorrupt,
     JournalError,
     JournalFault,
     NewMessage,
-    Processed,
     Receipt,
-    Row,
 )
 
 T = TypeVar("T")
@@ -62,15 +64,22 @@ class JournalThread:
     nothing more.
     """
 
-    def __init__(self, path: str | Path, max_batch: int = 256, on_fault: Callable[[JournalFault], None] | None = None):
-        self.path = Path(path)
+    def __init__(
+        self,
+        location: str | Path,
+        max_batch: int = 256,
+        on_fault: Callable[[JournalFault], None] | None = None,
+        opener: Callable[[str | Path], JournalStore] = open_journal,
+    ):
+        self.location = location
+        self._opener = opener
         self.max_batch = max_batch
         self.on_fault = on_fault
         self.fault: JournalFault | None = None
-        self._journal: Journal | None = None
+        self._journal: JournalStore | None = None
         self._cv = threading.Condition()  # guards the queues below
         self._intake: deque[tuple[asyncio.Future, Arrival]] = deque()
-        self._calls: deque[tuple[asyncio.Future, Callable[[Journal], Any] | None]] = deque()
+        self._calls: deque[tuple[asyncio.Future, Callable[[JournalStore], Any] | None]] = deque()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -104,62 +113,28 @@ class JournalThread:
 
     # -- everything else, one at a time on the journal thread
 
-    async def unprocessed(self, limit: int = 100) -> list[Row]:
-        return await self._call(lambda j: j.unprocessed(limit))
-
-    async def mark_processed_many(self, results: Sequence[Processed]) -> None:
-        await self._call(lambda j: j.mark_processed_many(results))
-
-    async def hold_many(self, holds: Sequence[tuple[int, float]]) -> None:
-        await self._call(lambda j: j.hold_many(holds))
-
-    async def held(self) -> list[tuple[Row, float]]:
-        return await self._call(lambda j: j.held())
-
-    async def deliverable(self, limit: int = 100) -> list[Row]:
-        return await self._call(lambda j: j.deliverable(limit))
-
-    async def mark_forwarded_many(self, ids: Sequence[int]) -> None:
-        await self._call(lambda j: j.mark_forwarded_many(ids))
-
-    async def mark_attempt_failed(self, id: int, error: str, counts: bool = True) -> int:
-        return await self._call(lambda j: j.mark_attempt_failed(id, error, counts))
-
-    async def mark_dead(self, id: int, reason: str) -> None:
-        await self._call(lambda j: j.mark_dead(id, reason))
-
-    async def prune(self, retention_days: float) -> int:
-        return await self._call(lambda j: j.prune(retention_days))
+    def call(self, fn: Callable[[JournalStore], T]) -> asyncio.Future[T]:
+        """Run fn(journal) on the journal thread, after the calls made before
+        it; the future (returned at once) has its result or its exception.
+        Every operation of the journal goes through here, typed by mypy:
+        `await thread.call(lambda j: j.deliverable(100))`."""
+        return self._submit(fn)
 
     async def depth(self) -> int:
-        return await self._call(lambda j: j.depth())
-
-    async def counts(self) -> dict[str, int]:
-        return await self._call(lambda j: j.counts())
-
-    async def get(self, id: int) -> Row | None:
-        return await self._call(lambda j: j.get(id))
-
-    async def rows(self, state: str | None = None) -> list[Row]:
-        return await self._call(lambda j: j.rows(state))
-
-    async def settings(self) -> tuple[str, int]:
-        return await self._call(lambda j: j.settings())
+        """How many messages wait (the metrics' and the health check's callback)."""
+        return await self.call(lambda j: j.depth())
 
     async def open_checked(self) -> str:
-        """Open the journal and run SQLite's quick_check on it; returns its
-        journal id. Raises JournalError (JournalCorrupt when damaged)."""
+        """Open the journal and check its integrity; returns its journal id.
+        Raises JournalError (JournalCorrupt when damaged)."""
 
-        def check(j: Journal) -> str:
-            problems = j.quick_check()
+        def check(j: JournalStore) -> str:
+            problems = j.integrity_problems()
             if problems:
-                raise JournalCorrupt(f"journal {j.path} is damaged: {'; '.join(problems)}")
+                raise JournalCorrupt(f"journal {j.location} is damaged: {'; '.join(problems)}")
             return j.journal_id
 
-        return await self._call(check)
-
-    async def undelivered_salvage(self) -> list[Row | int]:
-        return await self._call(lambda j: list(j.salvage_undelivered()))
+        return await self.call(check)
 
     async def available(self, health_timeout_s: float = 2.0) -> bool:
         """The journal answers (within the timeout) and has no fault."""
@@ -193,10 +168,7 @@ class JournalThread:
             self._wake_thread()
         return future
 
-    def _call(self, fn: Callable[[Journal], T]) -> asyncio.Future[T]:
-        return self._submit(fn)
-
-    def _submit(self, fn: Callable[[Journal], Any] | None) -> asyncio.Future:
+    def _submit(self, fn: Callable[[JournalStore], Any] | None) -> asyncio.Future:
         """Queue fn(journal) for the thread (None: close the journal)."""
         future = asyncio.get_running_loop().create_future()
         with self._cv:
@@ -258,7 +230,7 @@ class JournalThread:
             return [(future, exc, False) for future, _ in batch]
         return [(future, r, not isinstance(r, JournalError)) for (future, _), r in zip(batch, results, strict=True)]
 
-    def _run_call(self, future: asyncio.Future, fn: Callable[[Journal], Any] | None) -> tuple:
+    def _run_call(self, future: asyncio.Future, fn: Callable[[JournalStore], Any] | None) -> tuple:
         if fn is None:
             if self._journal is not None:
                 self._journal.close()
@@ -281,9 +253,9 @@ class JournalThread:
             if self.on_fault is not None:
                 self.on_fault(exc)
 
-    def _open(self) -> Journal:
+    def _open(self) -> JournalStore:
         if self._journal is None:
-            self._journal = Journal(self.path)
+            self._journal = self._opener(self.location)
         return self._journal
 
     @staticmethod

@@ -1,0 +1,86 @@
+"""The journal behind one interface (interface.JournalStore), with its
+backends: SQLite (sqlite/, the default: a path) and PostgreSQL (postgres/:
+a `postgresql://` URL, the optional extra `b12comment[postgres]`).
+
+`open_journal(location)` picks the backend from what is configured where
+`[journal] path` is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from b12comment.storage.interface import JournalStore
+from b12comment.storage.model import (
+    BATCH_BYTES,
+    DEAD,
+    FORWARDED,
+    INVALID,
+    LARGE_BYTES,
+    PROCESSED,
+    RECEIVED,
+    STATES,
+    UNDELIVERED,
+    Arrival,
+    InvalidFrame,
+    JournalCorrupt,
+    JournalError,
+    JournalFault,
+    JournalGone,
+    NewMessage,
+    Processed,
+    Receipt,
+    Replayed,
+    Row,
+    batch_full,
+)
+
+__all__ = [
+    "BATCH_BYTES",
+    "DEAD",
+    "FORWARDED",
+    "INVALID",
+    "LARGE_BYTES",
+    "PROCESSED",
+    "RECEIVED",
+    "STATES",
+    "UNDELIVERED",
+    "Arrival",
+    "InvalidFrame",
+    "JournalCorrupt",
+    "JournalError",
+    "JournalFault",
+    "JournalGone",
+    "JournalStore",
+    "NewMessage",
+    "Processed",
+    "Receipt",
+    "Replayed",
+    "Row",
+    "batch_full",
+    "is_url",
+    "open_journal",
+    "open_journal_for_reading",
+]
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(location: str | Path) -> bool:
+    """Whether a configured location names a database server rather than a file."""
+    return isinstance(location, str) and location.startswith(URL_SCHEMES)
+
+
+def open_journal(location: str | Path) -> JournalStore:
+    """The journal at `location` (a path: SQLite; a `postgresql://` URL:
+    PostgreSQL), created or migrated as needed. Raises JournalError."""
+    from b12comment.storage.sqlite import SqliteJournal
+
+    return SqliteJournal(location)
+
+
+def open_journal_for_reading(location: str | Path) -> JournalStore:
+    """The journal opened as it is, for salvage: no schema change, no write."""
+    from b12comment.storage.sqlite import SqliteJournal
+
+    return SqliteJournal(location, read_only=True)
