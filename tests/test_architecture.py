@@ -231,5 +231,5 @@ def test_every_shell_decides_through_the_one_chain():
         for p in shell_modules()
         if "b12comment.core.chain" in (text := p.read_text()) or "from b12comment.core import chain" in text
     }
-    entry_points = {"serve/processing.py", "serve/http.py", "preview.py", "replay/context.py", "replay/run.py"}
+    entry_points = {"serve/processing.py", "serve/http.py", "preview.py", "replay/first_pass.py", "replay/run.py"}
     assert entry_points | {"replay/forward.py", "context/store.py"} <= users

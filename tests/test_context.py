@@ -17,7 +17,7 @@ from b12comment.context import ContextError, ContextStore, load_key
 from b12comment.core.chain import decide
 from b12comment.core.context import Context
 from b12comment.core.engine import process
-from b12comment.core.rows import ADULT, NOT_READ, extract
+from b12comment.core.rows import ADULT_ROW, NOT_READ_ROW, extract
 from b12comment.core.rule_config import RuleConfig
 
 RULE = RuleConfig()
@@ -59,7 +59,7 @@ def test_alone_the_b12_gets_the_comment():
 def test_no_context_is_todays_behaviour():
     message = b12_message()
     assert process(message, RULE, None) == process(message, RULE)
-    assert process(message, RULE, Context(seq=1)) == process(message, RULE)
+    assert process(message, RULE, Context(arrival=1)) == process(message, RULE)
 
 
 CASES = [
@@ -256,7 +256,7 @@ def test_a_message_too_large_to_read_vetoes_its_patients_comments_before_and_aft
     assert store.count() == 2 + 1  # the B12 message's order and result, and one row for the huge one
     adult = huge(other_message(control_id="ADULT", birth="19700101"))
     adult_ex = extract(adult, RULE)  # an adult's, too large to read (the birth date is not looked for): the same
-    assert adult_ex is not None and adult_ex.not_read and [r.analyte for r in adult_ex.rows] == [NOT_READ]
+    assert adult_ex is not None and adult_ex.not_read and [r.analyte for r in adult_ex.rows] == [NOT_READ_ROW]
 
 
 def test_extract_keeps_no_name_or_birth_date():
@@ -418,7 +418,7 @@ def test_rows_are_kept_for_every_patient_who_could_be_a_child_within_the_look_ba
     if kept:
         assert {r.analyte for r in ex.rows} >= {"777-3"}
     else:  # one result that cannot be judged per order, at an unknown time, for the same keys
-        assert [(r.analyte, r.verdict, r.collected) for r in ex.rows] == [(ADULT, "unknown", "")]
+        assert [(r.analyte, r.verdict, r.collected) for r in ex.rows] == [(ADULT_ROW, "unknown", "")]
         full = extract(other_message(birth=birth, collected="20240110083000"), RULE, 30.0, skip_adults=False)
         assert full is not None
         assert {(r.patient_keys, r.requisition_key) for r in ex.rows} == {
@@ -489,7 +489,7 @@ def test_every_adult_patient_of_a_message_keeps_a_row_with_or_without_an_order()
     ex = extract(message, RULE)
     assert ex is not None
     assert sorted(r.patient_keys for r in ex.rows) == [(b"0101169999\x00CPR",), (b"0202029999\x00CPR",)]
-    assert {r.analyte for r in ex.rows} == {ADULT}
+    assert {r.analyte for r in ex.rows} == {ADULT_ROW}
     outcome = run([message, b12_message(collected="20240110083000")])
     assert (outcome.decision.commented, outcome.decision.vetoed_by) == (False, ("TWOADULTS",))
 
@@ -500,7 +500,7 @@ def test_an_adult_patient_beside_a_child_in_one_message_is_judged_on_their_own()
     ex = extract(message, RULE)
     assert ex is not None
     by_patient = {r.patient_keys: r.analyte for r in ex.rows if r.kind == "obx"}
-    assert by_patient.get((b"0101169999\x00CPR",)) == ADULT
+    assert by_patient.get((b"0101169999\x00CPR",)) == ADULT_ROW
 
 
 def test_results_the_store_cannot_read_take_a_comment_away(monkeypatch):
@@ -540,7 +540,7 @@ def test_a_result_message_that_fails_to_be_read_for_the_store_vetoes_as_one_not_
     monkeypatch.setattr(core_rows, "cheap_observation", broken)
     ex = extract(alt, RULE)
     assert ex is not None and ex.not_read
-    assert [(r.analyte, r.verdict) for r in ex.rows] == [(NOT_READ, "unknown")]
+    assert [(r.analyte, r.verdict) for r in ex.rows] == [(NOT_READ_ROW, "unknown")]
     store = ContextStore(":memory:", KEY)
     store.add(1, ex)
     monkeypatch.undo()

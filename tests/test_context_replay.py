@@ -133,7 +133,7 @@ def test_replay_takes_the_comment_away_when_the_message_cannot_be_read_for_its_c
     be looked up (another message shares its keys), but whose rows cannot be
     read (extract gives None: it never should), gets no comment."""
     import b12comment.core.chain as chain
-    import b12comment.replay.context as replay_context
+    import b12comment.replay.first_pass as replay_context
     from b12comment.core.rule_config import RuleConfig
 
     rule = RuleConfig()

@@ -1,4 +1,4 @@
-"""Replay's first pass keeps only the rows that can matter (replay/context.py):
+"""Replay's first pass keeps only the rows that can matter (replay/first_pass.py):
 a differential against keeping every message's rows. Every message of the
 corpus, the samples, generated archives whose patients recur (the same
 identifier with an adult's and a child's birth date, or none) and crafted
@@ -24,8 +24,8 @@ from b12comment.core.keys import keys as keys_of
 from b12comment.core.keys import possible_keys
 from b12comment.core.rows import extract
 from b12comment.core.rule_config import RuleConfig
-from b12comment.replay.context import Reader, seq
-from b12comment.replay.context import build as build_context
+from b12comment.replay.first_pass import Reader, place_of
+from b12comment.replay.first_pass import build as build_context
 from b12comment.wire.split import open_input, read_pieces
 
 RULE = RuleConfig()
@@ -119,7 +119,7 @@ def decisions(tmp: Path, files: list[str], every_message: bool, mode: str, rules
                 out.append((index, position, outcome.output, outcome.decision))
                 if every_message:  # the shells' one way to decide, on the store of every row
                     same = decide(
-                        reader.store, seq(index, position), message, rule, mode, 30.0, record=False, watch=False
+                        reader.store, place_of(index, position), message, rule, mode, 30.0, record=False, watch=False
                     )
                     assert (same.output, same.decision) == (outcome.output, outcome.decision)
         rows = ContextStore(ctx.path, ctx.key).count()
@@ -249,12 +249,12 @@ def test_possible_keys_hold_every_key_of_the_rows():
 
 
 def test_seq_orders_files_then_positions():
-    assert seq(0, 1) < seq(0, 2) < seq(1, 1)
-    assert seq(3, 7) >> 32 == 4
+    assert place_of(0, 1) < place_of(0, 2) < place_of(1, 1)
+    assert place_of(3, 7) >> 32 == 4
 
 
 def test_the_scratch_file_holds_no_identifier_is_private_and_is_removed(tmp_path, monkeypatch):
-    from b12comment.replay import context as replay_context
+    from b12comment.replay import first_pass as replay_context
 
     src = tmp_path / "crafted.hl7"
     src.write_bytes(b"".join(crafted()))
@@ -276,7 +276,7 @@ def test_the_scratch_file_holds_no_identifier_is_private_and_is_removed(tmp_path
 
 def test_the_type_test_of_the_first_pass_holds_every_type_the_engine_reads():
     from b12comment.core.engine import process
-    from b12comment.replay.context import _result_line
+    from b12comment.replay.first_pass import _result_line
 
     rule = RuleConfig(message_types=("ORU^R01", "XSS^R01"))
     may_be = _result_line([rule])
@@ -288,7 +288,7 @@ def test_the_type_test_of_the_first_pass_holds_every_type_the_engine_reads():
 
 
 def test_a_process_opens_the_store_once_for_all_its_files(tmp_path):
-    from b12comment.replay.context import _READERS, close_readers, reader_for
+    from b12comment.replay.first_pass import _READERS, close_readers, reader_for
 
     src = tmp_path / "crafted.hl7"
     src.write_bytes(b"".join(crafted()))
@@ -303,7 +303,7 @@ def test_a_process_opens_the_store_once_for_all_its_files(tmp_path):
 
 @pytest.mark.parametrize("counted, kept", [(3, 10**9), (10**9, 3), (0, 0)])
 def test_past_the_memory_bounds_more_is_kept_and_decisions_stay_the_same(tmp_path, monkeypatch, counted, kept):
-    from b12comment.replay import context as replay_context
+    from b12comment.replay import first_pass as replay_context
 
     monkeypatch.setattr(replay_context, "MAX_COUNTED", counted)
     monkeypatch.setattr(replay_context, "MAX_KEPT", kept)

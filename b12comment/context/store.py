@@ -38,7 +38,7 @@ MEMORY = ":memory:"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
-    seq          INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,  -- the message's arrival: its place in the store's order
     row_index    INTEGER NOT NULL,
     patient      BLOB    NOT NULL,
     requisition  BLOB    NOT NULL,
@@ -172,8 +172,9 @@ class ContextStore:
 
     # -- writing
 
-    def add(self, seq: int, extract: Extract, now: float | None = None) -> None:
-        """Keep the rows of message `seq` (again: the same seq replaces its rows)."""
+    def add(self, arrival: int, extract: Extract, now: float | None = None) -> None:
+        """Keep the rows of the message that arrived `arrival`th (again: the same
+        arrival replaces its rows; the column `seq`)."""
         if not extract.rows:
             return
         now = time.time() if now is None else now
@@ -190,7 +191,7 @@ class ContextStore:
             for patient in [h(k) for k in r.patient_keys] or [b""]:
                 rows.append(
                     (
-                        seq,
+                        arrival,
                         r.row_index,
                         patient,
                         requisition,
@@ -231,8 +232,8 @@ class ContextStore:
         requisitions = {self._hash(r.requisition_key) for r in extract.rows if r.requisition_key}
         return sorted(patients), sorted(requisitions)
 
-    def context(self, seq: int, extract: Extract, mode: str, lookback_days: float) -> Context:
-        """What the store knows of message `seq`'s requisitions (mode
+    def context(self, arrival: int, extract: Extract, mode: str, lookback_days: float) -> Context:
+        """What the store knows of message `arrival`'s requisitions (mode
         "requisition"), and also of its patients (mode "patient")."""
         patients, requisitions = self._keys(extract)
         where, args = [], []
@@ -243,7 +244,7 @@ class ContextStore:
             where.append(f"patient IN ({','.join('?' * len(patients))})")
             args += patients
         if not where:
-            return Context(seq=seq, lookback_days=lookback_days)
+            return Context(arrival=arrival, lookback_days=lookback_days)
         # The newest row of each (requisition, kind, analyte), as core.context.latest()
         # would pick it (SQLite takes the bare columns from the MAX(seq) row).
         found = self._run(
@@ -254,9 +255,9 @@ class ContextStore:
         own = set(requisitions)
         results = tuple(
             PriorResult(
-                seq=r[0],
+                arrival=r[0],
                 control_id=r[1],
-                requisition=bytes(r[2]).hex() or f"seq:{r[0]}",
+                requisition=bytes(r[2]).hex() or f"arrival:{r[0]}",
                 same_requisition=bool(r[2]) and bytes(r[2]) in own,
                 kind=r[3],
                 analyte=r[4],
@@ -268,7 +269,7 @@ class ContextStore:
             )
             for r in found
         )
-        return Context(seq=seq, results=results, lookback_days=lookback_days)
+        return Context(arrival=arrival, results=results, lookback_days=lookback_days)
 
     # -- replay's first pass: which messages to keep
 
@@ -277,28 +278,28 @@ class ContextStore:
 
     # -- the review alert
 
-    def add_comment(self, seq: int, extract: Extract, now: float | None = None) -> None:
-        """Message `seq` got the comment: later results of its patient are watched."""
+    def add_comment(self, arrival: int, extract: Extract, now: float | None = None) -> None:
+        """Message `arrival` got the comment: later results of its patient are watched."""
         now = time.time() if now is None else now
         patients, _ = self._keys(extract)
         self._begin()
         try:
             self._db.executemany(
                 "INSERT OR REPLACE INTO comments VALUES (?, ?, ?, ?)",
-                [(seq, p, extract.control_id, now) for p in patients],
+                [(arrival, p, extract.control_id, now) for p in patients],
             )
         except sqlite3.Error as exc:
             raise ContextError(f"context store {self.path}: {exc}") from None
 
-    def forget_comment(self, seq: int) -> None:
-        """Message `seq` did not get the comment after all (a hold ended in a veto)."""
+    def forget_comment(self, arrival: int) -> None:
+        """Message `arrival` did not get the comment after all (a hold ended in a veto)."""
         self._begin()
         try:
-            self._db.execute("DELETE FROM comments WHERE seq = ?", (seq,))
+            self._db.execute("DELETE FROM comments WHERE seq = ?", (arrival,))
         except sqlite3.Error as exc:
             raise ContextError(f"context store {self.path}: {exc}") from None
 
-    def contradicted(self, seq: int, extract: Extract, why: str, now: float | None = None) -> list[str]:
+    def contradicted(self, arrival: int, extract: Extract, why: str, now: float | None = None) -> list[str]:
         """The control IDs of earlier comments of this patient that `why`
         (a new abnormal result, a corrected B12) contradicts; each recorded once."""
         now = time.time() if now is None else now
@@ -307,7 +308,7 @@ class ContextStore:
             return []
         found = self._run(
             f"SELECT DISTINCT control_id FROM comments WHERE seq < ? AND patient IN ({','.join('?' * len(patients))})",
-            [seq, *patients],
+            [arrival, *patients],
         )
         new = []
         self._begin()
@@ -327,9 +328,9 @@ class ContextStore:
         """(comment's control ID, contradicting control ID, why, when), oldest first."""
         return self._run("SELECT comment_control_id, control_id, why, found_at FROM contradictions ORDER BY found_at")
 
-    def has(self, seq: int) -> bool:
-        """Whether message `seq` has rows in the store."""
-        return bool(self._run("SELECT 1 FROM results WHERE seq = ? LIMIT 1", (seq,)))
+    def has(self, arrival: int) -> bool:
+        """Whether message `arrival` has rows in the store."""
+        return bool(self._run("SELECT 1 FROM results WHERE seq = ? LIMIT 1", (arrival,)))
 
     def count(self) -> int:
         return self._run("SELECT COUNT(*) FROM results")[0][0]
@@ -355,12 +356,12 @@ def rebuild(store: ContextStore, journal_rows, rule, lookback_days: float, now: 
     review list. Returns the messages read."""
     now = time.time() if now is None else now
     count = 0
-    for seq, received_at, raw in journal_rows:
+    for journal_id, received_at, raw in journal_rows:
         if received_at < now - lookback_days * 86400:
             continue
-        outcome = decide(store, seq, raw, rule, "patient", lookback_days)
-        if outcome.history_error is not None:
-            raise outcome.history_error
+        outcome = decide(store, journal_id, raw, rule, "patient", lookback_days)
+        if outcome.store_error is not None:
+            raise outcome.store_error
         count += 1
         if count % 1000 == 0:
             store.commit()

@@ -7,7 +7,7 @@ runs every event through one chain of processors:
 1. **process**: the message on its own (engine.read): the rule's decision
    and, for a comment, where its NTE goes.
 2. **context veto**: with a store of the patient's other results (the
-   `History` the shell passes in; the core calls it, it never opens one),
+   `Store` the shell passes in; the core calls it, it never opens one),
    the message's rows are kept, and a message that would get a comment is
    finished with what the store knows of its requisition and patient
    (engine.finish: the message is read once). A comment the store cannot
@@ -32,18 +32,18 @@ from b12comment.core.rule_config import RuleConfig
 UNREAD_FOR_STORE = "context: the message's results could not be read for the store"
 
 
-class History(Protocol):
+class Store(Protocol):
     """The store of the patient's other results, as the chain uses it (the
-    shell's context store). `seq` orders the messages: later rows supersede
-    earlier ones."""
+    shell's context store). `arrival` is a message's place in the store's
+    order: later rows supersede earlier ones."""
 
-    def add(self, seq: int, extract: Extract) -> None: ...
+    def add(self, arrival: int, extract: Extract) -> None: ...
 
-    def context(self, seq: int, extract: Extract, mode: str, lookback_days: float) -> Context: ...
+    def context(self, arrival: int, extract: Extract, mode: str, lookback_days: float) -> Context: ...
 
-    def add_comment(self, seq: int, extract: Extract) -> None: ...
+    def add_comment(self, arrival: int, extract: Extract) -> None: ...
 
-    def contradicted(self, seq: int, extract: Extract, why: str) -> list[str]: ...
+    def contradicted(self, arrival: int, extract: Extract, why: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Outcome:
     decision: Decision
     contradicts: tuple[str, ...] = ()  # control IDs of earlier comments this message contradicts
     why: str = ""  # context.NEW_ABNORMAL, CORRECTED_B12 or RESULTS_NOT_READ
-    history_error: Exception | None = None  # the store failed (the decision says what that cost)
+    store_error: Exception | None = None  # the store failed (the decision says what that cost)
 
 
 def without_context(message: bytes, decision: Decision, detail: str) -> Outcome:
@@ -62,8 +62,8 @@ def without_context(message: bytes, decision: Decision, detail: str) -> Outcome:
 
 
 def decide(
-    history: History | None,
-    seq: int,
+    store: Store | None,
+    arrival: int,
     message: bytes,
     rule: RuleConfig,
     mode: str = "message",
@@ -73,20 +73,20 @@ def decide(
     watch: bool = True,
     text_codec: str | None = None,
 ) -> Outcome:
-    """The chain (see the module). `mode` "message" (or no `history`): the
+    """The chain (see the module). `mode` "message" (or no `store`): the
     message alone; "requisition" or "patient": what the store knows of its
     requisitions, and of its patients. `record`: keep the message's rows;
     `watch`: the review alert. `text_codec`: the message's character set
     known from outside it (HTTP). Total: never raises."""
     try:
         reading = read(message, rule, text_codec=text_codec)
-        if history is None or mode == "message" or not (record or watch or reading.decision.commented):
+        if store is None or mode == "message" or not (record or watch or reading.decision.commented):
             outcome = Outcome(*finish(reading, rule))
         else:
             try:
-                outcome = _veto(history, seq, reading, rule, mode, lookback_days, record, watch)
+                outcome = _veto(store, arrival, reading, rule, mode, lookback_days, record, watch)
             except Exception as exc:  # the store failed: no comment without it
-                outcome = _history_failed(reading, rule, exc)
+                outcome = _store_failed(reading, rule, exc)
     except Exception as exc:  # the comment is advice: never hold a result back
         outcome = Outcome(message, failed(message, exc))
     return guard(message, outcome)
@@ -100,8 +100,8 @@ def guard(message: bytes, outcome: Outcome) -> Outcome:
 
 
 def _veto(
-    history: History,
-    seq: int,
+    store: Store,
+    arrival: int,
     reading: Reading,
     rule: RuleConfig,
     mode: str,
@@ -116,27 +116,27 @@ def _veto(
             return without_context(message, alone, UNREAD_FOR_STORE)
         return Outcome(*finish(reading, rule))
     if record:
-        history.add(seq, rows)
+        store.add(arrival, rows)
     if alone.commented and rows.not_read:  # (process read it, the store's reading failed: in doubt)
         return without_context(message, alone, UNREAD_FOR_STORE)
     if alone.commented:
-        out, decision = finish(reading, rule, history.context(seq, rows, mode, lookback_days))
+        out, decision = finish(reading, rule, store.context(arrival, rows, mode, lookback_days))
         if decision.commented and watch:
-            history.add_comment(seq, rows)
+            store.add_comment(arrival, rows)
     else:
         out, decision = finish(reading, rule)
     contradicts: tuple[str, ...] = ()
     why = contradiction(rows, rule) if watch else ""
     if why:
-        contradicts = tuple(history.contradicted(seq, rows, why))
+        contradicts = tuple(store.contradicted(arrival, rows, why))
     return Outcome(out, decision, contradicts, why if contradicts else "")
 
 
-def _history_failed(reading: Reading, rule: RuleConfig, exc: Exception) -> Outcome:
+def _store_failed(reading: Reading, rule: RuleConfig, exc: Exception) -> Outcome:
     """The store failed part-way: the message alone decides, and a comment
     it would get is taken away."""
     detail = f"context store: {type(exc).__name__}"
     if reading.decision.commented:
-        return replace(without_context(reading.message, reading.decision, detail), history_error=exc)
+        return replace(without_context(reading.message, reading.decision, detail), store_error=exc)
     out, decision = finish(reading, rule)
-    return Outcome(out, replace(decision, detail=detail), history_error=exc)
+    return Outcome(out, replace(decision, detail=detail), store_error=exc)

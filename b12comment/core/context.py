@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from b12comment.core.dates import parse_ts
 from b12comment.core.decision import OTHER_ABNORMAL_RECENT, REQUISITION_PENDING
-from b12comment.core.rows import ADULT, OBX, ORDER, Extract
+from b12comment.core.rows import ADULT_ROW, OBX, ORDER, Extract
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.verdict import ABNORMAL, NORMAL
 
@@ -28,7 +28,7 @@ from b12comment.core.verdict import ABNORMAL, NORMAL
 class PriorResult:
     """A row of the store, as the shell hands it to the core."""
 
-    seq: int  # arrival order: later rows supersede earlier ones of the same key
+    arrival: int  # the message's place in the store's order: later rows supersede earlier ones of the same key
     control_id: str
     requisition: str  # opaque (a keyed hash): only compared for equality; "" = none
     same_requisition: bool  # the requisition is one of the message's own
@@ -43,10 +43,10 @@ class PriorResult:
 
 @dataclass(frozen=True)
 class Context:
-    """What is known beyond the message: its own rows (seq == `seq`) may be
+    """What is known beyond the message: its own rows (arrival == `arrival`) may be
     among `results`; they are judged in the message itself, not here."""
 
-    seq: int = 0
+    arrival: int = 0
     results: tuple[PriorResult, ...] = ()
     lookback_days: float = 30.0
 
@@ -57,10 +57,10 @@ def latest(results: tuple[PriorResult, ...]) -> list[PriorResult]:
     Rows of a message without a requisition number supersede nothing."""
     newest: dict[tuple[str, str, str], PriorResult] = {}
     for r in results:
-        key = (r.requisition or f"seq:{r.seq}", r.kind, r.analyte)  # no requisition: each message its own
-        if key not in newest or r.seq >= newest[key].seq:
+        key = (r.requisition or f"arrival:{r.arrival}", r.kind, r.analyte)  # no requisition: each message its own
+        if key not in newest or r.arrival >= newest[key].arrival:
             newest[key] = r
-    return sorted(newest.values(), key=lambda r: r.seq)
+    return sorted(newest.values(), key=lambda r: r.arrival)
 
 
 def _within(collected: str, b12_collected: str, days: float) -> bool:
@@ -86,7 +86,7 @@ def veto(context: Context, b12_collected: str, rule: RuleConfig) -> tuple[list[s
     reasons: dict[str, None] = {}
     vetoes: dict[str, None] = {}
     for r in latest(context.results):
-        if r.seq == context.seq:
+        if r.arrival == context.arrival:
             continue  # the message itself: the rule judges it from its own bytes
         found = None
         if r.kind == ORDER:
@@ -122,7 +122,7 @@ def contradiction(rows: Extract, rule: RuleConfig) -> str:
     its patient: its results were not read (too large, an adult's birth
     date: they could hold anything), a corrected B12, or another abnormal
     result; "" if it does not."""
-    if rows.not_read or any(r.analyte == ADULT for r in rows.rows):
+    if rows.not_read or any(r.analyte == ADULT_ROW for r in rows.rows):
         return RESULTS_NOT_READ
     found = [r for r in rows.rows if r.kind == OBX and r.status not in rule.ignored_statuses]
     if any(r.is_b12 and r.status == "C" for r in found):

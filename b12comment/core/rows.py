@@ -26,14 +26,14 @@ OBX, ORDER = "obx", "order"
 # were not read (more than MAX_SEGMENTS segments, or reading failed): a
 # result that cannot be judged, so that no comment of the same patient or
 # requisition relies on the results it holds.
-NOT_READ = "(results not read: too many segments, or they could not be read)"
+NOT_READ_ROW = "(results not read: too many segments, or they could not be read)"
 # The analyte of the one row per order (or per patient without an order) kept
 # for a patient certainly an adult by the PID's own birth date: their results
 # are not read (they can never get the comment themselves), but the
 # identifiers are kept, as a result that cannot be judged, at an unknown time.
 # A child's B12 under the same identifier (a birth date that disagrees, a
 # message filed under the wrong patient) is then in doubt: no comment.
-ADULT = "(results not read: an adult by this message's birth date)"
+ADULT_ROW = "(results not read: an adult by this message's birth date)"
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ExtractedRow:
 class Extract:
     control_id: str
     rows: tuple[ExtractedRow, ...]
-    not_read: bool = False  # too many segments, or reading failed: `rows` are one NOT_READ row per requisition
+    not_read: bool = False  # too many segments, or reading failed: `rows` are one NOT_READ_ROW row per requisition
 
 
 def extract(
@@ -66,7 +66,7 @@ def extract(
     """The store's rows for one result message; None for what is not one
     (unreadable, or a message type the rule does not look at). A patient who
     was certainly an adult `lookback_days` before the message's collection
-    can never get the comment, so their results are not read: one ADULT row
+    can never get the comment, so their results are not read: one ADULT_ROW row
     per order (per patient without one) instead, a result that cannot be
     judged under the same keys, at an unknown time; judged per PID
     (`skip_adults=False`: the rows of every result, for tests that compare).
@@ -138,7 +138,7 @@ def _rows(message: bytes, header: Header, rule: RuleConfig, lookback_days: float
         return raw.decode(codec).strip()
 
     # A patient certainly an adult by this PID's birth date: their results are
-    # not read; each of their orders (or, with none, the patient) is one ADULT
+    # not read; each of their orders (or, with none, the patient) is one ADULT_ROW
     # row instead. Judged per PID, at the message's collection less the look-back.
     earliest = _adult_from(message, header, lookback_days) if skip_adults else None
     adult = adult_without_row = False
@@ -204,9 +204,9 @@ def _rows(message: bytes, header: Header, rule: RuleConfig, lookback_days: float
 
 
 def _unknown_row(
-    row_index: int, patient_keys: tuple[bytes, ...], requisition: bytes, analyte: str = ADULT
+    row_index: int, patient_keys: tuple[bytes, ...], requisition: bytes, analyte: str = ADULT_ROW
 ) -> ExtractedRow:
-    """A result that cannot be judged (`analyte` ADULT or NOT_READ), collected
+    """A result that cannot be judged (`analyte` ADULT_ROW or NOT_READ_ROW), collected
     at an unknown time, so within any look-back (an identity in doubt has no
     time; the store's purge still ends it after `lookback_days`), and so every
     such row of a requisition is the same: which one `latest` keeps changes
@@ -235,7 +235,7 @@ def _not_read(message: bytes, control_id: str, rule: RuleConfig) -> Extract | No
         return None
     patients = tuple(sorted(found.patients))
     rows = tuple(
-        _unknown_row(i, patients, requisition, NOT_READ)
+        _unknown_row(i, patients, requisition, NOT_READ_ROW)
         for i, requisition in enumerate(sorted(found.requisitions) or [b""], start=1)
     )
     return Extract(control_id, rows, not_read=True)

@@ -72,7 +72,7 @@ def band_limit(age: Age, rule: RuleConfig) -> float:
     return next(b.upper_limit_pmol_l for b in rule.age_bands if age.youngest < b.below_years)
 
 
-def context_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
+def message_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
     """Reasons found in the other results of the message (not other B12 results).
     A pending result is pending, whatever its value says so far."""
     b12_positions = {r.observation.obx_index for r in facts.b12}
@@ -225,7 +225,7 @@ def decide_result(
             reasons.append(NOT_ELEVATED)
         if found.limit is not None:
             limit = round(found.limit, 1)
-    reasons.extend(context_reasons(facts, rule))
+    reasons.extend(message_reasons(facts, rule))
     reasons.extend(r for r in order if r != ORDER_NOT_FINAL)
     return ResultDecision(
         obx_index=obs.obx_index,

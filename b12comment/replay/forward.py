@@ -20,7 +20,7 @@ from pathlib import Path
 from b12comment.config import Config
 from b12comment.core import chain
 from b12comment.logs import get_logger
-from b12comment.replay.context import Reader
+from b12comment.replay.first_pass import Reader
 from b12comment.replay.tally import Tally
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.metrics import Metrics

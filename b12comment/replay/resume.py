@@ -27,7 +27,7 @@ from b12comment.replay.tally import Tally
 
 RESUME_NAME = ".b12comment-resume.jsonl"
 LOCK_NAME = ".b12comment-replay.lock"
-CONTEXT_NAME = ".b12comment-context.sqlite3"  # the first pass's store (replay/context.py)
+CONTEXT_NAME = ".b12comment-context.sqlite3"  # the first pass's store (replay/first_pass.py)
 OWN_FILES = frozenset(
     {RESUME_NAME, LOCK_NAME, CONTEXT_NAME, CONTEXT_NAME + "-wal", CONTEXT_NAME + "-shm", CONTEXT_NAME + "-keys"}
 )  # never read as inputs

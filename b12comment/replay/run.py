@@ -42,10 +42,10 @@ from b12comment.core.rule_config import RuleConfig
 from b12comment.errors import EXIT_IO, EXIT_OK, B12Error, UsageError
 from b12comment.files import replace_durably, write_atomically
 from b12comment.logs import configure
-from b12comment.replay.context import NAME as CONTEXT_NAME
-from b12comment.replay.context import Reader, ReplayContext, close_readers, reader_for
-from b12comment.replay.context import build as build_context
-from b12comment.replay.context import remove as remove_context
+from b12comment.replay.first_pass import NAME as CONTEXT_NAME
+from b12comment.replay.first_pass import FirstPass, Reader, close_readers, reader_for
+from b12comment.replay.first_pass import build as build_first_pass
+from b12comment.replay.first_pass import remove as remove_first_pass
 from b12comment.replay.progress import Progress, plural
 from b12comment.replay.resume import OWN_FILES, RESUME_NAME, ResumeFile, fingerprint, load_done, lock_output
 from b12comment.replay.tally import Tally
@@ -61,7 +61,7 @@ class Job:
     old_rule: RuleConfig | None
     log_file: str | None = None
     skip_non_hl7: bool = False
-    context: ReplayContext | None = None  # the first pass's store (None: each message alone)
+    context: FirstPass | None = None  # the first pass's store (None: each message alone)
     file_index: int = 0  # the file's place in the plan (orders the context)
     audit: AuditSpec | None = None  # --audit: record the decisions on children's B12 results
 
@@ -526,15 +526,15 @@ def _first_pass(config: Config, pairs, folder: Path | None, opts: Options):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
             rules = [config.rule] + ([opts.old_config.rule] if opts.old_config else [])
-            ctx = build_context(path, [str(src) for src, _ in pairs], rules, cx.mode, window)
+            ctx = build_first_pass(path, [str(src) for src, _ in pairs], rules, cx.mode, window)
         except (ContextError, OSError) as exc:
-            remove_context(path)
+            remove_first_pass(path)
             raise B12Error(f"replay: the context's first pass: {_describe(exc)}") from None
         try:
             yield ctx
         finally:
             close_readers()  # (this process's, when the files were decided here)
-            remove_context(path)
+            remove_first_pass(path)
 
 
 def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:

@@ -107,7 +107,7 @@ class HttpServer:
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-process")
         self.context = context  # its own store connection, used on the worker thread only
-        self._seq = 0
+        self._arrival = 0
 
     async def start(self) -> None:
         """Listen; raises OSError when the address cannot be bound."""
@@ -149,9 +149,9 @@ class HttpServer:
         loop keeps answering while hl7apy reads it."""
         loop = asyncio.get_running_loop()
         if self.context is not None and self.context.mode != "message":
-            seq = self._next_seq()
+            arrival = self._next_arrival()
             outcome, store_error = await loop.run_in_executor(
-                self._executor, self._decide_with_store, seq, message, text_codec
+                self._executor, self._decide_with_store, arrival, message, text_codec
             )
             if store_error:
                 self.log.error("context_unavailable", stage="http", error=store_error)
@@ -174,20 +174,22 @@ class HttpServer:
     def _decide_alone(self, message: bytes, text_codec: str | None) -> Outcome:
         return decide(None, 0, message, self.rule, text_codec=text_codec)
 
-    def _decide_with_store(self, seq: int, message: bytes, text_codec: str | None) -> tuple[Outcome, str | None]:
+    def _decide_with_store(self, arrival: int, message: bytes, text_codec: str | None) -> tuple[Outcome, str | None]:
         """On the worker thread: the chain with the store, then its rows committed."""
         assert self.context is not None
         cx = self.context
-        outcome = decide(cx.store, seq, message, self.rule, cx.mode, cx.settings.lookback_days, text_codec=text_codec)
+        outcome = decide(
+            cx.store, arrival, message, self.rule, cx.mode, cx.settings.lookback_days, text_codec=text_codec
+        )
         return outcome, cx.commit()
 
-    def _next_seq(self) -> int:
+    def _next_arrival(self) -> int:
         """The arrival order in the context store for a request: microseconds
         since the epoch (strictly increasing). It never meets serve's journal
         ids, so an HTTP message never replaces the rows of a journaled one;
         if one store is fed by both, HTTP messages count as the newer."""
-        self._seq = max(self._seq + 1, time.time_ns() // 1000)
-        return self._seq
+        self._arrival = max(self._arrival + 1, time.time_ns() // 1000)
+        return self._arrival
 
     async def _transform(self, body: bytes, param_codec: str | None) -> tuple[bytes, list[Decision], str]:
         """Every message of the body decided; other bytes (an HL7 batch's

@@ -80,14 +80,14 @@ class ContextStage:
         except Exception:
             return frozenset()
 
-    def record(self, seq: int, raw: bytes, rule) -> None:
+    def record(self, journal_id: int, raw: bytes, rule) -> None:
         """Keep a message's rows before it is decided (a held message is decided with them)."""
         if self.store is None:
             return
         with contextlib.suppress(Exception):  # decide() reports a failing store
             ex = extract(raw, rule, self.settings.lookback_days)
             if ex is not None:
-                self.store.add(seq, ex)
+                self.store.add(journal_id, ex)
 
     def commit(self) -> str | None:
         """Commit the batch's rows (and purge once an hour); an error's text, or None."""

@@ -27,7 +27,7 @@ with its authority, or a requisition). So:
    messages to keep, every message's rows are kept.)
 3. Only the files that hold a kept message are read again, and only the
    kept messages' rows go into the store (an adult's message by its own
-   birth dates as its ADULT rows, as in serve: a patient is their
+   birth dates as its ADULT_ROW rows, as in serve: a patient is their
    identifiers).
 4. Deciding, a message that would get the comment is decided again with
    its context only if its rows are in the store: if they are not, no
@@ -74,7 +74,7 @@ MAX_KEPT = 500_000  # places of kept messages held (a set entry each, about 60 b
 
 
 @dataclass(frozen=True)
-class ReplayContext:
+class FirstPass:
     """What a worker needs to decide with the first pass's store."""
 
     path: str
@@ -84,7 +84,7 @@ class ReplayContext:
     rows_rule: RuleConfig | None = None  # the rule the store's rows were made with
 
 
-def seq(file_index: int, position: int) -> int:
+def place_of(file_index: int, position: int) -> int:
     """A message's place in the whole input: files in plan order, then position."""
     return ((file_index + 1) << 32) | position
 
@@ -97,7 +97,7 @@ def build(
     lookback_days: float,
     *,
     every_message: bool = False,
-) -> ReplayContext:
+) -> FirstPass:
     """The passes that fill a new store at `path` for deciding with `rules`
     (the rule, and the old rule of --compare-config; the rows are the first
     rule's, as in serve). `every_message`: keep every message's rows (what
@@ -112,10 +112,10 @@ def build(
         kept = None if every_message else _kept(files, rules, scratch, _key_hash(key))
         count = 0
         for index, position, message in _messages(files, None if kept is None else {s >> 32 for s in kept}):
-            s = seq(index, position)
+            s = place_of(index, position)
             if kept is not None and s not in kept:
                 continue
-            ex = extract(message, rules[0], lookback_days)  # an adult's message: its ADULT rows, as in serve
+            ex = extract(message, rules[0], lookback_days)  # an adult's message: its ADULT_ROW rows, as in serve
             if ex is not None and ex.rows:
                 store.add(s, ex, now=0.0)
                 count += 1
@@ -126,7 +126,7 @@ def build(
         store.close()
         with contextlib.suppress(FileNotFoundError):
             scratch.unlink()
-    return ReplayContext(str(path), key, mode, lookback_days, rules[0])
+    return FirstPass(str(path), key, mode, lookback_days, rules[0])
 
 
 def _bits_for(files: list[str]) -> int:
@@ -178,7 +178,7 @@ def _key_hash(key: bytes) -> Callable[[bytes], int]:
 
 
 def _kept(files: list[str], rules: list[RuleConfig], scratch: Path, hash_of=hash) -> set[int] | None:
-    """The places (seq) of the messages whose rows can matter; None if a
+    """The places of the messages whose rows can matter; None if a
     message's keys could not be found or too many messages are kept (then
     every message's rows are kept)."""
     codes = tuple(dict.fromkeys(cm.code.encode("ascii") for rule in rules for cm in rule.codes))
@@ -200,7 +200,7 @@ def _kept(files: list[str], rules: list[RuleConfig], scratch: Path, hash_of=hash
                 return None
             if not found:
                 continue
-            place = seq(index, position)
+            place = place_of(index, position)
             is_candidate = any(code in message for code in codes)  # as the engine's pre-check
             if is_candidate:
                 place |= CANDIDATE
@@ -272,7 +272,7 @@ def _read_records(scratch: Path) -> Iterator[tuple[int, int]]:
 
 def _messages(files: list[str], only: set[int] | None = None) -> Iterator[tuple[int, int, bytes]]:
     """(file index, position, message) of every message of every readable
-    file (`only`: of the files whose seq's high part is in it)."""
+    file (`only`: of the files whose place's high part is in it)."""
     for index, src in enumerate(files):
         if only is not None and index + 1 not in only:
             continue
@@ -289,14 +289,14 @@ def _messages(files: list[str], only: set[int] | None = None) -> Iterator[tuple[
 
 class Reader:
     """A worker's read-only use of the first pass's store, as the deciding
-    chain's History: a message that would get the comment is finished with
+    chain's Store: a message that would get the comment is finished with
     what the store knows of its requisition and patient. Its context is
     empty (nothing is read) when the store does not hold its rows: no other
     message shares a key with it. Under another rule than the rows' (the old
     rule of --compare-with), every such message is looked up: it may be one
     the rows' rule does not read."""
 
-    def __init__(self, ctx: ReplayContext):
+    def __init__(self, ctx: FirstPass):
         self.ctx = ctx
         self.store = ContextStore(ctx.path, ctx.key)
         self._rule: RuleConfig | None = None
@@ -307,17 +307,17 @@ class Reader:
         self._rule = rule
         cx = self.ctx
         outcome = decide(
-            self, seq(file_index, position), message, rule, cx.mode, cx.lookback_days, record=False, watch=False
+            self, place_of(file_index, position), message, rule, cx.mode, cx.lookback_days, record=False, watch=False
         )
-        if outcome.history_error is not None:
-            raise outcome.history_error
+        if outcome.store_error is not None:
+            raise outcome.store_error
         return outcome
 
-    # -- History (read only: the chain records nothing here)
+    # -- the chain's Store (read only: the chain records nothing here)
 
     def context(self, s: int, extract: Extract, mode: str, lookback_days: float) -> Context:
         if self._rule == self.ctx.rows_rule and not self.store.has(s):
-            return Context(seq=s, lookback_days=lookback_days)
+            return Context(arrival=s, lookback_days=lookback_days)
         return self.store.context(s, extract, mode, lookback_days)
 
     def add(self, s: int, extract: Extract) -> None:
@@ -335,7 +335,7 @@ class Reader:
 _READERS: dict[tuple[str, bytes], Reader] = {}
 
 
-def reader_for(ctx: ReplayContext) -> Reader:
+def reader_for(ctx: FirstPass) -> Reader:
     """This process's reader of the store: opened once per process and run,
     not once per file (an open costs about 0.4 ms, more than deciding a
     message, and an archive often holds a message per file)."""
