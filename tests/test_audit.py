@@ -350,3 +350,58 @@ def test_the_store_is_0600(tmp_path):
     store = open_audit(str(tmp_path / "a.sqlite3"), load_key(tmp_path / "k"))
     store.close()
     assert (tmp_path / "a.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.slow
+def test_serve_and_its_http_endpoint_record_every_child_b12_and_the_safety_line(tmp_path):
+    """serve (a subprocess, MLLP and HTTP on real sockets): a child's B12 through
+    each, an adult's (not recorded), then abnormal ALTs 40 days later of the
+    children who got the comment, whichever way (the safety line), and of a
+    child who got none (not kept)."""
+    import http.client
+
+    from http_helpers import post
+    from service_helpers import Downstream, MllpConnection, Serve, msa, write_config
+
+    a = Archive()
+    child, other, third = a.child(), a.child(), a.child()
+    a.elevated("m", child, date(2026, 3, 2))
+    a.add("m", ("7999999999", "Voksen^Anders", "19700101"), date(2026, 3, 2))
+    a.add("m", child, date(2026, 4, 11), others=(ALT_HIGH,), b12=False)  # 40 days on: the safety line
+    a.add("m", other, date(2026, 4, 11), others=(ALT_HIGH,), b12=False)  # commented through HTTP
+    a.add("m", third, date(2026, 4, 11), others=(ALT_HIGH,), b12=False)  # no comment before: not kept
+    a.elevated("h", other, date(2026, 3, 3))
+    audit = tmp_path / "audit.sqlite3"
+    with Downstream() as down:
+        cfg = write_config(
+            tmp_path / "config.toml",
+            listener=dict(port=0),
+            http=dict(enabled=True, port=0),
+            journal=dict(path=str(tmp_path / "journal.sqlite3")),
+            downstream=dict(url=down.url, timeout_s=2.0, retry_initial_s=0.05, retry_max_s=0.2),
+            context=dict(store=str(tmp_path / "context.sqlite3"), key_file=str(tmp_path / "context.key")),
+            audit=dict(enabled=True, path=str(audit), key_file=str(tmp_path / "audit.key")),
+        )
+        with Serve(cfg) as serve:
+            assert serve.wait_record("http_listening"), serve.stderr
+            port = serve.records("http_listening")[0]["port"]
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            answer = post(conn, a.files["h"][0])
+            assert answer.status == 200 and answer.headers["x-b12comment-decision"] == "commented"
+            with MllpConnection(serve.port) as mllp:
+                for m in a.files["m"]:
+                    assert msa(mllp.send(m))[0] == "AA"
+            assert down.wait_for(5), serve.stderr
+            assert serve.wait_record("decision", 5), serve.stderr
+            assert serve.stop() == 0, serve.stderr
+    store = open_audit(str(audit), None, read_only=True)
+    rows = list(store.decisions())
+    assert sorted((r.source, r.commented, r.collected_day) for r in rows) == [
+        ("http", True, "2026-03-03"),
+        ("serve", True, "2026-03-02"),
+    ]
+    followups = store.followups()
+    assert sorted(f.patient for f in followups) == sorted(r.patients[0] for r in rows)
+    assert {f.collected_day for f in followups} == {"2026-04-11"}
+    blob = b"".join(p.read_bytes() for p in tmp_path.glob("audit.sqlite3*"))
+    assert not [s for s in a.secrets | {"7999999999", "Voksen", "19700101"} if s.encode() in blob]

@@ -39,11 +39,16 @@ class Recorder:
         digest: str,
         watch: bool,
         buffered: bool = False,
+        retention_days: float = 730.0,
+        commented: dict[str, set[str]] | None = None,
     ):
         """`watch`: keep the safety line's follow-ups (the context is on).
-        `buffered`: rows wait for `flush()` (replay: one commit per file)."""
+        `buffered`: rows wait for `flush()` (replay: one commit per file).
+        `commented`: another recorder's children with a comment, shared (serve's
+        processing and its HTTP endpoint, on two threads, watch for both)."""
         self.store = store
         self.buffered = buffered
+        self.retention_days = retention_days
         self._pending: list[AuditRow] = []
         self._pending_followups: list[Followup] = []
         self.rule = rule
@@ -51,8 +56,9 @@ class Recorder:
         self.digest = digest
         self.watch_on = watch
         self._key = key
-        self._commented: dict[str, set[str]] = {}  # keyed patient hash -> days of their comments
-        if watch:
+        # keyed patient hash -> days of their comments
+        self._commented: dict[str, set[str]] = {} if commented is None else commented
+        if watch and commented is None:
             for row in store.decisions():
                 if row.commented and row.source != SHADOW and row.collected_day:
                     for p in row.patients:
@@ -106,7 +112,7 @@ class Recorder:
                 continue
             for k in r.patient_keys:
                 p = keyed_hash(self._key, k).hex()
-                for c in self._commented.get(p, ()):
+                for c in tuple(self._commented.get(p, ())):  # (another thread may add meanwhile)
                     if day(c) <= day(d) <= day(c) + timedelta(days=SAFETY_DAYS):
                         followups[Followup(p, d, control_id)] = None
         return list(followups)
@@ -146,15 +152,27 @@ def audit_spec(settings, rule: RuleConfig, context, *, source: str, lookback_day
     )
 
 
-def open_recorder(spec: AuditSpec, *, purge: bool = True, buffered: bool = False) -> Recorder:
-    """Open the store (checking its key), purge what is past the retention."""
+def open_recorder(
+    spec: AuditSpec, *, purge: bool = True, buffered: bool = False, beside: Recorder | None = None
+) -> Recorder:
+    """Open the store (checking its key), purge what is past the retention.
+    `beside`: a recorder of the same store in this process, whose children
+    with a comment this one shares."""
     key = load_key(spec.key_file, "audit")
     store = open_audit(spec.path, key)
     try:
         if purge:
             store.purge(spec.retention_days)
         return Recorder(
-            store, key, spec.rule, source=spec.source, digest=spec.digest, watch=spec.watch, buffered=buffered
+            store,
+            key,
+            spec.rule,
+            source=spec.source,
+            digest=spec.digest,
+            watch=spec.watch,
+            buffered=buffered,
+            retention_days=spec.retention_days,
+            commented=beside._commented if beside is not None else None,
         )
     except BaseException:
         store.close()

@@ -44,6 +44,7 @@ from http import HTTPStatus
 
 import h11
 
+from b12comment.audit.recorder import Recorder
 from b12comment.config import HttpConfig
 from b12comment.core import charset
 from b12comment.core.chain import Outcome, decide
@@ -61,6 +62,7 @@ HL7_TYPES = frozenset({"application/hl7-v2", "application/hl7-v2+er7", "x-applic
 FALLBACK_CODEC = "iso8859-1"  # no charset parameter and no MSH-18
 _BATCH_START = re.compile(rb"[\xef\xbb\xbf \t\r\n\x00]*(FHS|BHS)")  # as replay's inputs recognise one
 READ_SIZE = 65536
+AUDIT_PURGE_EVERY_S = 3600.0  # the audit's rows past [audit] retention_days are deleted this often
 MAX_HEAD_BYTES = 16384  # request line and headers (h11 answers 431 beyond)
 LINGER_S, LINGER_BYTES = 2.0, 8 * 1024 * 1024  # reading an unread body after the answer, before closing
 LINGER_REFUSED_S = 0.5  # ... and the request of a connection refused with 503
@@ -95,8 +97,11 @@ class HttpServer:
         healthy: Callable[[], Awaitable[bool]] | None = None,
         queue_depth: Callable[[], Awaitable[int]] | None = None,
         context: ContextStage | None = None,
+        audit: Recorder | None = None,
     ):
         self.cfg, self.rule, self.log, self.metrics = cfg, rule, log, metrics
+        self.audit = audit  # [audit] enabled: used on the worker thread only
+        self._audit_purged = 0.0
         self.ssl_context = ssl_context
         self.peers = PeerFilter(cfg.allowed_peers)
         self.port = cfg.port
@@ -137,6 +142,30 @@ class HttpServer:
     # -- the engine: the one place a message is decided
 
     async def _decide(self, message: bytes, text_codec: str | None) -> tuple[bytes, Decision]:
+        out, decision = await self._decide_message(message, text_codec)
+        if self.audit is not None:
+            loop = asyncio.get_running_loop()
+            error = await loop.run_in_executor(self._executor, self._record_audit, message, decision)
+            if error:
+                self.log.error("audit_unavailable", stage="http", error=error)
+        return out, decision
+
+    def _record_audit(self, message: bytes, decision: Decision) -> str | None:
+        """(On the worker thread.) The decision into the audit, before the
+        answer; an error's text, or None: the audit never holds a result back."""
+        assert self.audit is not None
+        try:
+            self.audit.record(message, decision)
+            self.audit.flush()
+            now = time.time()
+            if now - self._audit_purged >= AUDIT_PURGE_EVERY_S:
+                self._audit_purged = now
+                self.audit.store.purge(self.audit.retention_days, now)
+            return None
+        except Exception as exc:
+            return str(exc)
+
+    async def _decide_message(self, message: bytes, text_codec: str | None) -> tuple[bytes, Decision]:
         """Decide one message at once (never held, never journaled): the
         processed bytes and the Decision.
 

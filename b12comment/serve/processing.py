@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from b12comment.aio import wait_event
+from b12comment.audit.recorder import Recorder
 from b12comment.config import ContextConfig
 from b12comment.context import ContextStore, open_store
 from b12comment.core.chain import Outcome, decide
@@ -132,8 +133,11 @@ class Processor:
         batch: int = 200,
         batch_s: float = 0.05,
         linger_s: float = LINGER_S,
+        audit: Recorder | None = None,
     ):
         self.journal, self.rule, self.metrics, self.log = journal, rule, metrics, log
+        self.audit = audit  # [audit] enabled: the decisions on children's B12 results are recorded
+        self._audit_purged = 0.0
         self.wake, self.processed, self.poll_s = wake, processed, poll_s
         self.batch, self.batch_s, self.linger_s = batch, batch_s, linger_s
         self.context = context or ContextStage(None, ContextConfig(mode="message"))
@@ -204,6 +208,10 @@ class Processor:
             )
         for entry in done:
             self._report(*entry)
+        if self.audit is not None and done:
+            error = await asyncio.get_running_loop().run_in_executor(self._executor, self._audit, done)
+            if error:
+                self.log.error("audit_unavailable", stage="processing", error=error)
         self.metrics.set("b12comment_held_messages", len(self.held))
         self.metrics.set("b12comment_longest_hold_seconds", round(self.longest_hold_s, 3))
         if done:
@@ -266,6 +274,24 @@ class Processor:
         cx = self.context
         outcome = decide(cx.store, row.id, row.raw, self.rule, cx.mode, cx.settings.lookback_days)
         return outcome.output, outcome.decision.log_fields(), outcome
+
+    def _audit(self, done: list) -> str | None:
+        """(On the worker thread.) The decisions just journaled into the audit
+        (a held message once, when released); purged once an hour. An error's
+        text, or None: the audit never holds a result back."""
+        assert self.audit is not None
+        try:
+            for row, _out, _fields, _elapsed, outcome in done:
+                if outcome is not None:
+                    self.audit.record(row.raw, outcome.decision)
+            self.audit.flush()
+            now = time.time()
+            if now - self._audit_purged >= PURGE_EVERY_S:
+                self._audit_purged = now
+                self.audit.store.purge(self.audit.retention_days, now)
+            return None
+        except Exception as exc:
+            return str(exc)
 
     def _report(self, row, _out, fields: dict, elapsed: float, outcome: Outcome | None) -> None:
         self.metrics.observe("b12comment_processing_seconds", elapsed)

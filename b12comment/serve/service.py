@@ -30,6 +30,8 @@ from pathlib import Path
 
 from b12comment import logs
 from b12comment.aio import describe_error, wait_event
+from b12comment.audit.recorder import Recorder, audit_spec, open_recorder
+from b12comment.audit.rows import HTTP, SERVE
 from b12comment.config import Config
 from b12comment.context import ContextError
 from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
@@ -131,6 +133,7 @@ class Service:
         self.metrics_server: MetricsServer | None = None
         self.context: ContextStage | None = None
         self.http_server: HttpServer | None = None
+        self.audits: list[Recorder] = []  # [audit] enabled: processing's recorder, and the HTTP endpoint's
         self._tasks: list[asyncio.Task] = []
         self.accept_pauses = AcceptPauses(self.log)
 
@@ -188,6 +191,12 @@ class Service:
         except ContextError as exc:
             await self._stop_mllp()
             raise StartupError(str(exc)) from None
+        try:
+            audit = self._open_audit(HTTP)
+        except B12Error as exc:
+            context.close()
+            await self._stop_mllp()
+            raise StartupError(str(exc)) from None
         mllp = self.config.listener.enabled
         self.http_server = HttpServer(
             http,
@@ -198,6 +207,7 @@ class Service:
             healthy=self.journal.available if mllp else None,
             queue_depth=self.journal.depth if mllp else None,
             context=context,
+            audit=audit,
         )
         try:
             await self.http_server.start()
@@ -224,6 +234,17 @@ class Service:
             metrics_port=self.metrics_server.port if self.metrics_server else None,
         )
 
+    def _open_audit(self, source: str) -> Recorder | None:
+        """[audit] enabled: a recorder of the decisions on children's B12
+        results (its own connection, used on one worker thread)."""
+        cfg = self.config
+        if not cfg.audit.enabled:
+            return None
+        spec = audit_spec(cfg.audit, cfg.rule, cfg.context, source=source)
+        recorder = open_recorder(spec, buffered=True, beside=self.audits[0] if self.audits else None)
+        self.audits.append(recorder)
+        return recorder
+
     async def _stop_mllp(self) -> None:
         if self.listener is not None:
             await self.listener.stop(0)
@@ -240,7 +261,8 @@ class Service:
             raise StartupError(str(exc), EXIT_USAGE) from None
         try:
             self.context = open_context(cfg.context)
-        except ContextError as exc:
+            audit = self._open_audit(SERVE)
+        except B12Error as exc:  # ContextError, AuditError
             raise StartupError(str(exc)) from None
         await self._open_journal()
         intake = Intake(self.journal, cfg.journal, self.log, on_journaled=self.journaled.set)
@@ -265,7 +287,7 @@ class Service:
                     f"cannot serve metrics on {cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror or exc}"
                 ) from None
         processor = Processor(
-            self.journal, cfg.rule, self.metrics, self.log, self.journaled, self.processed, self.context
+            self.journal, cfg.rule, self.metrics, self.log, self.journaled, self.processed, self.context, audit=audit
         )
         forwarder = Forwarder(self.journal, transport, ds, self.metrics, self.log, self.processed)
         self._tasks = [
@@ -355,6 +377,11 @@ class Service:
             await self.metrics_server.close()
         if self.context is not None:
             self.context.close()
+        for recorder in self.audits:
+            try:
+                recorder.close()
+            except B12Error as exc:
+                self.log.error("audit_unavailable", stage="stop", error=str(exc))
         await self._settle_journal()
         await self.journal.close()
         self.lock.release()
