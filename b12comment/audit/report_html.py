@@ -22,6 +22,13 @@ def _share(c: dict, what: str = "repeated") -> str:
     return f"{100 * c['share']:.1f}%"
 
 
+def _figure(c: dict, label: str, what: str = "repeated") -> str:
+    share = _share(c, what)
+    if share == "suppressed":
+        return _fig("–", f"{label} (suppressed: a small cell)")
+    return _fig(share, label)
+
+
 def _n(v) -> str:
     return "suppressed" if v is None else f"{v:,}"
 
@@ -73,11 +80,11 @@ def render(report: dict) -> str:
         '<div class="chart">' + bars_svg("Share with another B12 within N days", by_window) + "</div>",
         '<div class="chart">' + bars_svg(f"Within {first} days, by month of the first B12", by_month) + "</div>",
     ]
-    figures = [_fig(_share(w), f"commented: another B12 within {w['days']} days") for w in windows[:3]]
-    figures += [_fig(_share(s), f"shadow: another B12 within {s['days']} days") for s in shadow[:3]]
+    figures = [_figure(w, f"commented: another B12 within {w['days']} days") for w in windows[:3]]
+    figures += [_figure(s, f"shadow: another B12 within {s['days']} days") for s in shadow[:3]]
     safety = report["safety"]
     if safety is not None:
-        figures.append(_fig(_share(safety, "abnormal"), f"an abnormal result within {safety['days']} days"))
+        figures.append(_figure(safety, f"an abnormal result within {safety['days']} days", "abnormal"))
     rows = []
     for w, s in zip(windows, shadow, strict=True):
         rows.append((f"{w['days']} days", _n(w["commented"]), _n(w["repeated"]), _share(w), "commented"))
