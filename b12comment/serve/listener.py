@@ -46,12 +46,19 @@ from b12comment.wire.ack import (
 KEEP_INVALID_BYTES = 4096  # how much of an invalid frame the journal keeps
 
 
-@dataclass
-class _Conversation:
-    """What one connection has seen: its frames, and invalid frames in a row."""
+@dataclass(eq=False)
+class _Connection:
+    """One open connection: its task, what it has seen (frames, invalid
+    frames in a row), and where it is (waiting for bytes; idle between
+    messages since when; why stop() or _make_room() cancelled its wait)."""
 
+    task: asyncio.Task
+    peer: str
     seq: int = 0
     invalid_run: int = 0
+    reading: bool = False  # waiting for bytes
+    idle_since: float | None = None  # waiting between messages (nothing half-read), since
+    interrupted: str = ""  # the reason, when stop() or _make_room() cancelled its wait
 
 
 @dataclass(frozen=True)
@@ -158,11 +165,7 @@ class Listener:
         self.peers = PeerFilter(cfg.allowed_peers)
         self.port = cfg.port
         self._server: asyncio.base_events.Server | None = None
-        self._connections: set[asyncio.Task] = set()
-        self._reading: set[asyncio.Task] = set()  # connections waiting for bytes
-        self._interrupted: set[asyncio.Task] = set()  # ... whose wait stop() or _make_room() cancelled
-        self._idle_since: dict[asyncio.Task, float] = {}  # waiting between messages, since
-        self._evicted: set[asyncio.Task] = set()  # ... closed by _make_room() for a new connection
+        self._connections: set[_Connection] = set()  # each holds a slot of max_connections
         self._per_peer: dict[str, int] = {}  # open connections by peer address
         self._stop = asyncio.Event()
 
@@ -178,11 +181,12 @@ class Listener:
         self._stop.set()
         if self._server is not None:
             self._server.close()
-        for task in list(self._reading):  # waiting for a frame: nothing in hand to finish
-            self._interrupted.add(task)
-            task.cancel()
+        for conn in list(self._connections):
+            if conn.reading and not conn.interrupted:  # waiting for a frame: nothing in hand to finish
+                conn.interrupted = "service stopping"
+                conn.task.cancel()
         if self._connections:
-            _, pending = await asyncio.wait(set(self._connections), timeout=grace_s)
+            _, pending = await asyncio.wait({conn.task for conn in self._connections}, timeout=grace_s)
             for task in pending:
                 task.cancel()
         if self._server is not None:
@@ -212,18 +216,19 @@ class Listener:
             return
         task = asyncio.current_task()
         assert task is not None  # a connection handler runs as a task
-        self._connections.add(task)
+        conn = _Connection(task, peer)
+        self._connections.add(conn)
         self._per_peer[host] = self._per_peer.get(host, 0) + 1
         try:
             client = await self._start_tls(writer, peer) if self.ssl_context else None
             self.log.info("connection_opened", peer=peer, tls=self.ssl_context is not None, client_cert=client)
-            await self._converse(reader, writer, peer)
+            await self._converse(reader, writer, conn)
         except _Refused:
             pass
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             self.log.info("connection_lost", peer=peer, error=type(exc).__name__)
         finally:
-            self._connections.discard(task)
+            self._connections.discard(conn)
             self._per_peer[host] -= 1
             if not self._per_peer[host]:
                 del self._per_peer[host]
@@ -234,16 +239,15 @@ class Listener:
         idle for first_byte_timeout_s at least (it is waiting between
         messages, nothing half-read), so a new sender is not locked out."""
         now = time.monotonic()
-        idle = [(since, task) for task, since in self._idle_since.items() if task not in self._evicted]
+        idle = [(c.idle_since, c) for c in self._connections if c.idle_since is not None and not c.interrupted]
         if not idle:
             return
-        since, task = min(idle, key=lambda pair: pair[0])
+        since, conn = min(idle, key=lambda pair: pair[0])
         if now - since < self.cfg.first_byte_timeout_s:
             return
-        self._evicted.add(task)
-        self._interrupted.add(task)
-        self._connections.discard(task)  # its slot is the new one's from now on
-        task.cancel()
+        conn.interrupted = "closed to admit a new connection (idle longest)"
+        self._connections.discard(conn)  # its slot is the new one's from now on
+        conn.task.cancel()
 
     async def _start_tls(self, writer: asyncio.StreamWriter, peer: str) -> str | None:
         """Upgrade to TLS; returns the client certificate's name (CN, else first SAN)."""
@@ -260,19 +264,17 @@ class Listener:
         names += [value for _, value in cert.get("subjectAltName", ())]
         return names[0] if names else None
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection) -> None:
         decoder = mllp.Decoder(self.cfg.max_message_bytes)
-        task = asyncio.current_task()
-        assert task is not None
-        conv = _Conversation()
+        peer = conn.peer
         received = False
         while True:
             if self._stop.is_set():
                 self.log.info("connection_closed", peer=peer, reason="service stopping", in_frame=decoder.in_frame)
                 return
-            self._reading.add(task)
+            conn.reading = True
             if not decoder.in_frame:
-                self._idle_since[task] = time.monotonic()
+                conn.idle_since = time.monotonic()
             wait_s = (
                 self.cfg.idle_timeout_s if received else min(self.cfg.idle_timeout_s, self.cfg.first_byte_timeout_s)
             )
@@ -285,29 +287,23 @@ class Listener:
                 self.log.info("connection_closed", peer=peer, reason=reason, in_frame=decoder.in_frame)
                 return
             except asyncio.CancelledError:
-                if task not in self._interrupted:
+                if not conn.interrupted:
                     raise
-                task.uncancel()
-                if task in self._evicted:
-                    self._evicted.discard(task)
-                    reason = "closed to admit a new connection (idle longest)"
-                else:
-                    reason = "service stopping"
-                self.log.info("connection_closed", peer=peer, reason=reason, in_frame=decoder.in_frame)
+                conn.task.uncancel()
+                self.log.info("connection_closed", peer=peer, reason=conn.interrupted, in_frame=decoder.in_frame)
                 return
             finally:
-                self._reading.discard(task)
-                self._interrupted.discard(task)
-                self._idle_since.pop(task, None)
+                conn.reading = False
+                conn.idle_since = None
             received = received or bool(data)
             if not data:
                 break
             events = decoder.feed(data)
-            close = bool(events) and await self._on_events(events, writer, peer, conv)
+            close = bool(events) and await self._on_events(events, writer, conn)
             del events  # its frames are journaled: not held while the connection waits
             if close:
                 self.log.warning(
-                    "connection_closed", peer=peer, reason="too many invalid frames in a row", frames=conv.invalid_run
+                    "connection_closed", peer=peer, reason="too many invalid frames in a row", frames=conn.invalid_run
                 )
                 return
         for event in decoder.close():
@@ -319,15 +315,14 @@ class Listener:
             )
         self.log.info("connection_closed", peer=peer, reason="closed by peer")
 
-    async def _on_events(
-        self, events: list[mllp.Event], writer: asyncio.StreamWriter, peer: str, conv: _Conversation
-    ) -> bool:
+    async def _on_events(self, events: list[mllp.Event], writer: asyncio.StreamWriter, conn: _Connection) -> bool:
         """Answer the frames of one read: all go to the journal at once (one
         commit), then each ACK is written, in order, once its frame is stored,
         yielding to other connections between frames. True when the
         connection is to be closed: `max_invalid_frames` invalid frames in a
         row (the frames after them in this read are not taken)."""
         pending: list[tuple[float, int, Coroutine[Any, Any, Answer]]] = []
+        peer = conn.peer
         limit = self.cfg.max_invalid_frames
         close = False
         for event in events:
@@ -337,16 +332,16 @@ class Listener:
             if isinstance(event, mllp.Incomplete):
                 continue
             started = time.monotonic()
-            conv.seq += 1
+            conn.seq += 1
             self.metrics.inc("b12comment_messages_received_total")
             if isinstance(event, mllp.Frame):
-                answer, invalid = self.intake.accept(event.payload, peer, conv.seq)
+                answer, invalid = self.intake.accept(event.payload, peer, conn.seq)
             else:
-                answer = self.intake.oversize(event.size, event.head, self.cfg.max_message_bytes, peer, conv.seq)
+                answer = self.intake.oversize(event.size, event.head, self.cfg.max_message_bytes, peer, conn.seq)
                 invalid = True
-            pending.append((started, conv.seq, answer))
-            conv.invalid_run = conv.invalid_run + 1 if invalid else 0
-            if limit and conv.invalid_run >= limit:
+            pending.append((started, conn.seq, answer))
+            conn.invalid_run = conn.invalid_run + 1 if invalid else 0
+            if limit and conn.invalid_run >= limit:
                 close = True
                 break
         try:
