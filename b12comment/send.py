@@ -30,7 +30,7 @@ from b12comment.core.segments import Malformed, read_header
 from b12comment.errors import EXIT_NOT_ACCEPTED, EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.wire import mllp
 from b12comment.wire.split import GZIP_MAGIC, open_input, read_pieces
-from b12comment.wire.tls import TlsError, client_context
+from b12comment.wire.tls import client_context
 from b12comment.wire.waiter import ACCEPTED_CODES, AckWaiter, Unreadable
 
 
@@ -127,10 +127,7 @@ class Connection:
         self.waiter = AckWaiter(first_answer=True)  # the first ACK is shown, whatever MSA-2 names
         self.context = None
         if opts.tls or opts.tls_ca or opts.tls_cert:
-            try:
-                self.context = client_context(opts.tls_ca, opts.tls_cert, opts.tls_key)
-            except TlsError as exc:
-                raise UsageError(str(exc)) from None
+            self.context = client_context(opts.tls_ca, opts.tls_cert, opts.tls_key)  # TlsError: exit 2
 
     def open(self) -> None:
         o = self.opts

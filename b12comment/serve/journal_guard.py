@@ -20,11 +20,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from b12comment.errors import B12Error
 from b12comment.files import write_atomically
 
 
-class GuardError(Exception):
-    """serve must not start on this journal; the message is the one line to print."""
+class GuardError(B12Error):
+    """serve must not start on this journal; the message is the one line to
+    print (exit 1: the journal cannot be used as it is)."""
 
 
 def lock_path(journal: Path) -> Path:

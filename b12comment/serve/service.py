@@ -33,13 +33,11 @@ from b12comment.aio import describe_error, wait_event
 from b12comment.audit.recorder import Recorder, audit_spec, open_recorder
 from b12comment.audit.rows import HTTP, SERVE
 from b12comment.config import Config
-from b12comment.context import ContextError
 from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
 from b12comment.launch import catch_again, stop_requested
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.http import HttpServer
 from b12comment.serve.journal_guard import (
-    GuardError,
     JournalLock,
     Marker,
     check_after_open,
@@ -54,7 +52,7 @@ from b12comment.serve.processing import ContextStage, Processor, open_context, u
 from b12comment.serve.queue_cli import export_messages
 from b12comment.storage.model import JournalCorrupt, JournalError, JournalFault, JournalGone
 from b12comment.storage.writer import JournalThread
-from b12comment.wire.tls import TlsError, server_context
+from b12comment.wire.tls import server_context
 
 PRUNE_EVERY_S = 3600.0
 FILES_RESERVED = 64  # file descriptors beside the connections: journal, WAL, lock, downstream, metrics, logs
@@ -182,21 +180,17 @@ class Service:
         http = self.config.http
         try:
             ssl_ctx = server_context(http.tls_cert, http.tls_key, http.tls_client_ca) if http.tls_cert else None
-        except TlsError as exc:
-            await self._stop_mllp()
-            raise StartupError(str(exc), EXIT_USAGE) from None
-        try:
             # Its own connection to the store: the processing stage keeps its own on its own thread.
             context = open_context(self.config.context)
-        except ContextError as exc:
+        except B12Error:  # TlsError, ContextError: their message and exit code are the ones to give
             await self._stop_mllp()
-            raise StartupError(str(exc)) from None
+            raise
         try:
             audit = self._open_audit(HTTP)
-        except B12Error as exc:
+        except B12Error:  # AuditError
             context.close()
             await self._stop_mllp()
-            raise StartupError(str(exc)) from None
+            raise
         mllp = self.config.listener.enabled
         self.http_server = HttpServer(
             http,
@@ -254,16 +248,10 @@ class Service:
     async def _start_mllp(self) -> None:
         cfg = self.config
         lis, ds = cfg.listener, cfg.downstream
-        try:
-            ssl_ctx = server_context(lis.tls_cert, lis.tls_key, lis.tls_client_ca) if lis.tls_cert else None
-            transport = transport_for(ds)
-        except TlsError as exc:
-            raise StartupError(str(exc), EXIT_USAGE) from None
-        try:
-            self.context = open_context(cfg.context)
-            audit = self._open_audit(SERVE)
-        except B12Error as exc:  # ContextError, AuditError
-            raise StartupError(str(exc)) from None
+        ssl_ctx = server_context(lis.tls_cert, lis.tls_key, lis.tls_client_ca) if lis.tls_cert else None  # TlsError
+        transport = transport_for(ds)
+        self.context = open_context(cfg.context)  # ContextError
+        audit = self._open_audit(SERVE)  # AuditError
         await self._open_journal()
         intake = Intake(self.journal, cfg.journal, self.log, on_journaled=self.journaled.set)
         self.listener = Listener(lis, intake, self.log, self.metrics, ssl_ctx)
@@ -324,8 +312,6 @@ class Service:
             check_after_open(path, self.journal_id, marker)
             write_marker(path, Marker(self.journal_id, None))
             self.journal.on_fault = self._on_fault
-        except GuardError as exc:
-            raise StartupError(str(exc)) from None
         except OSError as exc:
             raise StartupError(f"cannot write the journal marker beside {path}: {exc.strerror or exc}") from None
 
@@ -437,7 +423,7 @@ async def serve(config: Config) -> int:
     service = Service(config)
     try:
         await service.start()
-    except StartupError:
+    except B12Error:
         await service.journal.close()
         service.lock.release()
         raise
@@ -453,7 +439,7 @@ def run_serve(config: Config) -> int:
     return_large_blocks()  # a large message's memory is given back once it is done with
     try:
         return asyncio.run(serve(config))
-    except StartupError as exc:
+    except B12Error as exc:  # StartupError, TlsError, GuardError, ContextError, JournalError
         print(f"b12comment: {exc}", file=sys.stderr)
         return exc.exit_code
     finally:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import ssl
 
 from b12comment.aio import describe_error
+from b12comment.errors import EXIT_USAGE, B12Error
 
 
-class TlsError(Exception):
-    """A TLS certificate, key or CA file that cannot be used."""
+class TlsError(B12Error):
+    """A TLS certificate, key or CA file that cannot be used: a setting that
+    can never work, so the exit code is the one for usage and configuration."""
+
+    exit_code = EXIT_USAGE
 
 
 def server_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
