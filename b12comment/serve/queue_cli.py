@@ -17,7 +17,7 @@ from b12comment.context.store import read_contradictions
 from b12comment.errors import EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.files import write_atomically
 from b12comment.serve.forwarder import safe_name
-from b12comment.storage import STATES, JournalError, JournalStore, Row, open_journal, open_journal_for_reading
+from b12comment.storage import STATES, JournalStore, Row, open_journal, open_journal_for_reading
 
 
 def run_queue(config: Config, args) -> int:
@@ -39,18 +39,13 @@ def run_queue(config: Config, args) -> int:
         raise B12Error(f"no journal at {path} ([journal] path in {config.source})")
     if args.queue_command == "export":
         return _export(path, Path(args.dir))
-    try:
-        journal = open_journal(path)
-    except JournalError as exc:
-        raise B12Error(str(exc)) from None
+    journal = open_journal(path)  # JournalError (a B12Error): one line, exit 1
     try:
         if args.queue_command == "status":
             return _status(journal)
         if args.queue_command == "dead":
             return _dead(journal)
         return _retry(journal, None if args.all else args.control_id)
-    except JournalError as exc:
-        raise B12Error(str(exc)) from None
     finally:
         journal.close()
 
@@ -72,10 +67,7 @@ def export_messages(items: list[Row | int], folder: Path) -> tuple[int, int]:
 
 
 def _export(path: Path, folder: Path) -> int:
-    try:
-        journal = open_journal_for_reading(path)
-    except JournalError as exc:
-        raise B12Error(str(exc)) from None
+    journal = open_journal_for_reading(path)
     try:
         items = list(journal.salvage_undelivered())
     finally:

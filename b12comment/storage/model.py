@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from b12comment.errors import EXIT_IO, B12Error
+
 RECEIVED, PROCESSED, FORWARDED, DEAD, INVALID = "received", "processed", "forwarded", "dead", "invalid"
 STATES = (RECEIVED, PROCESSED, FORWARDED, DEAD, INVALID)
 UNDELIVERED = (RECEIVED, PROCESSED)
@@ -25,8 +27,10 @@ BATCH_BYTES = 8 * 1024 * 1024  # the message bytes one batch of rows may hold (p
 LARGE_BYTES = 256 * 1024  # larger message bytes are kept out of their row (see the backends)
 
 
-class JournalError(Exception):
-    """The journal cannot be opened, read or written."""
+class JournalError(B12Error):
+    """The journal cannot be opened, read or written (exit 1)."""
+
+    exit_code = EXIT_IO
 
 
 class JournalFault(JournalError):
