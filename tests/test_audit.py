@@ -405,3 +405,21 @@ def test_serve_and_its_http_endpoint_record_every_child_b12_and_the_safety_line(
     assert {f.collected_day for f in followups} == {"2026-04-11"}
     blob = b"".join(p.read_bytes() for p in tmp_path.glob("audit.sqlite3*"))
     assert not [s for s in a.secrets | {"7999999999", "Voksen", "19700101"} if s.encode() in blob]
+
+
+@pytest.mark.parametrize(
+    "args, code, says",
+    [
+        (("outcomes",), 1, "no audit store at"),
+        (("outcomes", "--days", "56,x"), 2, "--days must be whole numbers"),
+        (("outcomes", "--days", "0"), 2, "--days must be whole numbers"),
+        (("outcomes", "--as-of", "March"), 2, "--as-of must be a date"),
+        (("audit", "export", "--from", "2026-13-01"), 2, "--from must be a date"),
+        (("audit", "export", "--from", "2026-02-01", "--to", "2026-01-01"), 2, "--to is before --from"),
+    ],
+)
+def test_command_errors_are_one_line(tmp_path, capsys, args, code, says):
+    cfg = write_config(tmp_path)
+    got, out, err = cli(*args, "--config", str(cfg), capsys=capsys)
+    assert (got, out) == (code, "")
+    assert says in err and err.count("\n") == 1 and err.startswith("b12comment: ")

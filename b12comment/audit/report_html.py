@@ -5,6 +5,7 @@ is drawn as no bar and written "suppressed"."""
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 from b12comment.replay.report_html import CSS, _fig, _table
@@ -42,6 +43,8 @@ def bars_svg(title: str, groups: list[tuple[str, dict | None, dict | None]], wid
     n = max(len(groups), 1)
     slot = plot_w / n
     bar_w = max(min(slot / 2 - 4, 40), 2)
+    longest = max((len(label) for label, _, _ in groups), default=1)
+    every = max(1, math.ceil((longest * 7.5 + 6) / slot))  # label every n-th group: never two labels touch
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'role="img" aria-label="{escape(title)}">',
@@ -60,13 +63,15 @@ def bars_svg(title: str, groups: list[tuple[str, dict | None, dict | None]], wid
                 continue
             h = plot_h * c["share"]
             parts.append(
-                f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{colour}">'
+                f'<rect class="bar" x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
+                f'fill="{colour}">'
                 f"<title>{escape(label)}: {_share(c)} of {_n(c['commented'])}</title></rect>"
             )
-        parts.append(
-            f'<text x="{left + i * slot + slot / 2:.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
-            f"{escape(label)}</text>"
-        )
+        if i % every == 0:
+            parts.append(
+                f'<text x="{left + i * slot + slot / 2:.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
+                f"{escape(label)}</text>"
+            )
     parts.append("</svg>")
     return "".join(parts)
 
