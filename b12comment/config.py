@@ -20,6 +20,9 @@ from typing import Any
 from b12comment.core.rule_config import AgeBand, CodeMatch, RuleConfig
 from b12comment.errors import UsageError
 
+# The paths of health and metrics, on the metrics port and the HTTP port alike.
+STATUS_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
+
 
 class ConfigError(UsageError):
     """A configuration file that cannot be used; the message names file and key."""
@@ -66,6 +69,7 @@ class DownstreamConfig:
 class MetricsConfig:
     port: int = 0  # 0 = no HTTP health/metrics endpoint
     host: str = "127.0.0.1"
+    max_delivery_lag_s: float = 900.0  # /healthz: 503 when the oldest undelivered message is older
 
 
 @dataclass(frozen=True)
@@ -388,6 +392,8 @@ def _check_service(path: str, cfg: Config) -> None:
     _positive(r, "max_attempts", ds.max_attempts)
     if not 0 <= cfg.metrics.port <= 65535:
         raise _Reader(path, {}, "metrics").fail("port", f"must be 0-65535, not {cfg.metrics.port}")
+    if not 0 < cfg.metrics.max_delivery_lag_s < float("inf"):
+        raise _Reader(path, {}, "metrics").fail("max_delivery_lag_s", "must be a number of seconds above 0")
     lg = _Reader(path, {}, "logging")
     if cfg.logging.level not in ("debug", "info", "warning", "error"):
         raise lg.fail("level", f"must be debug, info, warning or error, not {cfg.logging.level!r}")
@@ -430,8 +436,10 @@ def _check_http(path: str, cfg: Config) -> None:
     r = _Reader(path, {}, "http")
     if not 0 <= http.port <= 65535:
         raise r.fail("port", f"must be 0-65535, not {http.port}")
-    if not re.match(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$", http.path) or http.path in ("/healthz", "/metrics"):
-        raise r.fail("path", f"must be a URL path starting with '/', not /healthz or /metrics, not {http.path!r}")
+    if not re.match(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$", http.path) or http.path in STATUS_PATHS:
+        raise r.fail(
+            "path", f"must be a URL path starting with '/', not {' or '.join(STATUS_PATHS)}, not {http.path!r}"
+        )
     _positive(r, "max_body_bytes", http.max_body_bytes)
     _positive(r, "request_timeout_s", http.request_timeout_s)
     _positive(r, "idle_timeout_s", http.idle_timeout_s)

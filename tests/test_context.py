@@ -523,7 +523,7 @@ def test_hold_gauges_are_in_the_metrics():
     metrics.set("b12comment_held_messages", 2)
     metrics.set("b12comment_longest_hold_seconds", 12.5)
     text = metrics.render()
-    assert "# TYPE b12comment_held_messages gauge\nb12comment_held_messages 2\n" in text
+    assert "# TYPE b12comment_held_messages gauge\nb12comment_held_messages 2.0\n" in text
     assert "b12comment_longest_hold_seconds 12.5\n" in text
 
 

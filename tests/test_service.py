@@ -475,15 +475,21 @@ def test_metrics_and_healthz(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
             text = resp.read().decode()
         assert serve.stop() == 0
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    assert values["b12comment_messages_received_total"] == "3"
-    assert values['b12comment_acks_sent_total{code="AA"}'] == "2"
-    assert values['b12comment_acks_sent_total{code="AR"}'] == "1"
-    assert values["b12comment_commented_total"] == "1"
-    assert values["b12comment_forwarded_total"] == "2"
-    assert values["b12comment_queue_depth"] == "0"
-    assert values["b12comment_processing_seconds_count"] == "2"
-    assert values["b12comment_ack_seconds_count"] == "3"
+    values = {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    }
+    assert values["b12comment_messages_received_total"] == 3
+    assert values['b12comment_acks_sent_total{code="AA"}'] == 2
+    assert values['b12comment_acks_sent_total{code="AR"}'] == 1
+    assert values["b12comment_invalid_frames_total"] == 1
+    assert values["b12comment_commented_total"] == 1
+    assert values['b12comment_decisions_total{decision="commented"}'] == 1
+    assert values['b12comment_decisions_total{decision="unchanged"}'] == 1
+    assert values["b12comment_forwarded_total"] == 2
+    assert values["b12comment_queue_depth"] == 0
+    assert values["b12comment_processing_seconds_count"] == 2
+    assert values["b12comment_ack_seconds_count"] == 3
     assert "b12comment_dead_lettered_total" in values and "b12comment_retries_total" in values
 
 

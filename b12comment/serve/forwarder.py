@@ -455,6 +455,8 @@ class Forwarder:
         ):
             return False
         self._failures = 0
+        self.metrics.set("b12comment_downstream_up", 1)
+        self.metrics.set("b12comment_last_delivery_timestamp_seconds", time.time())
         journal_ms = round((time.monotonic() - started) * 1000, 2)
         for row, outcome in delivered:
             self.metrics.inc("b12comment_forwarded_total")
@@ -476,6 +478,7 @@ class Forwarder:
         if isinstance(outcome, Rejected):
             await self._dead(row, outcome.reason, fields, stop)
             return
+        self.metrics.set("b12comment_downstream_up", 0)
         self._failures += 1
         attempts = await self.journal.call(lambda j: j.mark_attempt_failed(row.id, outcome.reason, outcome.counts))
         if outcome.counts and attempts >= self.ds.max_attempts:

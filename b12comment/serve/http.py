@@ -45,14 +45,15 @@ from http import HTTPStatus
 import h11
 
 from b12comment.audit.recorder import Recorder
-from b12comment.config import HttpConfig
+from b12comment.config import STATUS_PATHS, HttpConfig
 from b12comment.core import charset
 from b12comment.core.chain import Outcome, decide
 from b12comment.core.decision import MALFORMED, RULE_VERSION, Decision
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.screen import has_b12_code
 from b12comment.core.segments import Malformed, read_header
-from b12comment.serve.metrics import Metrics
+from b12comment.serve.health import Health
+from b12comment.serve.metrics import CONTENT_TYPE, Metrics
 from b12comment.serve.peers import PeerFilter
 from b12comment.serve.processing import ContextStage
 from b12comment.wire.ack import REJECT, SEGMENT_SEQUENCE_ERROR, AckError, ack_id, build_ack, now_dtm
@@ -94,7 +95,7 @@ class HttpServer:
         log,
         metrics: Metrics,
         ssl_context: ssl.SSLContext | None = None,
-        healthy: Callable[[], Awaitable[bool]] | None = None,
+        health: Health | None = None,
         queue_depth: Callable[[], Awaitable[int]] | None = None,
         context: ContextStage | None = None,
         audit: Recorder | None = None,
@@ -105,7 +106,8 @@ class HttpServer:
         self.ssl_context = ssl_context
         self.peers = PeerFilter(cfg.allowed_peers)
         self.port = cfg.port
-        self._healthy, self._queue_depth = healthy, queue_depth
+        self.health = health or Health(accepting=lambda: not self._stop.is_set())
+        self._queue_depth = queue_depth
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self._receiving: set[asyncio.Task] = set()  # connections waiting for bytes of a request
@@ -335,14 +337,14 @@ class HttpServer:
             raise ConnectionResetError("closed before a request")
         method = event.method.decode("ascii", "replace")
         path = event.target.split(b"?", 1)[0].decode("ascii", "replace")
-        endpoint = path if path in (self.cfg.path, "/healthz", "/metrics") else "other"
+        endpoint = path if path == self.cfg.path or path in STATUS_PATHS else "other"
         if not allowed:
             return _text(403, "this address is not in [http] allowed_peers", close=True), endpoint, method
         if path == self.cfg.path:
             if method != "POST":
                 return _text(405, f"{path} takes POST", headers=(("Allow", "POST"),)), endpoint, method
             return await self._post(conn, reader, writer, event), endpoint, method
-        if path in ("/healthz", "/metrics"):
+        if path in STATUS_PATHS:
             if method != "GET":
                 return _text(405, f"{path} takes GET", headers=(("Allow", "GET"),)), endpoint, method
             await self._body(conn, reader, writer, 0)
@@ -430,14 +432,16 @@ class HttpServer:
         )
 
     async def _status(self, path: str) -> Reply:
-        if path == "/healthz":
-            ok = await self._healthy() if self._healthy is not None else True
-            return Reply(200, b"ok\n") if ok else _text(503, "journal unavailable")
+        if path != "/metrics":
+            status, text = await self.health.answer(path)
+            return Reply(status, text.encode("utf-8")) if status == 200 else _text(status, text.rstrip("\n"))
         depth = None
         if self._queue_depth is not None:
             with contextlib.suppress(Exception):  # the journal may be unavailable; the counters still count
                 depth = await self._queue_depth()
-        return Reply(200, self.metrics.render(depth).encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")
+        oldest = await self.health.oldest_age() if depth is not None else None
+        ready = not await self.health.ready()
+        return Reply(200, self.metrics.render(depth, oldest, ready).encode("utf-8"), CONTENT_TYPE)
 
     # -- reading with h11
 
@@ -486,7 +490,7 @@ class HttpServer:
         if endpoint == self.cfg.path and reply.status == 200:
             decision = next(v for k, v in reply.headers if k == "X-B12comment-Decision")
             self.metrics.inc("b12comment_http_decisions_total", decision=decision)
-        elif endpoint in ("/healthz", "/metrics") and reply.status == 200:
+        elif endpoint in STATUS_PATHS and reply.status == 200:
             return  # scrapes are counted, not logged
         log = self.log.info if reply.status < 400 else self.log.warning
         log(

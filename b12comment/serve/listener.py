@@ -340,6 +340,8 @@ class Listener:
                 answer = self.intake.oversize(event.size, event.head, self.cfg.max_message_bytes, peer, conn.seq)
                 invalid = True
             pending.append((started, conn.seq, answer))
+            if invalid:
+                self.metrics.inc("b12comment_invalid_frames_total")
             conn.invalid_run = conn.invalid_run + 1 if invalid else 0
             if limit and conn.invalid_run >= limit:
                 close = True

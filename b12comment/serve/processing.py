@@ -181,6 +181,8 @@ class Processor:
             done, holds, consumed, store_error = await loop.run_in_executor(self._executor, self._process_rows, rows)
             if store_error:
                 self.log.error("context_unavailable", stage="processing", error=store_error)
+            if self.context.store is not None:
+                self.metrics.set("b12comment_context_store_up", 0 if store_error else 1)
             if not await self._record(done, holds):
                 await wait_event(stop, self.poll_s)
                 return
@@ -297,6 +299,10 @@ class Processor:
         self.metrics.observe("b12comment_processing_seconds", elapsed)
         if fields["commented"]:
             self.metrics.inc("b12comment_commented_total")
+        self.metrics.inc("b12comment_decisions_total", decision="commented" if fields["commented"] else "unchanged")
+        if not fields["commented"]:
+            for reason in fields.get("reasons", ()):
+                self.metrics.inc("b12comment_decision_reasons_total", reason=reason)
         fields = {"control_id": row.control_id, "message_type": row.message_type, **fields}
         self.log.info("decision", journal_id=row.id, peer=row.peer, processing_ms=round(elapsed * 1000, 3), **fields)
         if outcome is not None:

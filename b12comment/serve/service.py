@@ -36,6 +36,7 @@ from b12comment.config import Config
 from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
 from b12comment.launch import catch_again, stop_requested
 from b12comment.serve.forwarder import Forwarder, transport_for
+from b12comment.serve.health import Health
 from b12comment.serve.http import HttpServer
 from b12comment.serve.journal_guard import (
     JournalLock,
@@ -134,6 +135,14 @@ class Service:
         self.audits: list[Recorder] = []  # [audit] enabled: processing's recorder, and the HTTP endpoint's
         self._tasks: list[asyncio.Task] = []
         self.accept_pauses = AcceptPauses(self.log)
+        self.stopping = False
+        self.health = Health(
+            self.journal if config.listener.enabled else None,
+            self.journal_path,
+            config.listener.max_message_bytes,
+            config.metrics.max_delivery_lag_s,
+            accepting=lambda: not self.stopping,
+        )
 
     async def start(self) -> None:
         self._check_open_files()
@@ -198,7 +207,7 @@ class Service:
             self.log,
             self.metrics,
             ssl_ctx,
-            healthy=self.journal.available if mllp else None,
+            health=self.health,
             queue_depth=self.journal.depth if mllp else None,
             context=context,
             audit=audit,
@@ -211,7 +220,7 @@ class Service:
             raise StartupError(f"cannot listen on {http.host}:{http.port} (http): {exc.strerror or exc}") from None
         m = self.config.metrics
         if not mllp and m.port:  # HTTP alone: no journal to report on, the counters still count
-            self.metrics_server = MetricsServer(self.metrics, m.host, m.port, queue_depth=_no_journal, healthy=_up)
+            self.metrics_server = MetricsServer(self.metrics, m.host, m.port, self.health)
             try:
                 await self.metrics_server.start()
             except OSError as exc:
@@ -264,8 +273,8 @@ class Service:
                 self.metrics,
                 cfg.metrics.host,
                 cfg.metrics.port,
+                self.health,
                 queue_depth=self.journal.depth,
-                healthy=self.journal.available,
             )
             try:
                 await self.metrics_server.start()
@@ -345,6 +354,7 @@ class Service:
             await wait_event(self.stop_event, PRUNE_EVERY_S)
 
     async def stop(self) -> None:
+        self.stopping = True
         self.log.info("stopping")
         if self.http_server is not None:
             await self.http_server.stop(grace_s=30.0)
@@ -403,14 +413,6 @@ class Service:
             write_marker(self.journal_path, Marker(self.journal_id, await self.journal.depth()))
         except (JournalError, OSError) as exc:
             self.log.error("journal_marker_not_written", error=str(exc))
-
-
-async def _no_journal() -> int:
-    raise LookupError("HTTP only: no journal")
-
-
-async def _up() -> bool:
-    return True
 
 
 async def serve(config: Config) -> int:
