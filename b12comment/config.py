@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from b12comment.core.rule_config import AgeBand, CodeMatch, RuleConfig
+from b12comment.core.rule_config import RESULT_TYPES, UNFLAGGED_UNRANGED, AgeBand, CodeMatch, RuleConfig
 from b12comment.errors import UsageError
 
 # The paths of health and metrics, on the metrics port and the HTTP port alike.
@@ -220,6 +220,7 @@ _RULE_LISTS: dict[str, re.Pattern | None] = {
     "low_flags": _FLAG_RE,
     "normal_texts": None,
     "ignored_codes": _CODE_RE,
+    "no_finding_types": re.compile(r"^[A-Z]{2,3}$"),
     "earlier_texts": None,
 }
 # [rule] keys that are strings, and the pattern they must match (None: any)
@@ -312,6 +313,13 @@ def _load_strings(r: _Reader, d: RuleConfig) -> dict[str, Any]:
         raise r.fail("language", f'must be "da" or "en", not {language!r}')
     values["language"] = language
     values["use_message_time"] = r.take("use_message_time", bool, d.use_message_time)
+    silence = r.take("unflagged_unranged", str, d.unflagged_unranged)
+    if silence not in UNFLAGGED_UNRANGED:
+        raise r.fail("unflagged_unranged", f'must be "normal" or "doubt", not {silence!r}')
+    values["unflagged_unranged"] = silence
+    results = sorted(set(values["no_finding_types"]) & set(RESULT_TYPES))
+    if results:
+        raise r.fail("no_finding_types", f"lists {results}: a value of that type is always a result to judge")
     return values
 
 

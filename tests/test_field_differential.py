@@ -231,23 +231,30 @@ def test_hl7apy_answers_are_cached_and_errors_are_not():
 
 
 def _reference_observation(fields: list[bytes], header, codec: str):
-    """The cheap OBX read as first written, with segments.component()."""
+    """The cheap OBX read as first written, with segments.component(); the
+    value, unit and range with their HL7 escapes decoded."""
     from b12comment.core.charset import decode
+    from b12comment.core.escapes import unescape
     from b12comment.core.segments import component, field_of
+
+    d = header.delimiters
 
     def text(raw: bytes) -> str:
         return decode(raw, codec).strip()
 
-    d = header.delimiters
+    def plain(raw: bytes) -> str:
+        return text(unescape(raw, d))
+
     first_rep = field_of(fields, 5).split(d.repetition, 1)[0]
     range_reps = [
-        "^".join(text(c) for c in rep.split(d.component)).rstrip("^") for rep in field_of(fields, 7).split(d.repetition)
+        "^".join(plain(c) for c in rep.split(d.component)).rstrip("^")
+        for rep in field_of(fields, 7).split(d.repetition)
     ]
     flags = tuple(text(component(rep, d, 1)) for rep in repetitions(field_of(fields, 8), d))
     return (
         text(component(field_of(fields, 2), d, 1)).upper(),
-        tuple(text(c) for c in first_rep.split(d.component)),
-        text(component(field_of(fields, 6), d, 1)) or text(component(field_of(fields, 6), d, 2)),
+        tuple(plain(c) for c in first_rep.split(d.component)),
+        plain(component(field_of(fields, 6), d, 1)) or plain(component(field_of(fields, 6), d, 2)),
         "~".join(range_reps).rstrip("~"),  # OBX-7: every repetition (two ranges are not the first one)
         tuple(f for f in flags if f),
         text(component(field_of(fields, 11), d, 1)).upper(),

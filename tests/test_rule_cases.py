@@ -465,8 +465,16 @@ CASES = [
         None,
     ),
     (
+        # A date is no finding (HL7 value type DT): it neither doubts nor vetoes.
         "other_date_result",
         dict(others=(Obx(code="X^Onset^L", vtype="DT", value="20240101", units="", range=""),)),
+        True,
+        (),
+        None,
+    ),
+    (
+        "other_embedded_report_is_doubt",
+        dict(others=(Obx(code="X^Report^L", vtype="ED", value="LAB^AP^PDF^Base64^JVBERi0=", units="", range=""),)),
         False,
         ("context_unreadable",),
         None,

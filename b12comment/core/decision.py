@@ -102,6 +102,9 @@ class ResultDecision:
     elevated: bool | None = None  # None: could not be told
     paediatric: bool = False  # certainly under 18 at collection
     vetoed_by: tuple[str, ...] = ()  # control IDs of other messages whose results vetoed the comment
+    # OBX numbers of the message's other results judged normal only because the
+    # lab left a number unflagged and unranged (unflagged_unranged = "normal")
+    unflagged_unranged: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,15 @@ class Decision:
         d = asdict(self)
         d["reasons"] = list(self.reasons)
         d["notes"] = list(self.notes)
-        d["results"] = [dict(r, reasons=list(r["reasons"]), vetoed_by=list(r["vetoed_by"])) for r in d["results"]]
+        d["results"] = [
+            dict(
+                r,
+                reasons=list(r["reasons"]),
+                vetoed_by=list(r["vetoed_by"]),
+                unflagged_unranged=list(r["unflagged_unranged"]),
+            )
+            for r in d["results"]
+        ]
         d["vetoed_by"] = list(self.vetoed_by)
         return d
 

@@ -25,6 +25,7 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_field
 
 from b12comment.core.charset import decode
+from b12comment.core.escapes import unescape
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.segments import (
     Delimiters,
@@ -342,7 +343,7 @@ def _range_text(raw: bytes, delims: Delimiters, codec: str) -> str:
     present-but-odd is never read as empty, nor as its first part."""
     reps = []
     for rep in raw.split(delims.repetition) if delims.repetition else [raw]:
-        comps = [_text(c, codec) for c in rep.split(delims.component)]
+        comps = [_text(unescape(c, delims), codec) for c in rep.split(delims.component)]
         while comps and not comps[-1]:
             comps.pop()
         reps.append("^".join(comps))
@@ -365,12 +366,14 @@ def cheap_observation(
             raw = raw.split(rs, 1)[0]
         return raw.split(cs) if cs else [raw]
 
-    def read(raw: bytes) -> str:
+    def read(raw: bytes, escaped: bool = False) -> str:
         if ss:
             raw = raw.split(ss, 1)[0]
+        if escaped:
+            raw = unescape(raw, d)
         return raw.decode(text, errors="replace").strip() if raw else ""
 
-    value = tuple(c.decode(text, errors="replace").strip() for c in first(5))
+    value = tuple(unescape(c, d).decode(text, errors="replace").strip() for c in first(5))
     raw_flags = fields[8] if len(fields) > 8 else b""
     flags = []
     for rep in raw_flags.split(rs) if rs else [raw_flags]:
@@ -384,13 +387,23 @@ def cheap_observation(
         group=group,
         value_type=read(first(2)[0]).upper(),
         value=value,
-        units=read(units[0]) or (read(units[1]) if len(units) > 1 else ""),
+        units=read(units[0], True) or (read(units[1], True) if len(units) > 1 else ""),
         range_text=_range_text(fields[7] if len(fields) > 7 else b"", d, codec),
         flags=tuple(flags),
         status=read(first(11)[0]).upper(),
         observed_at=read(first(14)[0]),
         codes=tuple(code for code, _ in obx3_codes(fields[3] if len(fields) > 3 else b"", d)),
     )
+
+
+def _unescaped(text: str, reader: FieldReader) -> str:
+    """A component as hl7apy gives it back (escaped), with its escapes decoded."""
+    if reader.encoding_chars["ESCAPE"] not in text:
+        return text
+    try:
+        return decode(unescape(text.encode(reader.codec), reader.delims), reader.codec).strip()
+    except (UnicodeError, LookupError):
+        return text
 
 
 def _hl7apy_observation(
@@ -404,7 +417,7 @@ def _hl7apy_observation(
     unit_comps = [
         c.split(reader.encoding_chars["SUBCOMPONENT"], 1)[0].strip() for c in (unit_reps[0] if unit_reps else [])
     ]
-    units = next((c for c in unit_comps[:2] if c), "")
+    units = _unescaped(next((c for c in unit_comps[:2] if c), ""), reader)
     return Observation(
         obx_index=obx_index,
         segment_index=index,

@@ -41,7 +41,7 @@ from b12comment.core.values import (
     read_range,
     same_unit,
 )
-from b12comment.core.verdict import ABNORMAL, NORMAL, UNKNOWN, judge_value
+from b12comment.core.verdict import ABNORMAL, NORMAL, UNKNOWN, is_no_finding, judge_value, relies_on_silence
 
 
 def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:
@@ -78,7 +78,7 @@ def message_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
     b12_positions = {r.observation.obx_index for r in facts.b12}
     found = set()
     for obs in facts.observations:
-        if obs.obx_index in b12_positions or obs.status in rule.ignored_statuses:
+        if obs.obx_index in b12_positions or obs.status in rule.ignored_statuses or is_no_finding(obs, rule):
             continue
         verdict = judge_value(obs, rule)
         if obs.status in rule.pending_statuses:
@@ -226,6 +226,14 @@ def decide_result(
         if found.limit is not None:
             limit = round(found.limit, 1)
     reasons.extend(message_reasons(facts, rule))
+    silent = tuple(
+        o.obx_index
+        for o in facts.observations
+        if o.obx_index != obs.obx_index
+        and o.obx_index not in {r.observation.obx_index for r in facts.b12}
+        and o.status not in rule.ignored_statuses
+        and relies_on_silence(o, rule)
+    )
     reasons.extend(r for r in order if r != ORDER_NOT_FINAL)
     return ResultDecision(
         obx_index=obs.obx_index,
@@ -240,6 +248,7 @@ def decide_result(
         decided_by=decided_by,
         elevated=elevated,
         paediatric=True,
+        unflagged_unranged=silent,
     )
 
 

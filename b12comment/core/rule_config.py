@@ -47,7 +47,33 @@ DEFAULT_UNITS = (
     ("ng/L", 0.7378),
 )
 
-DEFAULT_NORMAL_TEXTS = ("Normal", "Negativ", "Negative", "Ikke påvist", "Not detected")
+# Answers that are a normal result (compared ignoring case, spacing and a
+# final full stop; for a coded value its identifier or its text). Sources in
+# config.toml: LOINC answer codes LA6577-6 Negative and LA11883-8 Not
+# detected; the other answers by their text.
+DEFAULT_NORMAL_TEXTS = (
+    "Normal",
+    "Negative",
+    "LA6577-6",
+    "Not detected",
+    "LA11883-8",
+    "No growth",
+    "Nonreactive",
+    "Non-reactive",
+    "None seen",
+    "Specimen acceptable",
+    "Negativ",
+    "Ikke påvist",
+    "Ingen vækst",
+)
+# OBX-2 value types that are no finding (HL7 v2 data types): dates and times,
+# people, addresses and telephone numbers. Never a doubt, never a veto.
+DEFAULT_NO_FINDING_TYPES = ("DT", "DTM", "TS", "TM", "XCN", "XPN", "XAD", "XTN", "TN")
+# Value types that are always a result to judge: never listed as no finding.
+RESULT_TYPES = ("NM", "SN", "ST", "TX", "FT", "CWE", "CE", "CNE", "CF", "")
+# An unflagged number without a range: "normal" (the lab flags what it finds
+# abnormal) or "doubt" (for a lab whose system does not flag).
+UNFLAGGED_UNRANGED = ("normal", "doubt")
 
 # The comment texts. `{rule_version}` stands for RuleConfig.rule_version. Each
 # ends with a provenance marker: NTE-2 and NTE-4 are dropped by the usual
@@ -100,6 +126,8 @@ class RuleConfig:
     # administrative results that are never a doubt (a flag still counts).
     normal_texts: tuple[str, ...] = DEFAULT_NORMAL_TEXTS
     ignored_codes: tuple[str, ...] = ()
+    no_finding_types: tuple[str, ...] = DEFAULT_NO_FINDING_TYPES
+    unflagged_unranged: str = "normal"
     # Comment
     rule_version: str = RULE_VERSION
     language: str = "da"

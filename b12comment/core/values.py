@@ -221,8 +221,10 @@ def read_range(text: str) -> RangeReading:
     t = _SPACES.sub(" ", original).strip()
     if not t:
         return None
-    if "^" in t:
-        return _sn_range(t) or Unreadable(original)
+    if "^" in t:  # SN-shaped; else a decoded escape (`10^9/l`) read as text
+        sn = _sn_range(t)
+        if sn is not None:
+            return sn
     t = _PREFIX.sub("", t, count=1)
     m = _BRACKETS.match(t)
     if m:

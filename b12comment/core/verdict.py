@@ -67,6 +67,27 @@ def other_quantities(obs: Observation, rng: Range | None) -> list[Quantity]:
     return [q]
 
 
+def is_no_finding(obs: Observation, rule: RuleConfig) -> bool:
+    """A line that is no result to judge: a date, a time, a person, an address
+    or a telephone number (its OBX-2 value type is one of no_finding_types)."""
+    return obs.value_type in rule.no_finding_types
+
+
+def relies_on_silence(obs: Observation, rule: RuleConfig) -> bool:
+    """Judged normal only because the lab left a number unflagged and unranged
+    (unflagged_unranged = "normal"): what a lab whose system does not flag
+    must see."""
+    return (
+        rule.unflagged_unranged == "normal"
+        and not obs.flags
+        and not is_no_finding(obs, rule)
+        and read_range(obs.range_text) is None
+        and not is_normal_text(obs, rule)
+        and not is_ignored_code(obs, rule)
+        and bool(other_quantities(obs, None))
+    )
+
+
 def judge_value(obs: Observation, rule: RuleConfig) -> str:
     """NORMAL, ABNORMAL or UNKNOWN: what one other result says about the patient.
 
@@ -79,6 +100,8 @@ def judge_value(obs: Observation, rule: RuleConfig) -> str:
     ignored code turns a doubt into NORMAL; neither hides an abnormal flag or
     a value outside its range.
     """
+    if is_no_finding(obs, rule):
+        return NORMAL
     flags = [f.upper() for f in obs.flags]
     if any(flag not in rule.normal_flags for flag in flags):
         return ABNORMAL
@@ -93,8 +116,10 @@ def judge_value(obs: Observation, rule: RuleConfig) -> str:
         reference = _text_key(reading.text)
         if is_normal_text(obs, rule) or any(_text_key(t) == reference for t in _value_texts(obs)):
             return NORMAL
-    elif reading is None and (other_quantities(obs, None) or is_normal_text(obs, rule)):
-        return NORMAL  # a number the lab did not flag, or a normal text
+    elif reading is None and is_normal_text(obs, rule):
+        return NORMAL
+    elif reading is None and rule.unflagged_unranged == "normal" and other_quantities(obs, None):
+        return NORMAL  # a number the lab did not flag: the lab flags what it finds abnormal
     # In doubt: only the lab's normal flag or the site's list of codes lifts it.
     if flags or is_ignored_code(obs, rule):
         return NORMAL

@@ -166,6 +166,10 @@ def render(report: dict, rule: RuleConfig) -> str:
         _fig(f"{paed:,}", "B12 results of patients under 18"),
         _fig(f"{elevated:,}", f"of those results elevated ({share})"),
         _fig(f"{commented:,}", "of those results commented"),
+        _fig(
+            f"{report.get('paediatric_b12_commented_unflagged_unranged', 0):,}",
+            "of those comments relied on the lab's silence (a number beside it with neither flag nor range)",
+        ),
         _fig(f"{report['commented']:,}", f"messages commented, of {messages:,} messages"),
         _fig(f"{report['malformed']:,}", "messages not readable as HL7 (malformed)"),
         "</div>",

@@ -59,6 +59,9 @@ class Tally:
     paediatric_b12_results: int = _sum()
     paediatric_b12_elevated: int = _sum()
     paediatric_b12_commented: int = _sum()
+    # commented results that relied on unflagged_unranged = "normal": another
+    # result of the message was a number with neither flag nor range
+    paediatric_b12_commented_unflagged_unranged: int = _sum()
     paediatric_b12_not_commented_by_reason: Counter = _counts()  # results, every reason
     paediatric_b12_histogram_pmol_l: dict = field(default_factory=dict, metadata={"merge": HISTOGRAM})
     context_vetoes_by_reason: Counter = _counts()  # messages the patient's other results took the comment from
@@ -92,6 +95,7 @@ class Tally:
             self.paediatric_b12_results += 1
             self.paediatric_b12_elevated += bool(r.elevated)
             self.paediatric_b12_commented += r.commented
+            self.paediatric_b12_commented_unflagged_unranged += r.commented and bool(r.unflagged_unranged)
             for reason in r.reasons:
                 self.paediatric_b12_not_commented_by_reason[reason] += 1
             if r.value_pmol_l is not None and r.age_years is not None:
@@ -144,6 +148,8 @@ class Tally:
     def from_json(cls, data: dict) -> Tally:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
+            if f.name not in data:  # a resume file of an earlier version: the field starts empty
+                continue
             value, kind = data[f.name], f.metadata["merge"]
             if kind == COUNTS:
                 value = Counter(value)

@@ -1,0 +1,228 @@
+"""Cornerstones of "right on real feeds": lines that are no finding never
+silence the comment, HL7 escapes are read as the text they stand for, the
+common normal answers are normal, and the lab's silence is a named setting.
+
+Expected bytes are written here from the guideline and HL7 v2 (chapter 2:
+escape sequences; chapter 7: OBX-2 value types), with tests/builders.py
+writing the commented message again with the comment NTE in place; nothing
+is taken from the product. Facts: ../shared/clinical-facts.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+from builders import Obx, build
+
+from b12comment.config import load_config
+from b12comment.core.engine import process
+from b12comment.core.rule_config import RuleConfig
+
+RULE = RuleConfig()
+DA = (
+    "Isoleret forhøjet B12 hos børn og unge under 18 år har ingen klinisk betydning: "
+    "når B12 (uanset hvor højt) er det eneste abnorme biokemiske fund, skal det ikke "
+    "give anledning til bekymring eller yderligere undersøgelser, heller ikke kontrol af B12. "
+    "(Automatisk kommentar, b12comment regel b12-paed-2)"
+)
+
+
+def message(*others: Obx, **kw) -> bytes:
+    kw.setdefault("charset", "8859/1")
+    return build(others=others, **kw)
+
+
+def commented(*others: Obx, **kw) -> bytes:
+    """The same message as the product must forward it: the comment NTE right
+    after the B12 OBX (set ID 1, source L, type RE)."""
+    kw.setdefault("charset", "8859/1")
+    return build(others=others, ntes=(("1", DA, "RE"),), **kw)
+
+
+def assert_commented(others: tuple[Obx, ...], rule: RuleConfig = RULE, **kw) -> None:
+    out, decision = process(message(*others, **kw), rule)
+    assert decision.reasons == ()
+    assert out == commented(*others, **kw)
+
+
+def assert_silent(others: tuple[Obx, ...], reasons: tuple[str, ...], rule: RuleConfig = RULE, **kw) -> None:
+    original = message(*others, **kw)
+    out, decision = process(original, rule)
+    assert (out, decision.commented, decision.reasons) == (original, False, reasons)
+
+
+# ---------------------------------------------------------------------------
+# Values that are no finding (HL7 v2 OBX-2 value types; clinical-facts:
+# "Lines that are no finding at all are not results to judge: dates and
+# times, people, addresses and phone numbers").
+
+NO_FINDING = [
+    ("DT", "RETURN VISIT DATE", "20240201"),
+    ("DTM", "Time of last dose", "202401091200+0100"),
+    ("TS", "Specimen received", "20240110091500"),
+    ("TM", "Time of sampling", "0830"),
+    ("XCN", "Signed by", "1234^Jensen^Hanne^^^Dr"),
+    ("XPN", "Mother's name", "Hansen^Mette"),
+    ("XAD", "Return address", "Lyngvej 2^^Aarhus^^8000^DK"),
+    ("XTN", "Call back", "^WPN^PH^^45^86123456"),
+    ("TN", "Telephone", "(45)86123456"),
+]
+
+
+@pytest.mark.parametrize("vtype, name, value", NO_FINDING, ids=[row[0] for row in NO_FINDING])
+def test_a_line_that_is_no_finding_never_silences_the_comment(vtype, name, value):
+    line = Obx(code=f"X{vtype}^{name}^L", vtype=vtype, value=value, units="", range="")
+    assert_commented((line,))
+    # beside an abnormal result it changes nothing either
+    low = Obx(code="718-7^Hemoglobin^LN", value="6.1", units="mmol/L", range="6.5-8.5", flags="L")
+    assert_silent((line, low), ("other_abnormal",))
+
+
+def test_an_embedded_report_is_doubt_unless_the_site_lists_it():
+    report = Obx(code="PDF^Report^L", vtype="ED", value="LAB^AP^PDF^Base64^JVBERi0=", units="", range="")
+    assert_silent((report,), ("context_unreadable",))
+    site = dataclasses.replace(RULE, no_finding_types=(*RULE.no_finding_types, "ED"))
+    assert_commented((report,), site)
+
+
+def test_no_finding_types_are_a_setting_with_the_hl7_defaults(tmp_path):
+    assert RULE.no_finding_types == ("DT", "DTM", "TS", "TM", "XCN", "XPN", "XAD", "XTN", "TN")
+    path = tmp_path / "site.toml"
+    path.write_text('[rule]\nno_finding_types = ["DT", "ED"]\n')
+    assert load_config(path).rule.no_finding_types == ("DT", "ED")
+    path.write_text('[rule]\nno_finding_types = ["NM"]\n')
+    with pytest.raises(Exception, match="no_finding_types"):
+        load_config(path)  # a number is always a result to judge
+
+
+# ---------------------------------------------------------------------------
+# HL7 escapes (HL7 v2 chapter 2.7: \F\ field, \S\ component, \T\
+# subcomponent, \R\ repetition, \E\ escape, \Xhh..\ hexadecimal data) are
+# text: read a value, a unit or a range only after decoding them.
+
+PLATELETS_ESCAPED = Obx(code="777-3^Platelets^LN", value="250", units="10\\S\\9/l", range="145-390 10\\S\\9/l")
+
+
+def test_an_escaped_unit_and_range_are_read():
+    assert_commented((PLATELETS_ESCAPED,))
+    low = dataclasses.replace(PLATELETS_ESCAPED, value="30")  # no flag: outside the range read from it
+    assert_silent((low,), ("other_abnormal",))
+
+
+def test_escapes_are_decoded_with_the_messages_own_delimiters():
+    # The same platelet count in a message whose escape character is `!`
+    # and component separator `*` (the builder writes \ as ! and ^ as *).
+    kw = dict(fs="|", enc="*~!&")
+    assert_commented((PLATELETS_ESCAPED,), **kw)
+    assert_silent((dataclasses.replace(PLATELETS_ESCAPED, value="30"),), ("other_abnormal",), **kw)
+
+
+@pytest.mark.parametrize(
+    "value, charset",
+    [
+        ("Ikke p\\XE5\\vist", "8859/1"),  # å in ISO 8859-1
+        ("Ikke p\\XC3A5\\vist", "UNICODE UTF-8"),  # å in UTF-8
+        ("Ingen v\\XE6\\kst", "8859/1"),
+        ("\\X4E\\egativ", "8859/1"),
+    ],
+)
+def test_hexadecimal_escapes_are_read_in_the_messages_character_set(value, charset):
+    answer = Obx(code="X1^Culture^L", vtype="ST", value=value, units="", range="")
+    original = build(others=(answer,), charset=charset)
+    out, decision = process(original, RULE)
+    assert decision.reasons == ()
+    assert out == build(others=(answer,), charset=charset, ntes=(("1", DA, "RE"),))
+
+
+def test_a_decoded_escape_is_text_never_a_delimiter():
+    # `10\T\20` is the text "10&20", not a subcomponent: no range this
+    # grammar knows, so the result cannot be judged.
+    odd = Obx(code="X2^Odd^L", value="15", units="U/L", range="10\\T\\20")
+    assert_silent((odd,), ("context_unreadable",))
+    # `\E\` is one backslash: "Normal\" is not "Normal"
+    assert_silent((Obx(code="X3^T^L", vtype="ST", value="Normal\\E\\", units="", range=""),), ("context_unreadable",))
+
+
+# ---------------------------------------------------------------------------
+# Normal answers (LOINC answer lists; Danish forms). Negative LA6577-6 and
+# Not detected LA11883-8 are LOINC answer codes (e.g. the answer lists of
+# SARS-CoV-2 and HIV tests); the other answers are listed by their text.
+
+NORMAL_ANSWERS = [
+    ("CWE", "LA6577-6^Negative^LN"),
+    ("CWE", "LA11883-8^Not detected^LN"),
+    ("CE", "NEG^Negative^L"),
+    ("ST", "Negative"),
+    ("ST", "Not detected"),
+    ("ST", "No growth"),
+    ("ST", "Nonreactive"),
+    ("ST", "Non-reactive"),
+    ("ST", "None seen"),
+    ("ST", "Specimen acceptable"),
+    ("ST", "Negativ"),
+    ("ST", "Ikke påvist"),
+    ("ST", "Ingen vækst"),
+    ("ST", "INGEN VÆKST."),
+]
+
+
+@pytest.mark.parametrize("vtype, value", NORMAL_ANSWERS)
+def test_a_normal_answer_is_a_normal_result(vtype, value):
+    answer = Obx(code="600-7^Bacteria identified^LN", vtype=vtype, value=value, units="", range="")
+    assert_commented((answer,))
+
+
+@pytest.mark.parametrize("value", ["Positive", "Detected", "Growth", "Reactive", "Påvist", "Vækst"])
+def test_a_finding_is_never_a_normal_answer(value):
+    answer = Obx(code="600-7^Bacteria identified^LN", vtype="ST", value=value, units="", range="")
+    assert_silent((answer,), ("context_unreadable",))
+
+
+# ---------------------------------------------------------------------------
+# The lab's silence: an unflagged number without a range.
+
+UNRANGED = Obx(code="2345-7^Glucose^LN", value="5.2", units="mmol/L", range="")
+
+
+def test_the_labs_silence_is_normal_by_default_and_counted():
+    assert RULE.unflagged_unranged == "normal"
+    assert_commented((UNRANGED,))
+    _, decision = process(message(UNRANGED), RULE)
+    assert decision.results[0].unflagged_unranged == (2,)  # the glucose is OBX 2, judged normal by silence
+    _, decision = process(message(Obx()), RULE)  # a ranged sodium relies on nothing
+    assert decision.results[0].unflagged_unranged == ()
+
+
+def test_a_site_may_make_the_labs_silence_doubt(tmp_path):
+    doubt = dataclasses.replace(RULE, unflagged_unranged="doubt")
+    assert_silent((UNRANGED,), ("context_unreadable",), doubt)
+    assert_commented((Obx(),), doubt)  # a number with a range is still judged by it
+    assert_commented((dataclasses.replace(UNRANGED, flags="N"),), doubt)  # the lab said normal
+    path = tmp_path / "site.toml"
+    path.write_text('[rule]\nunflagged_unranged = "doubt"\n')
+    assert load_config(path).rule.unflagged_unranged == "doubt"
+    path.write_text('[rule]\nunflagged_unranged = "maybe"\n')
+    with pytest.raises(Exception, match="unflagged_unranged"):
+        load_config(path)
+
+
+def test_the_replay_report_counts_the_comments_that_relied_on_the_labs_silence(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "silent.hl7").write_bytes(message(UNRANGED, control_id="S1"))
+    (src / "ranged.hl7").write_bytes(message(Obx(), control_id="S2"))
+    report, html = tmp_path / "r.json", tmp_path / "r.html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "b12comment", "replay", "--dry-run", "--quiet", str(src)]
+        + ["--report", str(report), "--html", str(html)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    totals = json.loads(report.read_text())
+    assert (totals["paediatric_b12_commented"], totals["paediatric_b12_commented_unflagged_unranged"]) == (2, 1)
+    assert "relied on the lab&#x27;s silence" in html.read_text()
