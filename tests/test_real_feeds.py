@@ -226,3 +226,59 @@ def test_the_replay_report_counts_the_comments_that_relied_on_the_labs_silence(t
     totals = json.loads(report.read_text())
     assert (totals["paediatric_b12_commented"], totals["paediatric_b12_commented_unflagged_unranged"]) == (2, 1)
     assert "relied on the lab&#x27;s silence" in html.read_text()
+
+
+# ---------------------------------------------------------------------------
+# A requisition is its patient's (placer order numbers are unique only within
+# the placer's own system; GP systems number their own): the same number
+# under two patients is two requisitions, and a namespace given with the
+# number (ORC-4 / OBR-2 as EI: number ^ namespace) tells two systems apart.
+
+LOW_PLATELETS = Obx(code="777-3^Platelets^LN", value="30", units="10*9/L", range="150-400", flags="L")
+PATIENT_A, PATIENT_B = "0101169999^^^CPR", "0202029999^^^CPR"
+
+
+def _in_context(messages: list[bytes], mode: str):
+    from b12comment.context import ContextStore
+    from b12comment.core.chain import decide
+
+    store = ContextStore(":memory:", bytes(range(32)))
+    outcome = None
+    for seq, m in enumerate(messages, start=1):
+        outcome = decide(store, seq, m, RULE, mode, 30.0)
+    assert outcome is not None
+    return outcome
+
+
+def _count(patient: str, orc4: str) -> bytes:
+    return build(
+        with_b12=False,
+        others=(LOW_PLATELETS,),
+        patient_id=patient,
+        orc4=orc4,
+        placer="ORD0",
+        filler="FIL0",
+        control_id="CBC",
+        service="CBC^Blood count^L",
+    )
+
+
+@pytest.mark.parametrize("mode", ["requisition", "patient"])
+def test_two_patients_sharing_a_placer_number_never_veto_each_other(mode):
+    b12_of_a = message(patient_id=PATIENT_A, orc4="REQ1", control_id="B12")
+    outcome = _in_context([_count(PATIENT_B, "REQ1"), b12_of_a], mode)
+    assert (outcome.decision.reasons, outcome.output) == (
+        (),
+        commented(patient_id=PATIENT_A, orc4="REQ1", control_id="B12"),
+    )
+    # the same patient's requisition still vetoes
+    outcome = _in_context([_count(PATIENT_A, "REQ1"), b12_of_a], mode)
+    assert (outcome.decision.reasons, outcome.output) == (("other_abnormal_recent",), b12_of_a)
+
+
+def test_a_placer_number_of_another_namespace_is_another_requisition():
+    b12_of_a = message(patient_id=PATIENT_A, orc4="REQ1^GPSYS1", control_id="B12")
+    outcome = _in_context([_count(PATIENT_A, "REQ1^GPSYS2"), b12_of_a], "requisition")
+    assert outcome.decision.reasons == ()
+    outcome = _in_context([_count(PATIENT_A, "REQ1^GPSYS1"), b12_of_a], "requisition")
+    assert outcome.decision.reasons == ("other_abnormal_recent",)

@@ -2,8 +2,9 @@
 ORC-4 and OBR-2/OBR-3.
 
 A patient key is each PID-3 identifier with its assigning authority; a
-requisition key is ORC-4 (the last ORC's, within the patient), else OBR-2,
-else OBR-3, prefixed with which. Keys are raw identifiers: the shells turn
+requisition key is the patient's first identifier with ORC-4 (the last
+ORC's, within the patient), else OBR-2, else OBR-3, prefixed with which:
+the whole first repetition, so a namespace given with the number counts. Keys are raw identifiers: the shells turn
 them into keyed hashes before anything is kept.
 
 `KeyReader` is fed the PID, ORC and OBR segments of a message in order and
@@ -54,7 +55,11 @@ class KeyReader:
         elif name == ORC:
             self.orc4 = _first_rep(field_of(fields, 4), d).strip()
         elif name == OBR:
-            self.requisition = _requisition(self.orc4, fields, d)
+            number = _requisition(self.orc4, fields, d)
+            # A requisition is its patient's: placer numbers are unique only
+            # within the placer's system, so the same number under two
+            # patients is two requisitions (keyed on the first PID-3 identifier).
+            self.requisition = (self.patient[0] + b"\x01" + number if self.patient else number) if number else b""
 
 
 def patient_keys(fields: list[bytes], d: Delimiters) -> tuple[bytes, ...]:
