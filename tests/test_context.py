@@ -238,7 +238,9 @@ def test_a_message_too_large_to_read_vetoes_its_patients_comments_before_and_aft
     big = huge(other_message(NORMAL_PLATELETS, control_id="BIG", orc4="REQ-BIG"))
     ex = extract(big, RULE)
     assert ex is not None and ex.not_read
-    assert [(r.requisition_key, r.verdict, r.collected) for r in ex.rows] == [(b"ORC-4\x00REQ-BIG", "unknown", "")]
+    assert [(r.requisition_key, r.verdict, r.collected) for r in ex.rows] == [
+        (b"0101169999\x00CPR\x01ORC-4\x00REQ-BIG", "unknown", "")
+    ]
     assert ex.rows[0].patient_keys == (b"0101169999\x00CPR",)
     later = run([big, b12_message(orc4="REQ-OTHER", collected="20240301083000")])
     assert (later.decision.commented, later.decision.reasons) == (False, ("other_abnormal_recent",))
