@@ -68,8 +68,9 @@ def crafted() -> list[bytes]:
         b12_message(patient_id="0404049999^^^CPR", orc4="R-D", control_id="B12-NOBIRTH"),
         other_message(ALT_HIGH, patient_id="0505059999^^^CPR", birth="2O1O", orc4="R-E", control_id="ODDBIRTH"),
         b12_message(patient_id="0505059999^^^CPR", orc4="R-F", control_id="B12-ODD"),
-        # the same requisition, another patient (an adult) with a pending order
-        other_message(NORMAL_PLATELETS, patient_id="0606069999^^^CPR", birth="19600101", obr25="P", orc4="SHARED"),
+        # the same requisition of the same identifier, under an adult's birth date, with a pending order
+        # (a requisition is its patient's: another patient's number SHARED would be another requisition)
+        other_message(NORMAL_PLATELETS, patient_id="0707079999^^^CPR", birth="19600101", obr25="P", orc4="SHARED"),
         b12_message(patient_id="0707079999^^^CPR", orc4="SHARED", control_id="B12-SHAREDREQ"),
         # repetitions in PID-3: the second identifier is the one shared
         other_message(ALT_HIGH, patient_id="X1^^^LOCAL~0808089999^^^CPR", birth="19500101", control_id="REP"),
