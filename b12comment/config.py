@@ -117,6 +117,15 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class HaConfig:
+    """Active-passive instances on one PostgreSQL journal ([journal] path a postgresql:// URL)."""
+
+    instance: str = ""  # this instance's name, unique among those sharing the journal ("" = the host's name)
+    lease_s: float = 5.0  # the leader renews its lease every lease_s / 3; a lapsed lease may be taken over
+    takeover_s: float = 10.0  # a standby leads within this bound after the leader's lease lapses
+
+
+@dataclass(frozen=True)
 class Config:
     rule: RuleConfig = field(default_factory=RuleConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
@@ -127,6 +136,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    ha: HaConfig = field(default_factory=HaConfig)
     source: str = "<built-in defaults>"
 
 
@@ -390,6 +400,13 @@ def _check_service(path: str, cfg: Config) -> None:
     _positive(r, "retransmit_window_s", cfg.journal.retransmit_window_s, allow_zero=True)
     _positive(r, "retention_days", cfg.journal.retention_days, allow_zero=True)
     _positive(r, "commit_timeout_s", cfg.journal.commit_timeout_s)
+    ha = cfg.ha
+    r = _Reader(path, {}, "ha")
+    _positive(r, "lease_s", ha.lease_s)
+    if not ha.takeover_s > ha.lease_s:
+        raise r.fail("takeover_s", f"must be more than lease_s ({ha.lease_s:g}), not {ha.takeover_s:g}")
+    if not re.match(r"^[A-Za-z0-9._-]{0,40}$", ha.instance):
+        raise r.fail("instance", f"must be letters, digits, '.', '_' or '-' (at most 40), not {ha.instance!r}")
     ds = cfg.downstream
     r = _Reader(path, {}, "downstream")
     if not re.match(r"^(mllps?://[^:/\s]+:\d{1,5}|dir:.+)$", ds.url):
@@ -479,6 +496,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         ("logging", LoggingConfig),
         ("context", ContextConfig),
         ("audit", AuditConfig),
+        ("ha", HaConfig),
     ):
         sections[name] = _load_simple(cls, path, top.take_table(name), name)
     top.done()

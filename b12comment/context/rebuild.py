@@ -13,13 +13,16 @@ from b12comment.config import Config
 from b12comment.context import ContextError, open_store
 from b12comment.context.store import rebuild
 from b12comment.errors import EXIT_OK, B12Error
-from b12comment.storage import JournalError, open_journal
+from b12comment.storage import JournalError, is_url, open_journal
 
 
 def run_rebuild(config: Config) -> int:
-    journal_path, store_path = Path(config.journal.path), Path(config.context.store)
-    if not journal_path.is_file():
-        raise B12Error(f"no journal at {journal_path} ([journal] path in {config.source})")
+    store_path = Path(config.context.store)
+    journal_path: str | Path = config.journal.path  # a postgresql:// URL is opened as it is
+    if not is_url(journal_path):
+        journal_path = Path(journal_path)
+        if not journal_path.is_file():
+            raise B12Error(f"no journal at {journal_path} ([journal] path in {config.source})")
     fresh = store_path.with_name(store_path.name + ".rebuild")
     for p in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
         p.unlink(missing_ok=True)

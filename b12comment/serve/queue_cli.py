@@ -8,6 +8,7 @@ share the file, and the forwarder picks up retried messages within a second.
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,15 +18,37 @@ from b12comment.context.store import read_contradictions
 from b12comment.errors import EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.files import write_atomically
 from b12comment.serve.forwarder import safe_name
-from b12comment.storage import STATES, JournalStore, Row, open_journal, open_journal_for_reading
+from b12comment.storage import STATES, JournalStore, Row, is_url, open_journal, open_journal_for_reading
 
 
 def run_queue(config: Config, args) -> int:
     if args.queue_command == "review":
         return _review(config)
-    path = Path(config.journal.path)
     if args.queue_command == "retry" and bool(args.control_id) == bool(getattr(args, "all", False)):
         raise UsageError("queue retry needs a CONTROL_ID or --all (not both)")
+    location: str | Path = config.journal.path  # a postgresql:// URL is opened as it is
+    if not is_url(location):
+        location = _journal_file(config)
+    if args.queue_command == "export":
+        return _export(location, Path(args.dir))
+    journal = open_journal(location, _instance(config))  # JournalError (a B12Error): one line, exit 1
+    try:
+        if args.queue_command == "status":
+            return _status(journal, _instance(config))
+        if args.queue_command == "dead":
+            return _dead(journal)
+        return _retry(journal, None if args.all else args.control_id)
+    finally:
+        journal.close()
+
+
+def _instance(config: Config) -> str:
+    return config.ha.instance or socket.gethostname()
+
+
+def _journal_file(config: Config) -> Path:
+    """The journal's file, which must exist and be readable."""
+    path = Path(config.journal.path)
     try:
         found = path.is_file()
         if found:
@@ -37,17 +60,7 @@ def run_queue(config: Config, args) -> int:
         ) from None
     if not found:
         raise B12Error(f"no journal at {path} ([journal] path in {config.source})")
-    if args.queue_command == "export":
-        return _export(path, Path(args.dir))
-    journal = open_journal(path)  # JournalError (a B12Error): one line, exit 1
-    try:
-        if args.queue_command == "status":
-            return _status(journal)
-        if args.queue_command == "dead":
-            return _dead(journal)
-        return _retry(journal, None if args.all else args.control_id)
-    finally:
-        journal.close()
+    return path
 
 
 def export_messages(items: list[Row | int], folder: Path) -> tuple[int, int]:
@@ -66,7 +79,7 @@ def export_messages(items: list[Row | int], folder: Path) -> tuple[int, int]:
     return written, unreadable
 
 
-def _export(path: Path, folder: Path) -> int:
+def _export(path: str | Path, folder: Path) -> int:
     journal = open_journal_for_reading(path)
     try:
         items = list(journal.salvage_undelivered())
@@ -100,9 +113,18 @@ def _age(seconds: float) -> str:
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
-def _status(journal: JournalStore) -> int:
+def _status(journal: JournalStore, instance: str) -> int:
     counts = journal.counts()
     print(f"journal: {journal.location}")
+    leader = getattr(journal, "leader", None)  # a journal that instances share (PostgreSQL)
+    if leader is not None:
+        found = leader()
+        if found is None or found[2] < 0:
+            print(f"instance {instance}: standby; no instance leads now")
+        else:
+            holder, epoch, left = found
+            role = "leader" if holder == instance else "standby"
+            print(f"instance {instance}: {role}; leader {holder} (epoch {epoch}, lease renewed, {left:.1f} s left)")
     for state in STATES:
         print(f"  {state:<10} {counts[state]}")
     oldest = journal.oldest_undelivered()

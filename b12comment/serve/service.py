@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from b12comment import logs
 from b12comment.aio import describe_error, wait_event
@@ -51,9 +52,13 @@ from b12comment.serve.malloc import return_large_blocks
 from b12comment.serve.metrics import Metrics, MetricsServer
 from b12comment.serve.processing import ContextStage, Processor, open_context, unavailable
 from b12comment.serve.queue_cli import export_messages
+from b12comment.storage import is_url, open_journal
 from b12comment.storage.model import JournalCorrupt, JournalError, JournalFault, JournalGone
 from b12comment.storage.writer import JournalThread
 from b12comment.wire.tls import server_context
+
+if TYPE_CHECKING:
+    from b12comment.storage.postgres.lease import Leadership
 
 PRUNE_EVERY_S = 3600.0
 FILES_RESERVED = 64  # file descriptors beside the connections: journal, WAL, lock, downstream, metrics, logs
@@ -116,13 +121,25 @@ class AcceptPauses:
 class Service:
     """All stages of serve, started and stopped together."""
 
-    def __init__(self, config: Config, log=None):
+    def __init__(self, config: Config, log=None, leadership: Leadership | None = None):
         self.config = config
         # Bound once: the lazy proxy would build a new logger for every record.
         self.log = log or logs.get_logger().bind()
         self.metrics = Metrics()
         self.journal_path = Path(config.journal.path)
-        self.journal = JournalThread(self.journal_path)  # on_fault is set once the journal is open
+        # A postgresql:// URL: a database that active-passive instances share;
+        # this one runs only while it leads (`leadership`, see serve/ha.py).
+        self.journal_in_db = is_url(config.journal.path)
+        self.leadership = leadership
+        if leadership is not None:
+            fence = leadership
+            self.journal = JournalThread(
+                config.journal.path,
+                opener=lambda location: open_journal(location, fence.instance, fence),
+                holds=fence.holds,
+            )
+        else:  # on_fault is set once the journal is open
+            self.journal = JournalThread(config.journal.path if self.journal_in_db else self.journal_path)
         self.lock = JournalLock(self.journal_path)
         self.journal_id = ""
         self.stop_event = asyncio.Event()
@@ -138,7 +155,7 @@ class Service:
         self.stopping = False
         self.health = Health(
             self.journal if config.listener.enabled else None,
-            self.journal_path,
+            None if self.journal_in_db else self.journal_path,  # a database has no folder here to look at
             config.listener.max_message_bytes,
             config.metrics.max_delivery_lag_s,
             accepting=lambda: not self.stopping,
@@ -305,6 +322,13 @@ class Service:
     async def _open_journal(self) -> None:
         """Take the journal's lock, check its marker, open it and check it:
         serve starts only on a journal it can write and trust."""
+        if self.journal_in_db:  # the database is the guard: the leader's lease and its fenced writes
+            try:
+                self.journal_id = await self.journal.open_checked()
+            except JournalError as exc:
+                raise StartupError(f"{exc} (serve needs a journal it can write: [journal] path)") from None
+            self.journal.on_fault = self._on_fault
+            return
         path = self.journal_path
         try:
             self.lock.acquire()
@@ -353,13 +377,15 @@ class Service:
                 unavailable(self.log, "prune", exc)
             await wait_event(self.stop_event, PRUNE_EVERY_S)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stop every stage; connections get `grace_s` to finish (0 after a
+        lost lease: nothing more is ACKed from here)."""
         self.stopping = True
         self.log.info("stopping")
         if self.http_server is not None:
-            await self.http_server.stop(grace_s=30.0)
+            await self.http_server.stop(grace_s=grace_s)
         if self.listener is not None:
-            await self.listener.stop(grace_s=30.0)
+            await self.listener.stop(grace_s=grace_s)
         self.stop_event.set()
         self.journaled.set()
         self.processed.set()
@@ -388,6 +414,8 @@ class Service:
         (the next start relies on it). A deleted journal's undelivered
         messages are saved as files beside it first: they are nowhere else."""
         fault = self.journal.fault
+        if self.journal_in_db:
+            return  # no marker: nothing of the journal is on this host
         if not self.journal_id or isinstance(fault, JournalCorrupt):
             return  # the marker keeps saying 'not stopped cleanly'
         try:
@@ -422,6 +450,10 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     if stop_requested():  # SIGTERM or SIGINT came while serve was still starting up
         return EXIT_OK
+    if is_url(config.journal.path):
+        from b12comment.serve.ha import serve_ha
+
+        return await serve_ha(config, stop)
     service = Service(config)
     try:
         await service.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from b12comment.storage.interface import JournalStore
+from b12comment.storage.interface import Fence, JournalStore
 from b12comment.storage.model import (
     BATCH_BYTES,
     DEAD,
@@ -28,6 +28,7 @@ from b12comment.storage.model import (
     JournalFault,
     JournalGone,
     NewMessage,
+    NotLeader,
     Processed,
     Receipt,
     Replayed,
@@ -53,6 +54,8 @@ __all__ = [
     "JournalGone",
     "JournalStore",
     "NewMessage",
+    "NotLeader",
+    "Fence",
     "Processed",
     "Receipt",
     "Replayed",
@@ -71,16 +74,25 @@ def is_url(location: str | Path) -> bool:
     return isinstance(location, str) and location.startswith(URL_SCHEMES)
 
 
-def open_journal(location: str | Path) -> JournalStore:
+def open_journal(location: str | Path, instance: str = "", fence: Fence | None = None) -> JournalStore:
     """The journal at `location` (a path: SQLite; a `postgresql://` URL:
-    PostgreSQL), created or migrated as needed. Raises JournalError."""
+    PostgreSQL), created or migrated as needed. Raises JournalError.
+    `instance` names this instance's connections to a database; `fence` is
+    the lease it leads by (every write checks it; PostgreSQL only)."""
+    if is_url(location):
+        from b12comment.storage.postgres.journal import PostgresJournal
+
+        return PostgresJournal(str(location), instance, fence)
     from b12comment.storage.sqlite import SqliteJournal
 
     return SqliteJournal(location)
 
 
 def open_journal_for_reading(location: str | Path) -> JournalStore:
-    """The journal opened as it is, for salvage: no schema change, no write."""
+    """The journal opened as it is, for salvage: no schema change, no write
+    (a database is opened as for serve: it has no damaged pages to step around)."""
+    if is_url(location):
+        return open_journal(location)
     from b12comment.storage.sqlite import SqliteJournal
 
     return SqliteJournal(location, read_only=True)

@@ -23,6 +23,17 @@ from typing import Protocol
 from b12comment.storage.model import BATCH_BYTES, Arrival, JournalError, Processed, Receipt, Replayed, Row
 
 
+class Fence(Protocol):
+    """The lease an instance holds while it leads (storage/postgres/lease.py):
+    a journal opened with it writes only while `holds()` and the database
+    agree that this instance, at this epoch, leads."""
+
+    instance: str
+    epoch: int
+
+    def holds(self) -> bool: ...
+
+
 class JournalStore(Protocol):
     @property
     def location(self) -> str:

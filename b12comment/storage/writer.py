@@ -26,6 +26,7 @@ from b12comment.storage.model import (
     JournalError,
     JournalFault,
     NewMessage,
+    NotLeader,
     Receipt,
 )
 
@@ -70,9 +71,11 @@ class JournalThread:
         max_batch: int = 256,
         on_fault: Callable[[JournalFault], None] | None = None,
         opener: Callable[[str | Path], JournalStore] = open_journal,
+        holds: Callable[[], bool] | None = None,
     ):
         self.location = location
         self._opener = opener
+        self._holds = holds  # the leader's lease, checked after each intake commit (before any AA)
         self.max_batch = max_batch
         self.on_fault = on_fault
         self.fault: JournalFault | None = None
@@ -216,7 +219,7 @@ class JournalThread:
                 done = self._run_intake(batch)
                 call_turn = True
         if done:
-            self._settle(done)
+            self._settle(done, self._holds)
         return call_turn
 
     def _run_intake(self, batch: list[tuple[asyncio.Future, Arrival]]) -> list:
@@ -225,6 +228,11 @@ class JournalThread:
             if self.fault is not None:
                 raise self.fault
             results = self._open().intake([arrival for _, arrival in batch])
+            if self._holds is not None and not self._holds():
+                # Committed, but the lease ran out meanwhile: no AA from here.
+                # The sender sends again to the instance that leads now, which
+                # finds it as a retransmission (and delivers it once).
+                raise NotLeader("this instance no longer holds the journal's lease: answered AE")
         except Exception as exc:
             self._faulted(exc)
             return [(future, exc, False) for future, _ in batch]
@@ -259,19 +267,24 @@ class JournalThread:
         return self._journal
 
     @staticmethod
-    def _settle(done: list) -> None:
+    def _settle(done: list, holds: Callable[[], bool] | None = None) -> None:
         """Hand results back to their event loops: one wake-up per loop."""
         by_loop: dict = {}
         for entry in done:
             by_loop.setdefault(entry[0].get_loop(), []).append(entry)
         for loop, entries in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(_resolve, entries)
+                loop.call_soon_threadsafe(_resolve, entries, holds)
 
 
-def _resolve(entries: list) -> None:
+def _resolve(entries: list, holds: Callable[[], bool] | None) -> None:
     for future, value, ok in entries:
         if future.cancelled():
+            continue
+        if ok and holds is not None and isinstance(value, Receipt) and not holds():
+            # The lease ran out between the commit and this turn of the event
+            # loop (the process was stopped, say): no AA from here either.
+            future.set_exception(NotLeader("this instance no longer holds the journal's lease: answered AE"))
             continue
         if ok:
             future.set_result(value)
