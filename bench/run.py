@@ -437,12 +437,14 @@ def start_script(tmp: Path, name: str, text: str, *extra: str) -> Server:
     return Server([sys.executable, str(script), str(port), *extra], port)
 
 
-def start_serve(tmp: Path, downstream: str, extra: str = "", name: str = "bench") -> Server:
+def start_serve(tmp: Path, downstream: str, extra: str = "", name: str = "bench", journal: str = "") -> Server:
+    """serve on a fresh SQLite journal, or on `journal` (a postgresql:// URL, bench/postgres.py)."""
     port = free_port()
     cfg = tmp / f"{name}.toml"
-    journal = tmp / f"{name}-journal.sqlite3"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{journal}{suffix}").unlink(missing_ok=True)
+    if not journal:
+        journal = str(tmp / f"{name}-journal.sqlite3")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{journal}{suffix}").unlink(missing_ok=True)
     cfg.write_text(
         f"[listener]\nport = {port}\nmax_connections = 64\n"
         f'[journal]\npath = "{journal}"\n'

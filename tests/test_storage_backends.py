@@ -248,3 +248,34 @@ def test_queue_commands_and_context_rebuild_work_on_a_postgres_journal(pg_url, t
     assert len(list((tmp_path / "out").glob("*.hl7"))) == 2
     assert main(["context", "--config", str(cfg), "rebuild"]) == 0
     assert "from 2 journaled messages" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_replay_forward_through_a_postgres_journal(pg_url, tmp_path):
+    """replay --forward --journal URL: journaled in the database, delivered in order, counted there."""
+    import subprocess
+    import sys
+
+    from paths import SAMPLES
+    from service_helpers import Downstream, msh10, subprocess_env
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted(SAMPLES.glob("*.hl7"))[:3]:
+        (src / f.name).write_bytes(f.read_bytes())
+    with Downstream() as down:
+        done = subprocess.run(
+            [sys.executable, "-m", "b12comment", "replay", "--quiet", str(src), "--forward", down.url]
+            + ["--journal", pg_url, "--report", str(tmp_path / "r.json")],
+            capture_output=True,
+            timeout=120,
+            env=subprocess_env(),
+        )
+        assert done.returncode == 0, done.stderr
+        j = open_journal(pg_url)
+        try:
+            rows = j.rows()
+            assert rows and all(r.state == "forwarded" for r in rows)
+            assert [msh10(m) for m in down.received] == [r.control_id for r in rows]
+        finally:
+            j.close()

@@ -19,11 +19,13 @@ from pathlib import Path
 
 from b12comment.config import Config
 from b12comment.core import chain
+from b12comment.errors import UsageError
 from b12comment.logs import get_logger
 from b12comment.replay.first_pass import Reader
 from b12comment.replay.tally import Tally
 from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.metrics import Metrics
+from b12comment.storage import is_url
 from b12comment.storage.interface import JournalStore
 from b12comment.storage.model import Replayed
 from b12comment.storage.writer import JournalThread
@@ -33,10 +35,17 @@ BATCH = 500
 SOURCE_PREFIX = "replay:"
 
 
-def journal_path_for(config: Config, given: str | None) -> Path:
-    """A journal of its own by default, so a running `serve` never shares it."""
+def journal_path_for(config: Config, given: str | None) -> str | Path:
+    """A journal of its own by default, so a running `serve` never shares it
+    (a file beside serve's; with serve's journal in a database, --journal
+    must name one: a file, or another database's URL)."""
     if given:
-        return Path(given)
+        return given if is_url(given) else Path(given)
+    if is_url(config.journal.path):
+        raise UsageError(
+            "replay --forward: serve's journal is a database, which replay must not share: "
+            "give replay a journal of its own with --journal (a file, or another database's URL)"
+        )
     serve_journal = Path(config.journal.path)
     return serve_journal.with_name(serve_journal.stem + "-replay" + serve_journal.suffix)
 
@@ -100,7 +109,7 @@ def enqueue_file(
     return tally
 
 
-async def drain(path: Path, config: Config, url: str, poll_s: float = 0.2) -> dict[str, int]:
+async def drain(path: str | Path, config: Config, url: str, poll_s: float = 0.2) -> dict[str, int]:
     """Run the forwarder until no message waits; returns the journal's counts."""
     ds = dataclasses.replace(config.downstream, url=url)
     journal = JournalThread(path)

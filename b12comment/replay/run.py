@@ -542,26 +542,28 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
     import asyncio
 
     from b12comment.replay.forward import SOURCE_PREFIX, drain, enqueue_file, journal_path_for
-    from b12comment.storage import JournalError, open_journal
+    from b12comment.storage import JournalError, open_journal, shown
 
     path = journal_path_for(config, opts.journal)
+    # The first pass's store goes beside the journal, or beside the context store for a database.
+    work = path.parent if isinstance(path, Path) else Path(config.context.store).parent
     tallies: dict[str, Tally] = {}
     sizes = {rel: _size(src) for src, rel in pairs}
     progress = Progress(sum(sizes.values()), opts.quiet, "nothing sent")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
         journal = open_journal(path)
         try:
             if not opts.resume:
                 seen = [rel for _, rel in pairs if journal.last_position(SOURCE_PREFIX + rel)]
                 if seen:
                     raise UsageError(
-                        f"replay: {seen[0]} was already queued in {path}: add --resume to go on "
+                        f"replay: {seen[0]} was already queued in {shown(path)}: add --resume to go on "
                         "with that replay, or give another --journal to send it again"
                     )
             spec = _audit(config, opts, REPLAY)
             recorder = open_recorder(spec, purge=False, buffered=True) if spec is not None else None
-            with _first_pass(config, pairs, path.parent, opts) as ctx:
+            with _first_pass(config, pairs, work, opts) as ctx:
                 reader = Reader(ctx) if ctx is not None else None
                 try:
                     for index, (src, rel) in enumerate(pairs):
@@ -590,11 +592,11 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
     except JournalError as exc:
         raise B12Error(f"replay: {exc}") from None
     except OSError as exc:
-        raise B12Error(f"replay: cannot use the journal {path}: {_describe(exc)}") from None
+        raise B12Error(f"replay: cannot use the journal {shown(path)}: {_describe(exc)}") from None
     finally:
         progress.close()
     return tallies, {
-        "journal": str(path),
+        "journal": shown(path),
         "forwarded": counts.get("forwarded", 0),
         "dead_lettered": counts.get("dead", 0),
     }

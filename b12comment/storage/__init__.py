@@ -64,6 +64,7 @@ __all__ = [
     "is_url",
     "open_journal",
     "open_journal_for_reading",
+    "shown",
 ]
 
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -72,6 +73,15 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 def is_url(location: str | Path) -> bool:
     """Whether a configured location names a database server rather than a file."""
     return isinstance(location, str) and location.startswith(URL_SCHEMES)
+
+
+def shown(location: str | Path) -> str:
+    """A journal's location for messages and reports: a URL without its password."""
+    if is_url(location):
+        from b12comment.storage.postgres.connect import redact
+
+        return redact(str(location))
+    return str(location)
 
 
 def open_journal(location: str | Path, instance: str = "", fence: Fence | None = None) -> JournalStore:

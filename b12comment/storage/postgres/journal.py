@@ -60,6 +60,9 @@ _NAMES = (
     "reasons",
 )
 _COLUMNS = ", ".join(_NAMES)
+_INSERT_INTO = "INSERT INTO b12_messages"
+_NEW = "(received_at, updated_at, peer, conn_seq, control_id, message_type, raw, state)"
+_VALUES = "%s, %s, %s, %s, %s, %s, %s"
 _FENCE = (
     "SELECT 1 FROM b12_lease WHERE name = 'leader' AND holder = %s AND epoch = %s "
     "AND expires_at > clock_timestamp() FOR SHARE"
@@ -95,23 +98,33 @@ class PostgresJournal:
     def _error(self, exc: Exception) -> JournalError:
         return JournalError(f"journal {self.location}: {describe(exc)}")
 
-    def _check_fence(self, conn: Any, lock: bool = True) -> None:
+    def _fence_query(self, conn: Any, lock: bool = True) -> Any:
+        """Send the lease check (in a pipeline its answer comes with the
+        work's); returns the cursor to read it from, None without a fence."""
         f = self.fence
         if f is None:
-            return
+            return None
         if not f.holds():
             raise NotLeader(f"instance {f.instance} no longer holds the lease of journal {self.location}")
-        sql = _FENCE if lock else _FENCE.removesuffix(" FOR SHARE")
-        if conn.execute(sql, (f.instance, f.epoch)).fetchone() is None:
+        return conn.execute(_FENCE if lock else _FENCE.removesuffix(" FOR SHARE"), (f.instance, f.epoch))
+
+    def _fence_holds(self, cursor: Any) -> None:
+        if cursor is not None and cursor.fetchone() is None:
+            f = self.fence
+            assert f is not None
             raise NotLeader(f"instance {f.instance} lost the lease of journal {self.location} (another leads)")
 
     def _tx(self, fn: Callable[[Any], T], fenced: bool = True) -> T:
+        """fn(conn) in one transaction, pipelined with the lease check (FOR
+        SHARE, sent first): a lost lease rolls the whole of it back. Few
+        round trips: the statements go together, the answers come together."""
         try:
             conn = self._conn()
-            with conn.transaction():
-                if fenced:
-                    self._check_fence(conn)
-                return fn(conn)
+            with conn.pipeline(), conn.transaction():
+                fence = self._fence_query(conn) if fenced else None
+                result = fn(conn)
+                self._fence_holds(fence)  # before the COMMIT
+                return result
         except self._psycopg.Error as exc:
             raise self._error(exc) from None
 
@@ -181,87 +194,93 @@ class PostgresJournal:
         )
 
     def _rows_within(self, where: str, args: tuple[Any, ...], limit: int, max_bytes: int, stop_unprocessed: bool):
-        """Rows in id order, up to `limit` and `max_bytes` of message bytes (the
-        first always), read in two steps so that only the rows taken are fetched."""
-
-        def tx(conn: Any) -> list[Row]:
-            sizes = conn.execute(
-                "SELECT id, state, octet_length(raw) + coalesce(octet_length(processed), 0) FROM b12_messages "
-                f"WHERE {where} AND id NOT IN (SELECT id FROM b12_holds) ORDER BY id LIMIT %s",
-                (*args, limit),
-            ).fetchall()
-            ids: list[int] = []
-            held = 0
-            for id, state, size in sizes:
-                if held >= max_bytes or (stop_unprocessed and state != PROCESSED):
-                    break
-                ids.append(id)
-                held += size
-            if not ids:
-                return []
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM b12_messages WHERE id = ANY(%s) ORDER BY id", (ids,)
-            ).fetchall()
-            return [self._row(r) for r in rows]
-
+        """Rows in id order, up to `limit` and `max_bytes` of message bytes
+        (the first always), in one statement: the bytes of the rows before
+        each are summed in the database, and the bytes of a row past the
+        bound are not sent (its columns come back empty, and it is left)."""
+        sized = ", ".join(n if n not in ("raw", "processed") else f"CASE WHEN before < %s THEN {n} END" for n in _NAMES)
+        sql = (
+            f"SELECT {sized}, before FROM (SELECT *, coalesce(sum(octet_length(raw) + "
+            "coalesce(octet_length(processed), 0)) OVER (ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 "
+            f"PRECEDING), 0) AS before FROM (SELECT * FROM b12_messages WHERE {where} "
+            "AND id NOT IN (SELECT id FROM b12_holds) ORDER BY id LIMIT %s) AS head) AS sized ORDER BY id"
+        )
         try:
             conn = self._conn()
-            with conn.transaction():
-                self._check_fence(conn, lock=False)
-                return tx(conn)
+            with conn.pipeline():
+                fence = self._fence_query(conn, lock=False)
+                found = conn.execute(sql, (max_bytes, max_bytes, *args, limit)).fetchall()
+                self._fence_holds(fence)
         except self._psycopg.Error as exc:
             raise self._error(exc) from None
+        out: list[Row] = []
+        state_at = _NAMES.index("state")
+        for r in found:
+            if (out and r[-1] >= max_bytes) or (stop_unprocessed and r[state_at] != PROCESSED):
+                break
+            out.append(self._row(r[:-1]))
+        return out
 
     # -- the listener
 
     def intake(self, arrivals: Sequence[Arrival]) -> list[Receipt | int | JournalError]:
+        """All in one transaction, pipelined: the statements of every frame go
+        together. When one frame's statement fails, the batch is done again
+        one frame at a time, each in a savepoint, so that it fails alone."""
+
         def tx(conn: Any) -> list[Receipt | int | JournalError]:
-            if len(arrivals) == 1:
-                return [self._arrive(conn, arrivals[0])]
-            results: list[Receipt | int | JournalError] = []
-            for arrival in arrivals:
-                try:
-                    with conn.transaction():  # a savepoint: one that fails fails alone
-                        results.append(self._arrive(conn, arrival))
-                except self._psycopg.Error as exc:
-                    if isinstance(exc, self._psycopg.OperationalError):
-                        raise
-                    results.append(self._error(exc))
-            return results
+            sent = [self._send(conn, a) for a in arrivals]
+            return [_answer(cursor, is_message) for cursor, is_message in sent]
 
-        return self._tx(tx)
+        try:
+            return self._tx(tx)
+        except JournalError:
+            if len(arrivals) == 1 or self._c is None or self._c.broken or self._c.closed:
+                raise
+        return self._intake_one_by_one(arrivals)
 
-    def _arrive(self, conn: Any, a: Arrival) -> Receipt | int:
+    def _intake_one_by_one(self, arrivals: Sequence[Arrival]) -> list[Receipt | int | JournalError]:
+        results: list[Receipt | int | JournalError] = []
+        try:
+            conn = self._conn()
+            with conn.transaction():
+                self._fence_holds(self._fence_query(conn))
+                for arrival in arrivals:
+                    try:
+                        with conn.transaction():  # a savepoint: one that fails fails alone
+                            results.append(_answer(*self._send(conn, arrival)))
+                    except self._psycopg.Error as exc:
+                        if isinstance(exc, self._psycopg.OperationalError):
+                            raise
+                        results.append(self._error(exc))
+        except self._psycopg.Error as exc:
+            raise self._error(exc) from None
+        return results
+
+    def _send(self, conn: Any, a: Arrival) -> tuple[Any, bool]:
+        """Send one frame's statement; (its cursor, whether it is a message)."""
         now = time.time() if a.now is None else a.now
         if isinstance(a, InvalidFrame):
             return conn.execute(
-                "INSERT INTO b12_messages (received_at, updated_at, peer, conn_seq, control_id, message_type, raw, "
-                "state, last_error) VALUES (%s, %s, %s, %s, %s, %s, %s, 'invalid', %s) RETURNING id",
-                (
-                    now,
-                    now,
-                    _text(a.peer),
-                    a.conn_seq,
-                    _text(a.control_id),
-                    _text(a.message_type),
-                    a.raw,
-                    _text(a.reason),
-                ),
-            ).fetchone()[0]
-        if a.retransmit_window_s > 0:
-            hit = conn.execute(
-                "SELECT id FROM b12_messages WHERE control_id = %s AND received_at >= %s "
-                "AND state != 'invalid' AND raw = %s ORDER BY id DESC LIMIT 1",
-                (_text(a.control_id), now - a.retransmit_window_s, a.raw),
-            ).fetchone()
-            if hit:
-                return Receipt(hit[0], True)
-        id = conn.execute(
-            "INSERT INTO b12_messages (received_at, updated_at, peer, conn_seq, control_id, message_type, raw, state) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, 'received') RETURNING id",
-            (now, now, _text(a.peer), a.conn_seq, _text(a.control_id), _text(a.message_type), a.raw),
-        ).fetchone()[0]
-        return Receipt(id, False)
+                f"{_INSERT_INTO} (received_at, updated_at, peer, conn_seq, control_id, message_type, raw, state, "
+                "last_error) VALUES (%s, %s, %s, %s, %s, %s, %s, 'invalid', %s) RETURNING id, false",
+                (now, now, _text(a.peer), a.conn_seq, _text(a.control_id), _text(a.message_type), a.raw)
+                + (_text(a.reason),),
+            ), False
+        values = (now, now, _text(a.peer), a.conn_seq, _text(a.control_id), _text(a.message_type), a.raw)
+        if a.retransmit_window_s <= 0:
+            return conn.execute(
+                f"{_INSERT_INTO} {_NEW} VALUES ({_VALUES}, 'received') RETURNING id, false", values
+            ), True
+        # A retransmission (same control ID, same bytes, within the window) is
+        # found, else the row is inserted: one statement.
+        return conn.execute(
+            "WITH hit AS (SELECT id FROM b12_messages WHERE control_id = %s AND received_at >= %s "
+            "AND state != 'invalid' AND raw = %s ORDER BY id DESC LIMIT 1), "
+            f"ins AS ({_INSERT_INTO} {_NEW} SELECT {_VALUES}, 'received' WHERE NOT EXISTS (SELECT 1 FROM hit) "
+            "RETURNING id) SELECT id, true FROM hit UNION ALL SELECT id, false FROM ins",
+            (_text(a.control_id), now - a.retransmit_window_s, a.raw, *values),
+        ), True
 
     # -- the processing stage
 
@@ -342,8 +361,10 @@ class PostgresJournal:
         cutoff = now - retention_days * 86400
         return self._tx(
             lambda conn: conn.execute(
-                "DELETE FROM b12_messages WHERE state IN ('forwarded', 'invalid') AND updated_at < %s", (cutoff,)
-            ).rowcount
+                "WITH gone AS (DELETE FROM b12_messages WHERE state IN ('forwarded', 'invalid') AND updated_at < %s "
+                "RETURNING 1) SELECT count(*) FROM gone",
+                (cutoff,),
+            ).fetchone()[0]
         )
 
     # -- replay --forward
@@ -399,10 +420,11 @@ class PostgresJournal:
             where, args = "state = 'dead' AND control_id = %s", (control_id,)
         return self._tx(
             lambda conn: conn.execute(
-                "UPDATE b12_messages SET state = CASE WHEN commented IS NULL THEN 'received' ELSE 'processed' END, "
-                f"attempts = 0, updated_at = %s WHERE {where}",
+                "WITH back AS (UPDATE b12_messages SET state = CASE WHEN commented IS NULL THEN 'received' "
+                f"ELSE 'processed' END, attempts = 0, updated_at = %s WHERE {where} RETURNING 1) "
+                "SELECT count(*) FROM back",
                 (now, *args),
-            ).rowcount,
+            ).fetchone()[0],
             fenced=False,  # an operator's command, from any host
         )
 
@@ -443,6 +465,11 @@ def _json_dump(reasons: Sequence[str]) -> str:
 
 def _json_list(text: str | None) -> list[str]:
     return json.loads(text or "[]")
+
+
+def _answer(cursor: Any, is_message: bool) -> Receipt | int:
+    id, duplicate = cursor.fetchone()
+    return Receipt(id, duplicate) if is_message else id
 
 
 def _text(s: str) -> str:
