@@ -70,11 +70,70 @@ CREATE TABLE IF NOT EXISTS followups (
 ) WITHOUT ROWID;
 """
 
-_COLUMNS = (
+COLUMNS = (
     "decided_at, source, control_id, sending_facility, rule_version, config_digest, obx_index, age_band, "
     "value_pmol_l, comparator, limit_pmol_l, limit_source, commented, reasons, vetoed_by, collected, "
     "collected_day, patients, requisition"
 )
+
+
+def row_values(r: AuditRow) -> tuple:
+    """An AuditRow as the values of COLUMNS (every backend stores these)."""
+    return (
+        r.decided_at,
+        r.source,
+        r.control_id,
+        r.sending_facility,
+        r.rule_version,
+        r.config_digest,
+        r.obx_index,
+        r.age_band,
+        r.value_pmol_l,
+        r.comparator,
+        r.limit_pmol_l,
+        r.limit_source,
+        int(r.commented),
+        ",".join(r.reasons),
+        ",".join(r.vetoed_by),
+        r.collected,
+        r.collected_day,
+        " ".join(r.patients),
+        r.requisition,
+    )
+
+
+def row_of(r) -> AuditRow:
+    """The values of COLUMNS back as an AuditRow."""
+    return AuditRow(
+        decided_at=r[0],
+        source=r[1],
+        control_id=r[2],
+        sending_facility=r[3],
+        rule_version=r[4],
+        config_digest=r[5],
+        obx_index=r[6],
+        age_band=r[7],
+        value_pmol_l=r[8],
+        comparator=r[9],
+        limit_pmol_l=r[10],
+        limit_source=r[11],
+        commented=bool(r[12]),
+        reasons=tuple(x for x in r[13].split(",") if x),
+        vetoed_by=tuple(x for x in r[14].split(",") if x),
+        collected=r[15],
+        collected_day=r[16],
+        patients=tuple(x for x in r[17].split(" ") if x),
+        requisition=r[18],
+    )
+
+
+def another_key(location: str, stored: str, fingerprint: str) -> B12Error:
+    """The error of a store made with another key than the one given."""
+    return AuditError(
+        f"the audit store {location} was written with another key (fingerprint {stored}, "
+        f"this key's is {fingerprint}): a child's rows under two keys cannot be linked, so they "
+        "are not mixed; use the key the store was made with, or start a new store ([audit] path)"
+    )
 
 
 class AuditError(B12Error):
@@ -122,9 +181,9 @@ def open_audit(location: str, key: bytes | None, *, read_only: bool = False) -> 
     `postgresql://` URL. `key` None (reading only: export, outcomes): the
     hashes are only compared, the key is not needed."""
     if location.startswith(("postgresql://", "postgres://")):
-        raise AuditError(
-            "[audit] path: a PostgreSQL audit store is not available in this version; give a file path (SQLite)"
-        )
+        from .postgres import PostgresAuditStore
+
+        return PostgresAuditStore(location, key)
     return SQLiteAuditStore(location, key, read_only=read_only)
 
 
@@ -176,11 +235,7 @@ class SQLiteAuditStore:
             found = self._db.execute("SELECT value FROM meta WHERE name = 'key_fingerprint'").fetchone()
         if found[0] != self.fingerprint:
             self._db.close()
-            raise AuditError(
-                f"the audit store {self.location} was written with another key (fingerprint {found[0]}, "
-                f"this key's is {self.fingerprint}): a child's rows under two keys cannot be linked, so they "
-                "are not mixed; use the key the store was made with, or start a new store ([audit] path)"
-            )
+            raise another_key(self.location, found[0], self.fingerprint)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -200,32 +255,9 @@ class SQLiteAuditStore:
             raise AuditError(f"audit store {self.location}: {exc}") from None
 
     def add(self, rows: Iterable[AuditRow]) -> None:
-        values = [
-            (
-                r.decided_at,
-                r.source,
-                r.control_id,
-                r.sending_facility,
-                r.rule_version,
-                r.config_digest,
-                r.obx_index,
-                r.age_band,
-                r.value_pmol_l,
-                r.comparator,
-                r.limit_pmol_l,
-                r.limit_source,
-                int(r.commented),
-                ",".join(r.reasons),
-                ",".join(r.vetoed_by),
-                r.collected,
-                r.collected_day,
-                " ".join(r.patients),
-                r.requisition,
-            )
-            for r in rows
-        ]
+        values = [row_values(r) for r in rows]
         if values:
-            self._write(f"INSERT INTO decisions ({_COLUMNS}) VALUES ({','.join('?' * 19)})", values)
+            self._write(f"INSERT INTO decisions ({COLUMNS}) VALUES ({','.join('?' * len(values[0]))})", values)
 
     def add_followups(self, followups: Iterable[Followup], now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -237,30 +269,10 @@ class SQLiteAuditStore:
         lo, hi = _day_bounds(first_day, last_day)
         try:
             cur = self._db.execute(
-                f"SELECT {_COLUMNS} FROM decisions WHERE decided_at >= ? AND decided_at < ? ORDER BY id", (lo, hi)
+                f"SELECT {COLUMNS} FROM decisions WHERE decided_at >= ? AND decided_at < ? ORDER BY id", (lo, hi)
             )
             for r in cur:
-                yield AuditRow(
-                    decided_at=r[0],
-                    source=r[1],
-                    control_id=r[2],
-                    sending_facility=r[3],
-                    rule_version=r[4],
-                    config_digest=r[5],
-                    obx_index=r[6],
-                    age_band=r[7],
-                    value_pmol_l=r[8],
-                    comparator=r[9],
-                    limit_pmol_l=r[10],
-                    limit_source=r[11],
-                    commented=bool(r[12]),
-                    reasons=tuple(x for x in r[13].split(",") if x),
-                    vetoed_by=tuple(x for x in r[14].split(",") if x),
-                    collected=r[15],
-                    collected_day=r[16],
-                    patients=tuple(x for x in r[17].split(" ") if x),
-                    requisition=r[18],
-                )
+                yield row_of(r)
         except sqlite3.Error as exc:
             raise AuditError(f"audit store {self.location}: {exc}") from None
 
