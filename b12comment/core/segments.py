@@ -17,8 +17,34 @@ _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _LEADING_SPACE = b" \t\r\n\x00\xef\xbb\xbf"
 
 
+# HL7 table 0357 (message error condition codes) of what makes bytes unreadable.
+SEGMENT_SEQUENCE_ERROR = "100"  # no MSH where the message must start
+DATA_TYPE_ERROR = "102"  # MSH-1/MSH-2 unusable, or bytes in a character set HL7 v2 cannot be read in
+
+
 class Malformed(Exception):
-    """The bytes are not an HL7 v2 message that can be read; says why."""
+    """The bytes are not an HL7 v2 message that can be read; says why in
+    plain text, with the HL7 table 0357 code of the condition."""
+
+    def __init__(self, text: str, code: str = SEGMENT_SEQUENCE_ERROR):
+        super().__init__(text)
+        self.code = code
+
+
+def shown(data: bytes, limit: int = 20) -> str:
+    """Bytes as a person reads them: printable ASCII as it is, anything else
+    as <XX> (hex), at most `limit` bytes, in double quotes; never a Python repr."""
+    text = "".join(chr(b) if 0x20 <= b < 0x7F else f"<{b:02X}>" for b in data[:limit])
+    return f'"{text}"' + (f" (and {len(data) - limit} bytes more)" if len(data) > limit else "")
+
+
+def _utf16(message: bytes) -> str | None:
+    """'UTF-16LE' or 'UTF-16BE' when the bytes are UTF-16 (a byte order mark, or MSH two bytes a letter)."""
+    if message[:2] == b"\xff\xfe" or message[:6] == "MSH".encode("utf-16-le"):
+        return "UTF-16LE"
+    if message[:2] == b"\xfe\xff" or message[:6] == "MSH".encode("utf-16-be"):
+        return "UTF-16BE"
+    return None
 
 
 @dataclass(frozen=True)
@@ -105,12 +131,22 @@ def read_header(message: bytes) -> Header:
     while start < len(message) and message[start] in _LEADING_SPACE:
         start += 1
     if message[start : start + 3] != b"MSH":
-        raise Malformed("message does not start with an MSH segment")
+        wide = _utf16(message)
+        if wide is not None:
+            raise Malformed(
+                f"the message is in {wide} (two bytes a character): HL7 v2 needs a character set "
+                "that writes MSH as three bytes (ASCII, ISO-8859-1, UTF-8); send it in one of those",
+                DATA_TYPE_ERROR,
+            )
+        first = message[start : start + 3]
+        # Only a segment name is shown: the bytes after it may be patient data, and the reason is logged.
+        seen = f" (it starts with {first.decode()})" if re.fullmatch(rb"[A-Z][A-Z0-9]{2}", first) else ""
+        raise Malformed(f"message does not start with an MSH segment{seen}")
     if len(message) < start + 8:
-        raise Malformed("MSH segment is too short to hold its encoding characters")
+        raise Malformed("MSH segment is too short to hold its encoding characters", DATA_TYPE_ERROR)
     fs = message[start + 3 : start + 4]
     if fs.isalnum() or fs in b"\r\n \t":
-        raise Malformed(f"MSH-1 field separator {fs!r} is not usable")
+        raise Malformed(f"MSH-1 field separator {shown(fs)} is not usable", DATA_TYPE_ERROR)
     m = _LINE_BREAK.search(message, start)
     if m is None:
         msh_end, terminator = len(message), b"\r"
@@ -119,7 +155,7 @@ def read_header(message: bytes) -> Header:
     parts = message[start:msh_end].split(fs)
     enc = parts[1] if len(parts) > 1 else b""
     if not 2 <= len(enc) <= 5:
-        raise Malformed(f"MSH-2 encoding characters {enc!r} must be 2 to 5 characters")
+        raise Malformed(f"MSH-2 encoding characters {shown(enc)} must be 2 to 5 characters", DATA_TYPE_ERROR)
 
     def at(i: int) -> bytes | None:
         return enc[i : i + 1] if len(enc) > i else None

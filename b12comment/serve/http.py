@@ -410,13 +410,14 @@ class HttpServer:
         )
 
     def _reject(self, body: bytes, content_type: str) -> Reply:
+        code = SEGMENT_SEQUENCE_ERROR
         try:
             read_header(body)
             why = "no MSH segment"
         except Malformed as exc:
-            why = str(exc)
+            why, code = str(exc), exc.code
         why = f"not an HL7 message: {why}"
-        ack = build_ack(body, REJECT, ack_id(), now_dtm(), AckError(SEGMENT_SEQUENCE_ERROR, why))
+        ack = build_ack(body, REJECT, ack_id(), now_dtm(), AckError(code, why))
         return Reply(
             200,
             ack,

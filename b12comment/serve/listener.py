@@ -81,11 +81,12 @@ class Intake:
         try:
             header = read_header(payload)
         except Malformed as exc:
+            code = exc.code
             if payload.lstrip()[:3] in (b"FHS", b"BHS"):
-                why = "a batch (FHS/BHS) in one frame: send each message in its own frame"
+                why, code = "a batch (FHS/BHS) in one frame: send each message in its own frame", SEGMENT_SEQUENCE_ERROR
             else:
                 why = f"not an HL7 message: {exc}"
-            return self._invalid(payload, peer, seq, SEGMENT_SEQUENCE_ERROR, why, "", ""), True
+            return self._invalid(payload, peer, seq, code, why, "", ""), True
         cid, mtype = header.control_id, header.message_type
         stored = self.journal.record(
             payload,

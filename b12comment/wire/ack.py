@@ -26,7 +26,9 @@ from datetime import datetime
 from functools import lru_cache
 
 from b12comment.core.segments import (
+    DATA_TYPE_ERROR,
     DEFAULT_DELIMITERS,
+    SEGMENT_SEQUENCE_ERROR,
     Delimiters,
     Header,
     Malformed,
@@ -40,13 +42,22 @@ from b12comment.core.segments import (
 
 ACCEPT, ERROR, REJECT = "AA", "AE", "AR"
 
-# HL7 table 0357, message error condition codes (the ones this product uses).
-SEGMENT_SEQUENCE_ERROR = "100"
+# HL7 table 0357, message error condition codes. serve answers 100 (no MSH
+# where a message starts, a batch in one frame), 102 (MSH-1/MSH-2 unusable,
+# UTF-16 bytes) and 207 (too large, the journal cannot be written); it never
+# refuses a message for its type, version or an empty field (results always
+# flow: such a message is passed on unchanged), so 101, 200 and 203 are here
+# for completeness of the table's reading (read_ack names them).
+REQUIRED_FIELD_MISSING = "101"
 UNSUPPORTED_MESSAGE_TYPE = "200"
+UNSUPPORTED_VERSION_ID = "203"
 APPLICATION_INTERNAL_ERROR = "207"
 TABLE_0357 = {
     SEGMENT_SEQUENCE_ERROR: "Segment sequence error",
+    REQUIRED_FIELD_MISSING: "Required field missing",
+    DATA_TYPE_ERROR: "Data type error",
     UNSUPPORTED_MESSAGE_TYPE: "Unsupported message type",
+    UNSUPPORTED_VERSION_ID: "Unsupported version id",
     APPLICATION_INTERNAL_ERROR: "Application internal error",
 }
 DEFAULT_VERSION = b"2.5.1"
