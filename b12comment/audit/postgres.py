@@ -1,7 +1,8 @@
 """The audit store in PostgreSQL (`[audit] path` a `postgresql://` URL), for
 instances that share one database: the same tables, rows and promises as the
-SQLite store (store.py). psycopg 3 (the extra `b12comment[postgres]`) is
-imported only here, only when such a URL is configured.
+SQLite store (store.py), over the journal's PostgreSQL connections
+(storage/postgres/connect.py: psycopg 3, the extra `b12comment[postgres]`,
+imported only when such a URL is configured).
 
 Each call is one transaction, committed when it returns. Not thread-safe:
 one thread uses a store at a time (each recorder opens its own).
@@ -10,19 +11,15 @@ one thread uses a store at a time (each recorder opens its own).
 from __future__ import annotations
 
 import contextlib
-import importlib
-import re
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
-from typing import Any
 
 from b12comment.context.store import key_fingerprint
+from b12comment.storage.postgres.connect import connect, describe, psycopg_module, redact
 
 from .rows import AuditRow
 from .store import COLUMNS, SCHEMA_VERSION, AuditError, Followup, _day_bounds, another_key, row_of, row_values
-
-CONNECT_TIMEOUT_S = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_meta (
@@ -66,36 +63,12 @@ CREATE TABLE IF NOT EXISTS audit_followups (
 _SCHEMA_LOCK = 0x6231_3263_6175_6474  # "b12caudt"
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-def _psycopg() -> Any:
-    try:  # (imported by name: the extra is optional, and mypy runs without it)
-        return importlib.import_module("psycopg")
-    except ImportError:
-        raise AuditError(
-            "a postgresql:// [audit] path needs psycopg 3: install b12comment with the extra "
-            "b12comment[postgres], or pip install 'psycopg[binary]'"
-        ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 class PostgresAuditStore:
     def __init__(self, url: str, key: bytes | None):
         self.location = redact(url)
         self.fingerprint = key_fingerprint(key) if key is not None else ""
-        psycopg = self._pg = _psycopg()
-        try:
-            self._db = psycopg.connect(
-                url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="b12comment:audit"
-            )
-        except psycopg.Error as exc:
-            raise AuditError(f"cannot connect to the audit store {self.location}: {_first_line(exc)}") from None
+        psycopg = self._pg = psycopg_module()
+        self._db = connect(url, "audit", autocommit=True)  # (the journal's connections, keepalives and all)
         try:
             with self._db.transaction():
                 self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -113,12 +86,13 @@ class PostgresAuditStore:
                 found = self._db.execute("SELECT value FROM audit_meta WHERE name = 'key_fingerprint'").fetchone()
         except psycopg.Error as exc:
             self._db.close()
-            raise AuditError(f"cannot open the audit store {self.location}: {_first_line(exc)}") from None
+            raise AuditError(f"cannot open the audit store {self.location}: {describe(exc)}") from None
+        stored = str(found[0]) if found else ""
         if not self.fingerprint:
-            self.fingerprint = found[0] if found else ""
-        elif found[0] != self.fingerprint:
+            self.fingerprint = stored
+        elif stored != self.fingerprint:
             self._db.close()
-            raise another_key(self.location, found[0], self.fingerprint)
+            raise another_key(self.location, stored, self.fingerprint)
 
     def close(self) -> None:
         with contextlib.suppress(self._pg.Error):
@@ -129,7 +103,7 @@ class PostgresAuditStore:
             with self._db.transaction(), self._db.cursor() as cur:
                 cur.executemany(sql, values)
         except self._pg.Error as exc:
-            raise AuditError(f"audit store {self.location}: {_first_line(exc)}") from None
+            raise AuditError(f"audit store {self.location}: {describe(exc)}") from None
 
     def add(self, rows: Iterable[AuditRow]) -> None:
         values = [row_values(r) for r in rows]
@@ -152,7 +126,7 @@ class PostgresAuditStore:
                     (lo, hi),
                 ).fetchall()
         except self._pg.Error as exc:
-            raise AuditError(f"audit store {self.location}: {_first_line(exc)}") from None
+            raise AuditError(f"audit store {self.location}: {describe(exc)}") from None
         for r in found:
             yield row_of(r)
 
@@ -161,7 +135,7 @@ class PostgresAuditStore:
             with self._db.transaction():
                 found = self._db.execute("SELECT patient, collected_day, control_id FROM audit_followups").fetchall()
         except self._pg.Error as exc:
-            raise AuditError(f"audit store {self.location}: {_first_line(exc)}") from None
+            raise AuditError(f"audit store {self.location}: {describe(exc)}") from None
         return [Followup(*f) for f in found]
 
     def purge(self, retention_days: float, now: float | None = None) -> int:
@@ -178,5 +152,5 @@ class PostgresAuditStore:
                     "DELETE FROM audit_followups WHERE recorded_at < %s OR collected_day < %s", (cutoff, cutoff_day)
                 )
         except self._pg.Error as exc:
-            raise AuditError(f"audit store {self.location}: {_first_line(exc)}") from None
+            raise AuditError(f"audit store {self.location}: {describe(exc)}") from None
         return removed
