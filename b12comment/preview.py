@@ -17,7 +17,7 @@ from b12comment.context import ContextStore
 from b12comment.context.store import MEMORY
 from b12comment.core import charset
 from b12comment.core.chain import decide
-from b12comment.core.decision import REASONS, Decision
+from b12comment.core.decision import IN_MESSAGE, REASONS, Blocker, Decision
 from b12comment.core.segments import read_header
 from b12comment.errors import EXIT_OK, B12Error
 from b12comment.wire.split import iter_chunks, iter_pieces
@@ -40,6 +40,19 @@ def segment_diff(before: bytes, after: bytes) -> str:
         _segments(_as_text(before)), _segments(_as_text(after)), "original", "processed", lineterm="", n=1
     )
     return "\n".join(lines)
+
+
+def blocker_text(b: Blocker) -> str:
+    """One result that kept the comment away, as a line: where it stands, its
+    code (system, text), value type and verdict; the value where it may be shown."""
+    where = "an order" if not b.obx else f"OBX {b.obx}"
+    named = ", ".join(p for p in (b.system, b.display) if p)
+    parts = [where, f"{b.code or '(no code)'}" + (f" ({named})" if named else ""), b.value_type or "-", b.verdict]
+    if b.value:
+        parts.append(f"value {b.value}")
+    if b.source != IN_MESSAGE:
+        parts.append(f"{b.source}, collected {b.collected or '(unknown)'}, message {b.control_id or '(none)'}")
+    return ", ".join(parts)
 
 
 def describe(index: int, decision: Decision, before: bytes, after: bytes, comment: str) -> str:
@@ -66,6 +79,7 @@ def describe(index: int, decision: Decision, before: bytes, after: bytes, commen
         out.append(
             f"  B12 result (OBX {r.obx_index}, code {r.code}): age {age}, value {value}, limit {limit} -> {verdict}"
         )
+        out.extend(f"    kept away by: {blocker_text(b)}" for b in r.blockers)
     if decision.commented:
         out.append(f"  comment: {comment}")
         out.append("  change:")

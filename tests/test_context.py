@@ -243,7 +243,7 @@ def test_a_message_too_large_to_read_vetoes_its_patients_comments_before_and_aft
     ]
     assert ex.rows[0].patient_keys == (b"0101169999\x00CPR",)
     later = run([big, b12_message(orc4="REQ-OTHER", collected="20240301083000")])
-    assert (later.decision.commented, later.decision.reasons) == (False, ("other_abnormal_recent",))
+    assert (later.decision.commented, later.decision.reasons) == (False, ("context_unreadable_recent",))
     assert later.decision.vetoed_by == ("BIG",)
     same = run([big, b12_message(orc4="REQ-BIG")], mode="requisition")
     assert (same.decision.commented, same.decision.vetoed_by) == (False, ("BIG",))
@@ -437,7 +437,7 @@ def test_a_child_b12_whose_identifier_an_adult_message_carried_gets_no_comment(r
     adult = other_message(result, control_id="ADULTMSG", orc4="REQ9", birth="19800101")
     outcome = run([adult, b12_message()])
     assert not outcome.decision.commented
-    assert outcome.decision.reasons == ("other_abnormal_recent",)
+    assert outcome.decision.reasons == ("context_unreadable_recent",)
     assert outcome.decision.vetoed_by == ("ADULTMSG",)
 
 

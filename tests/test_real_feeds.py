@@ -282,3 +282,115 @@ def test_a_placer_number_of_another_namespace_is_another_requisition():
     assert outcome.decision.reasons == ()
     outcome = _in_context([_count(PATIENT_A, "REQ1^GPSYS1"), b12_of_a], "requisition")
     assert outcome.decision.reasons == ("other_abnormal_recent",)
+
+
+# ---------------------------------------------------------------------------
+# Reasons say what happened, and the Decision names what kept the comment
+# away: for each blocking result its OBX number, code (system, display
+# text), value type, verdict and, from the look-back, its time and message.
+# Never a patient field; never a free-text value.
+
+UNREADABLE_TEXT = Obx(code="5778-6^Color of Urine^LN", vtype="ST", value="Lysegul", units="", range="")
+PENDING_ALT = Obx(code="1742-6^ALT^LN", value="", units="U/L", range="10-45", status="P")
+LOW_HB = Obx(code="718-7^Hemoglobin^LN", value="6.1", units="mmol/L", range="6.5-8.5", flags="L")
+
+
+def _earlier(result: Obx, **kw) -> bytes:
+    """Another requisition of patient A, three days before the B12."""
+    return build(
+        with_b12=False,
+        others=(result,),
+        patient_id=PATIENT_A,
+        orc4="REQ0",
+        placer="ORD0",
+        filler="FIL0",
+        control_id="EARLIER",
+        service="X^Other^L",
+        collected="20240107083000",
+        **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    "result, reason",
+    [
+        (LOW_HB, "other_abnormal_recent"),
+        (UNREADABLE_TEXT, "context_unreadable_recent"),
+        (PENDING_ALT, "context_pending_recent"),
+    ],
+)
+def test_an_earlier_result_gives_the_reason_of_what_it_is(result, reason):
+    b12_of_a = message(patient_id=PATIENT_A, orc4="REQ1", control_id="B12")
+    outcome = _in_context([_earlier(result), b12_of_a], "patient")
+    assert (outcome.decision.reasons, outcome.output) == ((reason,), b12_of_a)
+
+
+def _blockers(decision) -> list[dict]:
+    return [dict(b) for b in decision.as_dict()["results"][0]["blockers"]]
+
+
+def test_the_decision_names_the_results_of_the_message_that_kept_the_comment_away():
+    free_text = Obx(code="X9^Comment^L", vtype="TX", value="Patient Hansen seen", units="", range="")
+    _, decision = process(message(LOW_HB, UNREADABLE_TEXT, PENDING_ALT, free_text, Obx()), RULE)
+    assert decision.reasons == ("other_abnormal", "context_unreadable", "context_pending")
+    common = dict(source="message", collected="", control_id="")
+    assert _blockers(decision) == [
+        dict(common, obx=2, code="718-7", system="LN", display="Hemoglobin", value_type="NM", verdict="abnormal")
+        | {"value": "6.1"},
+        dict(common, obx=3, code="5778-6", system="LN", display="Color of Urine", value_type="ST")
+        | {"verdict": "cannot be judged", "value": "Lysegul"},
+        dict(common, obx=4, code="1742-6", system="LN", display="ALT", value_type="NM", verdict="pending", value=""),
+        dict(common, obx=5, code="X9", system="L", display="Comment", value_type="TX")
+        | {"verdict": "cannot be judged", "value": ""},  # free text: never its value
+    ]
+    assert "Hansen" not in str(decision.as_dict()) and "Testesen" not in str(decision.as_dict())
+
+
+def test_the_decision_names_the_earlier_result_and_its_time():
+    b12_of_a = message(patient_id=PATIENT_A, orc4="REQ1", control_id="B12")
+    outcome = _in_context([_earlier(LOW_HB), b12_of_a], "patient")
+    assert _blockers(outcome.decision) == [
+        dict(source="look-back", obx=1, code="718-7", system="LN", display="Hemoglobin", value_type="NM")
+        | dict(verdict="abnormal", value="", collected="20240107083000", control_id="EARLIER")
+    ]
+
+
+def test_preview_shows_what_kept_the_comment_away(tmp_path):
+    path = tmp_path / "m.hl7"
+    path.write_bytes(message(LOW_HB))
+    proc = subprocess.run(
+        [sys.executable, "-m", "b12comment", "preview", str(path)], capture_output=True, timeout=60, check=True
+    )
+    text = proc.stdout.decode()
+    assert "kept away by: OBX 2, 718-7 (LN, Hemoglobin), NM, abnormal, value 6.1" in text
+    proc = subprocess.run(
+        [sys.executable, "-m", "b12comment", "preview", "--json", str(path)],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    record = json.loads(proc.stdout.decode().splitlines()[0])
+    assert record["results"][0]["blockers"][0]["display"] == "Hemoglobin"
+
+
+def test_a_store_of_an_earlier_version_gains_the_columns_that_name_a_blocker(tmp_path):
+    import sqlite3
+
+    from b12comment.context import ContextStore
+    from b12comment.core.chain import decide
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE results (seq INTEGER NOT NULL, row_index INTEGER NOT NULL, patient BLOB NOT NULL, "
+        "requisition BLOB NOT NULL, kind TEXT NOT NULL, analyte TEXT NOT NULL, is_b12 INTEGER NOT NULL, "
+        "verdict TEXT NOT NULL, status TEXT NOT NULL, order_status TEXT NOT NULL, collected TEXT NOT NULL, "
+        "control_id TEXT NOT NULL, stored_at REAL NOT NULL, PRIMARY KEY (seq, row_index, patient)) WITHOUT ROWID"
+    )
+    db.commit()
+    db.close()
+    store = ContextStore(path, bytes(range(32)))
+    decide(store, 1, _earlier(LOW_HB), RULE, "patient", 30.0)
+    outcome = decide(store, 2, message(patient_id=PATIENT_A, orc4="REQ1", control_id="B12"), RULE, "patient", 30.0)
+    store.close()
+    assert [b["display"] for b in _blockers(outcome.decision)] == ["Hemoglobin"]

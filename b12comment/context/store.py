@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS results (
     collected    TEXT    NOT NULL,
     control_id   TEXT    NOT NULL,
     stored_at    REAL    NOT NULL,
+    obx          INTEGER NOT NULL DEFAULT 0,
+    system       TEXT    NOT NULL DEFAULT '',
+    display      TEXT    NOT NULL DEFAULT '',
+    value_type   TEXT    NOT NULL DEFAULT '',
     PRIMARY KEY (seq, row_index, patient)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_by_patient ON results (patient);
@@ -73,7 +77,17 @@ CREATE TABLE IF NOT EXISTS contradictions (
 ) WITHOUT ROWID;
 """
 
-_FIELDS = "seq, control_id, requisition, kind, analyte, is_b12, verdict, status, order_status, collected"
+_FIELDS = (
+    "seq, control_id, requisition, kind, analyte, is_b12, verdict, status, order_status, collected, "
+    "obx, system, display, value_type"
+)
+# Columns a store made by an earlier version lacks: added when it is opened.
+_ADDED_COLUMNS = (
+    ("obx", "INTEGER NOT NULL DEFAULT 0"),
+    ("system", "TEXT NOT NULL DEFAULT ''"),
+    ("display", "TEXT NOT NULL DEFAULT ''"),
+    ("value_type", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 class ContextError(B12Error):
@@ -133,6 +147,10 @@ class ContextStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL" if durable else "PRAGMA synchronous=OFF")
             self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
         except (sqlite3.Error, OSError) as exc:
             raise ContextError(f"cannot open the context store {self.path}: {exc}") from None
         self._in_tx = False
@@ -204,11 +222,20 @@ class ContextStore:
                         r.collected,
                         extract.control_id,
                         now,
+                        r.obx,
+                        r.system,
+                        r.display,
+                        r.value_type,
                     )
                 )
         try:
             self._begin()
-            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO results (seq, row_index, patient, requisition, kind, analyte, is_b12, verdict, "
+                "status, order_status, collected, control_id, stored_at, obx, system, display, value_type) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
         except sqlite3.Error as exc:
             raise ContextError(f"context store {self.path}: {exc}") from None
 
@@ -266,6 +293,10 @@ class ContextStore:
                 status=r[7],
                 order_status=r[8],
                 collected=r[9],
+                obx=r[10],
+                system=r[11],
+                display=r[12],
+                value_type=r[13],
             )
             for r in found
         )

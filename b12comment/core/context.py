@@ -18,7 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from b12comment.core.dates import parse_ts
-from b12comment.core.decision import OTHER_ABNORMAL_RECENT, REQUISITION_PENDING
+from b12comment.core.decision import (
+    BLOCK_ABNORMAL,
+    BLOCK_PENDING,
+    BLOCK_UNKNOWN,
+    CONTEXT_PENDING_RECENT,
+    CONTEXT_UNREADABLE_RECENT,
+    IN_LOOKBACK,
+    IN_REQUISITION,
+    OTHER_ABNORMAL_RECENT,
+    REQUISITION_PENDING,
+    Blocker,
+)
 from b12comment.core.rows import ADULT_ROW, OBX, ORDER, Extract
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.verdict import ABNORMAL, NORMAL
@@ -39,6 +50,11 @@ class PriorResult:
     status: str
     order_status: str
     collected: str
+    # What names it where it keeps a comment away (never a value)
+    obx: int = 0  # its OBX number in its message (0: an order)
+    system: str = ""
+    display: str = ""
+    value_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,37 +89,62 @@ def _within(collected: str, b12_collected: str, days: float) -> bool:
     return gap <= days
 
 
-def veto(context: Context, b12_collected: str, rule: RuleConfig) -> tuple[list[str], list[str]]:
-    """(reasons, control IDs of the messages that gave them) against a comment
-    on a B12 collected at `b12_collected`.
+def veto(context: Context, b12_collected: str, rule: RuleConfig) -> tuple[list[str], list[str], tuple[Blocker, ...]]:
+    """(reasons, control IDs of the messages that gave them, the results that
+    gave them) against a comment on a B12 collected at `b12_collected`.
 
+    Of the same requisition, or of the same patient collected within the
+    look-back, another result (not a B12; not a line of a value type that
+    is no finding):
     - `requisition_pending`: an order of the same requisition is not final
       (OBR-25), or one of its results is still pending (OBX-11);
-    - `other_abnormal_recent`: another result (not a B12) of the same
-      requisition, or of the same patient collected within the look-back,
-      is abnormal or cannot be judged (unknown, pending).
+    - `other_abnormal_recent`: another result is abnormal;
+    - `context_unreadable_recent`: another result cannot be judged (or was
+      not read: an adult's birth date, a message too large);
+    - `context_pending_recent`: another result, of another requisition, is
+      still pending.
     """
     reasons: dict[str, None] = {}
     vetoes: dict[str, None] = {}
+    blockers: list[Blocker] = []
     for r in latest(context.results):
         if r.arrival == context.arrival:
             continue  # the message itself: the rule judges it from its own bytes
-        found = None
+        found = verdict = None
+        pending = r.status in rule.pending_statuses
         if r.kind == ORDER:
             if r.same_requisition and _order_not_final(r.order_status, rule):
-                found = REQUISITION_PENDING
-        elif r.is_b12 or r.status in rule.ignored_statuses:
+                found, verdict = REQUISITION_PENDING, BLOCK_PENDING
+        elif r.is_b12 or r.status in rule.ignored_statuses or r.value_type in rule.no_finding_types:
             continue
-        elif r.same_requisition and r.status in rule.pending_statuses:
-            found = REQUISITION_PENDING
+        elif r.same_requisition and pending:
+            found, verdict = REQUISITION_PENDING, BLOCK_PENDING
         elif (r.same_requisition or _within(r.collected, b12_collected, context.lookback_days)) and (
-            r.verdict != NORMAL or r.status in rule.pending_statuses
+            r.verdict != NORMAL or pending
         ):
-            found = OTHER_ABNORMAL_RECENT
-        if found is not None:
+            if r.verdict == ABNORMAL:
+                found, verdict = OTHER_ABNORMAL_RECENT, BLOCK_ABNORMAL
+            elif pending:
+                found, verdict = CONTEXT_PENDING_RECENT, BLOCK_PENDING
+            else:
+                found, verdict = CONTEXT_UNREADABLE_RECENT, BLOCK_UNKNOWN
+        if found is not None and verdict is not None:
             reasons[found] = None
             vetoes[r.control_id] = None
-    return list(reasons), list(vetoes)
+            blockers.append(
+                Blocker(
+                    source=IN_REQUISITION if r.same_requisition else IN_LOOKBACK,
+                    obx=r.obx,
+                    code=r.analyte,
+                    system=r.system,
+                    display=r.display,
+                    value_type=r.value_type,
+                    verdict=verdict,
+                    collected=r.collected,
+                    control_id=r.control_id,
+                )
+            )
+    return list(reasons), list(vetoes), tuple(blockers)
 
 
 def _order_not_final(status: str, rule: RuleConfig) -> bool:

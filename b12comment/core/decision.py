@@ -30,6 +30,8 @@ RANGE_UNREADABLE = "range_unreadable"
 CONTEXT_UNREADABLE = "context_unreadable"
 # Reasons from the context (the patient's other messages)
 OTHER_ABNORMAL_RECENT = "other_abnormal_recent"
+CONTEXT_UNREADABLE_RECENT = "context_unreadable_recent"
+CONTEXT_PENDING_RECENT = "context_pending_recent"
 REQUISITION_PENDING = "requisition_pending"
 CONTEXT_UNAVAILABLE = "context_unavailable"
 
@@ -78,11 +80,45 @@ REASONS = {
     ),
     OTHER_ABNORMAL_RECENT: (
         "another result of the same patient (same requisition, or collected within the look-back) "
-        "in an earlier or later message is abnormal or cannot be judged"
+        "in an earlier or later message is abnormal"
+    ),
+    CONTEXT_UNREADABLE_RECENT: (
+        "another result of the same patient (same requisition, or collected within the look-back) "
+        "in an earlier or later message cannot be judged (or was not read: an adult's birth date under "
+        "the same identifier, a message too large)"
+    ),
+    CONTEXT_PENDING_RECENT: (
+        "another result of the same patient collected within the look-back, in an earlier or later "
+        "message of another requisition, is still pending or preliminary"
     ),
     CONTEXT_UNAVAILABLE: "the context store could not be read or written: without it the rule is not sure",
     REQUISITION_PENDING: "an order of the same requisition seen so far is not final or has a pending result",
 }
+
+
+# A blocker's verdict: why that result kept the comment away.
+BLOCK_ABNORMAL, BLOCK_UNKNOWN, BLOCK_PENDING = "abnormal", "cannot be judged", "pending"
+# Where a blocker was found: the message itself, the same requisition, the look-back.
+IN_MESSAGE, IN_REQUISITION, IN_LOOKBACK = "message", "requisition", "look-back"
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """One result that kept the comment away. Never a patient field and
+    never a free-text value: `value` only where it is coded or a short
+    number or word (for the replay report's calibration table); from the
+    look-back, the store keeps no value at all."""
+
+    source: str  # IN_MESSAGE, IN_REQUISITION or IN_LOOKBACK
+    obx: int  # OBX number in its message (1-based; 0: an order or a row without one)
+    code: str  # OBX-3 identifier (primary, else alternate)
+    system: str  # its coding system
+    display: str  # its text
+    value_type: str  # OBX-2
+    verdict: str  # BLOCK_ABNORMAL, BLOCK_UNKNOWN or BLOCK_PENDING
+    value: str = ""
+    collected: str = ""  # from the look-back: its collection time
+    control_id: str = ""  # from the look-back: its message's MSH-10
 
 
 @dataclass(frozen=True)
@@ -105,6 +141,7 @@ class ResultDecision:
     # OBX numbers of the message's other results judged normal only because the
     # lab left a number unflagged and unranged (unflagged_unranged = "normal")
     unflagged_unranged: tuple[int, ...] = ()
+    blockers: tuple[Blocker, ...] = ()  # the results that kept the comment away
 
 
 @dataclass(frozen=True)
@@ -134,6 +171,7 @@ class Decision:
                 reasons=list(r["reasons"]),
                 vetoed_by=list(r["vetoed_by"]),
                 unflagged_unranged=list(r["unflagged_unranged"]),
+                blockers=[dict(b) for b in r["blockers"]],
             )
             for r in d["results"]
         ]

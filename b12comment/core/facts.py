@@ -66,6 +66,8 @@ class Observation:
     status: str
     observed_at: str  # OBX-14
     codes: tuple[str, ...] = ()  # OBX-3 identifiers: primary, alternate, second alternate
+    code_system: str = ""  # OBX-3 coding system of the first identifier given
+    code_text: str = ""  # OBX-3 text of the first identifier given
 
 
 @dataclass(frozen=True)
@@ -381,6 +383,10 @@ def cheap_observation(
         if flag:
             flags.append(flag)
     units = first(6)
+    obx3 = first(3)
+    primary = 0 if read(obx3[0]) else 3  # the alternate identifier where the primary is empty
+    code_text = read(obx3[primary + 1], True) if len(obx3) > primary + 1 else ""
+    system = read(obx3[primary + 2]) if len(obx3) > primary + 2 else ""
     return Observation(
         obx_index=obx_index,
         segment_index=index,
@@ -393,6 +399,8 @@ def cheap_observation(
         status=read(first(11)[0]).upper(),
         observed_at=read(first(14)[0]),
         codes=tuple(code for code, _ in obx3_codes(fields[3] if len(fields) > 3 else b"", d)),
+        code_system=system,
+        code_text=code_text,
     )
 
 

@@ -51,6 +51,11 @@ class ExtractedRow:
     status: str  # OBX-11 ("" for an order)
     order_status: str  # OBR-25 of its order
     collected: str  # OBX-14, else OBR-7, else SPM-17 (HL7 time stamp text)
+    # What names it where it keeps a comment away (never a value)
+    obx: int = 0  # its OBX number in the message (0: an order, or a row of results not read)
+    system: str = ""  # OBX-3 coding system
+    display: str = ""  # OBX-3 text
+    value_type: str = ""  # OBX-2
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,10 @@ def _rows(message: bytes, header: Header, rule: RuleConfig, lookback_days: float
                     status=obs.status,
                     order_status=order_status,
                     collected=obs.observed_at or order_time or specimen_time,
+                    obx=obx_index,
+                    system=obs.code_system,
+                    display=obs.code_text,
+                    value_type=obs.value_type,
                 )
             )
     if adult_without_row:  # the last patient had no order: one row for them

@@ -19,8 +19,12 @@ from b12comment.core.decision import (
     ADULT,
     AGE_UNKNOWN,
     ALREADY_COMMENTED,
+    BLOCK_ABNORMAL,
+    BLOCK_PENDING,
+    BLOCK_UNKNOWN,
     CONTEXT_PENDING,
     CONTEXT_UNREADABLE,
+    IN_MESSAGE,
     INTERNAL_ERROR,
     NOT_ELEVATED,
     ORDER_NOT_FINAL,
@@ -29,6 +33,7 @@ from b12comment.core.decision import (
     STATUS_NOT_FINAL,
     UNKNOWN_UNIT,
     UNREADABLE_VALUE,
+    Blocker,
     ResultDecision,
 )
 from b12comment.core.facts import B12Result, Facts, Observation
@@ -41,7 +46,15 @@ from b12comment.core.values import (
     read_range,
     same_unit,
 )
-from b12comment.core.verdict import ABNORMAL, NORMAL, UNKNOWN, is_no_finding, judge_value, relies_on_silence
+from b12comment.core.verdict import (
+    ABNORMAL,
+    CODED_TYPES,
+    NORMAL,
+    UNKNOWN,
+    is_no_finding,
+    judge_value,
+    relies_on_silence,
+)
 
 
 def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:
@@ -72,23 +85,71 @@ def band_limit(age: Age, rule: RuleConfig) -> float:
     return next(b.upper_limit_pmol_l for b in rule.age_bands if age.youngest < b.below_years)
 
 
-def message_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
-    """Reasons found in the other results of the message (not other B12 results).
-    A pending result is pending, whatever its value says so far."""
+def _blocking(facts: Facts, rule: RuleConfig) -> list[tuple[Observation, str, bool]]:
+    """The other results of the message (not B12) that keep the comment away:
+    (observation, verdict, pending). A pending result is pending, whatever its
+    value says so far (its verdict then ABNORMAL or NORMAL)."""
     b12_positions = {r.observation.obx_index for r in facts.b12}
-    found = set()
+    found = []
     for obs in facts.observations:
         if obs.obx_index in b12_positions or obs.status in rule.ignored_statuses or is_no_finding(obs, rule):
             continue
         verdict = judge_value(obs, rule)
-        if obs.status in rule.pending_statuses:
-            found.add(CONTEXT_PENDING)
+        pending = obs.status in rule.pending_statuses
+        if pending:
             verdict = ABNORMAL if verdict == ABNORMAL else NORMAL
+        if pending or verdict != NORMAL:
+            found.append((obs, verdict, pending))
+    return found
+
+
+def message_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
+    """Reasons found in the other results of the message (not other B12 results)."""
+    found = set()
+    for _, verdict, pending in _blocking(facts, rule):
+        if pending:
+            found.add(CONTEXT_PENDING)
         if verdict == ABNORMAL:
             found.add(OTHER_ABNORMAL)
         elif verdict == UNKNOWN:
             found.add(CONTEXT_UNREADABLE)
     return [r for r in (OTHER_ABNORMAL, CONTEXT_UNREADABLE, CONTEXT_PENDING) if r in found]
+
+
+SHORT_VALUE = 24  # characters: a value this short (and not free text) is shown where it blocked
+FREE_TEXT_TYPES = ("FT", "TX", "ED")
+
+
+def shown_value(obs: Observation, rule: RuleConfig) -> str:
+    """The value of a blocking result as a site may see it in a report: a
+    coded value (identifier^text), a number, or a short word; never free text
+    (FT, TX, an embedded report) and never a person, an address or a date."""
+    if obs.value_type in FREE_TEXT_TYPES or is_no_finding(obs, rule):
+        return ""
+    if obs.value_type in CODED_TYPES:
+        value = "^".join(obs.value[:2]).strip("^")
+    elif obs.value_type == "SN":
+        value = "".join(obs.value)
+    else:
+        value = obs.value[0] if len([c for c in obs.value if c]) == 1 else ""
+    return value if len(value) <= SHORT_VALUE else ""
+
+
+def message_blockers(facts: Facts, rule: RuleConfig) -> tuple[Blocker, ...]:
+    """The other results of the message that keep the comment away, named."""
+    return tuple(
+        Blocker(
+            source=IN_MESSAGE,
+            obx=obs.obx_index,
+            code=obs.codes[0] if obs.codes else "",
+            system=obs.code_system,
+            display=obs.code_text,
+            value_type=obs.value_type,
+            verdict=BLOCK_ABNORMAL if verdict == ABNORMAL else BLOCK_PENDING if pending else BLOCK_UNKNOWN,
+            value=shown_value(obs, rule),
+        )
+        for obs, verdict, pending in _blocking(facts, rule)
+    )
 
 
 def order_reasons(facts: Facts, obs: Observation, rule: RuleConfig) -> list[str]:
@@ -249,11 +310,17 @@ def decide_result(
         elevated=elevated,
         paediatric=True,
         unflagged_unranged=silent,
+        blockers=message_blockers(facts, rule),
     )
 
 
-def with_veto(rd: ResultDecision, vetoes: list[str], vetoed_by: list[str]) -> ResultDecision:
+def with_veto(
+    rd: ResultDecision, vetoes: list[str], vetoed_by: list[str], blockers: tuple[Blocker, ...] = ()
+) -> ResultDecision:
     """A result decided on its merits (paediatric), with the reasons the
-    patient's other results give against its comment (context.veto)."""
+    patient's other results give against its comment (context.veto) and the
+    results that gave them."""
     reasons = tuple(dict.fromkeys((*rd.reasons, *vetoes)))
-    return replace(rd, commented=not reasons, reasons=reasons, vetoed_by=tuple(vetoed_by))
+    return replace(
+        rd, commented=not reasons, reasons=reasons, vetoed_by=tuple(vetoed_by), blockers=rd.blockers + blockers
+    )
