@@ -39,6 +39,7 @@ class ListenerConfig:
     max_connections_per_peer: int = 16  # 0 = no limit
     first_byte_timeout_s: float = 10.0
     max_invalid_frames: int = 20  # invalid frames in a row before the connection is closed; 0 = no limit
+    invalid_backoff_s: float = 1.0  # a peer closed for invalid frames waits this long at accept, doubling; 0 = off
     allowed_peers: tuple[str, ...] = ()
     tls_cert: str = ""
     tls_key: str = ""
@@ -390,6 +391,7 @@ def _check_service(path: str, cfg: Config) -> None:
     _positive(r, "idle_timeout_s", lis.idle_timeout_s)
     _positive(r, "max_connections", lis.max_connections)
     _positive(r, "max_invalid_frames", lis.max_invalid_frames, allow_zero=True)
+    _positive(r, "invalid_backoff_s", lis.invalid_backoff_s, allow_zero=True)
     _positive(r, "max_connections_per_peer", lis.max_connections_per_peer, allow_zero=True)
     _positive(r, "first_byte_timeout_s", lis.first_byte_timeout_s)
     _check_peers_and_tls(r, lis)

@@ -163,3 +163,161 @@ def test_an_invalid_frame_is_kept_only_by_its_first_4096_bytes(tmp_path):
     db.close()
     assert raw == big[:4096]
     assert "160000 bytes" in error and "sha256 " in error
+
+
+def _reconnecting_flood(port: int, stop: threading.Event, max_s: float, sent: dict) -> None:
+    """From another address (127.0.0.2): 50 writes of 2,000 junk frames per
+    connection, without reading, and a new connection whenever serve closes one."""
+    chunk = JUNK * 2000
+    deadline = time.monotonic() + max_s
+    while not stop.is_set() and time.monotonic() < deadline and sent["connections"] < 50_000:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2, source_address=("127.0.0.2", 0)) as sock:
+                sent["connections"] += 1
+                for _ in range(50):
+                    if stop.is_set() or time.monotonic() >= deadline:
+                        break
+                    sock.sendall(chunk)
+                    sent["junk"] += 2000
+        except OSError:
+            continue  # closed by serve (reset, broken pipe, or the 2 s timeout): connect again
+
+
+@pytest.mark.slow
+def test_a_reconnecting_junk_flood_from_one_peer_leaves_a_good_sender_answered(tmp_path):
+    """Each junk connection is closed after max_invalid_frames; the peer
+    reconnects at once. Its connections are slowed at accept time (a backoff
+    per peer), so it cannot take the loop and the journal back with a new
+    connection, and a good sender from another address stays answered."""
+    outbox = tmp_path / "outbox"
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0),
+        journal=dict(path=str(tmp_path / "journal.sqlite3")),
+        downstream=dict(url=f"dir:{outbox}"),
+    )
+    max_s = 10.0
+    with Serve(cfg) as serve:
+        stop = threading.Event()
+        sent = {"junk": 0, "connections": 0}
+        junk = threading.Thread(target=_reconnecting_flood, args=(serve.port, stop, max_s, sent), daemon=True)
+        alone: list[float] = []  # the baseline: the good sender alone, in the same run
+        with MllpConnection(serve.port) as good:
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                assert msa(good.send(oru(f"A{len(alone)}")))[0] == "AA"
+                alone.append(time.monotonic() - started)
+        latencies: list[float] = []
+        codes: list[str] = []
+        junk.start()
+        try:
+            time.sleep(0.5)  # the flood is under way
+            with MllpConnection(serve.port) as good:
+                n = 0
+                deadline = time.monotonic() + max_s - 1.0
+                while time.monotonic() < deadline and n < 20_000:
+                    n += 1
+                    started = time.monotonic()
+                    code, acked = msa(good.send(oru(f"G{n}")))
+                    latencies.append(time.monotonic() - started)
+                    codes.append(code)
+                    assert acked == f"G{n}"
+        finally:
+            stop.set()
+            junk.join(30)
+        assert serve.stop() == 0
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    invalid = db.execute("SELECT COUNT(*) FROM messages WHERE state = 'invalid'").fetchone()[0]
+    db.close()
+    figures = dict(
+        junk_connections=sent["connections"],
+        junk_frames_written=sent["junk"],
+        invalid_rows=invalid,
+        backoffs=len(serve.records("peer_backoff")),
+        alone_p99_ms=round(percentile(alone, 0.99) * 1000, 1),
+        good_sent=len(codes),
+        good_p50_ms=round(percentile(latencies, 0.5) * 1000, 1),
+        good_p99_ms=round(percentile(latencies, 0.99) * 1000, 1),
+        good_max_ms=round(max(latencies) * 1000, 1),
+    )
+    print("RECONNECTING JUNK FIGURES " + json.dumps(figures))
+    assert codes and codes.count("AA") == len(codes)
+    assert figures["good_p99_ms"] < 50 and figures["good_max_ms"] < 1000, figures
+
+
+def _from(port: int, source: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _ack(sock: socket.socket, payload: bytes) -> tuple[str, str]:
+    sock.sendall(frame(payload))
+    buffer = b""
+    while b"\x1c" not in buffer:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed before an ACK")
+        buffer += data
+    return msa(buffer[buffer.index(b"\x0b") + 1 : buffer.index(b"\x1c")])
+
+
+def _closed_at_once(sock: socket.socket) -> bool:
+    sock.settimeout(10)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionError:
+        return True
+
+
+def _answers_until_closed(sock: socket.socket) -> list[str]:
+    sock.settimeout(10)
+    buffer = b""
+    with contextlib.suppress(ConnectionError):
+        while data := sock.recv(65536):
+            buffer += data
+    return [msa(f[1:])[0] for f in buffer.split(b"\x1c\r") if f.startswith(b"\x0b")]
+
+
+def test_a_peer_closed_for_invalid_frames_gets_one_connection_at_a_time_after_a_wait(tmp_path):
+    """After a close for invalid frames, the peer's next connection is held
+    unread until its wait is over, and then served; another one meanwhile is
+    closed at once; a message clears the wait; other addresses never wait."""
+    cfg = write_config(
+        tmp_path / "config.toml",
+        listener=dict(port=0, max_invalid_frames=2, invalid_backoff_s=0.3),
+        journal=dict(path=str(tmp_path / "journal.sqlite3")),
+        downstream=dict(url=f"dir:{tmp_path / 'outbox'}"),
+    )
+    with Serve(cfg) as serve:
+        junk = _from(serve.port, "127.0.0.2")
+        junk.sendall(JUNK * 5000)  # 5,000 frames in one write: 2 are answered, then the close
+        assert _answers_until_closed(junk) == ["AR", "AR"]
+        junk.close()
+        assert serve.wait_record("peer_backoff")
+        assert serve.records("peer_backoff")[0]["wait_s"] == 0.3
+        held = _from(serve.port, "127.0.0.2")
+        held.sendall(frame(oru("HELD")))
+        second = _from(serve.port, "127.0.0.2")
+        assert _closed_at_once(second)  # one connection at a time while the peer waits
+        second.close()
+        with MllpConnection(serve.port) as good:  # another address: not held
+            assert msa(good.send(oru("GOOD"))) == ("AA", "GOOD")
+        held.settimeout(15)
+        buffer = b""
+        while b"\x1c" not in buffer:
+            buffer += held.recv(65536)
+        assert msa(buffer[buffer.index(b"\x0b") + 1 : buffer.index(b"\x1c")]) == ("AA", "HELD")  # after its wait
+        held.close()
+        again = _from(serve.port, "127.0.0.2")  # the message cleared the wait
+        assert _ack(again, oru("AGAIN")) == ("AA", "AGAIN")
+        again.close()
+        assert serve.stop() == 0
+    assert len(serve.records("peer_backoff")) == 1
+    assert [r["refused"] for r in serve.records("peer_backoff_over")] == [1]  # one line for the wait, not one a close
+    assert not serve.records("connection_refused")
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    invalid = db.execute("SELECT COUNT(*) FROM messages WHERE state = 'invalid'").fetchone()[0]
+    db.close()
+    assert invalid == 2  # the 4,998 frames after the close were never parsed into rows

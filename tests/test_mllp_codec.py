@@ -141,3 +141,25 @@ def test_any_split_of_any_frames_gives_the_same_frames(messages, cuts):
         pos += size
         i += 1
     assert feed_all(Decoder(), chunks) == [Frame(m) for m in messages]
+
+
+def test_feed_with_a_limit_gives_the_same_events_a_few_frames_at_a_time():
+    stream = b"junk" + encode(b"A") * 5 + b"\x0bhalf" + b"x\x1c" + b"\r" + encode(b"B")
+    whole = Decoder().feed(stream)
+    d = Decoder()
+    passes = [d.feed(stream, limit=2)]
+    while d.pending:
+        passes.append(d.feed(b"", limit=2))
+    assert [e for p in passes for e in p] == whole
+    assert [sum(isinstance(e, (Frame, Oversize)) for e in p) for p in passes] == [2, 2, 2, 1]
+    assert not d.in_frame and d.close() == []
+
+
+def test_a_limited_feed_keeps_its_rest_for_the_next_bytes_and_close():
+    d = Decoder()
+    assert d.feed(encode(b"A") + encode(b"B") + b"\x0bC", limit=1) == [Frame(b"A")]
+    assert d.pending
+    assert d.feed(b"D\x1c\r", limit=5) == [Frame(b"B"), Frame(b"CD")]
+    assert not d.pending
+    d.feed(encode(b"E") + encode(b"F") + b"\x0bG", limit=1)
+    assert d.close() == [Frame(b"F"), Incomplete(1)]  # close reads what was kept, then reports the rest

@@ -24,6 +24,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from b12comment.aio import wait_event
 from b12comment.config import JournalConfig, ListenerConfig
 from b12comment.core.segments import Header, Malformed, read_header
 from b12comment.serve.peers import PeerFilter
@@ -44,6 +45,21 @@ from b12comment.wire.ack import (
 )
 
 KEEP_INVALID_BYTES = 4096  # how much of an invalid frame the journal keeps
+FRAMES_PER_PASS = 256  # frames of one read taken (and committed together) at a time
+BACKOFF_MAX_S = 60.0  # the longest a peer closed for invalid frames waits at accept
+BACKOFF_FORGET_S = 600.0  # a peer not closed again for this long after its wait starts afresh
+BACKOFF_PEERS = 10_000  # peers remembered at most
+
+
+@dataclass
+class _Backoff:
+    """A peer whose connections were closed for invalid frames: its next
+    connection waits, at accept, until `until` (doubling with each close)."""
+
+    strikes: int
+    until: float
+    held: bool = False  # a connection of this peer is open (waiting or served)
+    refused: int = 0  # connections closed at once meanwhile, since the last peer_backoff line
 
 
 @dataclass(eq=False)
@@ -54,6 +70,7 @@ class _Connection:
 
     task: asyncio.Task
     peer: str
+    host: str
     seq: int = 0
     invalid_run: int = 0
     reading: bool = False  # waiting for bytes
@@ -168,6 +185,7 @@ class Listener:
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()  # each holds a slot of max_connections
         self._per_peer: dict[str, int] = {}  # open connections by peer address
+        self._backoff: dict[str, _Backoff] = {}  # peers closed for invalid frames, by address
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -204,6 +222,33 @@ class Listener:
             writer.close()
             return
         host = str(peername[0])
+        backoff = self._backoff.get(host)
+        if backoff is None:
+            await self._admit(reader, writer, peer, host)
+            return
+        # A peer closed for invalid frames: one connection at a time, held
+        # unread at accept until its wait is over; another one meanwhile is
+        # closed at once. A peer that reconnects whenever it is closed cannot
+        # take the event loop or the journal back.
+        if backoff.held:
+            backoff.refused += 1  # told once the wait is over: not a line per connection
+            writer.close()
+            return
+        backoff.held = True
+        try:
+            wait = backoff.until - time.monotonic()
+            if wait > 0:
+                await wait_event(self._stop, wait)
+                self.log.info("peer_backoff_over", peer=host, refused=backoff.refused)
+                backoff.refused = 0
+            if self._stop.is_set():
+                writer.close()
+                return
+            await self._admit(reader, writer, peer, host)
+        finally:
+            backoff.held = False
+
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, host: str) -> None:
         per_peer = self.cfg.max_connections_per_peer
         if per_peer and self._per_peer.get(host, 0) >= per_peer:
             self.log.warning("connection_refused", peer=peer, reason="max_connections_per_peer reached")
@@ -217,7 +262,7 @@ class Listener:
             return
         task = asyncio.current_task()
         assert task is not None  # a connection handler runs as a task
-        conn = _Connection(task, peer)
+        conn = _Connection(task, peer, host)
         self._connections.add(conn)
         self._per_peer[host] = self._per_peer.get(host, 0) + 1
         try:
@@ -234,6 +279,29 @@ class Listener:
             if not self._per_peer[host]:
                 del self._per_peer[host]
             writer.close()
+
+    def _strike(self, host: str) -> None:
+        """A connection of `host` was closed for invalid frames: its next one
+        waits invalid_backoff_s, twice as long after each close, up to
+        BACKOFF_MAX_S; forgotten BACKOFF_FORGET_S after its wait ended."""
+        initial = self.cfg.invalid_backoff_s
+        if not initial:
+            return
+        now = time.monotonic()
+        backoff = self._backoff.get(host)
+        if backoff is None:
+            if len(self._backoff) >= BACKOFF_PEERS:
+                for h in [h for h, b in self._backoff.items() if now - b.until > BACKOFF_FORGET_S]:
+                    del self._backoff[h]
+                for h in list(self._backoff)[: max(0, len(self._backoff) - BACKOFF_PEERS + 1)]:
+                    del self._backoff[h]  # still full: the longest known go
+            backoff = self._backoff[host] = _Backoff(0, now)
+        elif now - backoff.until > BACKOFF_FORGET_S:
+            backoff.strikes = 0
+        backoff.strikes += 1
+        delay = min(max(BACKOFF_MAX_S, initial), initial * 2 ** min(backoff.strikes - 1, 16))
+        backoff.until = now + delay
+        self.log.warning("peer_backoff", peer=host, closes=backoff.strikes, wait_s=round(delay, 3))
 
     def _make_room(self) -> None:
         """All slots taken: close the connection idle longest, if it has been
@@ -299,13 +367,21 @@ class Listener:
             received = received or bool(data)
             if not data:
                 break
-            events = decoder.feed(data)
-            close = bool(events) and await self._on_events(events, writer, conn)
-            del events  # its frames are journaled: not held while the connection waits
+            # At most FRAMES_PER_PASS frames at a time: a read of thousands of
+            # tiny junk frames is cut off after max_invalid_frames, not parsed whole.
+            close = False
+            while not close:
+                events = decoder.feed(data, FRAMES_PER_PASS)
+                data = b""
+                close = bool(events) and await self._on_events(events, writer, conn)
+                del events  # its frames are journaled: not held while the connection waits
+                if not decoder.pending:
+                    break
             if close:
                 self.log.warning(
                     "connection_closed", peer=peer, reason="too many invalid frames in a row", frames=conn.invalid_run
                 )
+                self._strike(conn.host)
                 return
         for event in decoder.close():
             assert isinstance(event, (mllp.Incomplete, mllp.Junk))  # close() reports only these
@@ -343,6 +419,8 @@ class Listener:
             pending.append((started, conn.seq, answer))
             if invalid:
                 self.metrics.inc("b12comment_invalid_frames_total")
+            elif self._backoff:
+                self._backoff.pop(conn.host, None)  # a message: the peer is trusted again
             conn.invalid_run = conn.invalid_run + 1 if invalid else 0
             if limit and conn.invalid_run >= limit:
                 close = True

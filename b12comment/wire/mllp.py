@@ -96,16 +96,31 @@ class Decoder:
         self._size = 0
         self._head = b""
         self._skip_cr = False
+        self._rest = b""  # bytes fed but not yet read: feed() stopped at its limit
 
     @property
     def in_frame(self) -> bool:
         """True while a frame has started and not yet ended."""
         return self._state != _OUTSIDE
 
-    def feed(self, data: bytes) -> list[Event]:
+    @property
+    def pending(self) -> bool:
+        """True when feed() stopped at its limit: `feed(b"", limit)` goes on."""
+        return bool(self._rest)
+
+    def feed(self, data: bytes, limit: int = 0) -> list[Event]:
+        """The events of the bytes fed so far. With `limit`, stops after that
+        many frames (Frame or Oversize) and keeps the rest for the next call:
+        a read of thousands of tiny frames costs the caller only what it takes."""
+        if self._rest:
+            data, self._rest = self._rest + data, b""
         events: list[Event] = []
+        frames = 0
         pos, n = 0, len(data)
         while pos < n:
+            if limit and frames >= limit:
+                self._rest = data[pos:]
+                break
             if self._skip_cr:
                 self._skip_cr = False
                 if data[pos : pos + 1] == CARRIAGE_RETURN:
@@ -136,12 +151,13 @@ class Decoder:
                 break
             self._take(data[pos:end])
             events.append(self._finish())
+            frames += 1
             pos = end + 1
         return events
 
     def close(self) -> list[Event]:
         """End of stream: report what was left over, and reset."""
-        events: list[Event] = []
+        events: list[Event] = self.feed(b"") if self._rest else []
         if self._state != _OUTSIDE:
             events.append(Incomplete(self._size))
         elif self._junk:
