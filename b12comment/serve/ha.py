@@ -27,7 +27,6 @@ from b12comment.config import Config
 from b12comment.errors import EXIT_OK
 from b12comment.serve.health import Health
 from b12comment.serve.metrics import Metrics, MetricsServer
-from b12comment.storage import JournalError
 from b12comment.storage.postgres.lease import Leadership
 
 
@@ -46,10 +45,7 @@ async def serve_ha(config: Config, stop: asyncio.Event) -> int:
     log = logs.get_logger().bind()
     loop = asyncio.get_running_loop()
     instance = instance_name(config)
-    try:
-        lead = Leadership(config.journal.path, instance, config.ha.lease_s, config.ha.takeover_s, log)
-    except JournalError as exc:
-        raise StartupError(str(exc)) from None
+    lead = Leadership(config.journal.path, instance, config.ha.lease_s, config.ha.takeover_s, log)  # JournalError
     waiting = threading.Event()  # set: stop waiting to lead
     stop_task = asyncio.create_task(stop.wait())
     stop_task.add_done_callback(lambda _: waiting.set())
