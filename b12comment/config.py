@@ -16,7 +16,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
 
+from b12comment.core.dates import site_zone
 from b12comment.core.rule_config import RESULT_TYPES, UNFLAGGED_UNRANGED, AgeBand, CodeMatch, RuleConfig
 from b12comment.errors import UsageError
 
@@ -331,6 +333,15 @@ def _load_strings(r: _Reader, d: RuleConfig) -> dict[str, Any]:
     results = sorted(set(values["no_finding_types"]) & set(RESULT_TYPES))
     if results:
         raise r.fail("no_finding_types", f"lists {results}: a value of that type is always a result to judge")
+    zone = r.take("timezone", str, d.timezone)
+    if zone:
+        try:
+            site_zone(zone)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise r.fail(
+                "timezone", f"must be an IANA time zone name such as 'Europe/Copenhagen', not {zone!r}"
+            ) from None
+    values["timezone"] = zone
     return values
 
 

@@ -25,7 +25,7 @@ from b12comment.core.decision import (
     ResultDecision,
 )
 from b12comment.core.facts import MAX_B12_RESULTS, MAX_SEGMENTS, Facts, read_detail, read_facts
-from b12comment.core.rule import collection_time, decide_result, is_paediatric, order_notes, patient_age, with_veto
+from b12comment.core.rule import collection_time, decide_result, is_paediatric, order_notes, patient_ages, with_veto
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.screen import Refused, has_b12_code, header_fields, result_header, segments_over_limit
 from b12comment.core.segments import Header, read_header
@@ -186,10 +186,11 @@ def _decide_results(
     collected: list[str] = []
     insertions: list[Insertion | None] = []
     for result in facts.b12:
-        age = patient_age(facts, result.observation, rule)
+        ages = patient_ages(facts, result.observation, rule)
+        age = ages[0] if ages else None
         if is_paediatric(age, rule):
             result = read_detail(facts, result)
-        rd = decide_result(facts, result, rule, known, age, marker)
+        rd = decide_result(facts, result, rule, known, age, marker, ages or ())
         results.append(rd)
         collected.append(collection_time(facts, result.observation, rule) if rd.paediatric else "")
         nte = None

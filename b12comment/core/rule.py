@@ -13,8 +13,9 @@ Every failed condition is recorded as a reason code. Pure: facts in, decisions o
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import tzinfo
 
-from b12comment.core.dates import Age, age_at, parse_ts
+from b12comment.core.dates import Age, age_at_moment, offset_zone, parse_moment, site_zone
 from b12comment.core.decision import (
     ADULT,
     AGE_UNKNOWN,
@@ -57,26 +58,55 @@ from b12comment.core.verdict import (
 )
 
 
+def collection_times(facts: Facts, obs: Observation, rule: RuleConfig) -> list[str]:
+    """Each of OBX-14, OBR-7 of its order and SPM-17 that is stated, in that
+    order; none of them: MSH-7 (if allowed)."""
+    found = [
+        t for t in (obs.observed_at, facts.order_times.get(obs.group, ""), facts.specimen_times.get(obs.group, "")) if t
+    ]
+    if not found and facts.message_time:
+        found = [facts.message_time]
+    return found
+
+
 def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:
     """OBX-14, else OBR-7 of its order, else SPM-17, else (if allowed) MSH-7."""
-    for candidate in (
-        obs.observed_at,
-        facts.order_times.get(obs.group, ""),
-        facts.specimen_times.get(obs.group, ""),
-        facts.message_time,
-    ):
-        if candidate:
-            return candidate
-    return ""
+    times = collection_times(facts, obs, rule)
+    return times[0] if times else ""
 
 
-def patient_age(facts: Facts, obs: Observation, rule: RuleConfig) -> Age | None:
-    birth = parse_ts(facts.birth) if facts.birth else None
-    collected_text = collection_time(facts, obs, rule)
-    collected = parse_ts(collected_text) if collected_text else None
-    if birth is None or collected is None:
+def sender_zone(facts: Facts, rule: RuleConfig) -> tzinfo | None:
+    """The sender's local time: MSH-7's offset, else the site's zone
+    (`timezone`), else None (time stamps are taken as written)."""
+    return offset_zone(facts.header.first_component(7)) or site_zone(rule.timezone)
+
+
+def patient_ages(facts: Facts, obs: Observation, rule: RuleConfig) -> tuple[Age, ...] | None:
+    """The patient's age at each stated collection time (the first is the
+    one the rule uses), each time in the sender's local time; None when the
+    age is not known for sure: no birth date or no collection time, the
+    first time unreadable, a birth after any of them (on the same day: by
+    the time of day), or times that put the patient on two sides of the
+    adult age. A later time that cannot be read gives no age."""
+    birth = parse_moment(facts.birth) if facts.birth else None  # a birth date is a local calendar date
+    times = collection_times(facts, obs, rule)
+    if birth is None or not times:
         return None
-    return age_at(birth, collected)
+    zone = sender_zone(facts, rule)
+    ages = []
+    for i, text in enumerate(times):
+        collected = parse_moment(text, zone)
+        if collected is None:
+            if i == 0:
+                return None
+            continue
+        age = age_at_moment(birth, collected)
+        if age is None:
+            return None
+        ages.append(age)
+    if len({is_paediatric(a, rule) for a in ages}) > 1:
+        return None
+    return tuple(ages)
 
 
 def band_limit(age: Age, rule: RuleConfig) -> float:
@@ -241,6 +271,7 @@ def decide_result(
     known_comments: frozenset[bytes],
     age: Age | None,
     marker: bytes = b"",
+    ages: tuple[Age, ...] = (),
 ) -> ResultDecision:
     """`age` is patient_age() for this result; a result of a patient not
     certainly under 18 is decided on that alone (its other fields are not
@@ -286,6 +317,8 @@ def decide_result(
             reasons.append(NOT_ELEVATED)
         if found.limit is not None:
             limit = round(found.limit, 1)
+        if decided_by == "age_band" and len({q.scaled(factor).above(band_limit(a, rule)) for a in ages or (age,)}) > 1:
+            reasons.append(AGE_UNKNOWN)  # the collection times fall in two age bands, and the band decides
     reasons.extend(message_reasons(facts, rule))
     silent = tuple(
         o.obx_index

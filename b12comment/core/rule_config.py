@@ -121,6 +121,10 @@ class RuleConfig:
     elevated_flags: tuple[str, ...] = ("H", "HH", ">")
     low_flags: tuple[str, ...] = ("L", "LL", "<")
     use_message_time: bool = False
+    # The site's IANA time zone (`Europe/Copenhagen`): a time stamp with an
+    # offset is taken in it before its date is used, when MSH-7 gives no
+    # offset of the sender's own. "" = none (time stamps taken as written).
+    timezone: str = ""
     # Other results: unflagged text values that count as normal (compared
     # ignoring case, spacing and a final full stop), and OBX-3 codes of
     # administrative results that are never a doubt (a flag still counts).
