@@ -32,7 +32,7 @@ from b12comment.core.decision import (
 )
 from b12comment.core.rows import ADULT_ROW, OBX, ORDER, Extract
 from b12comment.core.rule_config import RuleConfig
-from b12comment.core.verdict import ABNORMAL, NORMAL
+from b12comment.core.verdict import ABNORMAL, LOW, NORMAL
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ def veto(context: Context, b12_collected: str, rule: RuleConfig) -> tuple[list[s
     gave them) against a comment on a B12 collected at `b12_collected`.
 
     Of the same requisition, or of the same patient collected within the
-    look-back, another result (not a B12; not a line of a value type that
-    is no finding):
+    look-back, another result (not a B12, unless a low one; not a line of a
+    value type that is no finding):
     - `requisition_pending`: an order of the same requisition is not final
       (OBR-25), or one of its results is still pending (OBX-11);
     - `other_abnormal_recent`: another result is abnormal;
@@ -115,14 +115,16 @@ def veto(context: Context, b12_collected: str, rule: RuleConfig) -> tuple[list[s
         if r.kind == ORDER:
             if r.same_requisition and _order_not_final(r.order_status, rule):
                 found, verdict = REQUISITION_PENDING, BLOCK_PENDING
-        elif r.is_b12 or r.status in rule.ignored_statuses or r.value_type in rule.no_finding_types:
+        elif r.status in rule.ignored_statuses or r.value_type in rule.no_finding_types:
             continue
+        elif r.is_b12 and r.verdict != LOW:
+            continue  # a repeat B12 vetoes only when it was low (a deficiency)
         elif r.same_requisition and pending:
             found, verdict = REQUISITION_PENDING, BLOCK_PENDING
         elif (r.same_requisition or _within(r.collected, b12_collected, context.lookback_days)) and (
             r.verdict != NORMAL or pending
         ):
-            if r.verdict == ABNORMAL:
+            if r.verdict in (ABNORMAL, LOW):
                 found, verdict = OTHER_ABNORMAL_RECENT, BLOCK_ABNORMAL
             elif pending:
                 found, verdict = CONTEXT_PENDING_RECENT, BLOCK_PENDING
@@ -168,6 +170,6 @@ def contradiction(rows: Extract, rule: RuleConfig) -> str:
     found = [r for r in rows.rows if r.kind == OBX and r.status not in rule.ignored_statuses]
     if any(r.is_b12 and r.status == "C" for r in found):
         return CORRECTED_B12
-    if any(not r.is_b12 and r.verdict == ABNORMAL for r in found):
+    if any((not r.is_b12 and r.verdict == ABNORMAL) or (r.is_b12 and r.verdict == LOW) for r in found):
         return NEW_ABNORMAL
     return ""

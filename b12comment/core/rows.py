@@ -18,7 +18,7 @@ from b12comment.core.keys import OBR, ORC, PID, KeyReader, keys
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.screen import Refused, has_b12_code, result_header, segments_over_limit
 from b12comment.core.segments import Header, component, field_of, read_header, segment_fields, split_segments
-from b12comment.core.verdict import UNKNOWN, judge_value
+from b12comment.core.verdict import UNKNOWN, b12_verdict, judge_value
 
 # A row is one OBX (kind "obx") or one OBR (kind "order": the order's status).
 OBX, ORDER = "obx", "order"
@@ -47,7 +47,7 @@ class ExtractedRow:
     kind: str  # OBX or ORDER
     analyte: str  # OBX-3 identifier (the B12 code that matched), or OBR-4 for an order
     is_b12: bool
-    verdict: str  # NORMAL, ABNORMAL or UNKNOWN as judge_value() gives it ("" for an order)
+    verdict: str  # NORMAL, ABNORMAL or UNKNOWN as judge_value() gives it; a B12 may be LOW ("" for an order)
     status: str  # OBX-11 ("" for an order)
     order_status: str  # OBR-25 of its order
     collected: str  # OBX-14, else OBR-7, else SPM-17 (HL7 time stamp text)
@@ -197,7 +197,7 @@ def _rows(message: bytes, header: Header, rule: RuleConfig, lookback_days: float
                     kind=OBX,
                     analyte=b12_code or text(component(field_of(fields, 3), d, 1)),
                     is_b12=b12_code is not None,
-                    verdict=judge_value(obs, rule),
+                    verdict=b12_verdict(obs, rule) if b12_code is not None else judge_value(obs, rule),
                     status=obs.status,
                     order_status=order_status,
                     collected=obs.observed_at or order_time or specimen_time,

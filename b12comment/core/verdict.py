@@ -124,3 +124,23 @@ def judge_value(obs: Observation, rule: RuleConfig) -> str:
     if flags or is_ignored_code(obs, rule):
         return NORMAL
     return UNKNOWN
+
+
+# What an earlier B12 of the patient says, beside the verdicts above: a low
+# B12 is an abnormal finding (a deficiency) that vetoes a comment; a repeat
+# elevated one does not.
+LOW = "low"
+
+
+def b12_verdict(obs: Observation, rule: RuleConfig) -> str:
+    """LOW for a B12 the lab flags low (`low_flags`) or whose value is below
+    its own readable OBX-7 range; otherwise what judge_value says."""
+    flags = {f.upper() for f in obs.flags}
+    if flags & set(rule.low_flags):
+        return LOW
+    reading = read_range(obs.range_text)
+    if isinstance(reading, Range) and (lower := reading.lower) is not None:
+        quantities = other_quantities(obs, reading)
+        if any(q.at_most(lower) if reading.lower_exclusive else q.below(lower) for q in quantities):
+            return LOW
+    return judge_value(obs, rule)
