@@ -357,7 +357,8 @@ def _add_audit(sub) -> None:
             help="the decisions made from --from to --to (UTC days, both included), for a governance committee",
             description="One row per decision: time, source, control ID, sending facility, rule version, "
             "configuration digest, age band, value, limit and its source, commented, reasons, the control IDs "
-            "of the messages that vetoed, collection time. No keyed hashes, no patient data.",
+            "of the messages that vetoed, the results that kept the comment away (where, OBX, code, verdict), "
+            "collection time. No keyed hashes, no patient data.",
         ),
         default=argparse.SUPPRESS,
     )

@@ -20,6 +20,7 @@ from builders import Obx, build
 from b12comment.audit import AuditError, Followup, SQLiteAuditStore, open_audit
 from b12comment.audit.outcomes import outcomes
 from b12comment.audit.rows import AuditRow
+from b12comment.audit.store import COLUMNS, row_values
 from b12comment.cli import main
 from b12comment.context.store import load_key
 
@@ -259,6 +260,12 @@ def test_an_export_covers_the_days_asked_for(replayed, capsys):
     assert len(row["config_digest"]) == 16 and row["collected"].startswith(str(Y))
     vetoed = [r for r in rows if "other_abnormal" in r["reasons"]]
     assert len(vetoed) == 4 and not any(r["commented"] for r in vetoed)
+    assert {json.dumps(r["blocked_by"]) for r in vetoed} == {
+        json.dumps(
+            [{"source": "message", "control_id": "", "obx": 2, "code": "1742-6", "system": "LN", "verdict": "abnormal"}]
+        )
+    }
+    assert all(r["blocked_by"] == [] for r in rows if r["commented"])
     yesterday = (date.fromisoformat(today) - D(1)).isoformat()
     out = cli("audit", "export", "--config", str(cfg), "--to", yesterday, "--json", capsys=capsys)[1]
     assert json.loads(out) == []
@@ -423,3 +430,23 @@ def test_command_errors_are_one_line(tmp_path, capsys, args, code, says):
     got, out, err = cli(*args, "--config", str(cfg), capsys=capsys)
     assert (got, out) == (code, "")
     assert says in err and err.count("\n") == 1 and err.startswith("b12comment: ")
+
+
+def test_a_store_of_the_first_version_gains_the_blockers_column(tmp_path):
+    key = load_key(tmp_path / "k")
+    open_audit(str(tmp_path / "a.sqlite3"), key).close()
+    db = sqlite3.connect(tmp_path / "a.sqlite3")
+    db.execute("ALTER TABLE decisions DROP COLUMN blocked_by")
+    db.execute(
+        f"INSERT INTO decisions ({COLUMNS.replace(', blocked_by', '')}) VALUES ({','.join('?' * 19)})",
+        row_values(row(["old"], "2026-01-01"))[:19],
+    )
+    db.commit()
+    db.close()
+    reader = open_audit(str(tmp_path / "a.sqlite3"), None, read_only=True)  # read as it is
+    assert [r.blocked_by for r in reader.decisions()] == [()]
+    reader.close()
+    store = open_audit(str(tmp_path / "a.sqlite3"), key)
+    store.add([row(["p"], "2026-01-01")])
+    assert [r.blocked_by for r in store.decisions()] == [(), ()]
+    store.close()

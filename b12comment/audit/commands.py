@@ -32,6 +32,7 @@ EXPORT_FIELDS = (
     "commented",
     "reasons",
     "vetoed_by",
+    "blocked_by",
     "collected",
 )
 
@@ -64,6 +65,14 @@ def run_export(config, first: str | None, last: str | None, fmt: str) -> int:
                 d = row.as_dict()
                 d["reasons"] = " ".join(d["reasons"])
                 d["vetoed_by"] = " ".join(d["vetoed_by"])
+                d["blocked_by"] = "; ".join(
+                    " ".join(
+                        str(x)
+                        for x in (b["source"], b["control_id"], f"OBX {b['obx']}", b["code"], b["system"], b["verdict"])
+                        if x
+                    )
+                    for b in d["blocked_by"]
+                )
                 w.writerow(["" if d[k] is None else d[k] for k in EXPORT_FIELDS])
         out.flush()
     finally:

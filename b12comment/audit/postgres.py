@@ -46,8 +46,10 @@ CREATE TABLE IF NOT EXISTS audit_decisions (
     collected        TEXT    NOT NULL,
     collected_day    TEXT    NOT NULL,
     patients         TEXT    NOT NULL,
-    requisition      TEXT    NOT NULL
+    requisition      TEXT    NOT NULL,
+    blocked_by       TEXT    NOT NULL DEFAULT '[]'
 );
+ALTER TABLE audit_decisions ADD COLUMN IF NOT EXISTS blocked_by TEXT NOT NULL DEFAULT '[]';
 CREATE INDEX IF NOT EXISTS audit_decisions_by_time ON audit_decisions (decided_at);
 CREATE INDEX IF NOT EXISTS audit_decisions_by_day ON audit_decisions (collected_day);
 CREATE TABLE IF NOT EXISTS audit_followups (

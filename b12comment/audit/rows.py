@@ -46,6 +46,14 @@ class AuditRow:
     collected_day: str  # ISO date of the collection, "" when the time is not known to the day
     patients: tuple[str, ...]  # keyed hashes (hex) of each PID-3 identifier with its assigning authority
     requisition: str  # keyed hash (hex) of the requisition, "" for none
+    # the results that kept the comment away: (where: message, requisition or
+    # look-back; its message's control ID from the context; OBX number; code;
+    # coding system; verdict). Never a value or a free text.
+    blocked_by: tuple[tuple[str, str, int, str, str, str], ...] = ()
+
+    def blockers(self) -> list[dict]:
+        keys = ("source", "control_id", "obx", "code", "system", "verdict")
+        return [dict(zip(keys, b, strict=True)) for b in self.blocked_by]
 
     def as_dict(self) -> dict:
         from datetime import datetime
@@ -70,6 +78,7 @@ class AuditRow:
             "collected_day": self.collected_day,
             "patients": list(self.patients),
             "requisition": self.requisition,
+            "blocked_by": self.blockers(),
         }
 
 
@@ -155,6 +164,7 @@ def rows_for(
                 collected_day=collected_day(collected),
                 patients=patients,
                 requisition=requisition,
+                blocked_by=tuple((b.source, b.control_id, b.obx, b.code, b.system, b.verdict) for b in rd.blockers),
             )
         )
     return out

@@ -16,6 +16,7 @@ Not thread-safe: one thread uses a store at a time.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -57,7 +58,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     collected        TEXT    NOT NULL,
     collected_day    TEXT    NOT NULL,
     patients         TEXT    NOT NULL,
-    requisition      TEXT    NOT NULL
+    requisition      TEXT    NOT NULL,
+    blocked_by       TEXT    NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (decided_at);
 CREATE INDEX IF NOT EXISTS decisions_by_day ON decisions (collected_day);
@@ -73,7 +75,7 @@ CREATE TABLE IF NOT EXISTS followups (
 COLUMNS = (
     "decided_at, source, control_id, sending_facility, rule_version, config_digest, obx_index, age_band, "
     "value_pmol_l, comparator, limit_pmol_l, limit_source, commented, reasons, vetoed_by, collected, "
-    "collected_day, patients, requisition"
+    "collected_day, patients, requisition, blocked_by"
 )
 
 
@@ -99,6 +101,7 @@ def row_values(r: AuditRow) -> tuple:
         r.collected_day,
         " ".join(r.patients),
         r.requisition,
+        json.dumps(r.blockers(), separators=(",", ":")),
     )
 
 
@@ -124,6 +127,9 @@ def row_of(r) -> AuditRow:
         collected_day=r[16],
         patients=tuple(x for x in r[17].split(" ") if x),
         requisition=r[18],
+        blocked_by=tuple(
+            (b["source"], b["control_id"], b["obx"], b["code"], b["system"], b["verdict"]) for b in json.loads(r[19])
+        ),
     )
 
 
@@ -214,11 +220,18 @@ class SQLiteAuditStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(_SCHEMA)
+                if "blocked_by" not in self._columns():  # a store of the first version
+                    self._db.execute("ALTER TABLE decisions ADD COLUMN blocked_by TEXT NOT NULL DEFAULT '[]'")
+            # (read-only, a store of the first version is read as it is)
+            self._select = COLUMNS if "blocked_by" in self._columns() else COLUMNS.replace("blocked_by", "'[]'")
             self._check_key(read_only)
         except sqlite3.Error as exc:
             raise AuditError(f"cannot open the audit store {p}: {exc}") from None
         except OSError as exc:
             raise AuditError(f"cannot open the audit store {p}: {exc.strerror or exc}") from None
+
+    def _columns(self) -> set[str]:
+        return {r[1] for r in self._db.execute("PRAGMA table_info(decisions)")}
 
     def _check_key(self, read_only: bool) -> None:
         found = self._db.execute("SELECT value FROM meta WHERE name = 'key_fingerprint'").fetchone()
@@ -269,7 +282,7 @@ class SQLiteAuditStore:
         lo, hi = _day_bounds(first_day, last_day)
         try:
             cur = self._db.execute(
-                f"SELECT {COLUMNS} FROM decisions WHERE decided_at >= ? AND decided_at < ? ORDER BY id", (lo, hi)
+                f"SELECT {self._select} FROM decisions WHERE decided_at >= ? AND decided_at < ? ORDER BY id", (lo, hi)
             )
             for r in cur:
                 yield row_of(r)
