@@ -4,12 +4,15 @@ Mix: ORU^R01 with 5 to 40 OBX (some with several OBR groups), ADT and ORM
 traffic; about 3% of messages carry a total-B12 result, a fifth of those are
 paediatric and half of those elevated, some with other abnormal results;
 ISO 8859-1 Danish names; messages of 1 KB to 50 KB, and a few with 5,000 OBX;
-a few files are HL7 batch files. Same seed, same bytes. That is the team mix;
+a few files are HL7 batch files. Same seed, same bytes. `--patients N`
+draws every result message's patient from N patients (each with one
+identifier, name and birth date; half of them children in the dense mix),
+so a patient's history grows with the archive. That is the team mix;
 `--mix realistic` has about 2% of ORU with a B12 result, a tenth of those
 children's, and `--mix dense` makes every message an ORU with a B12 result
 beside a 10-result normal panel, half of them children's.
 
-    python bench/generate.py OUT_DIR --messages 100000 [--seed 1] [--mix team|realistic|dense]
+    python bench/generate.py OUT_DIR --messages 100000 [--seed 1] [--mix team|realistic|dense] [--patients N]
 """
 
 from __future__ import annotations
@@ -121,20 +124,46 @@ MIXES = {
 }
 
 
-def oru(n: int, rng: random.Random, day: date, mix: Mix = MIXES["team"]) -> bytes:
+@dataclass(frozen=True)
+class Patient:
+    identifier: int
+    family: str
+    given: str
+    birth: date
+
+
+def pool(count: int, day: date, mix: Mix, seed: int = 1) -> list[Patient]:
+    """`count` patients, the same for the same seed: children (under 18 on
+    `day`) in the share the mix gives its B12 results."""
+    rng = random.Random(seed * 7919 + count)
+    out = []
+    for _ in range(count):
+        age = rng.randrange(0, 18) if rng.random() < mix.children else rng.randrange(18, 95)
+        birth = day - timedelta(days=365 * age + rng.randrange(365))
+        out.append(Patient(rng.randrange(10**9), rng.choice(FAMILY), rng.choice(GIVEN), birth))
+    return out
+
+
+def oru(n: int, rng: random.Random, day: date, mix: Mix = MIXES["team"], patient: Patient | None = None) -> bytes:
     b12 = rng.random() < mix.b12
     paediatric = b12 and rng.random() < mix.children
     elevated = rng.random() < 0.5 if b12 else False
     other_abnormal = rng.random() < (0.3 if b12 else 0.4) and not mix.dense
     age = rng.randrange(0, 18) if paediatric else rng.randrange(18, 95)
     birth = day - timedelta(days=365 * age + rng.randrange(365))
+    if patient is not None:
+        birth = patient.birth
     collected = _ts(day, rng)
     huge = rng.random() < 0.00005 and not mix.dense
     n_obx = 11 if mix.dense else 5000 if huge else rng.randrange(5, 41)
     groups = 1 if n_obx < 12 or rng.random() < 0.6 else rng.randrange(2, 4)
+    msh = f"MSH|^~\\&|KBA-LAB|AUH|EPIC|AUH|{_ts(day, rng)}||ORU^R01^ORU_R01|L{n:09d}|P|2.5.1|||AL|NE|DNK|8859/1"
+    if patient is None:  # drawn after the MSH's time: the same bytes as before patients could repeat
+        patient = Patient(rng.randrange(10**9), rng.choice(FAMILY), rng.choice(GIVEN), birth)
+    identifier, family, given = patient.identifier, patient.family, patient.given
     segs = [
-        f"MSH|^~\\&|KBA-LAB|AUH|EPIC|AUH|{_ts(day, rng)}||ORU^R01^ORU_R01|L{n:09d}|P|2.5.1|||AL|NE|DNK|8859/1",
-        f"PID|1||{rng.randrange(10**9):010d}^^^CPR^NNDNK||{rng.choice(FAMILY)}^{rng.choice(GIVEN)}||"
+        msh,
+        f"PID|1||{identifier:010d}^^^CPR^NNDNK||{family}^{given}||"
         f"{birth:%Y%m%d}|{rng.choice('MF')}|||Vestergade {rng.randrange(1, 99)}^^Aarhus^^8000^DNK",
         f"PV1|1|O|KBA^^^AUH||||GP{rng.randrange(1000):04d}^Lund^Karen",
     ]
@@ -182,21 +211,27 @@ def orm(n: int, rng: random.Random, day: date) -> bytes:
     return ("\r".join(segs) + "\r").encode("latin-1")
 
 
-def message(n: int, rng: random.Random, day: date, mix: Mix = MIXES["team"]) -> bytes:
+def message(
+    n: int, rng: random.Random, day: date, mix: Mix = MIXES["team"], patients: list[Patient] | None = None
+) -> bytes:
+    patient = rng.choice(patients) if patients else None
     if mix.dense:
-        return oru(n, rng, day, mix)
+        return oru(n, rng, day, mix, patient)
     r = rng.random()
     if r < 0.7:
-        return oru(n, rng, day, mix)
+        return oru(n, rng, day, mix, patient)
     if r < 0.85:
         return adt(n, rng, day)
     return orm(n, rng, day)
 
 
-def generate(out: Path, messages: int, seed: int = 1, per_file: int = 2000, mix: str = "team") -> list[Path]:
+def generate(
+    out: Path, messages: int, seed: int = 1, per_file: int = 2000, mix: str = "team", patients: int = 0
+) -> list[Path]:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     day = date(2026, 11, 1)
+    who = pool(patients, day, MIXES[mix], seed) if patients else []
     paths, n, f = [], 0, 0
     while n < messages:
         count = min(per_file, messages - n)
@@ -207,7 +242,7 @@ def generate(out: Path, messages: int, seed: int = 1, per_file: int = 2000, mix:
             if batch:
                 fh.write(b"FHS|^~\\&|KBA-LAB|AUH\rBHS|^~\\&|KBA-LAB|AUH\r")
             for _ in range(count):
-                fh.write(message(n, rng, day, MIXES[mix]))
+                fh.write(message(n, rng, day, MIXES[mix], who))
                 n += 1
             if batch:
                 fh.write(f"BTS|{count}\rFTS|1\r".encode())
@@ -222,8 +257,9 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--mix", choices=sorted(MIXES), default="team")
+    p.add_argument("--patients", type=int, default=0, help="draw the patients from this many (0: each its own)")
     args = p.parse_args()
-    paths = generate(args.out, args.messages, args.seed, mix=args.mix)
+    paths = generate(args.out, args.messages, args.seed, mix=args.mix, patients=args.patients)
     size = sum(p.stat().st_size for p in paths)
     print(f"{args.messages} messages in {len(paths)} files, {size / 1e6:.1f} MB, under {args.out}")
 

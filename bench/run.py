@@ -689,6 +689,37 @@ def bench_folder_drop(tmp: Path, messages: list[bytes]) -> None:
 MESSAGE_MODE = 'mode = "message"\n'
 
 
+def bench_history(tmp: Path, n: int, rounds: int) -> None:
+    """A decision's cost as the patient's history grows: replay (the default
+    [context] mode "patient") of B12-dense archives of `n` messages whose
+    patients are drawn from fewer and fewer patients (1x, 2x, 4x messages
+    per patient), interleaved; the time per message against the 1x run."""
+    per = max(n // 200, 1)  # messages per patient at 1x (about 25 for 5,000)
+    print(f"the patient's history: replay of {n:,} B12-dense messages, {per}, {2 * per} and {4 * per} per patient")
+    out = tmp / "out_history"
+    archives = {}
+    for times in (1, 2, 4):
+        archives[times] = tmp / f"archive_history_{times}"
+        generate.generate(archives[times], n, seed=17, mix="dense", patients=max(n // (per * times), 1))
+
+    def replay(times: int) -> float:
+        args = [sys.executable, "-m", "b12comment", "replay", "--quiet", str(archives[times]), "--out", str(out)]
+        return run_child([*args, "--workers", "1"], out)[0] / n * 1e6
+
+    m = interleaved(rounds, **{f"x{t}": (lambda t=t: replay(t)) for t in (1, 2, 4)})
+    for times in (2, 4):
+        row(
+            f"replay, B12-dense, {times * per} messages per patient (context on), time per message",
+            f"{m[f'x{times}']:,.0f} µs",
+            f"{per} per patient {m['x1']:,.0f} µs",
+            f"{m[f'x{times}'] / m['x1']:.2f}x",
+            "≤ 1.3x",
+        )
+    for archive in archives.values():
+        shutil.rmtree(archive)
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def bench_context(tmp: Path, replay_n: int, serve_n: int, rounds: int) -> None:
     """The cost of the patient's context: [context] mode "patient" (the
     default: replay's first pass and its store, serve's store) against
@@ -758,13 +789,16 @@ def main() -> None:
     p.add_argument("--serve-messages", type=int, default=1_500)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument(
-        "--only", action="append", choices=("process", "replay", "serve", "context"), help="one part (repeatable)"
+        "--only",
+        action="append",
+        choices=("process", "replay", "serve", "context", "history"),
+        help="one part (repeatable)",
     )
     args = p.parse_args()
     replay_n, serve_n, rounds = args.replay_messages, args.serve_messages, args.rounds
     if args.quick:
         replay_n, serve_n, rounds = 3_000, 500, 2
-    parts = set(args.only or ("process", "replay", "serve", "context"))
+    parts = set(args.only or ("process", "replay", "serve", "context", "history"))
     print(
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}; "
         f"load average {os.getloadavg()[0]:.1f} at start"
@@ -779,6 +813,8 @@ def main() -> None:
             bench_serve(tmp, serve_n, rounds)
         if "context" in parts:
             bench_context(tmp, replay_n, serve_n, rounds)
+        if "history" in parts:
+            bench_history(tmp, replay_n, rounds)
     print(f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine makes figures noisy)")
     print()
     print("| measure | b12comment | baseline | ratio | target |\n|---|---|---|---|---|")

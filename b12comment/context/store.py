@@ -27,6 +27,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from b12comment.context import open_rows
 from b12comment.core.chain import decide
 from b12comment.core.context import Context, PriorResult
 from b12comment.core.keys import Keys
@@ -80,6 +81,26 @@ CREATE TABLE IF NOT EXISTS contradictions (
 _FIELDS = (
     "seq, control_id, requisition, kind, analyte, is_b12, verdict, status, order_status, collected, "
     "obx, system, display, value_type"
+)
+# The columns of a row as add() writes them.
+_COLUMNS = (
+    "seq",
+    "row_index",
+    "patient",
+    "requisition",
+    "kind",
+    "analyte",
+    "is_b12",
+    "verdict",
+    "status",
+    "order_status",
+    "collected",
+    "control_id",
+    "stored_at",
+    "obx",
+    "system",
+    "display",
+    "value_type",
 )
 # Columns a store made by an earlier version lacks: added when it is opened.
 _ADDED_COLUMNS = (
@@ -151,6 +172,7 @@ class ContextStore:
             for name, kind in _ADDED_COLUMNS:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+            open_rows.create(self._db, _COLUMNS)
         except (sqlite3.Error, OSError) as exc:
             raise ContextError(f"cannot open the context store {self.path}: {exc}") from None
         self._in_tx = False
@@ -231,11 +253,10 @@ class ContextStore:
         try:
             self._begin()
             self._db.executemany(
-                "INSERT OR REPLACE INTO results (seq, row_index, patient, requisition, kind, analyte, is_b12, verdict, "
-                "status, order_status, collected, control_id, stored_at, obx, system, display, value_type) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO results ({', '.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
                 rows,
             )
+            open_rows.record(self._db, _COLUMNS, rows)
         except sqlite3.Error as exc:
             raise ContextError(f"context store {self.path}: {exc}") from None
 
@@ -247,6 +268,7 @@ class ContextStore:
         try:
             removed = self._db.execute("DELETE FROM results WHERE stored_at < ?", (cutoff,)).rowcount
             self._db.execute("DELETE FROM comments WHERE stored_at < ?", (cutoff,))
+            open_rows.purge(self._db, cutoff)
         except sqlite3.Error as exc:
             raise ContextError(f"context store {self.path}: {exc}") from None
         self.commit()
@@ -263,22 +285,20 @@ class ContextStore:
         """What the store knows of message `arrival`'s requisitions (mode
         "requisition"), and also of its patients (mode "patient")."""
         patients, requisitions = self._keys(extract)
-        where, args = [], []
+        found: list = []
         if requisitions:
-            where.append(f"requisition IN ({','.join('?' * len(requisitions))})")
-            args += requisitions
+            # The newest row of each (requisition, kind, analyte) of the
+            # message's requisitions, as core.context.latest() would pick it
+            # (SQLite takes the bare columns from the MAX(seq) row).
+            found += self._run(
+                f"SELECT {_FIELDS}, MAX(seq) FROM results WHERE requisition IN ({','.join('?' * len(requisitions))}) "
+                "GROUP BY requisition, kind, analyte",
+                requisitions,
+            )
         if mode == "patient" and patients:
-            where.append(f"patient IN ({','.join('?' * len(patients))})")
-            args += patients
-        if not where:
-            return Context(arrival=arrival, lookback_days=lookback_days)
-        # The newest row of each (requisition, kind, analyte), as core.context.latest()
-        # would pick it (SQLite takes the bare columns from the MAX(seq) row).
-        found = self._run(
-            f"SELECT {_FIELDS}, MAX(seq) FROM results WHERE {' OR '.join(where)} "
-            "GROUP BY CASE WHEN length(requisition) = 0 THEN CAST(seq AS BLOB) ELSE requisition END, kind, analyte",
-            args,
-        )
+            # Of the patient's other requisitions, only what may veto: the
+            # open rows (open_rows.py), never the whole history.
+            found += self._run(open_rows.query(_FIELDS, patients), patients + patients)
         own = set(requisitions)
         results = tuple(
             PriorResult(

@@ -1,0 +1,221 @@
+"""A decision's cost does not grow with the patient's history: the patient
+part of a look-up reads the patient's open results (what may veto), never
+every row the patient ever had, and vetoes exactly what reading them all
+vetoed. Real SQLite stores, real messages."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+
+import pytest
+from builders import Obx, build
+
+from b12comment.context import ContextStore
+from b12comment.context.store import _FIELDS
+from b12comment.core.chain import decide
+from b12comment.core.context import Context, PriorResult
+from b12comment.core.rows import extract
+from b12comment.core.rule_config import RuleConfig
+
+RULE = RuleConfig()
+KEY = bytes(range(32))
+NORMAL = Obx(code="777-3^Platelets^LN", value="250", units="10*9/L", range="150-400")
+LOW = Obx(code="777-3^Platelets^LN", value="30", units="10*9/L", range="150-400", flags="L")
+PENDING = Obx(code="1742-6^ALT^LN", value="", units="U/L", range="10-45", status="P")
+
+
+def other(result: Obx, n: int, **kw) -> bytes:
+    kw.setdefault("orc4", f"REQ-OTHER-{n}")
+    kw.setdefault("control_id", f"OTHER-{n}")
+    return build(with_b12=False, others=(result,), placer=f"ORD{n}", filler=f"FIL{n}", service="CBC^CBC^L", **kw)
+
+
+def b12(**kw) -> bytes:
+    kw.setdefault("control_id", "B12MSG")
+    kw.setdefault("orc4", "REQ-B12")
+    return build(**kw)
+
+
+def looked_up(store: ContextStore, seq: int, message: bytes) -> Context:
+    ex = extract(message, RULE)
+    assert ex is not None
+    return store.context(seq, ex, "patient", 30.0)
+
+
+def _history(store: ContextStore, count: int, result: Obx = NORMAL) -> int:
+    for n in range(1, count + 1):
+        decide(store, n, other(result, n), RULE, "patient")
+    return count
+
+
+@pytest.mark.parametrize("count", [1, 40])
+def test_a_history_of_normal_final_results_is_not_read(count):
+    store = ContextStore(":memory:", KEY)
+    seq = _history(store, count) + 1
+    context = looked_up(store, seq, b12())
+    assert context.results == ()  # nothing of the other requisitions can veto
+    assert decide(store, seq, b12(), RULE, "patient").decision.commented
+
+
+@pytest.mark.parametrize("result", [LOW, PENDING], ids=["abnormal", "pending"])
+def test_one_open_result_among_a_long_normal_history_still_vetoes(result):
+    store = ContextStore(":memory:", KEY)
+    decide(store, 1, other(result, 0, control_id="THE-ONE"), RULE, "patient")
+    seq = _history(store, 40) + 2
+    context = looked_up(store, seq, b12())
+    assert [r.control_id for r in context.results] == ["THE-ONE"]
+    outcome = decide(store, seq, b12(), RULE, "patient")
+    assert not outcome.decision.commented
+    assert outcome.decision.vetoed_by == ("THE-ONE",)
+
+
+def test_a_later_normal_final_row_of_the_same_requisition_settles_the_open_one():
+    store = ContextStore(":memory:", KEY)
+    decide(store, 1, other(LOW, 7, control_id="LOW"), RULE, "patient")
+    decide(store, 2, other(NORMAL, 7, control_id="FIXED"), RULE, "patient")
+    assert decide(store, 3, b12(), RULE, "patient").decision.commented
+
+
+def test_a_later_row_under_another_identifier_of_the_patient_settles_the_open_one():
+    """The open row was kept for identifiers A and X; the newer normal row
+    of the same requisition came under A only. A message of X and A reads
+    both; a message of X alone only the open one."""
+    store = ContextStore(":memory:", KEY)
+    decide(store, 1, other(LOW, 7, control_id="LOW", patient_id="AAA^^^CPR~XXX^^^CPR"), RULE, "patient")
+    decide(store, 2, other(NORMAL, 7, control_id="FIXED", patient_id="AAA^^^CPR"), RULE, "patient")
+    both = b12(patient_id="XXX^^^CPR~AAA^^^CPR")
+    assert decide(store, 3, both, RULE, "patient").decision.commented
+    alone = decide(store, 4, b12(patient_id="XXX^^^CPR", control_id="B12-X"), RULE, "patient")
+    assert alone.decision.vetoed_by == ("LOW",)
+    for reference in (EveryRow(":memory:", KEY),):  # what reading every row decided
+        decide(reference, 1, other(LOW, 7, control_id="LOW", patient_id="AAA^^^CPR~XXX^^^CPR"), RULE, "patient")
+        decide(reference, 2, other(NORMAL, 7, control_id="FIXED", patient_id="AAA^^^CPR"), RULE, "patient")
+        assert decide(reference, 3, both, RULE, "patient").decision.commented
+
+
+def test_an_older_message_stored_late_does_not_reopen_a_settled_result():
+    store = ContextStore(":memory:", KEY)
+    decide(store, 5, other(NORMAL, 7, control_id="FIXED"), RULE, "patient")
+    decide(store, 2, other(LOW, 7, control_id="LOW"), RULE, "patient")  # seq 2 is older than 5
+    assert decide(store, 9, b12(), RULE, "patient").decision.commented
+
+
+def test_two_values_of_one_analyte_in_one_message_the_open_one_vetoes():
+    store = ContextStore(":memory:", KEY)
+    message = build(with_b12=False, others=(LOW, NORMAL), orc4="REQ7", control_id="BOTH", placer="O7", filler="F7")
+    decide(store, 1, message, RULE, "patient")
+    assert decide(store, 2, b12(), RULE, "patient").decision.vetoed_by == ("BOTH",)
+
+
+def test_a_store_made_before_the_open_rows_is_filled_when_opened(tmp_path):
+    path = tmp_path / "context.sqlite3"
+    store = ContextStore(path, KEY)
+    decide(store, 1, other(LOW, 1, control_id="LOW"), RULE, "patient")
+    decide(store, 2, other(NORMAL, 2, control_id="NORMAL"), RULE, "patient")
+    decide(store, 3, other(LOW, 3, control_id="LOW-THEN-FIXED"), RULE, "patient")
+    decide(store, 4, other(NORMAL, 3, control_id="FIXED"), RULE, "patient")
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE open_results")
+    db.close()
+    reopened = ContextStore(path, KEY)
+    outcome = decide(reopened, 5, b12(), RULE, "patient")
+    assert outcome.decision.vetoed_by == ("LOW",)
+    reopened.close()
+
+
+def test_purge_drops_open_rows_with_their_results():
+    store = ContextStore(":memory:", KEY)
+    ex = extract(other(LOW, 1), RULE)
+    assert ex is not None
+    store.add(1, ex, now=1000.0)
+    store.purge(30.0, now=1000.0 + 41 * 86400)
+    assert looked_up(store, 2, b12()).results == ()
+
+
+class EveryRow(ContextStore):
+    """The look-up as it was: every row of the patient and requisitions."""
+
+    def context(self, seq, extract, mode, lookback_days):
+        patients, requisitions = self._keys(extract)
+        where, args = [], []
+        if requisitions:
+            where.append(f"requisition IN ({','.join('?' * len(requisitions))})")
+            args += requisitions
+        if mode == "patient" and patients:
+            where.append(f"patient IN ({','.join('?' * len(patients))})")
+            args += patients
+        if not where:
+            return Context(arrival=seq, lookback_days=lookback_days)
+        found = self._run(
+            f"SELECT {_FIELDS}, MAX(seq) FROM results WHERE {' OR '.join(where)} GROUP BY "
+            "CASE WHEN length(requisition) = 0 THEN CAST(seq AS BLOB) ELSE requisition END, kind, analyte",
+            args,
+        )
+        own = set(requisitions)
+        return Context(
+            arrival=seq,
+            results=tuple(
+                PriorResult(
+                    arrival=r[0],
+                    control_id=r[1],
+                    requisition=bytes(r[2]).hex() or f"arrival:{r[0]}",
+                    same_requisition=bool(r[2]) and bytes(r[2]) in own,
+                    kind=r[3],
+                    analyte=r[4],
+                    is_b12=bool(r[5]),
+                    verdict=r[6],
+                    status=r[7],
+                    order_status=r[8],
+                    collected=r[9],
+                    obx=r[10],
+                    system=r[11],
+                    display=r[12],
+                    value_type=r[13],
+                )
+                for r in found
+            ),
+            lookback_days=lookback_days,
+        )
+
+
+def _random_message(rng: random.Random, n: int) -> bytes:
+    patient = rng.choice(["AAA^^^CPR", "BBB^^^CPR", "AAA^^^CPR~BBB^^^CPR", "BBB^^^CPR~AAA^^^CPR", "CCC^^^CPR"])
+    requisition = rng.choice([None, "R1", "R2", "R3", "R4"])
+    ids = {} if requisition else {"placer": "", "filler": ""}
+    if requisition:
+        ids = {"placer": f"P{requisition}", "filler": f"F{requisition}"}
+    collected = rng.choice(["20240110083000", "20240101", "20230101", ""])
+    results = []
+    for code in rng.sample(["777-3^Platelets^LN", "1742-6^ALT^LN", "2951-2^Sodium^LN"], rng.randrange(1, 3)):
+        value, flags, status = rng.choice(
+            [("200", "", "F"), ("200", "", "F"), ("20", "L", "F"), ("", "", "P"), ("200", "", "C"), ("", "", "D")]
+        )
+        results.append(Obx(code=code, value=value, units="U", range="100-300", flags=flags, status=status))
+    common = dict(patient_id=patient, orc4=requisition, collected=collected, control_id=f"M{n}", **ids)
+    if rng.random() < 0.3:
+        return build(others=tuple(results), obr25=rng.choice(["F", "F", "P"]), **common)
+    return build(with_b12=False, others=tuple(results), service="CBC^CBC^L", **common)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_open_rows_veto_exactly_what_every_row_vetoed(seed):
+    """Random histories of four identifiers, five requisitions (and none),
+    normal, abnormal, pending, corrected and deleted results: every
+    decision is the one the look-up of every row gave."""
+    rng = random.Random(seed)
+    new, old = ContextStore(":memory:", KEY), EveryRow(":memory:", KEY)
+    seqs = list(range(1, 61))
+    rng.shuffle(seqs[:10])  # a few stored out of their order
+    compared = 0
+    for seq in seqs:
+        message = _random_message(rng, seq)
+        a, b = decide(new, seq, message, RULE, "patient"), decide(old, seq, message, RULE, "patient")
+        assert (a.decision.commented, a.decision.reasons, a.decision.vetoed_by) == (
+            b.decision.commented,
+            b.decision.reasons,
+            b.decision.vetoed_by,
+        ), seq
+        compared += bool(b.decision.vetoed_by) or b.decision.commented
+    assert compared > 0
