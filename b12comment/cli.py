@@ -127,6 +127,24 @@ def _send(config: Config, args: argparse.Namespace) -> int:
     )
 
 
+def _check_config(config: Config, args: argparse.Namespace) -> int:
+    """Like `nginx -t`: the file was read and checked by main (exit 2 on an
+    error, naming the file and the key); the TLS files it names are loaded too."""
+    from b12comment.wire.tls import client_context, server_context
+
+    for name, section in (("listener", config.listener), ("http", config.http)):
+        if section.tls_cert and (name == "listener" or config.http.enabled):
+            server_context(section.tls_cert, section.tls_key, section.tls_client_ca)
+    ds = config.downstream
+    if ds.url.startswith("mllps://"):
+        client_context(ds.tls_ca, ds.tls_cert, ds.tls_key)
+    lis = config.listener
+    listening = f"MLLP on {lis.host}:{lis.port}" if lis.enabled else "no MLLP listener"
+    http = f"HTTP on {config.http.host}:{config.http.port}" if config.http.enabled else "no HTTP endpoint"
+    print(f"configuration ok: {args.config}: {listening}, {http}, downstream {ds.url}, rule {config.rule.rule_version}")
+    return EXIT_OK
+
+
 def _queue(config: Config, args: argparse.Namespace) -> int:
     from b12comment.serve.queue_cli import run_queue
 
@@ -327,6 +345,18 @@ def _add_queue(sub) -> None:
     sp.set_defaults(func=_queue, queue_parser=sp)
 
 
+def _add_check_config(sub) -> None:
+    sp = sub.add_parser(
+        "check-config",
+        help="check a configuration file and the TLS files it names, then exit (0 ok, 2 not)",
+        description="Read and check the configuration file as serve would (every key and value, and "
+        "the TLS certificate, key and CA files it names), print one line, and exit: 0 when it is "
+        "good, 2 with the file and the key named when it is not. Nothing is started.",
+    )
+    sp.add_argument("--config", metavar="PATH", required=True, help="the configuration file (TOML) to check")
+    sp.set_defaults(func=_check_config)
+
+
 def _add_context(sub) -> None:
     sp = _with_config(
         sub.add_parser(
@@ -404,7 +434,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"b12comment {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_serve, _add_send, _add_preview, _add_replay, _add_queue, _add_context, _add_audit, _add_outcomes):
+    for add in (
+        _add_serve,
+        _add_send,
+        _add_preview,
+        _add_replay,
+        _add_queue,
+        _add_context,
+        _add_audit,
+        _add_outcomes,
+        _add_check_config,
+    ):
         add(sub)
     return p
 

@@ -9,6 +9,7 @@ that names the file and the key, before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import re
@@ -156,12 +157,14 @@ class _Reader:
 
     def __init__(self, path: str, table: dict[str, Any], prefix: str):
         self.path, self.table, self.prefix = path, dict(table), prefix
+        self.known: list[str] = []  # every key asked for: the settings this table has
 
     def fail(self, key: str, why: str) -> ConfigError:
         name = f"{self.prefix}.{key}" if self.prefix else key
         return ConfigError(f"{self.path}: [{name}] {why}")
 
     def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.known.append(key)
         if key not in self.table:
             return default
         value = self.table.pop(key)
@@ -191,6 +194,9 @@ class _Reader:
     def done(self) -> None:
         if self.table:
             key = sorted(self.table)[0]
+            close = difflib.get_close_matches(key, self.known, n=1, cutoff=0.6)
+            if close:
+                raise self.fail(key, f"is not a known setting; did you mean {close[0]}?")
             raise self.fail(key, "is not a known setting")
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from b12comment.core.segments import Malformed, read_header
-from b12comment.errors import EXIT_NOT_ACCEPTED, EXIT_OK, B12Error, UsageError, describe_os_error
+from b12comment.errors import EXIT_IO, EXIT_NOT_ACCEPTED, EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.wire import mllp
 from b12comment.wire.split import GZIP_MAGIC, open_input, read_pieces
 from b12comment.wire.tls import client_context
@@ -67,9 +67,10 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def read_messages(files: list[str]) -> Iterator[bytes]:
-    """Every message of every file, in order; a file that cannot be read or
-    holds no message stops the run before anything is sent from it."""
+def read_messages(files: list[str], skipped: list[str] | None = None) -> Iterator[bytes]:
+    """Every message of every file, in order. A file that holds no HL7
+    message is skipped with a warning on stderr (and named in `skipped`): the
+    files after it are still sent. A file that cannot be read stops the run."""
     for name in files:
         found = 0
         try:
@@ -85,7 +86,9 @@ def read_messages(files: list[str]) -> Iterator[bytes]:
         except (OSError, EOFError) as exc:
             raise B12Error(f"cannot read {name}: {describe_os_error(exc)}") from None
         if not found:
-            raise B12Error(f"no HL7 message (no MSH segment) in {name}")
+            print(f"b12comment: warning: no HL7 message (no MSH segment) in {name}; skipped", file=sys.stderr)
+            if skipped is not None:
+                skipped.append(name)
 
 
 def _open(name: str) -> BinaryIO:
@@ -173,7 +176,7 @@ class Connection:
             while True:
                 data = self.sock.recv(65536)
                 if not data:
-                    raise EOFError("the listener closed the connection before answering")
+                    raise EOFError(self.waiter.no_answer("the listener closed the connection before answering"))
                 reply = self.waiter.feed(data)
                 if reply is None:
                     continue
@@ -181,12 +184,14 @@ class Connection:
                 if isinstance(reply, Unreadable):
                     self.close()
                     return Answer(cid, "-", "", ms, reply.why), True
-                return Answer(
-                    cid, reply.code, reply.acked, ms, f"error code {reply.error}" if reply.error else ""
-                ), True
+                why = "; ".join(
+                    part for part in (f"error code {reply.error}" if reply.error else "", reply.text) if part
+                )
+                return Answer(cid, reply.code, reply.acked, ms, why), True
         except TimeoutError:
             self.close()
-            return Answer(cid, "-", "", (time.perf_counter() - started) * 1000, "no ACK in time"), self.waiter.heard > 0
+            why = self.waiter.no_answer("no ACK in time")
+            return Answer(cid, "-", "", (time.perf_counter() - started) * 1000, why), self.waiter.heard > 0
         except (OSError, EOFError) as exc:
             self.close()
             return Answer(
@@ -212,11 +217,13 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def _plan(files: list[str], count: int | None) -> Iterator[bytes]:
+def _plan(files: list[str], count: int | None, skipped: list[str]) -> Iterator[bytes]:
     if count is None:
-        yield from read_messages(files)
+        yield from read_messages(files, skipped)
         return
-    messages = list(read_messages(files))
+    messages = list(read_messages(files, skipped))
+    if not messages:
+        return
     for n in range(count):
         round_, i = divmod(n, len(messages))
         yield messages[i] if round_ == 0 else with_control_id(messages[i], f"-{round_ + 1}")
@@ -228,8 +235,9 @@ def run_send(files: list[str], opts: SendOptions, out=None) -> int:
     answers: list[Answer] = []
     started = time.perf_counter()
     interval = 1.0 / opts.rate if opts.rate > 0 else 0.0
+    skipped: list[str] = []
     try:
-        for n, message in enumerate(_plan(files, opts.count)):
+        for n, message in enumerate(_plan(files, opts.count, skipped)):
             if interval:
                 wait = started + n * interval - time.perf_counter()
                 if wait > 0:
@@ -244,7 +252,17 @@ def run_send(files: list[str], opts: SendOptions, out=None) -> int:
         conn.close()
     elapsed = time.perf_counter() - started
     print(summary(answers, elapsed), file=out, flush=True)
-    return EXIT_OK if all(a.accepted for a in answers) else EXIT_NOT_ACCEPTED
+    if not all(a.accepted for a in answers):
+        return EXIT_NOT_ACCEPTED
+    if skipped:
+        n = len(skipped)
+        print(
+            f"b12comment: {n} file{'' if n == 1 else 's'} held no HL7 message and {'was' if n == 1 else 'were'} "
+            "skipped (see the warnings above)",
+            file=sys.stderr,
+        )
+        return EXIT_IO
+    return EXIT_OK
 
 
 def summary(answers: list[Answer], elapsed: float) -> str:

@@ -174,7 +174,7 @@ def test_serve_says_why_it_cannot_listen_for_http(tmp_path):
     )
     assert done.returncode == 2
     line = done.stderr.decode().strip().splitlines()[-1]
-    assert line.startswith("b12comment: cannot load TLS certificate") and "missing.pem" in line
+    assert line.startswith("b12comment: cannot read the TLS certificate file") and "missing.pem" in line
 
 
 @pytest.mark.slow  # a replay subprocess over every case: about 4 s

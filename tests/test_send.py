@@ -178,6 +178,25 @@ def test_a_file_without_hl7_is_one_line_and_exit_1(tmp_path):
     assert "no HL7 message (no MSH segment) in" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_file_without_hl7_is_skipped_with_a_warning_the_rest_sent_and_exit_1(serve, tmp_path):
+    """An archive with a stray file in it: every message after it is still sent."""
+    (tmp_path / "notes.txt").write_text("not a message\n")
+    (tmp_path / "empty.hl7").write_bytes(b"")
+    one = SAMPLES / "child_isolated_high_b12.hl7"
+    two = SAMPLES / "adult_high_b12.hl7"
+    result = send(one, tmp_path / "notes.txt", two, tmp_path / "empty.hl7", "--to", f"127.0.0.1:{serve.port}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    ids = [line.split()[0] for line in result.stdout.splitlines()[:-1]]
+    assert ids == [msh10(one.read_bytes()), msh10(two.read_bytes())]
+    assert result.stdout.splitlines()[-1].startswith("sent 2 messages: 2 AA, 0 not AA")
+    warnings = [line for line in result.stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 2 and "notes.txt; skipped" in warnings[0] and "empty.hl7; skipped" in warnings[1]
+    assert (
+        result.stderr.splitlines()[-1]
+        == "b12comment: 2 files held no HL7 message and were skipped (see the warnings above)"
+    )
+
+
 @pytest.mark.slow
 def test_send_over_tls_checks_the_server_with_the_given_ca(tmp_path):
     ca = trustme.CA()

@@ -239,7 +239,7 @@ class MllpTransport:
                         f"no ACK for {row.control_id!r} within {self.timeout_s:g} s; ACKs for another control ID "
                         f"arrived: {', '.join(repr(c) for c in self._waiter.others[:3])}"
                     )
-                return Retry(f"no ACK within {self.timeout_s:g} s")
+                return Retry(self._waiter.no_answer(f"no ACK within {self.timeout_s:g} s"))
             except ssl.SSLError as exc:  # a TLS set-up problem, not this message's fault
                 await self.close()
                 return Retry(f"TLS failure: {describe_error(exc)}", counts=False)
@@ -272,7 +272,7 @@ class MllpTransport:
         while True:
             data = await reader.read(65536)
             if not data:
-                raise EOFError("downstream closed the connection before answering")
+                raise EOFError(self._waiter.no_answer("downstream closed the connection before answering"))
             reply = self._waiter.feed(data)
             if reply is None:
                 continue  # nothing yet, or an answer to something else: keep waiting for ours

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
+from b12comment.core.escapes import unescape
 from b12comment.core.segments import (
     DATA_TYPE_ERROR,
     DEFAULT_DELIMITERS,
@@ -208,6 +209,35 @@ def read_ack(payload: bytes) -> tuple[str, str, str]:
     if not found:
         raise Malformed("the answer has no MSA segment")
     return code, acked, error
+
+
+def ack_text(payload: bytes) -> str:
+    """The text of an ACK's first ERR (ERR-8, else the text of ERR-3 or
+    ERR-1's fourth component), else MSA-3, unescaped, for a person at a
+    terminal (`send`); "" when it has none or cannot be read. Never logged:
+    a receiver's text may name a patient."""
+    try:
+        header = read_header(payload)
+    except Malformed:
+        return ""
+    d = header.delimiters
+    msa_text = ""
+    for seg in split_segments(payload, header.start):
+        fields = segment_fields(payload, seg, d)
+        if seg.name == b"MSA" and not msa_text:
+            msa_text = _plain(field_of(fields, 3), d)
+        elif seg.name == b"ERR":
+            text = _plain(field_of(fields, 8), d) or _plain(component(field_of(fields, 3), d, 2), d)
+            if not text and d.subcomponent:  # before 2.5: ERR-1 code^^^id&text&table
+                parts = component(field_of(fields, 1), d, 4).split(d.subcomponent)
+                text = _plain(parts[1], d) if len(parts) > 1 else ""
+            if text:
+                return text
+    return msa_text
+
+
+def _plain(raw: bytes, d: Delimiters) -> str:
+    return unescape(raw, d).decode("utf-8", errors="replace").strip()
 
 
 _ACK_PREFIX = uuid.uuid4().hex[:8]

@@ -50,20 +50,40 @@ def _no_passphrase():
     raise _Encrypted()
 
 
+def _check_pem(path: str, what: str) -> None:
+    """One line naming the file when it cannot be read or is not PEM (DER, PKCS#12,
+    a text file), instead of OpenSSL's '[SSL] PEM lib'."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError as exc:
+        raise TlsError(f"cannot read the TLS {what} file {path}: {describe_error(exc)}") from None
+    if b"-----BEGIN " not in head:
+        kind = "DER or PKCS#12 (binary)" if b"\x00" in head[:4096] or head[:1] == b"\x30" else "not PEM"
+        raise TlsError(
+            f"the TLS {what} file {path} is {kind}: it needs PEM (text with -----BEGIN lines); "
+            "convert it, e.g. openssl x509 -inform DER -in FILE -out FILE.pem"
+        )
+
+
 def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    _check_pem(cert, "certificate")
+    if key:
+        _check_pem(key, "key")
     try:
         ctx.load_cert_chain(cert, key or None, password=_no_passphrase)
     except _Encrypted:
         raise TlsError(
-            f"TLS key {key or cert!r} is protected by a passphrase; "
+            f"TLS key {key or cert} is protected by a passphrase; "
             "give a key file without one (readable only by the service user)"
         ) from None
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot load TLS certificate {cert!r} with key {key!r}: {describe_error(exc)}") from None
+        raise TlsError(f"cannot load TLS certificate {cert} with key {key or cert}: {describe_error(exc)}") from None
 
 
 def _load_ca(ctx: ssl.SSLContext, ca: str) -> None:
+    _check_pem(ca, "CA")
     try:
         ctx.load_verify_locations(cafile=ca)
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot load TLS CA file {ca!r}: {describe_error(exc)}") from None
+        raise TlsError(f"cannot load TLS CA file {ca}: {describe_error(exc)}") from None

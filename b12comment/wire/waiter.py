@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from b12comment.core.segments import Malformed
-from b12comment.wire.ack import read_ack
+from b12comment.wire.ack import ack_text, read_ack
 from b12comment.wire.mllp import DEFAULT_MAX_MESSAGE_BYTES, Decoder, Frame
 
 ACCEPTED_CODES = frozenset(("AA", "CA"))
@@ -38,6 +38,7 @@ class Ack:
     code: str  # MSA-1, upper case
     acked: str  # MSA-2: the control ID it answers
     error: str = ""  # the HL7 error code from ERR, if any
+    text: str = ""  # ERR-8 (or MSA-3) for a person at a terminal; never logged (it may name a patient)
 
     @property
     def accepted(self) -> bool:
@@ -74,6 +75,8 @@ class AckWaiter:
         self.control_id = ""
         self.heard = 0  # bytes received since expect()
         self.others: list[str] = []  # MSA-2 of skipped ACKs since expect()
+        self._first = b""  # the first bytes received since expect()
+        self._framed = False  # whether a whole frame came since expect()
 
     def reset(self) -> None:
         """A new connection: nothing half-read from the old one counts."""
@@ -84,21 +87,35 @@ class AckWaiter:
         self.control_id = control_id
         self.heard = 0
         self.others = []
+        self._first, self._framed = b"", False
+
+    def no_answer(self, default: str) -> str:
+        """Why no answer came, for the error text: a receiver that answered an
+        HL7 message without MLLP framing is named as such, else `default`."""
+        if self.heard and not self._framed and self._first.lstrip(b"\r\n\x00 ").startswith(b"MSH"):
+            return (
+                "the receiver answered without MLLP framing (an HL7 message not inside 0x0B ... 0x1C 0x0D): "
+                "turn on its MLLP (LLP) framing"
+            )
+        return default
 
     def feed(self, data: bytes) -> Reply | None:
         """Bytes the receiver sent; the reply that ends the wait, or None.
         (Frames after that reply in the same bytes are dropped: an answer
         comes only after its message, so they answer nothing still waiting.)"""
+        if len(self._first) < 16:
+            self._first += data[: 16 - len(self._first)]
         self.heard += len(data)
         for event in self._decoder.feed(data):
             if not isinstance(event, Frame):
                 continue  # junk, or an ACK over max_ack_bytes: not an answer
+            self._framed = True
             try:
                 code, acked, error = read_ack(event.payload)
             except Malformed as exc:
                 return Unreadable(f"unreadable answer: {exc}")
             if self.first_answer or acked == self.control_id:
-                return Ack(code, acked, error)
+                return Ack(code, acked, error, ack_text(event.payload) if self.first_answer else "")
             if len(self.others) < KEEP_OTHERS:
                 self.others.append(acked)
         return None
