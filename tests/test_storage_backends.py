@@ -279,3 +279,48 @@ def test_replay_forward_through_a_postgres_journal(pg_url, tmp_path):
             assert [msh10(m) for m in down.received] == [r.control_id for r in rows]
         finally:
             j.close()
+
+
+def test_the_context_store_in_postgres_decides_as_the_sqlite_one(pg_url):
+    """The same messages through a store in memory (SQLite) and one in
+    PostgreSQL: the same decisions, reasons and review alerts, case by case
+    (the cornerstone cases, an adult's ID, a comment contradicted later)."""
+    from test_context import ALT_HIGH, KEY, RULE, b12_message, other_message
+    from test_context_serve import CASES, _case_messages
+
+    from b12comment.context import ContextStore
+    from b12comment.core.chain import decide
+    from b12comment.storage.postgres.context import PostgresContextStore, read_contradictions
+
+    sequences = [
+        [*_case_messages(i, name, before)[0], _case_messages(i, name, before)[1]]
+        for i, (name, before, _) in enumerate(CASES, 1)
+    ]
+    sequences.append(
+        [
+            b12_message(orc4="REQ-Z", control_id="B12-Z", patient_id="0101169997^^^CPR"),
+            other_message(ALT_HIGH, orc4="REQ-Z", control_id="ALT-Z", patient_id="0101169997^^^CPR"),
+        ]
+    )
+    memory, database = ContextStore(":memory:", KEY), PostgresContextStore(pg_url, KEY)
+    try:
+        arrival = 0
+        for messages in sequences:
+            for m in messages:
+                arrival += 1
+                a = decide(memory, arrival, m, RULE, "patient", 30.0)
+                b = decide(database, arrival, m, RULE, "patient", 30.0)
+                memory.commit()
+                database.commit()
+                assert (b.decision.commented, b.decision.reasons, b.contradicts) == (
+                    a.decision.commented,
+                    a.decision.reasons,
+                    a.contradicts,
+                ), m[:80]
+        assert [c[:3] for c in database.contradictions()] == [c[:3] for c in memory.contradictions()] != []
+        assert [c[:3] for c in read_contradictions(pg_url)] == [c[:3] for c in memory.contradictions()]
+        assert database.count() == memory.count() > 0
+        assert database.purge(30.0, now=10**10) == memory.purge(30.0, now=10**10) > 0
+    finally:
+        memory.close()
+        database.close()

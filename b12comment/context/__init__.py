@@ -9,4 +9,10 @@ __all__ = ["ContextError", "ContextStore", "load_key", "open_store"]
 
 
 def open_store(path: str, key_file: str) -> ContextStore:
+    """The store at `path`: a SQLite file, or a `postgresql://` URL (the
+    store that active-passive instances share; storage/postgres/context.py)."""
+    if path.startswith(("postgresql://", "postgres://")):
+        from b12comment.storage.postgres.context import PostgresContextStore
+
+        return PostgresContextStore(path, load_key(key_file))
     return ContextStore(path, load_key(key_file))

@@ -13,10 +13,12 @@ from b12comment.config import Config
 from b12comment.context import ContextError, open_store
 from b12comment.context.store import rebuild
 from b12comment.errors import EXIT_OK, B12Error
-from b12comment.storage import JournalError, is_url, open_journal
+from b12comment.storage import JournalError, is_url, open_journal, shown
 
 
 def run_rebuild(config: Config) -> int:
+    if is_url(config.context.store):
+        return _rebuild_in_database(config)
     store_path = Path(config.context.store)
     journal_path: str | Path = config.journal.path  # a postgresql:// URL is opened as it is
     if not is_url(journal_path):
@@ -42,4 +44,28 @@ def run_rebuild(config: Config) -> int:
     except (ContextError, JournalError) as exc:
         raise B12Error(f"context rebuild: {exc}") from None
     print(f"rebuilt {store_path} from {count} journaled messages")
+    return EXIT_OK
+
+
+def _rebuild_in_database(config: Config) -> int:
+    """A store in PostgreSQL is made again in one transaction: its rows go and
+    come back together (an interrupted rebuild leaves them as they were)."""
+    from b12comment.storage.postgres.context import PostgresContextStore
+
+    try:
+        journal = open_journal(config.journal.path)
+        try:
+            store = open_store(config.context.store, config.context.key_file)
+            assert isinstance(store, PostgresContextStore)
+            try:
+                store.clear_for_rebuild()
+                count = rebuild(store, journal.raw_rows(), config.rule, config.context.lookback_days)
+                store.finish_rebuild()
+            finally:
+                store.close()
+        finally:
+            journal.close()
+    except (ContextError, JournalError) as exc:
+        raise B12Error(f"context rebuild: {exc}") from None
+    print(f"rebuilt {shown(config.context.store)} from {count} journaled messages")
     return EXIT_OK

@@ -388,7 +388,11 @@ class ContextStore:
 
 
 def read_contradictions(path: str | Path) -> list[tuple[str, str, str, float]]:
-    """The review list of a store file, read without its key."""
+    """The review list of a store file (or database), read without its key."""
+    if str(path).startswith(("postgresql://", "postgres://")):
+        from b12comment.storage.postgres.context import read_contradictions as read_in_database
+
+        return read_in_database(str(path))
     try:
         db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=10.0)
         try:

@@ -27,6 +27,7 @@ from b12comment.config import Config
 from b12comment.errors import EXIT_OK
 from b12comment.serve.health import Health
 from b12comment.serve.metrics import Metrics, MetricsServer
+from b12comment.storage.postgres.connect import name_process
 from b12comment.storage.postgres.lease import Leadership
 
 
@@ -45,7 +46,9 @@ async def serve_ha(config: Config, stop: asyncio.Event) -> int:
     log = logs.get_logger().bind()
     loop = asyncio.get_running_loop()
     instance = instance_name(config)
-    lead = Leadership(config.journal.path, instance, config.ha.lease_s, config.ha.takeover_s, log)  # JournalError
+    name_process(instance)
+    # (psycopg missing: a JournalError, one line and exit 1, as any journal that cannot be opened)
+    lead = Leadership(config.journal.path, instance, config.ha.lease_s, config.ha.takeover_s, log)
     waiting = threading.Event()  # set: stop waiting to lead
     stop_task = asyncio.create_task(stop.wait())
     stop_task.add_done_callback(lambda _: waiting.set())

@@ -169,9 +169,11 @@ def _retry(journal: JournalStore, control_id: str | None) -> int:
 
 def _review(config: Config) -> int:
     """Comments a later result of the same patient contradicts, for a person to follow up."""
-    path = Path(config.context.store)
-    if not path.is_file():
-        raise B12Error(f"no context store at {path} ([context] store in {config.source})")
+    path: str | Path = config.context.store  # a postgresql:// URL is read as it is
+    if not is_url(path):
+        path = Path(path)
+        if not path.is_file():
+            raise B12Error(f"no context store at {path} ([context] store in {config.source})")
     found = read_contradictions(path)  # ContextError: one line, exit 1
     if not found:
         print("no contradicted comments")

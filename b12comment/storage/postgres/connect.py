@@ -18,6 +18,17 @@ CONNECT_TIMEOUT_S = 5
 KEEPALIVES = dict(keepalives=1, keepalives_idle=2, keepalives_interval=1, keepalives_count=3, tcp_user_timeout=5000)
 
 
+# This process's instance name ([ha] instance), set once by serve: every
+# connection it opens carries it, so that the instance that takes over can
+# end them all (the journal's, the lease's and the context store's).
+_process_instance = ""
+
+
+def name_process(instance: str) -> None:
+    global _process_instance
+    _process_instance = instance
+
+
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
@@ -41,7 +52,7 @@ def connect(url: str, instance: str = "", autocommit: bool = False) -> psycopg.C
             url,
             autocommit=autocommit,
             connect_timeout=CONNECT_TIMEOUT_S,
-            application_name=f"{APP_PREFIX}{instance}"[:63],
+            application_name=f"{APP_PREFIX}{instance or _process_instance}"[:63],
             **KEEPALIVES,
         )
     except psycopg.Error as exc:
