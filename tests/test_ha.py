@@ -145,6 +145,16 @@ class Sender:
         return False
 
 
+def tails(pair: list[Instance]) -> str:
+    """The last log lines of each instance but the per-message ones, for a failure's message."""
+    out = []
+    for instance in pair:
+        for n, run in enumerate(instance.runs):
+            lines = [x for x in run.lines if '"ack"' not in x and '"decision"' not in x and "connection_" not in x]
+            out.append(f"--- {instance.name} run {n}:\n" + "\n".join(lines[-15:]))
+    return "\n".join(out)
+
+
 def load_message(n: int, patients: int = 7) -> tuple[str, bytes]:
     patient, seq = n % patients, n // patients
     cid = f"L{patient}-{seq:05d}"
@@ -179,7 +189,7 @@ def test_failover_under_load_loses_no_acked_message(tmp_path, pg_url):
 
             def run() -> None:
                 nonlocal sent
-                while sent < 2000 and not sender.stop.is_set():
+                while sent < 20_000 and not sender.stop.is_set():  # bounded; stopped after the last failover
                     cid, m = load_message(sent)
                     if not sender.send(m, cid, deadline):
                         return
@@ -191,7 +201,9 @@ def test_failover_under_load_loses_no_acked_message(tmp_path, pg_url):
             leader, standby = a, b
             for k in range(6):
                 before = len(sender.acked)
-                assert wait_until(lambda b=before: len(sender.acked) >= b + 60, timeout=60), "the sender stalled"
+                assert wait_until(lambda b=before: len(sender.acked) >= b + 60, timeout=60), "the sender stalled:\n" + (
+                    tails(pair)
+                )
                 leads_before = standby.leads()
                 stopped = k == 5
                 t0 = time.monotonic()

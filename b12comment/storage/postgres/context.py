@@ -28,7 +28,9 @@ _SCHEMA = [
         seq bigint NOT NULL, row_index integer NOT NULL, patient bytea NOT NULL, requisition bytea NOT NULL,
         kind text NOT NULL, analyte text NOT NULL, is_b12 boolean NOT NULL, verdict text NOT NULL,
         status text NOT NULL, order_status text NOT NULL, collected text NOT NULL, control_id text NOT NULL,
-        stored_at double precision NOT NULL, PRIMARY KEY (seq, row_index, patient))""",
+        stored_at double precision NOT NULL, obx integer NOT NULL DEFAULT 0, system text NOT NULL DEFAULT '',
+        display text NOT NULL DEFAULT '', value_type text NOT NULL DEFAULT '',
+        PRIMARY KEY (seq, row_index, patient))""",
     "CREATE INDEX IF NOT EXISTS b12_context_results_by_patient ON b12_context_results (patient)",
     "CREATE INDEX IF NOT EXISTS b12_context_results_by_requisition ON b12_context_results (requisition)",
     "CREATE INDEX IF NOT EXISTS b12_context_results_by_time ON b12_context_results (stored_at)",
@@ -128,16 +130,22 @@ class PostgresContextStore(ContextStore):
                 rows.append(
                     (arrival, r.row_index, patient, requisition, r.kind, r.analyte, bool(r.is_b12), r.verdict)
                     + (r.status, r.order_status, r.collected, extract.control_id, now)
+                    + (r.obx, r.system, r.display, r.value_type)
                 )
         self._begin()
         try:
             with self._c.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO b12_context_results VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                    "INSERT INTO b12_context_results (seq, row_index, patient, requisition, kind, analyte, is_b12, "
+                    "verdict, "
+                    "status, order_status, collected, control_id, stored_at, obx, system, display, value_type) "
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
                     "ON CONFLICT (seq, row_index, patient) DO UPDATE SET requisition = EXCLUDED.requisition, "
                     "kind = EXCLUDED.kind, analyte = EXCLUDED.analyte, is_b12 = EXCLUDED.is_b12, "
                     "verdict = EXCLUDED.verdict, status = EXCLUDED.status, order_status = EXCLUDED.order_status, "
-                    "collected = EXCLUDED.collected, control_id = EXCLUDED.control_id, stored_at = EXCLUDED.stored_at",
+                    "collected = EXCLUDED.collected, control_id = EXCLUDED.control_id, stored_at = EXCLUDED.stored_at, "
+                    "obx = EXCLUDED.obx, system = EXCLUDED.system, display = EXCLUDED.display, "
+                    "value_type = EXCLUDED.value_type",
                     rows,
                 )
         except self._psycopg.Error as exc:
@@ -188,6 +196,10 @@ class PostgresContextStore(ContextStore):
                 status=r[7],
                 order_status=r[8],
                 collected=r[9],
+                obx=r[10],
+                system=r[11],
+                display=r[12],
+                value_type=r[13],
             )
             for r in found
         )
