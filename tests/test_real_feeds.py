@@ -394,3 +394,74 @@ def test_a_store_of_an_earlier_version_gains_the_columns_that_name_a_blocker(tmp
     outcome = decide(store, 2, message(patient_id=PATIENT_A, orc4="REQ1", control_id="B12"), RULE, "patient", 30.0)
     store.close()
     assert [b["display"] for b in _blockers(outcome.decision)] == ["Hemoglobin"]
+
+
+# ---------------------------------------------------------------------------
+# The calibration table: what kept comments away, per code, and lines a lab
+# pastes into its configuration. Never free text, never a patient field.
+
+QUESTION = Obx(code="Q1^Pregnant^L", vtype="CWE", value="N^No^HL70136", units="", range="")
+NOTE = Obx(code="X9^Comment^L", vtype="TX", value="Seen by Hansen", units="", range="")
+
+
+def test_the_replay_report_names_what_kept_comments_away_and_what_to_configure(tmp_path):
+    import tomllib
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for n in range(4):
+        (src / f"a{n}.hl7").write_bytes(message(QUESTION, control_id=f"A{n}"))
+    (src / "b.hl7").write_bytes(message(QUESTION, NOTE, control_id="B"))
+    (src / "c.hl7").write_bytes(message(LOW_HB, control_id="C"))
+    (src / "d.hl7").write_bytes(message(LOW_HB, value="500", control_id="D"))  # not elevated: nothing kept away
+    report, html = tmp_path / "r.json", tmp_path / "r.html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "b12comment", "replay", "--dry-run", "--quiet", str(src)]
+        + ["--report", str(report), "--html", str(html)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    table = json.loads(report.read_text())["what_kept_comments_away"]
+    assert table["rows"] == [
+        dict(system="L", code="Q1", display="Pregnant", value_type="CWE", verdict="cannot be judged")
+        | dict(blocked=5, values={"N^No": 5}),
+        dict(system="L", code="X9", display="Comment", value_type="TX", verdict="cannot be judged")
+        | dict(blocked=1, values={}),  # free text: never a value
+        dict(system="LN", code="718-7", display="Hemoglobin", value_type="NM", verdict="abnormal")
+        | dict(blocked=1, values={"(values seen fewer than 5 times)": 1}),  # rare values: counted, not shown
+    ]
+    defaults = [
+        "Normal",
+        "Negative",
+        "LA6577-6",
+        "Not detected",
+        "LA11883-8",
+        "No growth",
+        "Nonreactive",
+        "Non-reactive",
+        "None seen",
+        "Specimen acceptable",
+        "Negativ",
+        "Ikke påvist",
+        "Ingen vækst",
+    ]
+    assert table["ignored_codes"] == (
+        "ignored_codes = [\n"
+        '    # "Q1",  # Pregnant (CWE, L): kept 5 comments away; values N^No (5)\n'
+        '    # "X9",  # Comment (TX, L): kept 1 comment away\n'
+        "]"
+    )
+    assert table["normal_texts"] == (
+        "normal_texts = [\n"
+        + "".join(f'    "{t}",\n' for t in defaults)
+        + '    # "N",  # N^No of Q1 Pregnant (CWE): 5 times\n'
+        "]"
+    )
+    # pasted as they are, they change nothing: the suggestions are commented out
+    pasted = tomllib.loads(table["ignored_codes"] + "\n" + table["normal_texts"])
+    assert pasted == {"ignored_codes": [], "normal_texts": defaults}
+    page = html.read_text()
+    assert "What kept comments away" in page and "# &quot;Q1&quot;," in page
+    for private in ("Hansen", "Testesen", "0101169999"):
+        assert private not in report.read_text() and private not in page

@@ -35,6 +35,7 @@ svg text.title{font-weight:bold} svg text.limit{fill:#c0392b}
 .bars .track{display:flex;align-items:center;gap:.4rem;min-width:0}
 .bars .bar{background:#e08e45;height:1rem;border-radius:2px;flex:none}
 .bars .n{font-variant-numeric:tabular-nums;font-size:.9rem;white-space:nowrap}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f4f6f8;padding:.5rem;border-radius:4px}
 table{border-collapse:collapse;margin:.5rem 0;max-width:100%}
 td,th{border-bottom:1px solid #eee;padding:.25rem .6rem;text-align:left;overflow-wrap:anywhere;vertical-align:top}
 td.n{text-align:right;font-variant-numeric:tabular-nums} .muted{color:#555;font-size:.9rem}
@@ -181,6 +182,29 @@ def render(report: dict, rule: RuleConfig) -> str:
         "<h2>Why B12 results of patients under 18 got no comment</h2>",
         '<p class="muted">Counted in results; one result may have several reasons.</p>',
         bars_html(report["paediatric_b12_not_commented_by_reason"], "result"),
+        "<h2>What kept comments away</h2>",
+        '<p class="muted">Each result of another code that kept the comment from an elevated B12 of a '
+        "patient under 18 (counted once per B12 result and code), with its verdict and, where it is coded "
+        "or short and seen at least 5 times, its values (never free text). The blocks to paste into [rule] "
+        "hold the site's own lists, then, commented out, every code and value that could not be judged: "
+        "uncomment only codes that are truly no finding (ignored_codes) and values that are a normal "
+        "answer (normal_texts); never a code whose result can be abnormal without a flag.</p>",
+        _table(
+            [
+                (
+                    r["blocked"],
+                    f"{r['code']} ({r['system']})" if r["system"] else r["code"],
+                    r["display"],
+                    r["value_type"],
+                    r["verdict"],
+                    "; ".join(f"{v} ({n})" for v, n in r["values"].items()),
+                )
+                for r in report["what_kept_comments_away"]["rows"]
+            ],
+            ["B12 comments kept away", "code", "text", "type", "verdict", "values"],
+        ),
+        f"<pre>{escape(report['what_kept_comments_away']['ignored_codes'])}\n"
+        f"{escape(report['what_kept_comments_away']['normal_texts'])}</pre>",
         "<h2>Messages without the comment, by first reason</h2>",
         '<p class="muted">Counted in messages; each message under its first reason only.</p>',
         bars_html(report["not_commented_by_reason"], "message"),

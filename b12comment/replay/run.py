@@ -48,7 +48,7 @@ from b12comment.replay.first_pass import build as build_first_pass
 from b12comment.replay.first_pass import remove as remove_first_pass
 from b12comment.replay.progress import Progress, plural
 from b12comment.replay.resume import OWN_FILES, RESUME_NAME, ResumeFile, fingerprint, load_done, lock_output
-from b12comment.replay.tally import Tally
+from b12comment.replay.tally import Tally, calibration
 from b12comment.wire.split import is_gzip, open_input, open_output, read_pieces
 
 
@@ -416,6 +416,7 @@ def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
         total.merge(tallies[rel])
     report = total.to_json()
     report["elapsed_s"] = round(elapsed, 3)
+    report["what_kept_comments_away"] = calibration(report.pop("blocking_codes"), config.rule)
     report["messages_per_s"] = round(total.messages / elapsed, 1) if elapsed > 0 else None
     copied = out_dir is not None and not opts.skip_non_hl7  # --dry-run and --forward write no files
     report["files_without_hl7_output"] = "copied unchanged" if copied else "none"
