@@ -233,3 +233,45 @@ def test_every_shell_decides_through_the_one_chain():
     }
     entry_points = {"serve/processing.py", "serve/http.py", "preview.py", "replay/first_pass.py", "replay/run.py"}
     assert entry_points | {"replay/forward.py", "context/store.py"} <= users
+
+
+# The shells that share the wire (MLLP codec, ACKs, splitting, TLS) and the
+# delivery (transports, forwarder) never import each other: serve and replay
+# meet in wire/, delivery/ and storage/, which import neither.
+NEVER_IMPORTS = {
+    "serve": ("replay", "send"),
+    "replay": ("serve", "send"),
+    "send": ("serve", "replay"),
+    "wire": ("serve", "replay", "send", "delivery", "storage"),
+    "delivery": ("serve", "replay", "send"),
+    "storage": ("serve", "replay", "send", "delivery"),
+}
+
+
+def part_of(path: Path) -> str:
+    """The part of the package a module belongs to: its first folder, or its own name."""
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def crossings(path: Path) -> list[str]:
+    part = part_of(path)
+    bad = []
+    for line, module in imports_of(path):
+        names = module.split(".")
+        if names[0] == "b12comment" and len(names) > 1 and names[1] in NEVER_IMPORTS.get(part, ()):
+            bad.append(f"{path.relative_to(PACKAGE)}:{line}: {part} imports {module}")
+    return bad
+
+
+def test_serve_replay_send_and_the_shared_layers_never_import_each_other():
+    modules = sorted(PACKAGE.rglob("*.py"))
+    assert {"serve", "replay", "send", "wire", "delivery", "storage"} <= {part_of(p) for p in modules}
+    bad = [line for path in modules for line in crossings(path)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_crossing_check_finds_a_planted_import(tmp_path, monkeypatch):
+    planted = PACKAGE / "replay" / "planted_for_the_test.py"
+    monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: "from b12comment.serve import listener\n")
+    assert crossings(planted) == ["replay/planted_for_the_test.py:1: replay imports b12comment.serve"]

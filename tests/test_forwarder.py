@@ -16,14 +16,8 @@ from journal_helpers import mark_processed, record
 from service_helpers import Downstream, ack_for, free_port, msh10
 
 from b12comment.config import DownstreamConfig
-from b12comment.serve.forwarder import (
-    DirTransport,
-    Forwarder,
-    MllpTransport,
-    backoff_delay,
-    safe_name,
-    transport_for,
-)
+from b12comment.delivery.forwarder import Forwarder, backoff_delay
+from b12comment.delivery.transports import DirTransport, MllpTransport, safe_name, transport_for
 from b12comment.serve.metrics import Metrics
 from b12comment.storage.sqlite import SqliteJournal
 from b12comment.storage.writer import JournalThread

@@ -259,7 +259,7 @@ def test_delivery_the_journal_cannot_record_is_not_sent_again_and_again(tmp_path
     instead of sending the same message about once a second: while the disk
     is full, at most one group of deliveries (their AAs are recorded together)
     goes out, each message once."""
-    from b12comment.serve.forwarder import RECORD_EVERY
+    from b12comment.delivery.forwarder import RECORD_EVERY
 
     with tmpfs(tmp_path / "disk", "2m") as disk:
         journal = disk / "journal.sqlite3"

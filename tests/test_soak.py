@@ -44,7 +44,7 @@ from soak_helpers import (
 
 from b12comment.config import Config
 from b12comment.core.engine import process
-from b12comment.serve.forwarder import RECORD_EVERY
+from b12comment.delivery.forwarder import RECORD_EVERY
 
 pytestmark = pytest.mark.slow
 

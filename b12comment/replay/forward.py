@@ -19,12 +19,12 @@ from pathlib import Path
 
 from b12comment.config import Config
 from b12comment.core import chain
+from b12comment.delivery.forwarder import Forwarder, NoMetrics
+from b12comment.delivery.transports import transport_for
 from b12comment.errors import UsageError
 from b12comment.logs import get_logger
 from b12comment.replay.first_pass import Reader
 from b12comment.replay.tally import Tally
-from b12comment.serve.forwarder import Forwarder, transport_for
-from b12comment.serve.metrics import Metrics
 from b12comment.storage import is_url
 from b12comment.storage.interface import JournalStore
 from b12comment.storage.model import Replayed
@@ -115,7 +115,7 @@ async def drain(path: str | Path, config: Config, url: str, poll_s: float = 0.2)
     journal = JournalThread(path)
     stop, wake = asyncio.Event(), asyncio.Event()
     forwarder = Forwarder(
-        journal, transport_for(ds), ds, Metrics(), get_logger("b12comment.forward"), wake, poll_s=poll_s
+        journal, transport_for(ds), ds, NoMetrics(), get_logger("b12comment.forward"), wake, poll_s=poll_s
     )
     task = asyncio.create_task(forwarder.run(stop))
     try:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from b12comment.config import Config
 from b12comment.context.store import read_contradictions
+from b12comment.delivery.transports import safe_name
 from b12comment.errors import EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.files import write_atomically
-from b12comment.serve.forwarder import safe_name
 from b12comment.storage import STATES, JournalStore, Row, is_url, open_journal, open_journal_for_reading
 
 

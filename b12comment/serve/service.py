@@ -11,7 +11,7 @@ The stages meet only in the journal, so each can stop and restart on its own:
   the original bytes: results always flow. After a crash, rows still in
   state `received` are processed at start: `process()` is pure, so the redo
   gives the same bytes;
-- the forwarder delivers processed rows in id order (see forwarder.py);
+- the forwarder delivers processed rows in id order (see delivery/forwarder.py);
 - a pruning task deletes delivered rows after `[journal] retention_days`.
 
 SIGTERM and SIGINT stop accepting, let open connections finish the frames
@@ -34,9 +34,10 @@ from b12comment.aio import describe_error, wait_event
 from b12comment.audit.recorder import Recorder, audit_spec, open_recorder
 from b12comment.audit.rows import HTTP, SERVE
 from b12comment.config import Config
+from b12comment.delivery.forwarder import Forwarder
+from b12comment.delivery.transports import transport_for
 from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
 from b12comment.launch import catch_again, stop_requested
-from b12comment.serve.forwarder import Forwarder, transport_for
 from b12comment.serve.health import Health
 from b12comment.serve.http import HttpServer
 from b12comment.serve.journal_guard import (
