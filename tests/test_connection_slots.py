@@ -74,9 +74,20 @@ def test_all_slots_taken_the_connection_idle_longest_makes_room(tmp_path):
         conns = [MllpConnection(serve.port) for _ in range(3)]
         for n, c in enumerate(conns):
             assert msa(c.send(oru(f"S{n}")))[0] == "AA"  # each has spoken: idle_timeout_s applies
-        wait_until(lambda: False, timeout=1.5)  # all idle for longer than first_byte_timeout_s
-        with MllpConnection(serve.port) as newcomer:
-            assert msa(newcomer.send(oru("NEW"))) == ("AA", "NEW")
+        # A newcomer is refused until the idle ones have been idle for
+        # first_byte_timeout_s; then the one idle longest makes room for it.
+        answers: list[tuple[str, str]] = []
+
+        def newcomer_answered() -> bool:
+            with MllpConnection(serve.port) as newcomer:
+                try:
+                    answers.append(msa(newcomer.send(oru("NEW"))))
+                except ConnectionError:
+                    return False  # closed at once: every slot still taken
+            return True
+
+        assert wait_until(newcomer_answered, timeout=15, interval=0.2)
+        assert answers == [("AA", "NEW")]
         assert closed_without_answer(conns[0].sock)  # the one idle longest
         assert msa(conns[1].send(oru("S1b")))[0] == "AA"
         assert serve.wait_record("connection_closed")

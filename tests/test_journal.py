@@ -313,12 +313,22 @@ def test_journal_thread_keeps_the_event_loop_free_while_a_commit_waits_for_a_loc
         await jt.call(lambda j: j.depth())
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN EXCLUSIVE")
+        ticks_while_waiting = 0
+
+        async def ticker():  # another task on the loop: it runs only if the record does not block the loop
+            nonlocal ticks_while_waiting
+            while True:
+                await asyncio.sleep(0.01)
+                if not future.done():
+                    ticks_while_waiting += 1
+
         future = jt.record(MSG1, control_id="C1", message_type="ORU^R01")
-        ticks = 0
-        for _ in range(20):  # the loop keeps turning
-            await asyncio.sleep(0.01)
-            ticks += 1
-        assert ticks == 20 and not future.done()
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0.2)
+        ticking.cancel()
+        # A record that waited for the lock on the event loop would have blocked
+        # the ticker until SQLite's busy timeout, and ended (done) by then.
+        assert ticks_while_waiting >= 1 and not future.done()
         assert not await jt.available(health_timeout_s=0.2)  # busy past the bound: not healthy
         other.execute("ROLLBACK")
         other.close()
