@@ -11,11 +11,11 @@ import sqlite3
 import pytest
 from builders import Obx, build
 
-from b12comment.context import ContextStore
+from b12comment.context import ContextStore, open_rows
 from b12comment.context.store import _FIELDS
 from b12comment.core.chain import decide
-from b12comment.core.context import Context, PriorResult
-from b12comment.core.rows import extract
+from b12comment.core.context import Context, PriorResult, veto
+from b12comment.core.rows import OBX, ORDER, extract
 from b12comment.core.rule_config import RuleConfig
 
 RULE = RuleConfig()
@@ -117,7 +117,7 @@ def test_a_store_made_before_the_open_rows_is_filled_when_opened(tmp_path):
     decide(store, 4, other(NORMAL, 3, control_id="FIXED"), RULE, "patient")
     store.close()
     db = sqlite3.connect(path)
-    db.execute("DROP TABLE open_results")
+    db.execute(f"DROP TABLE {open_rows.TABLE}")
     db.close()
     reopened = ContextStore(path, KEY)
     outcome = decide(reopened, 5, b12(), RULE, "patient")
@@ -219,3 +219,51 @@ def test_the_open_rows_veto_exactly_what_every_row_vetoed(seed):
         ), seq
         compared += bool(b.decision.vetoed_by) or b.decision.commented
     assert compared > 0
+
+
+def test_an_earlier_version_of_the_table_is_made_again(tmp_path):
+    path = tmp_path / "context.sqlite3"
+    store = ContextStore(path, KEY)
+    decide(store, 1, other(LOW, 1, control_id="LOW"), RULE, "patient")
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute(f"ALTER TABLE {open_rows.TABLE} RENAME TO open_results")
+    db.execute("DELETE FROM open_results")  # it kept other rows
+    db.commit()
+    db.close()
+    reopened = ContextStore(path, KEY)
+    assert decide(reopened, 5, b12(), RULE, "patient").decision.vetoed_by == ("LOW",)
+    assert not reopened._run("SELECT 1 FROM sqlite_master WHERE name = 'open_results'")
+    reopened.close()
+
+
+_VERDICTS = ("normal", "abnormal", "unknown", "low", "")
+_STATUSES = ("F", "C", "P", "I", "R", "S", "D", "W", "X", "")
+
+
+@pytest.mark.parametrize("kind", [OBX, ORDER])
+@pytest.mark.parametrize("is_b12", [False, True])
+def test_every_row_the_core_vetoes_with_from_the_look_back_is_open(kind, is_b12):
+    """The store keeps only the open rows of a patient's other requisitions:
+    every row core.context.veto vetoes with (another requisition, collected
+    within the look-back) must be open, whatever its verdict and status."""
+    for verdict in _VERDICTS:
+        for status in _STATUSES:
+            for value_type in ("NM", "ST", "CWE", "ED", ""):
+                row = PriorResult(
+                    arrival=1,
+                    control_id="EARLIER",
+                    requisition="other",
+                    same_requisition=False,
+                    kind=kind,
+                    analyte="X",
+                    is_b12=is_b12,
+                    verdict=verdict,
+                    status=status,
+                    order_status=status,
+                    collected="20240110",
+                    value_type=value_type,
+                )
+                reasons, _, _ = veto(Context(arrival=2, results=(row,)), "20240110", RULE)
+                if reasons:
+                    assert open_rows.is_open(kind, int(is_b12), verdict, status), row

@@ -2,17 +2,18 @@
 patient's history grows.
 
 A comment is vetoed by a result of the patient in another requisition only
-if that result's newest row is not a B12 and is abnormal, cannot be judged
-or is pending (core.context.veto). A child in a long stay has hundreds of
+if that result's newest row is abnormal, cannot be judged or is pending (a
+B12 only if it was low; core.context.veto). A child in a long stay has hundreds of
 normal final results and a few that are not; reading every row of the
 patient for every message made each decision slower than the last.
 
-So beside `results` the store keeps `open_results`: per patient and per
+So beside `results` the store keeps a table of open rows (`TABLE`): per patient and per
 (requisition, kind, analyte), the newest row if it is *open*, a result (not
-an order, not a B12) that is not a normal final one (OBX-11 "F", final in
-HL7 table 0085 whatever else the rule calls final or pending). A newer row
-of the same key replaces it: an open one takes its place, a settled one (a
-normal final result, a B12) removes it; a row of the same message never
+an order) that is not a normal final one (OBX-11 "F", final in HL7 table
+0085 whatever else the rule calls final or pending), and of a B12 one that
+is neither normal nor abnormal (low, or cannot be judged). A newer row of
+the same key replaces it: an open one takes its place, a settled one (a
+normal final result, a normal or elevated B12) removes it; a row of the same message never
 removes it (two values of one analyte in one message: the open one stays).
 Rows without a requisition are each their own key (they supersede nothing).
 
@@ -33,14 +34,19 @@ from __future__ import annotations
 import sqlite3
 
 from b12comment.core.rows import OBX
-from b12comment.core.verdict import NORMAL
+from b12comment.core.verdict import ABNORMAL, NORMAL
 
 SETTLED_STATUS = "F"
+# The table's name says which rows it keeps: a store whose table kept others
+# (an earlier version's) gets it made again when opened.
+TABLE = "open_results_2"
+_EARLIER = ("open_results",)
 _KEY = ("patient", "grp", "kind", "analyte")
 # A store made before the table, or before a column: each patient's newest open row per key.
 _FILL_WHERE = f"""
-WHERE length(patient) > 0 AND kind = '{OBX}' AND is_b12 = 0
-  AND NOT (verdict = '{NORMAL}' AND status = '{SETTLED_STATUS}')
+WHERE length(patient) > 0 AND kind = '{OBX}'
+  AND CASE WHEN is_b12 THEN verdict NOT IN ('{NORMAL}', '{ABNORMAL}')
+      ELSE NOT (verdict = '{NORMAL}' AND status = '{SETTLED_STATUS}') END
   AND NOT EXISTS (
       SELECT 1 FROM results n
       WHERE length(r.requisition) > 0 AND n.requisition = r.requisition AND n.patient = r.patient
@@ -56,8 +62,15 @@ def _kept(columns: tuple[str, ...]) -> list[str]:
 
 
 def is_open(kind: str, is_b12: int, verdict: str, status: str) -> bool:
-    """A row that may veto a comment of another requisition of its patient."""
-    return kind == OBX and not is_b12 and not (verdict == NORMAL and status == SETTLED_STATUS)
+    """A row that may veto a comment of another requisition of its patient
+    (a superset of what core.context.veto vetoes with: a test holds them
+    together): a result that is not a normal final one; of a B12, one that
+    is neither normal nor abnormal (a low one, one that cannot be judged)."""
+    if kind != OBX:
+        return False
+    if is_b12:
+        return verdict not in (NORMAL, ABNORMAL)
+    return not (verdict == NORMAL and status == SETTLED_STATUS)
 
 
 def group(requisition: bytes, seq: int) -> bytes:
@@ -70,19 +83,20 @@ def create(db: sqlite3.Connection, columns: tuple[str, ...]) -> None:
     """The table with `results`' `columns` (made again, from `results`,
     if the store had none or it lacks one)."""
     kept = _kept(columns)
-    have = [row[1] for row in db.execute("PRAGMA table_info(open_results)")]
+    have = [row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")]
     if have and set(have) == {"grp", *kept}:
         return
     db.execute("BEGIN IMMEDIATE")  # made and filled at once: never an empty table taken for a filled one
     try:
-        db.execute("DROP TABLE IF EXISTS open_results")
+        for name in (*_EARLIER, TABLE):
+            db.execute(f"DROP TABLE IF EXISTS {name}")
         db.execute(
-            f"CREATE TABLE open_results (grp BLOB NOT NULL, {', '.join(kept)}, "
+            f"CREATE TABLE {TABLE} (grp BLOB NOT NULL, {', '.join(kept)}, "
             f"PRIMARY KEY ({', '.join(_KEY)})) WITHOUT ROWID"
         )
-        db.execute("CREATE INDEX open_results_by_time ON open_results (stored_at)")
+        db.execute(f"CREATE INDEX {TABLE}_by_time ON {TABLE} (stored_at)")
         db.execute(
-            f"INSERT OR REPLACE INTO open_results (grp, {', '.join(kept)}) "
+            f"INSERT OR REPLACE INTO {TABLE} (grp, {', '.join(kept)}) "
             f"SELECT {_GROUP_SQL}, {', '.join(kept)} FROM results r {_FILL_WHERE}"
         )
         db.execute("COMMIT")
@@ -110,13 +124,13 @@ def record(db: sqlite3.Connection, columns: tuple[str, ...], rows: list[tuple]) 
             settles.append((r[patient], grp, r[kind], r[analyte], r[seq]))
     if settles:
         db.executemany(
-            "DELETE FROM open_results WHERE patient = ? AND grp = ? AND kind = ? AND analyte = ? AND seq < ?", settles
+            f"DELETE FROM {TABLE} WHERE patient = ? AND grp = ? AND kind = ? AND analyte = ? AND seq < ?", settles
         )
     if upserts:
         updated = ", ".join(f"{c} = excluded.{c}" for c in kept if c not in _KEY)
         db.executemany(
-            f"INSERT INTO open_results (grp, {', '.join(kept)}) VALUES ({','.join('?' * (len(kept) + 1))}) "
-            f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updated} WHERE excluded.seq >= open_results.seq",
+            f"INSERT INTO {TABLE} (grp, {', '.join(kept)}) VALUES ({','.join('?' * (len(kept) + 1))}) "
+            f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updated} WHERE excluded.seq >= {TABLE}.seq",
             upserts,
         )
 
@@ -127,11 +141,11 @@ def query(fields: str, patients: list[bytes]) -> str:
     patients supersedes. Its arguments: `patients` twice."""
     marks = ",".join("?" * len(patients))
     return (
-        f"SELECT {fields}, seq FROM open_results o WHERE o.patient IN ({marks}) AND NOT EXISTS ("
+        f"SELECT {fields}, seq FROM {TABLE} o WHERE o.patient IN ({marks}) AND NOT EXISTS ("
         "SELECT 1 FROM results n WHERE length(o.requisition) > 0 AND n.requisition = o.requisition "
         f"AND n.kind = o.kind AND n.analyte = o.analyte AND n.seq > o.seq AND n.patient IN ({marks}))"
     )
 
 
 def purge(db: sqlite3.Connection, cutoff: float) -> None:
-    db.execute("DELETE FROM open_results WHERE stored_at < ?", (cutoff,))
+    db.execute(f"DELETE FROM {TABLE} WHERE stored_at < ?", (cutoff,))
