@@ -115,8 +115,8 @@ def veto(context: Context, b12_collected: str, rule: RuleConfig) -> tuple[list[s
         if r.kind == ORDER:
             if r.same_requisition and _order_not_final(r.order_status, rule):
                 found, verdict = REQUISITION_PENDING, BLOCK_PENDING
-        elif r.status in rule.ignored_statuses or r.value_type in rule.no_finding_types:
-            continue
+        elif r.status in rule.ignored_statuses or (r.value_type in rule.no_finding_types and r.verdict == NORMAL):
+            continue  # no finding (judge_value judges a flagged or ranged one: it is a result then)
         elif r.is_b12 and r.verdict != LOW:
             continue  # a repeat B12 vetoes only when it was low (a deficiency)
         elif r.same_requisition and pending:

@@ -154,8 +154,8 @@ def shown_value(obs: Observation, rule: RuleConfig) -> str:
     """The value of a blocking result as a site may see it in a report: a
     coded value (identifier^text), a number, or a short word; never free text
     (FT, TX, an embedded report) and never a person, an address or a date."""
-    if obs.value_type in FREE_TEXT_TYPES or is_no_finding(obs, rule):
-        return ""
+    if obs.value_type in FREE_TEXT_TYPES or obs.value_type in rule.no_finding_types:
+        return ""  # by its type: a flagged name or date is still a name or a date
     if obs.value_type in CODED_TYPES:
         value = "^".join(obs.value[:2]).strip("^")
     elif obs.value_type == "SN":

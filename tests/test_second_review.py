@@ -1,0 +1,101 @@
+"""Cornerstones of a second clinical review: ways a comment could come where
+a careful lab would give none (a false reassurance), each a class.
+
+Messages are written out byte for byte here from HL7 v2 and the guideline;
+the expected output is the input itself (no comment) or the input plus the
+comment line written out here, so no expected byte comes from the product.
+Facts: ../shared/clinical-facts.md.
+"""
+
+from __future__ import annotations
+
+from b12comment.context import ContextStore
+from b12comment.core.chain import decide
+from b12comment.core.engine import process
+from b12comment.core.rule_config import RuleConfig
+
+RULE = RuleConfig(language="en")
+KEY = b"r" * 32
+NTE = (
+    b"NTE|1|L|Isolated elevated vitamin B12 in children and adolescents under 18 has no clinical "
+    b"significance: when B12 (however high) is the only abnormal biochemical finding, it needs no "
+    b"concern and no further investigation, not even a repeat B12 measurement. "
+    b"(Automatic comment, b12comment rule b12-paed-2)|RE\r"
+)
+HEAD = (
+    "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261120120000||ORU^R01|{cid}|P|2.5.1\r"
+    "PID|1||0101150000^^^CPR||Doe^Kim||{birth}|F\r"
+    "OBR|1|{req}|F{req}|B12^B12^L|||{collected}||||||||||||||||||F\r"
+)
+B12 = "OBX|1|NM|14685-2^Cobalamin^LN||1350|pmol/L|250-900|H|||F\r"
+
+
+def message(
+    *others: str,
+    cid: str = "C1",
+    req: str = "REQ1",
+    birth: str = "20150101",
+    collected: str = "20261120083000",
+    b12: str = B12,
+) -> bytes:
+    head = HEAD.format(cid=cid, req=req, birth=birth, collected=collected)
+    return (head + b12 + "".join(others)).encode("utf-8")
+
+
+def commented(msg: bytes) -> bytes:
+    """`msg` (whose B12 OBX is its last segment) with the comment after it."""
+    return msg + NTE
+
+
+def assert_silent(msg: bytes, reasons: tuple[str, ...], rule: RuleConfig = RULE) -> None:
+    out, decision = process(msg, rule)
+    assert (out, decision.commented, decision.reasons) == (msg, False, reasons)
+
+
+def run(*messages: bytes, rule: RuleConfig = RULE):
+    store = ContextStore(":memory:", KEY)
+    return [decide(store, i, m, rule, "patient", 30.0) for i, m in enumerate(messages, start=1)]
+
+
+# ---------------------------------------------------------------------------
+# A line of a value type that is "no finding" (a date, a person, an address,
+# a telephone number) is no finding only while the lab says nothing about it:
+# a flag other than N, or a range, makes it a result (a lab's finding sent
+# under the wrong OBX-2), and a flagged one vetoes whatever its type.
+
+
+def test_a_flagged_line_of_a_no_finding_type_still_vetoes():
+    for line in (
+        "OBX|2|DT|RVD^Return visit date^L||20261201|||H|||F\r",  # a flagged date
+        "OBX|2|TS|4544-3^Hematocrit^LN||0.29|||L|||F\r",  # a number sent as TS, flagged low
+        "OBX|2|XPN|MN^Name^L||Hansen^Mette|||A|||F\r",  # flagged abnormal, whatever it is
+    ):
+        assert_silent(message(line), ("other_abnormal",))
+
+
+def test_a_no_finding_type_with_a_range_is_a_result_to_judge():
+    # A haematocrit sent with OBX-2 = TS and its range: not a date, so judged;
+    # its value cannot be read as a quantity of a time stamp: doubt.
+    line = "OBX|1|TS|4544-3^Hematocrit^LN||0.29||0.35-0.45||||F\r"
+    msg = message(b12=line + B12.replace("OBX|1|", "OBX|2|"))
+    assert_silent(msg, ("context_unreadable",))
+
+
+def test_an_unflagged_unranged_date_still_never_silences_the_comment():
+    line = "OBX|1|DT|RVD^Return visit date^L||20261201||||||F\r"
+    msg = message(b12=line + B12.replace("OBX|1|", "OBX|2|"))
+    assert process(msg, RULE)[0] == commented(msg)
+
+
+def test_an_earlier_flagged_line_of_a_no_finding_type_vetoes_from_the_context():
+    earlier = message(
+        cid="E1",
+        req="REQ-A",
+        collected="20261110083000",
+        b12="OBX|1|DTM|XDTM^Onset^L||202611090800+0100|||A|||F\r",
+    )
+    later = message(cid="L1", req="REQ-B")
+    first, second = run(earlier, later)
+    assert first.output == earlier
+    assert second.output == later
+    assert second.decision.reasons == ("other_abnormal_recent",)
