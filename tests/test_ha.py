@@ -275,3 +275,62 @@ def test_failover_under_load_loses_no_acked_message(tmp_path, pg_url):
                 if instance.serve is not None and instance.serve.proc.poll() is None:
                     instance.serve.proc.send_signal(signal.SIGCONT)
                 instance.kill()
+
+
+def test_a_database_that_goes_away_gets_ae_never_aa_and_serve_leads_again_when_it_is_back(tmp_path):
+    """The database fails over (here: stops at once, then comes back on the
+    same address): a message in flight or sent meanwhile is never answered
+    AA (AE, or no answer); the instance stands by, leads again once the
+    database is back, and every message it answered AA is delivered."""
+    from pg_helpers import PostgresServer, unavailable
+
+    server = PostgresServer()
+    why = server.start()
+    if why is not None:
+        server.stop()
+        unavailable(why)
+    try:
+        url = server.new_database()
+        with Downstream() as down:
+            a = Instance(tmp_path, "a", url, down.url)
+            try:
+                a.start()
+                assert wait_until(lambda: a.leads() == 1), a.serve.stderr
+                sender = Sender([a.port, a.port])
+                deadline = time.monotonic() + 120
+                assert sender.send(load_message(0)[1], "L0-00000", deadline)
+                server._run("pg_ctl", "-D", str(server.data), "-m", "immediate", "-w", "stop")
+                answers = []
+                for n in range(1, 6):  # while the database is gone
+                    cid, m = load_message(n)
+                    try:
+                        with MllpConnection(a.port, timeout=3.0) as conn:
+                            answers.append(msa(conn.send(m))[0])
+                    except OSError:
+                        answers.append("no answer")
+                    time.sleep(0.3)
+                assert "AA" not in answers and answers, answers
+                assert a.serve.wait_record("stepped_down", timeout=30), tails([a])
+                done = server._run(
+                    "pg_ctl",
+                    "-D",
+                    str(server.data),
+                    "-o",
+                    f"-c listen_addresses='' -c unix_socket_directories='{server.folder}' -p {server.port}",
+                    "-w",
+                    "-l",
+                    str(server.folder / "log"),
+                    "start",
+                )
+                assert done.returncode == 0, done.stderr
+                assert wait_until(lambda: a.leads() == 2, timeout=60), tails([a])
+                for n in range(6, 9):
+                    cid, m = load_message(n)
+                    assert sender.send(m, cid, deadline)
+                acked = set(sender.acked)
+                assert wait_until(lambda: acked <= {msa_id(m) for m in down.received}, timeout=30)
+                assert a.serve.stop() == 0, tails([a])
+            finally:
+                a.kill()
+    finally:
+        server.stop()

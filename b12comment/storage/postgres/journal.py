@@ -114,13 +114,21 @@ class PostgresJournal:
             assert f is not None
             raise NotLeader(f"instance {f.instance} lost the lease of journal {self.location} (another leads)")
 
-    def _tx(self, fn: Callable[[Any], T], fenced: bool = True) -> T:
+    def _tx(self, fn: Callable[[Any], T], fenced: bool = True, durable: bool = True) -> T:
         """fn(conn) in one transaction, pipelined with the lease check (FOR
         SHARE, sent first): a lost lease rolls the whole of it back. Few
-        round trips: the statements go together, the answers come together."""
+        round trips: the statements go together, the answers come together.
+        `durable=False` (what happens to a message after its intake): the
+        commit does not wait for its WAL flush (synchronous_commit off for
+        it), as the SQLite journal commits those without an fsync; a crash
+        of the database can undo the last few, which means doing them again
+        (delivery is at least once). Intake, retry and replay's queue always
+        wait for the flush (and for a synchronous standby)."""
         try:
             conn = self._conn()
             with conn.pipeline(), conn.transaction():
+                if not durable:  # as SQLite's synchronous=NORMAL for these: no flush of their own
+                    conn.execute("SET LOCAL synchronous_commit = off")
                 fence = self._fence_query(conn) if fenced else None
                 result = fn(conn)
                 self._fence_holds(fence)  # before the COMMIT
@@ -303,7 +311,7 @@ class PostgresJournal:
                 )
                 cur.execute("DELETE FROM b12_holds WHERE id = ANY(%s)", ([p.id for p in results],))
 
-        self._tx(tx)
+        self._tx(tx, durable=False)
 
     def hold_many(self, holds: Sequence[tuple[int, float]]) -> None:
         def tx(conn: Any) -> None:
@@ -333,7 +341,8 @@ class PostgresJournal:
         self._tx(
             lambda conn: conn.execute(
                 "UPDATE b12_messages SET state = 'forwarded', updated_at = %s WHERE id = ANY(%s)", (now, list(ids))
-            )
+            ),
+            durable=False,
         )
 
     def mark_dead(self, id: int, reason: str, now: float | None = None) -> None:
@@ -343,7 +352,8 @@ class PostgresJournal:
                 "UPDATE b12_messages SET state = 'dead', last_error = COALESCE(%s, last_error), updated_at = %s "
                 "WHERE id = %s",
                 (_text(reason), now, id),
-            )
+            ),
+            durable=False,
         )
 
     def mark_attempt_failed(self, id: int, error: str, counts: bool = True, now: float | None = None) -> int:
@@ -353,7 +363,8 @@ class PostgresJournal:
                 "UPDATE b12_messages SET attempts = attempts + %s, last_error = %s, updated_at = %s WHERE id = %s "
                 "RETURNING attempts",
                 (int(counts), _text(error), now, id),
-            ).fetchone()[0]
+            ).fetchone()[0],
+            durable=False,
         )
 
     def prune(self, retention_days: float, now: float | None = None) -> int:
