@@ -465,3 +465,13 @@ def test_the_replay_report_names_what_kept_comments_away_and_what_to_configure(t
     assert "What kept comments away" in page and "# &quot;Q1&quot;," in page
     for private in ("Hansen", "Testesen", "0101169999"):
         assert private not in report.read_text() and private not in page
+
+
+def test_the_decision_names_an_order_of_the_message_not_finished():
+    # A liver panel ordered with the B12, not finished (OBR-25 P, no results yet): it is named.
+    _, decision = process(message(extra_orders=("P",)), RULE)
+    assert decision.reasons == ("context_pending",)
+    assert _blockers(decision) == [
+        dict(source="message", obx=0, code="LIV", system="L", display="Liver panel", value_type="OBR")
+        | dict(verdict="pending", value="", collected="", control_id="")
+    ]

@@ -39,6 +39,7 @@ from b12comment.core.decision import (
 )
 from b12comment.core.facts import B12Result, Facts, Observation
 from b12comment.core.rule_config import RuleConfig
+from b12comment.core.segments import component, field_of, segment_fields
 from b12comment.core.values import (
     Quantity,
     Range,
@@ -191,14 +192,47 @@ def order_reasons(facts: Facts, obs: Observation, rule: RuleConfig) -> list[str]
     own = facts.order_statuses.get(obs.group, "")
     if own and own not in rule.final_order_statuses:
         reasons.append(ORDER_NOT_FINAL)
-    with_results = {o.group for o in facts.observations}
-    for group, status in facts.order_statuses.items():
-        if group == obs.group or status in rule.final_order_statuses or status in rule.cancelled_order_statuses:
-            continue
-        if status or group not in with_results:
-            reasons.append(CONTEXT_PENDING)
-            break
+    if pending_orders(facts, obs, rule):
+        reasons.append(CONTEXT_PENDING)
     return reasons
+
+
+def pending_orders(facts: Facts, obs: Observation, rule: RuleConfig) -> list[int]:
+    """The other orders (OBR groups) of the message not finished: a stated
+    OBR-25 neither final nor cancelled, or no results yet and not final."""
+    with_results = {o.group for o in facts.observations}
+    return [
+        group
+        for group, status in facts.order_statuses.items()
+        if group != obs.group
+        and status not in rule.final_order_statuses
+        and status not in rule.cancelled_order_statuses
+        and (status or group not in with_results)
+    ]
+
+
+def order_blockers(facts: Facts, groups: list[int]) -> tuple[Blocker, ...]:
+    """The orders of `groups` named: OBR-4's code, system and text (value type "OBR")."""
+    d = facts.header.delimiters
+    obrs = [seg for seg in facts.segments if seg.name == b"OBR"]
+    found = []
+    for group in groups:
+        if not 1 <= group <= len(obrs):
+            continue
+        service = field_of(segment_fields(facts.message, obrs[group - 1], d), 4)
+        code, text, system = (component(service, d, k).decode("latin-1").strip() for k in (1, 2, 3))
+        found.append(
+            Blocker(
+                source=IN_MESSAGE,
+                obx=0,
+                code=code,
+                system=system,
+                display=text,
+                value_type="OBR",
+                verdict=BLOCK_PENDING,
+            )
+        )
+    return tuple(found)
 
 
 def order_notes(facts: Facts) -> tuple[str, ...]:
@@ -343,7 +377,7 @@ def decide_result(
         elevated=elevated,
         paediatric=True,
         unflagged_unranged=silent,
-        blockers=message_blockers(facts, rule),
+        blockers=message_blockers(facts, rule) + order_blockers(facts, pending_orders(facts, obs, rule)),
     )
 
 
