@@ -88,9 +88,10 @@ class Answer:
 class Intake:
     """Frame -> journal -> ACK."""
 
-    def __init__(self, journal: JournalThread, cfg: JournalConfig, log, on_journaled=lambda: None):
+    def __init__(self, journal: JournalThread, cfg: JournalConfig, log, on_journaled=lambda: None, metrics=None):
         self.journal, self.cfg, self.log = journal, cfg, log
         self.on_journaled = on_journaled
+        self.metrics = metrics
 
     def accept(self, payload: bytes, peer: str, seq: int) -> tuple[Coroutine[Any, Any, Answer], bool]:
         """Hand the frame to the journal now; await the result for its answer.
@@ -133,6 +134,16 @@ class Intake:
             return Answer(build_ack(payload, ERROR, ack_id(), now_dtm(), error, header), ERROR, fields)
         if not receipt.duplicate:
             self.on_journaled()
+        if receipt.reused:  # forwarded all the same: it is another message, but the sender's IDs may be wrong
+            self.log.warning(
+                "control_id_reused",
+                peer=peer,
+                control_id=fields["control_id"],
+                journal_id=receipt.id,
+                note="another message under this control ID within retransmit_window_s; both are forwarded",
+            )
+            if self.metrics is not None:
+                self.metrics.inc("b12comment_control_ids_reused_total")
         fields.update(journal_id=receipt.id, duplicate=receipt.duplicate)
         return Answer(accept_ack(header, ack_id(), now_dtm()), ACCEPT, fields)
 

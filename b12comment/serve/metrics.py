@@ -27,6 +27,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "b12comment_messages_received_total": ("Frames received from senders.", ()),
     "b12comment_acks_sent_total": ("ACKs sent to senders, by MSA-1 code.", ("code",)),
     "b12comment_invalid_frames_total": ("Frames answered AR: not an HL7 message, or over the size limit.", ()),
+    "b12comment_control_ids_reused_total": (
+        "Messages journaled under a control ID already used within retransmit_window_s by other bytes.",
+        (),
+    ),
     "b12comment_commented_total": ("Messages that got the B12 comment.", ()),
     "b12comment_decisions_total": (
         "Messages decided by serve's processing stage, by decision (commented, unchanged).",

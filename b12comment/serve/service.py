@@ -280,7 +280,7 @@ class Service:
         self.context = open_context(cfg.context)  # ContextError
         audit = self._open_audit(SERVE)  # AuditError
         await self._open_journal()
-        intake = Intake(self.journal, cfg.journal, self.log, on_journaled=self.journaled.set)
+        intake = Intake(self.journal, cfg.journal, self.log, on_journaled=self.journaled.set, metrics=self.metrics)
         self.listener = Listener(lis, intake, self.log, self.metrics, ssl_ctx)
         try:
             await self.listener.start()

@@ -56,6 +56,14 @@ class NotLeader(JournalFault):
 class Receipt:
     id: int
     duplicate: bool  # a retransmission of a message already journaled
+    reused: bool = False  # a new message under a control ID already journaled within the window
+
+
+# A retransmission is the same control ID within the window and the same
+# bytes but for what ends the message: senders that strip the final segment
+# terminator (python-hl7's `mllp_send --loose`) or add a newline resend the
+# same message. Both backends compare the bytes without these at the end.
+TRAILING = "\r\n\t "
 
 
 @dataclass(frozen=True)

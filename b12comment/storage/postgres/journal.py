@@ -27,6 +27,7 @@ from b12comment.storage.model import (
     BATCH_BYTES,
     PROCESSED,
     STATES,
+    TRAILING,
     Arrival,
     InvalidFrame,
     JournalError,
@@ -282,12 +283,16 @@ class PostgresJournal:
             ), True
         # A retransmission (same control ID, same bytes, within the window) is
         # found, else the row is inserted: one statement.
+        # Bytes compared without what ends the message (model.TRAILING); a
+        # control ID seen within the window with other bytes is reported reused.
+        cid, since = _text(a.control_id), now - a.retransmit_window_s
         return conn.execute(
             "WITH hit AS (SELECT id FROM b12_messages WHERE control_id = %s AND received_at >= %s "
-            "AND state != 'invalid' AND raw = %s ORDER BY id DESC LIMIT 1), "
+            "AND state != 'invalid' AND rtrim(raw, %s::bytea) = rtrim(%s::bytea, %s::bytea) ORDER BY id DESC LIMIT 1), "
             f"ins AS ({_INSERT_INTO} {_NEW} SELECT {_VALUES}, 'received' WHERE NOT EXISTS (SELECT 1 FROM hit) "
-            "RETURNING id) SELECT id, true FROM hit UNION ALL SELECT id, false FROM ins",
-            (_text(a.control_id), now - a.retransmit_window_s, a.raw, *values),
+            "RETURNING id) SELECT id, true, false FROM hit UNION ALL SELECT id, false, EXISTS (SELECT 1 FROM "
+            "b12_messages WHERE control_id = %s AND received_at >= %s AND state != 'invalid') FROM ins",
+            (cid, since, _TRAILING, a.raw, _TRAILING, *values, cid, since),
         ), True
 
     # -- the processing stage
@@ -470,6 +475,9 @@ class PostgresJournal:
         return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
 
+_TRAILING = TRAILING.encode()
+
+
 def _json_dump(reasons: Sequence[str]) -> str:
     return json.dumps(list(reasons))
 
@@ -479,8 +487,8 @@ def _json_list(text: str | None) -> list[str]:
 
 
 def _answer(cursor: Any, is_message: bool) -> Receipt | int:
-    id, duplicate = cursor.fetchone()
-    return Receipt(id, duplicate) if is_message else id
+    row = cursor.fetchone()  # (id, duplicate) or (id, duplicate, reused)
+    return Receipt(row[0], row[1], len(row) > 2 and bool(row[2])) if is_message else row[0]
 
 
 def _text(s: str) -> str:

@@ -23,6 +23,7 @@ from b12comment.storage.model import (
     LARGE_BYTES,
     PROCESSED,
     STATES,
+    TRAILING,
     UNDELIVERED,
     Arrival,
     InvalidFrame,
@@ -186,6 +187,7 @@ class SqliteJournal(SqliteFile):
                 ).lastrowid,
             )
         large = len(a.raw) > LARGE_BYTES
+        reused = None
         if a.retransmit_window_s > 0:
             # A retransmission is the same bytes under the same control ID: the
             # index on control_id finds the few rows to compare (usually none),
@@ -200,11 +202,16 @@ class SqliteJournal(SqliteFile):
             else:
                 hit = cur.execute(
                     "SELECT id FROM messages WHERE control_id = ? AND received_at >= ? "
-                    "AND state != 'invalid' AND raw = ? ORDER BY id DESC LIMIT 1",
-                    (a.control_id, now - a.retransmit_window_s, a.raw),
+                    "AND state != 'invalid' AND length(raw) > 0 AND rtrim(raw, ?) = rtrim(?, ?) "
+                    "ORDER BY id DESC LIMIT 1",
+                    (a.control_id, now - a.retransmit_window_s, TRAILING, a.raw, TRAILING),
                 ).fetchone()
             if hit:
                 return Receipt(hit[0], True)
+            reused = cur.execute(
+                "SELECT 1 FROM messages WHERE control_id = ? AND received_at >= ? AND state != 'invalid' LIMIT 1",
+                (a.control_id, now - a.retransmit_window_s),
+            ).fetchone()
         cur.execute(
             "INSERT INTO messages (received_at, updated_at, peer, conn_seq, control_id, message_type, raw, state) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'received')",
@@ -213,7 +220,7 @@ class SqliteJournal(SqliteFile):
         id = cast(int, cur.lastrowid)
         if large:
             write_large(self._db, "large_raw", id, a.raw)
-        return Receipt(id, False)
+        return Receipt(id, False, a.retransmit_window_s > 0 and reused is not None)
 
     # -- the processing stage
 
