@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import ipaddress
+import json
 import math
 import re
 import tomllib
@@ -536,3 +538,13 @@ def load_config(path: str | Path | None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read config file: {exc}") from None
     return parse_config(text, str(p))
+
+
+def config_digest(cfg: Config) -> str:
+    """SHA-256 of the effective configuration (every setting, defaults
+    included; not the file's name): two runs with the same digest decided by
+    the same settings, whatever the files looked like."""
+    data = dataclasses.asdict(cfg)
+    data.pop("source", None)
+    text = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -18,7 +18,7 @@ from paths import SAMPLES
 CHILD = (SAMPLES / "child_isolated_high_b12.hl7").read_bytes()
 ADULT = (SAMPLES / "adult_high_b12.hl7").read_bytes()
 ADT = (SAMPLES / "adt_a01_child.hl7").read_bytes()
-TIMING = ("elapsed_s", "messages_per_s")
+TIMING = ("elapsed_s", "messages_per_s", "provenance")  # when and how fast it ran, and where it wrote
 
 
 def cli(*args, timeout=300):

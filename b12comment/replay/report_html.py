@@ -229,6 +229,38 @@ def render(report: dict, rule: RuleConfig) -> str:
             ["file", "what"],
         ),
     ]
+    prov = report.get("provenance")
+    if prov:
+        html += [
+            "<h2>How this report was made</h2>",
+            '<p class="muted">For a rule-change review to file as its evidence: the same configuration digest '
+            "means the same settings, whatever the file looked like.</p>",
+            _table(
+                [
+                    ("product", f"b12comment {prov['version']}"),
+                    ("rule version", prov["rule_version"]),
+                    ("configuration", prov["config"]),
+                    ("configuration digest (SHA-256)", prov["config_sha256"]),
+                    *(
+                        [
+                            (
+                                "compared with",
+                                f"{prov['compare_with']['config']} (rule {prov['compare_with']['rule_version']})",
+                            ),
+                            ("its digest (SHA-256)", prov["compare_with"]["config_sha256"]),
+                        ]
+                        if prov.get("compare_with")
+                        else []
+                    ),
+                    ("inputs", ", ".join(prov["inputs"])),
+                    ("files read", f"{prov['files_read']:,} ({prov['bytes_read']:,} bytes)"),
+                    ("mode", prov["mode"]),
+                    ("started", prov["started_at"]),
+                    ("ended", prov["ended_at"]),
+                ],
+                ["", ""],
+            ),
+        ]
     if report.get("rule_differences"):
         html += [
             "<h2>Where the new rule decides differently</h2>",

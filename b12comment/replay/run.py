@@ -20,6 +20,7 @@ import ctypes
 import fnmatch
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -29,12 +30,14 @@ import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
+from b12comment import __version__
 from b12comment.audit.recorder import AuditSpec, audit_spec, close_recorders, open_recorder, recorder_for
 from b12comment.audit.rows import REPLAY, SHADOW
-from b12comment.config import Config
+from b12comment.config import Config, config_digest
 from b12comment.context import ContextError
 from b12comment.core import chain
 from b12comment.core.decision import Decision
@@ -393,6 +396,58 @@ def _run_jobs(jobs: list[Job], workers: int):
 # The run
 
 
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def provenance(config: Config, inputs: list[str], pairs, opts: Options, started: float, ended: float) -> dict:
+    """How the report was made, for a rule-change review to file it as
+    evidence: the product and rule versions, a digest of the effective
+    configuration (and of the old one with --compare-with), the inputs as
+    given and the files read (their relative paths and sizes; no content),
+    what was done, and when."""
+    files = []
+    total = 0
+    for src, rel in pairs:
+        try:
+            size = src.stat().st_size
+        except OSError:
+            size = None
+        total += size or 0
+        files.append({"file": rel, "bytes": size})
+    mode = "forward" if opts.forward else "out" if opts.out else "dry-run"
+    return {
+        "product": "b12comment",
+        "version": __version__,
+        "rule_version": config.rule.rule_version,
+        "config": config.source,
+        "config_sha256": config_digest(config),
+        "compare_with": (
+            {
+                "config": opts.old_config.source,
+                "config_sha256": config_digest(opts.old_config),
+                "rule_version": opts.old_config.rule.rule_version,
+            }
+            if opts.old_config
+            else None
+        ),
+        "inputs": [str(Path(i).resolve()) for i in inputs],
+        "include": list(opts.include),
+        "exclude": list(opts.exclude),
+        "files_read": len(files),
+        "bytes_read": total,
+        "files": files,
+        "mode": mode,
+        "out": str(Path(opts.out).resolve()) if opts.out else None,
+        "forward": opts.forward,
+        "context_mode": config.context.mode,
+        "context_window_days": opts.context_window_days or config.context.lookback_days,
+        "python": platform.python_version(),
+        "started_at": _utc(started),
+        "ended_at": _utc(ended),
+    }
+
+
 def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     level = config.logging.level
     if opts.quiet and level in ("debug", "info", "warning"):
@@ -400,6 +455,7 @@ def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     configure(level, config.logging.format, config.logging.patient_data)
     out_dir = Path(opts.out) if opts.out else None
     started = time.monotonic()
+    started_at = time.time()
     pairs = plan(inputs, out_dir, opts.include, opts.exclude)
     if opts.log_file and not opts.resume:
         try:
@@ -421,6 +477,7 @@ def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     copied = out_dir is not None and not opts.skip_non_hl7  # --dry-run and --forward write no files
     report["files_without_hl7_output"] = "copied unchanged" if copied else "none"
     report.update(extra)
+    report["provenance"] = provenance(config, inputs, pairs, opts, started_at, time.time())
     status = EXIT_IO if total.errors else EXIT_OK
     for err in total.errors:
         print(f"b12comment replay: {err['file']}: {err['error']}", file=sys.stderr)
