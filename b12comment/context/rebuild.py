@@ -11,7 +11,7 @@ from pathlib import Path
 
 from b12comment.config import Config
 from b12comment.context import ContextError, open_store
-from b12comment.context.store import rebuild
+from b12comment.context.store import lock_store, rebuild, unlock_store
 from b12comment.errors import EXIT_OK, B12Error
 from b12comment.storage import JournalError, is_url, open_journal, shown
 
@@ -26,12 +26,23 @@ def run_rebuild(config: Config) -> int:
         if not journal_path.is_file():
             raise B12Error(f"no journal at {journal_path} ([journal] path in {config.source})")
     fresh = store_path.with_name(store_path.name + ".rebuild")
+    try:
+        held = lock_store(store_path)  # serve must not be using the store it replaces
+    except ContextError as exc:
+        raise B12Error(f"context rebuild: {exc}") from None
+    try:
+        return _rebuild(config, journal_path, store_path, fresh)
+    finally:
+        unlock_store(held)
+
+
+def _rebuild(config: Config, journal_path: str | Path, store_path: Path, fresh: Path) -> int:
     for p in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
         p.unlink(missing_ok=True)
     try:
         journal = open_journal(journal_path)
         try:
-            store = open_store(str(fresh), config.context.key_file)
+            store = open_store(str(fresh), config.context.key_file, lock=False)
             try:
                 count = rebuild(store, journal.raw_rows(), config.rule, config.context.lookback_days)
             finally:

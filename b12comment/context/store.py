@@ -19,6 +19,7 @@ Not thread-safe: one thread uses a store at a time.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
@@ -75,6 +76,10 @@ CREATE TABLE IF NOT EXISTS contradictions (
     why                TEXT NOT NULL,
     found_at           REAL NOT NULL,
     PRIMARY KEY (comment_control_id, control_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -149,15 +154,75 @@ def load_key(path: str | Path, what: str = "context") -> bytes:
     return key
 
 
+def lock_path(store: str | Path) -> Path:
+    p = Path(store)
+    return p.with_name(f".{p.name}.lock")
+
+
+# The store locks this process holds: path -> [file descriptor, users]. One
+# process may open a store more than once (serve's processing stage and its
+# HTTP endpoint); another process is refused.
+_LOCKS: dict[str, list[int]] = {}
+
+
+def lock_store(store: str | Path) -> str:
+    """Take (or share, within this process) the exclusive lock on the store's
+    `.<store>.lock`; raises ContextError naming the process that holds it."""
+    path = lock_path(store)
+    key = str(path.resolve())
+    held = _LOCKS.get(key)
+    if held is not None:
+        held[1] += 1
+        return key
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ContextError(f"cannot lock the context store {store}: {exc.strerror or exc} ({path})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            holder = f" (process {int(os.pread(fd, 32, 0).decode().strip())})"
+        os.close(fd)
+        raise ContextError(
+            f"another process is using the context store {store}{holder}: one store serves one process "
+            f"(a second serve, or a rebuild while serve runs; lock file {path})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _LOCKS[key] = [fd, 1]
+    return key
+
+
+def unlock_store(key: str) -> None:
+    held = _LOCKS.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _LOCKS[key]
+        os.close(held[0])
+
+
 class ContextStore:
     """Rows in, a `Context` out. `path` ":memory:" keeps it in memory (preview)."""
 
-    def __init__(self, path: str | Path, key: bytes, *, durable: bool = True):
+    new = False  # made empty by this open (a store of another kind says no)
+    _lock: str | None = None
+
+    def __init__(self, path: str | Path, key: bytes, *, durable: bool = True, lock: bool = False):
         """`durable=False`: no fsync at all (replay's temporary store, deleted
-        after the run, made again by a new one)."""
+        after the run, made again by a new one). `lock`: hold the store's
+        lock (serve, rebuild: one process per store). The store records its
+        key's fingerprint and refuses another key (ContextError). `new`
+        says whether the store was made empty by this open."""
         self.path = str(path)
         self._key = key
+        self._lock = lock_store(self.path) if lock and self.path != MEMORY else None
         try:
+            self.new = self.path == MEMORY or not Path(self.path).is_file() or Path(self.path).stat().st_size == 0
             if self.path != MEMORY:
                 p = Path(self.path)
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -173,14 +238,47 @@ class ContextStore:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
             open_rows.create(self._db, _COLUMNS)
+            self._check_key()
         except (sqlite3.Error, OSError) as exc:
+            self._release()
             raise ContextError(f"cannot open the context store {self.path}: {exc}") from None
+        except ContextError:
+            self._release()
+            raise
         self._in_tx = False
+
+    def remove_new(self) -> None:
+        """Close a store this open made (`new`) and remove its files."""
+        self.close()
+        if self.new and self.path != MEMORY:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    def _check_key(self) -> None:
+        """The store's key fingerprint is this key's: recorded by the first
+        open (a store of an earlier version adopts the key it is opened with)."""
+        mine = key_fingerprint(self._key)
+        found = self._db.execute("SELECT value FROM meta WHERE name = 'key_fingerprint'").fetchone()
+        if found is None:
+            self._db.execute("INSERT INTO meta VALUES ('key_fingerprint', ?)", (mine,))
+        elif found[0] != mine:
+            self._db.close()
+            raise ContextError(
+                f"the context store {self.path} was made with another key (fingerprint {found[0]}, "
+                f"the key file's is {mine}): its hashes would match no patient; restore the key file, "
+                "or make the store again with `b12comment context rebuild`"
+            )
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            unlock_store(self._lock)
+            self._lock = None
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.commit()
         self._db.close()
+        self._release()
 
     def _hash(self, raw: bytes) -> bytes:
         return keyed_hash(self._key, raw)

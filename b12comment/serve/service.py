@@ -34,6 +34,7 @@ from b12comment.aio import describe_error, wait_event
 from b12comment.audit.recorder import Recorder, audit_spec, open_recorder
 from b12comment.audit.rows import HTTP, SERVE
 from b12comment.config import Config
+from b12comment.context import ContextError
 from b12comment.delivery.forwarder import Forwarder
 from b12comment.delivery.transports import transport_for
 from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
@@ -280,6 +281,7 @@ class Service:
         self.context = open_context(cfg.context)  # ContextError
         audit = self._open_audit(SERVE)  # AuditError
         await self._open_journal()
+        await self._check_new_store()
         intake = Intake(self.journal, cfg.journal, self.log, on_journaled=self.journaled.set, metrics=self.metrics)
         self.listener = Listener(lis, intake, self.log, self.metrics, ssl_ctx)
         try:
@@ -319,6 +321,24 @@ class Service:
             downstream=ds.url.split("://")[0],
             metrics_port=self.metrics_server.port if self.metrics_server else None,
         )
+
+    async def _check_new_store(self) -> None:
+        """A context store made empty at this start, beside a journal that holds
+        messages of the look-back window, would let a comment miss their
+        results: refused (and the empty store removed), with the way out."""
+        store = self.context.store if self.context is not None else None
+        if store is None or not store.new:
+            return
+        cx = self.config.context
+        cutoff = time.time() - cx.lookback_days * 86400
+        recent = await self.journal.call(lambda j: any(at >= cutoff for _, at, _ in j.raw_rows()))
+        if recent:
+            store.remove_new()
+            raise ContextError(
+                f"the context store {cx.store} is missing (or new), but the journal holds messages of the last "
+                f"{cx.lookback_days:g} days: their results would be missing from every decision; make the store "
+                "from the journal first with `b12comment context rebuild`"
+            )
 
     async def _open_journal(self) -> None:
         """Take the journal's lock, check its marker, open it and check it:
