@@ -269,13 +269,33 @@ def test_port_in_use_by_another_serve(tmp_path):
     first = Serve(base_config(tmp_path, "a.toml", listener=dict(port=port))).start()
     try:
         cfg = base_config(
-            tmp_path, "b.toml", listener=dict(port=port), journal=dict(path=str(tmp_path / "other.sqlite3"))
+            tmp_path,
+            "b.toml",
+            listener=dict(port=port),
+            journal=dict(path=str(tmp_path / "other.sqlite3")),
+            context=dict(store=str(tmp_path / "other-context.sqlite3")),  # (the same store: refused, see below)
         )
         proc = cli("serve", "--config", cfg, cwd=tmp_path)
         assert_one_clear_error(proc, 1, f"cannot listen on 127.0.0.1:{port}", "in use")
         with MllpConnection(port) as conn:
             assert msa(conn.send(SAMPLE.read_bytes())) == ("AA", "S0001")
         assert first.stop() == 0
+    finally:
+        first.kill()
+
+
+def test_a_second_serve_on_the_same_context_store_is_refused(tmp_path):
+    """Another journal and port, the same (default) context store: refused
+    with one line naming the first serve's process, which goes on."""
+    first = Serve(base_config(tmp_path, "a.toml", listener=dict(port=0))).start()
+    try:
+        cfg = base_config(tmp_path, "b.toml", listener=dict(port=0), journal=dict(path=str(tmp_path / "other.sqlite3")))
+        proc = cli("serve", "--config", cfg, cwd=tmp_path)
+        assert_one_clear_error(proc, 1, "another process is using the context store", f"(process {first.proc.pid})")
+        with MllpConnection(first.port) as conn:
+            assert msa(conn.send(SAMPLE.read_bytes())) == ("AA", "S0001")
+        assert first.stop() == 0
+        assert (tmp_path / "var" / "context.sqlite3").exists()
     finally:
         first.kill()
 
