@@ -363,6 +363,33 @@ async def main():
 asyncio.run(main())
 """
 
+# A raw no-op downstream that writes, per message, its control ID and the
+# wall-clock time it arrived (for the sender-to-downstream latency).
+LATENCY_SINK = r"""
+import asyncio, sys, time
+port, out = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\x1c\r")
+            now = time.time()
+            frame = head[1:-2]
+            msh = frame[: frame.find(b"\r")]
+            cid = msh.split(msh[3:4])[9] if msh.count(msh[3:4]) >= 9 else b""
+            out.write(f"{cid.decode('latin-1')} {now}\n")
+            writer.write(b"\x0bMSH|^~\\&|||||||ACK|1|P|2.5.1\rMSA|AA|" + cid + b"\r\x1c\r")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", port, limit=1 << 24)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
 PYTHON_HL7_NOOP = r"""
 import asyncio, sys, hl7
 from hl7.mllp import start_hl7_server
@@ -437,8 +464,12 @@ def start_script(tmp: Path, name: str, text: str, *extra: str) -> Server:
     return Server([sys.executable, str(script), str(port), *extra], port)
 
 
-def start_serve(tmp: Path, downstream: str, extra: str = "", name: str = "bench", journal: str = "") -> Server:
-    """serve on a fresh SQLite journal, or on `journal` (a postgresql:// URL, bench/postgres.py)."""
+def start_serve(
+    tmp: Path, downstream: str, extra: str = "", name: str = "bench", journal: str = "", log_level: str = "info"
+) -> Server:
+    """serve on a fresh SQLite journal, or on `journal` (a postgresql:// URL,
+    bench/postgres.py), at the shipped log level (info: a line per message,
+    to a pipe read by nobody) unless told otherwise."""
     port = free_port()
     cfg = tmp / f"{name}.toml"
     if not journal:
@@ -449,15 +480,18 @@ def start_serve(tmp: Path, downstream: str, extra: str = "", name: str = "bench"
         f"[listener]\nport = {port}\nmax_connections = 64\n"
         f'[journal]\npath = "{journal}"\n'
         f'[downstream]\nurl = "{downstream}"\n'
-        f'[logging]\nlevel = "warning"\n'
+        f'[logging]\nlevel = "{log_level}"\n'
         f'[context]\nstore = "{tmp / f"{name}-context.sqlite3"}"\nkey_file = "{tmp / f"{name}-context.key"}"\n' + extra
     )
     return Server([sys.executable, "-m", "b12comment", "serve", "--config", str(cfg)], port)  # extra: [context] keys
 
 
-def send_sequential(port: int, messages: list[bytes], pace_s: float = 0.0) -> list[float]:
+def send_sequential(
+    port: int, messages: list[bytes], pace_s: float = 0.0, sent_at: list[float] | None = None
+) -> list[float]:
     """One connection, one message after another, each waiting for its ACK
-    (a raw socket client: the client's own cost stays small)."""
+    (a raw socket client: the client's own cost stays small); `sent_at`
+    gets the wall-clock time each was sent."""
     latencies = []
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -469,6 +503,8 @@ def send_sequential(port: int, messages: list[bytes], pace_s: float = 0.0) -> li
                     time.sleep(next_at - now)
                 next_at += pace_s
             start = time.perf_counter()
+            if sent_at is not None:
+                sent_at.append(time.time())
             s.sendall(b"\x0b" + m + b"\x1c\r")
             ack = b""
             while not ack.endswith(b"\x1c\r"):
@@ -660,6 +696,71 @@ def bench_serve(tmp: Path, n: int, rounds: int) -> None:
     bench_folder_drop(tmp, messages)
 
 
+def control_ids(messages: list[bytes]) -> list[str]:
+    out = []
+    for m in messages:
+        first = m[: m.find(b"\r")]
+        out.append(first.split(first[3:4])[9].decode("latin-1"))
+    return out
+
+
+def bench_latency(tmp: Path, n: int, rounds: int) -> None:
+    """From sender to downstream: serve with an MLLP downstream that notes
+    when each message arrives, one sender paced at 20, 100 and 500 msg/s;
+    the baseline is the durable floor's ACK at the same pace (what a
+    message costs before anything is done with it)."""
+    messages = messages_of(generate.generate(tmp / "latency_archive", n, seed=5, mix="team"), n)
+    print(f"sender to downstream: {n:,} messages per pace, {rounds} interleaved rounds")
+    arrivals = tmp / "latency-arrivals.txt"
+    sink = start_script(tmp, "latency_sink", LATENCY_SINK, str(arrivals))
+    serve = start_serve(tmp, f"mllp://127.0.0.1:{sink.port}", name="latency")
+    floor = start_script(tmp, "latency_floor", DURABLE_FLOOR, str(tmp / "latency-floor.sqlite3"))
+    e2e: dict[int, list[float]] = {rate: [] for rate in (20, 100, 500)}
+    ack: dict[int, list[float]] = {rate: [] for rate in (20, 100, 500)}
+    floor_ack: dict[int, list[float]] = {rate: [] for rate in (20, 100, 500)}
+    try:
+        send_sequential(serve.port, tagged(messages[:100], "W"))
+        send_sequential(floor.port, tagged(messages[:100], "W"))
+        for r in range(rounds):
+            for rate in e2e:
+                batch = tagged(messages, f"T{rate}R{r}")
+                ids, times = control_ids(batch), []
+                ack[rate] += send_sequential(serve.port, batch, pace_s=1 / rate, sent_at=times)
+                sent = dict(zip(ids, times, strict=True))
+                wanted = set(ids)
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    got = {}
+                    for line in arrivals.read_text().splitlines():
+                        cid, _, when = line.partition(" ")
+                        if cid in wanted:
+                            got[cid] = float(when)
+                    if len(got) == len(wanted):
+                        break
+                    time.sleep(0.05)
+                e2e[rate] += [got[c] - sent[c] for c in ids if c in got]
+                floor_ack[rate] += send_sequential(floor.port, tagged(messages, f"F{rate}R{r}"), pace_s=1 / rate)
+    finally:
+        for srv in (serve, sink, floor):
+            srv.stop()
+    for rate in e2e:
+        p50 = statistics.median(e2e[rate])
+        fp50 = statistics.median(floor_ack[rate])
+        row(
+            f"sender to downstream p50 at {rate} msg/s",
+            f"{p50 * 1e3:.1f} ms (p99 {sorted(e2e[rate])[int(len(e2e[rate]) * 0.99) - 1] * 1e3:.1f} ms)",
+            f"floor's ACK p50 {fp50 * 1e3:.2f} ms",
+            f"{p50 / fp50:.1f}x floor's ACK",
+            "≤ 10x floor's ACK p50" if rate == 100 else "",
+        )
+        row(
+            f"serve's ACK p50 at {rate} msg/s",
+            f"{statistics.median(ack[rate]) * 1e3:.2f} ms",
+            f"floor {fp50 * 1e3:.2f} ms",
+            f"{statistics.median(ack[rate]) / fp50:.1f}x floor",
+        )
+
+
 def bench_folder_drop(tmp: Path, messages: list[bytes]) -> None:
     """Sustained intake against delivery into a folder drop (fsync per file)."""
     outbox = tmp / "outbox"
@@ -791,14 +892,14 @@ def main() -> None:
     p.add_argument(
         "--only",
         action="append",
-        choices=("process", "replay", "serve", "context", "history"),
+        choices=("process", "replay", "serve", "context", "history", "latency"),
         help="one part (repeatable)",
     )
     args = p.parse_args()
     replay_n, serve_n, rounds = args.replay_messages, args.serve_messages, args.rounds
     if args.quick:
         replay_n, serve_n, rounds = 3_000, 500, 2
-    parts = set(args.only or ("process", "replay", "serve", "context", "history"))
+    parts = set(args.only or ("process", "replay", "serve", "context", "history", "latency"))
     print(
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}; "
         f"load average {os.getloadavg()[0]:.1f} at start"
@@ -815,6 +916,8 @@ def main() -> None:
             bench_context(tmp, replay_n, serve_n, rounds)
         if "history" in parts:
             bench_history(tmp, replay_n, rounds)
+        if "latency" in parts:
+            bench_latency(tmp, min(serve_n, 500), rounds)
     print(f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine makes figures noisy)")
     print()
     print("| measure | b12comment | baseline | ratio | target |\n|---|---|---|---|---|")

@@ -3,10 +3,12 @@
 
 Rows are taken from the journal in batches; a batch is processed in one hop
 to the worker thread (bounded by `batch_s` of work) and recorded in one
-journal transaction. Once the queue is drained, the next batch starts
-`linger_s` after a new message arrives, so that at a high rate a batch holds
-many messages (up to `linger_s`, 50 ms, more on the way downstream, instead
-of thread hops and commits per message competing with the listener for the
+journal transaction. Once the queue is drained, a new message is processed
+at once (and goes downstream at once) while traffic is light: only after a
+batch of LINGER_FROM messages or more does the next batch start `linger_s`
+after a new message arrives, so that at a high rate a batch holds many
+messages (up to `linger_s`, 50 ms, more on the way downstream, instead of
+thread hops and commits per message competing with the listener for the
 two cores).
 
 The context store is used on the worker thread only. For each message its
@@ -41,6 +43,7 @@ from b12comment.storage.model import JournalError, JournalFault, Processed, Row,
 from b12comment.storage.writer import JournalThread
 
 LINGER_S = 0.05  # how long a new message may wait for others to join its processing batch
+LINGER_FROM = 8  # a batch this large says traffic is heavy: the next one lingers
 PURGE_EVERY_S = 3600.0
 
 
@@ -167,11 +170,13 @@ class Processor:
                     await wait_event(stop, self.poll_s)
                     continue
                 drained = not batch_full(rows, self.batch)  # (a large message makes a batch of its own)
+                busy = len(rows) >= LINGER_FROM
                 await self._process_all(loop, rows, stop)
                 del rows  # a large message is not held while waiting for the next
                 if drained:
                     await wait_event(self.wake, self._next_wait())
-                    await wait_event(stop, self.linger_s)
+                    if busy:  # heavy traffic: let the next batch gather
+                        await wait_event(stop, self.linger_s)
         finally:
             self._executor.shutdown(wait=False)
 

@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 PRUNE_EVERY_S = 3600.0
 FILES_RESERVED = 64  # file descriptors beside the connections: journal, WAL, lock, downstream, metrics, logs
 STOP_TASKS_S = 3.0  # how long stop() waits for the stages before cancelling them
-LINGER_S = 0.05  # how long a new message may wait for others to join its processing batch
 
 
 class StartupError(B12Error):
