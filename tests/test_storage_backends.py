@@ -320,3 +320,19 @@ def test_the_context_store_in_postgres_decides_as_the_sqlite_one(pg_url):
     finally:
         memory.close()
         database.close()
+
+
+@pytest.mark.parametrize(
+    "ha, why",
+    [
+        (dict(lease_s=5.0, takeover_s=5.0), "takeover_s"),
+        (dict(lease_s=0), "lease_s"),
+        (dict(instance="two words"), "instance"),
+    ],
+)
+def test_bad_ha_settings_are_refused_with_their_key(ha, why):
+    from b12comment.config import ConfigError, parse_config
+
+    text = "[ha]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in ha.items()) + "\n"
+    with pytest.raises(ConfigError, match=rf"c\.toml: \[ha\.{why}\] must"):
+        parse_config(text, "c.toml")
