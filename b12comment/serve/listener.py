@@ -120,8 +120,16 @@ class Intake:
         self, stored: asyncio.Future[Receipt], payload: bytes, header: Header, peer: str, fields: dict
     ) -> Answer:
         try:
-            async with asyncio.timeout(self.cfg.commit_timeout_s):
-                receipt = await stored  # on time-out the future is cancelled; the journal thread skips it
+            try:
+                async with asyncio.timeout(self.cfg.commit_timeout_s):
+                    receipt = await asyncio.shield(stored)
+            except TimeoutError:
+                # Answered AE: never to be delivered. Not committed yet: never
+                # will be; in the commit under way: voided right after it.
+                # Committed just now: its receipt is on its way, answer by it.
+                if self.journal.abandon(stored):
+                    raise
+                receipt = await stored
         except (JournalError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 why = f"the journal did not commit it within {self.cfg.commit_timeout_s:g} s (commit_timeout_s)"

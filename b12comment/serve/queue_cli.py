@@ -127,6 +127,9 @@ def _status(journal: JournalStore, instance: str) -> int:
             print(f"instance {instance}: {role}; leader {holder} (epoch {epoch}, lease renewed, {left:.1f} s left)")
     for state in STATES:
         print(f"  {state:<10} {counts[state]}")
+    void = sum((r.last_error or "").startswith("void:") for r in journal.rows("invalid")) if counts["invalid"] else 0
+    if void:
+        print(f"  of the invalid, {void} void: answered AE, committed after the answer, never delivered")
     oldest = journal.oldest_undelivered()
     waiting = counts["received"] + counts["processed"]
     if oldest is None:

@@ -91,6 +91,11 @@ class JournalStore(Protocol):
 
     def mark_dead(self, id: int, reason: str, now: float | None = None) -> None: ...
 
+    def void_many(self, ids: Sequence[int], reason: str, now: float | None = None) -> None:
+        """Messages answered AE whose commit landed after the answer: kept
+        (state invalid, the reason starting with `void:`), never delivered."""
+        ...
+
     def mark_attempt_failed(self, id: int, error: str, counts: bool = True, now: float | None = None) -> int:
         """Record a failed delivery (counted as an attempt, or only noted); returns the attempts so far."""
         ...

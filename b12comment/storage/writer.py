@@ -33,6 +33,12 @@ from b12comment.storage.model import (
 T = TypeVar("T")
 
 
+VOID_REASON = (
+    "void: answered AE (its commit took longer than commit_timeout_s) and committed after the answer; "
+    "never delivered (the sender sends it again)"
+)
+
+
 class JournalThread:
     """The journal for asyncio code: every call runs on one writer thread, so
     the event loop never waits on the disk or on SQLite's lock.
@@ -82,6 +88,8 @@ class JournalThread:
         self._journal: JournalStore | None = None
         self._cv = threading.Condition()  # guards the queues below
         self._intake: deque[tuple[asyncio.Future, Arrival]] = deque()
+        self._committing: set[asyncio.Future] = set()  # intake in the commit under way
+        self._void: set[asyncio.Future] = set()  # ... whose sender was answered AE meanwhile
         self._calls: deque[tuple[asyncio.Future, Callable[[JournalStore], Any] | None]] = deque()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -100,6 +108,23 @@ class JournalThread:
     ) -> asyncio.Future[Receipt]:
         """Journal a message (group commit); the future has its `Receipt`."""
         return self._arrive(NewMessage(raw, control_id, message_type, peer, conn_seq, retransmit_window_s))
+
+    def abandon(self, future: asyncio.Future) -> bool:
+        """The sender of a message handed to `record` was answered AE (its
+        commit took too long): it must never be delivered. True when it will
+        not be: not committed yet (then never), or in the commit under way
+        (voided right after it, before the journal does anything else). False
+        when it is committed already: its receipt is on its way, answer by it."""
+        with self._cv:
+            for i, (queued, _) in enumerate(self._intake):
+                if queued is future:
+                    del self._intake[i]
+                    future.cancel()
+                    return True
+            if future in self._committing:
+                self._void.add(future)
+                return True
+        return future.cancelled()
 
     def keep_invalid(
         self,
@@ -224,10 +249,13 @@ class JournalThread:
 
     def _run_intake(self, batch: list[tuple[asyncio.Future, Arrival]]) -> list:
         """Commit intake together; (future, value, ok) each."""
+        with self._cv:
+            self._committing = {future for future, _ in batch}
         try:
             if self.fault is not None:
                 raise self.fault
             results = self._open().intake([arrival for _, arrival in batch])
+            self._void_late(batch, results)
             if self._holds is not None and not self._holds():
                 # Committed, but the lease ran out meanwhile: no AA from here.
                 # The sender sends again to the instance that leads now, which
@@ -236,7 +264,26 @@ class JournalThread:
         except Exception as exc:
             self._faulted(exc)
             return [(future, exc, False) for future, _ in batch]
+        finally:
+            with self._cv:
+                self._committing, self._void = set(), set()
         return [(future, r, not isinstance(r, JournalError)) for (future, _), r in zip(batch, results, strict=True)]
+
+    def _void_late(self, batch: list[tuple[asyncio.Future, Arrival]], results: list) -> None:
+        """Committed messages whose senders were answered AE during the commit:
+        void, in the next transaction, before any other call can read them."""
+        with self._cv:
+            late, self._committing = self._void, set()
+        ids = [
+            r.id
+            for (future, _), r in zip(batch, results, strict=True)
+            if future in late and isinstance(r, Receipt) and not r.duplicate
+        ]
+        if ids:
+            try:
+                self._open().void_many(ids, VOID_REASON)
+            except Exception as exc:  # the other messages of the batch are committed: their answers stand
+                self._faulted(exc)
 
     def _run_call(self, future: asyncio.Future, fn: Callable[[JournalStore], Any] | None) -> tuple:
         if fn is None:

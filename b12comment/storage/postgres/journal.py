@@ -350,6 +350,16 @@ class PostgresJournal:
             durable=False,
         )
 
+    def void_many(self, ids: Sequence[int], reason: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self._tx(
+            lambda conn: conn.execute(
+                "UPDATE b12_messages SET state = 'invalid', last_error = %s, updated_at = %s "
+                "WHERE id = ANY(%s) AND state IN ('received', 'processed')",
+                (_text(reason), now, list(ids)),
+            )
+        )
+
     def mark_dead(self, id: int, reason: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self._tx(

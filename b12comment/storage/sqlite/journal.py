@@ -307,6 +307,16 @@ class SqliteJournal(SqliteFile):
             durable=False,
         )
 
+    def void_many(self, ids: Sequence[int], reason: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self._tx(
+            lambda cur: cur.executemany(
+                "UPDATE messages SET state = 'invalid', last_error = ?, updated_at = ? "
+                "WHERE id = ? AND state IN ('received', 'processed')",
+                [(reason, now, id) for id in ids],
+            )
+        )
+
     def mark_attempt_failed(self, id: int, error: str, counts: bool = True, now: float | None = None) -> int:
         now = time.time() if now is None else now
 
