@@ -81,7 +81,11 @@ def test_replay_decides_with_the_whole_archive_any_workers_and_resume(tmp_path):
     for control_id, want in expect.items():
         assert commented(got[control_id]) is want, control_id
     totals = json.loads(report.read_text())
-    assert totals["context_vetoes_by_reason"] == {"other_abnormal_recent": 4, "requisition_pending": 1}
+    assert totals["context_vetoes_by_reason"] == {
+        "other_abnormal_recent": 3,
+        "context_unreadable_recent": 1,
+        "requisition_pending": 1,
+    }
     assert b"comments the patient's other results took away" in done.stderr
     assert not list(out1.glob(".b12comment-context*"))  # the first pass's store is gone
     out2 = tmp_path / "out2"

@@ -30,7 +30,7 @@ from b12comment.core.rule_config import RuleConfig
 
 BIN_PMOL_L = 100  # histogram bin width
 TOP_BIN_PMOL_L = 3000  # values at or above go in the last bin
-CONTEXT_REASONS = (OTHER_ABNORMAL_RECENT, REQUISITION_PENDING)
+CONTEXT_REASONS = (OTHER_ABNORMAL_RECENT, CONTEXT_UNREADABLE_RECENT, CONTEXT_PENDING_RECENT, REQUISITION_PENDING)
 MAX_LISTED = 1000  # positions and differences listed in full; all are counted
 
 # How each field merges (and is written to and read from JSON)
