@@ -99,3 +99,48 @@ def test_an_earlier_flagged_line_of_a_no_finding_type_vetoes_from_the_context():
     assert first.output == earlier
     assert second.output == later
     assert second.decision.reasons == ("other_abnormal_recent",)
+
+
+# ---------------------------------------------------------------------------
+# A normal answer ("Negative", "Not detected", ...) is normal only when it is
+# the whole value: not the first part of a value whose other components or
+# repetitions say more, and not against a reference the lab wrote in words
+# that says otherwise.
+
+
+def test_a_normal_word_is_normal_only_as_the_whole_value():
+    for line in (
+        # an ST sent with an unescaped ^: the second half is a positive finding
+        "OBX|2|ST|600-7^Culture^LN||Negative^but Staphylococcus aureus isolated||||||F\r",
+        # two answers in repetitions: the second is positive
+        "OBX|2|ST|5196-1^HBsAg^LN||Negative~Positive||||||F\r",
+        "OBX|2|CWE|5196-1^HBsAg^LN||260385009^Negative^SCT~10828004^Positive^SCT||||||F\r",
+    ):
+        assert_silent(message(line), ("context_unreadable",))
+
+
+def test_a_number_with_a_second_repetition_is_not_read_as_the_first_alone():
+    # 7.5 is inside 6.5-8.5; the second repetition 4.1 is not
+    line = "OBX|2|NM|718-7^Hemoglobin^LN||7.5~4.1|mmol/L|6.5-8.5||||F\r"
+    assert_silent(message(line), ("context_unreadable",))
+
+
+def test_a_normal_word_against_a_reference_in_words_that_says_otherwise_is_doubt():
+    # Rubella IgG "Negative" where the lab's reference is "Positive" (immune):
+    # not the normal answer for this test.
+    line = "OBX|2|ST|20458-6^Rubella IgG^LN||Negative||Positive||||F\r"
+    assert_silent(message(line), ("context_unreadable",))
+    # the same word under a reference that is itself a normal answer stays normal
+    same = message("OBX|2|ST|5196-1^HBsAg^LN||Negative||Negativ||||F\r")
+    assert process(same, RULE)[0] != same  # commented (the comment goes after the B12 OBX)
+
+
+def test_a_single_normal_word_still_is_normal():
+    line = "OBX|1|ST|5196-1^HBsAg^LN||Not detected||||||F\r"
+    msg = message(b12=line + B12.replace("OBX|1|", "OBX|2|"))
+    assert process(msg, RULE)[0] == commented(msg)
+
+
+def test_a_b12_of_two_repetitions_is_not_read():
+    msg = message(b12="OBX|1|NM|14685-2^Cobalamin^LN||1350~95|pmol/L|250-900|H|||F\r")
+    assert_silent(msg, ("unreadable_value",))

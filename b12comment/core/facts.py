@@ -68,6 +68,7 @@ class Observation:
     codes: tuple[str, ...] = ()  # OBX-3 identifiers: primary, alternate, second alternate
     code_system: str = ""  # OBX-3 coding system of the first identifier given
     code_text: str = ""  # OBX-3 text of the first identifier given
+    repeated: bool = False  # OBX-5 holds more than one non-empty repetition (`value` is the first)
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,8 @@ def cheap_observation(
         return raw.decode(text, errors="replace").strip() if raw else ""
 
     value = tuple(unescape(c, d).decode(text, errors="replace").strip() for c in first(5))
+    raw_value = fields[5] if len(fields) > 5 else b""
+    filled = [r for r in (raw_value.split(rs) if rs else [raw_value]) if r.strip(b" " + (cs or b"") + (ss or b""))]
     raw_flags = fields[8] if len(fields) > 8 else b""
     flags = []
     for rep in raw_flags.split(rs) if rs else [raw_flags]:
@@ -401,6 +404,7 @@ def cheap_observation(
         codes=tuple(code for code, _ in obx3_codes(fields[3] if len(fields) > 3 else b"", d)),
         code_system=system,
         code_text=code_text,
+        repeated=len(filled) > 1,
     )
 
 
@@ -437,6 +441,7 @@ def _hl7apy_observation(
         flags=flags,
         status=reader.first(field_of(fields, 11), "OBX_11").upper(),
         observed_at=reader.first(field_of(fields, 14), "OBX_14"),
+        repeated=sum(1 for rep in value_reps if any(c.strip() for c in rep)) > 1,
     )
 
 

@@ -281,7 +281,10 @@ def b12_quantity(obs: Observation, rule: RuleConfig) -> tuple[Quantity | None, s
     """The B12 value and the unit it is in. OBX-5 as a quantity, in OBX-6; or a
     value with its unit inside OBX-5 (`1350 pmol/L`), read only when that unit is
     a configured one and OBX-6 is empty or the same unit. (None, None): the value
-    carries a unit that is unknown or disagrees with OBX-6 (unreadable_value)."""
+    carries a unit that is unknown or disagrees with OBX-6 (unreadable_value).
+    A value of more than one repetition is not read (which one would it be?)."""
+    if obs.repeated:
+        return None, obs.units
     q = parse_quantity(obs.value_type, list(obs.value))
     if q is not None:
         return q, obs.units

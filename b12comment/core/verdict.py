@@ -32,10 +32,16 @@ def _text_key(text: str) -> str:
 
 def _value_texts(obs: Observation) -> list[str]:
     """The texts of a value compared with normal_texts and a text reference:
-    the whole first component, and for a coded value its identifier and text."""
+    the whole value, and for a coded value its identifier and text. None for
+    a value of more than one repetition, or a text whose further components
+    (an unescaped `^`) say more: "Negative" must be all it says."""
+    if obs.repeated:
+        return []
     if obs.value_type in CODED_TYPES:
         return [c for c in obs.value[:2] if c]
-    return [obs.value[0]] if obs.value and obs.value[0] else []
+    if not obs.value or not obs.value[0] or any(obs.value[1:]):
+        return []
+    return [obs.value[0]]
 
 
 def is_normal_text(obs: Observation, rule: RuleConfig) -> bool:
@@ -51,8 +57,8 @@ def other_quantities(obs: Observation, rng: Range | None) -> list[Quantity]:
     """Every quantity another result's OBX-5 could mean, in the unit of its
     range: [] when the value cannot be read, or its unit (in OBX-5, OBX-6 or
     after the range) disagrees with another."""
-    if obs.value_type not in QUANTITY_TYPES:
-        return []
+    if obs.value_type not in QUANTITY_TYPES or obs.repeated:
+        return []  # a second repetition could say anything: not the first alone
     if rng is not None and rng.unit and obs.units and not same_unit(rng.unit, obs.units):
         return []
     found = possible_quantities(obs.value_type, list(obs.value))
@@ -120,8 +126,15 @@ def judge_value(obs: Observation, rule: RuleConfig) -> str:
         if quantities:
             return NORMAL
     elif isinstance(reading, TextReference):
+        # The value matches the lab's reference in words, or both are normal
+        # answers ("Negative" against "Negativ"); a normal answer against a
+        # reference that says otherwise ("Negative" for a rubella IgG whose
+        # reference is "Positive") is doubt.
         reference = _text_key(reading.text)
-        if is_normal_text(obs, rule) or any(_text_key(t) == reference for t in _value_texts(obs)):
+        normal = {_text_key(t) for t in rule.normal_texts}
+        if any(_text_key(t) == reference for t in _value_texts(obs)) or (
+            reference in normal and is_normal_text(obs, rule)
+        ):
             return NORMAL
     elif reading is None and is_normal_text(obs, rule):
         return NORMAL
