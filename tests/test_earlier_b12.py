@@ -71,3 +71,49 @@ def test_a_b12_corrected_after_its_comment_raises_the_review_alert():
     assert first.output == high + NTE
     assert second.output == corrected
     assert (second.contradicts, second.why) == (("HIGH5",), "corrected_b12")
+
+
+def test_replays_report_lists_a_b12_corrected_after_its_comment(tmp_path):
+    """The same two messages as an archive: the comment goes out on the
+    first, and the report's review list names it and the correction."""
+    import json
+    import subprocess
+    import sys
+
+    from service_helpers import subprocess_env
+
+    high = b12("HIGH6", "REQ-A", "20261101083000", "1350", "H")
+    corrected = b12("CORR6", "REQ-A", "20261101083000", "600", "", status="C")
+    other = b12("HIGH7", "REQ-Q", "20261101083000", "1350", "H").replace(b"0101150000", b"0202150000")
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.hl7").write_bytes(high + other)
+    (src / "b.hl7").write_bytes(corrected)
+    config = tmp_path / "config.toml"
+    config.write_text('[rule]\nlanguage = "en"\n')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "b12comment",
+            "replay",
+            str(src),
+            "--config",
+            str(config),
+            "--dry-run",
+            "--report",
+            str(tmp_path / "report.json"),
+            "--quiet",
+        ],
+        capture_output=True,
+        env=subprocess_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["commented"] == 2
+    assert report["comments_contradicted"] == 1
+    assert report["contradicted_comments"] == [
+        {"file": "a.hl7", "message": 1, "control_id": "HIGH6", "contradicted_by": "CORR6", "why": "corrected_b12"}
+    ]

@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS contradictions (
     found_at           REAL NOT NULL,
     PRIMARY KEY (comment_control_id, control_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS later_reviews (
+    seq        INTEGER PRIMARY KEY,
+    control_id TEXT NOT NULL,
+    why        TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -472,6 +477,34 @@ class ContextStore:
         except sqlite3.Error as exc:
             raise ContextError(f"context store {self.path}: {exc}") from None
         return new
+
+    # -- replay's review list: which later messages contradict a comment
+
+    def add_review(self, arrival: int, extract: Extract, why: str) -> None:
+        """Message `arrival` would contradict an earlier comment of its
+        patients (`why`: context.contradiction); replay's first pass."""
+        self._begin()
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO later_reviews VALUES (?, ?, ?)", (arrival, extract.control_id, why)
+            )
+        except sqlite3.Error as exc:
+            raise ContextError(f"context store {self.path}: {exc}") from None
+
+    def later_reviews(self, arrival: int, extract: Extract) -> list[tuple[str, str]]:
+        """(control ID, why) of the later messages of this message's patients
+        that would contradict a comment on it, in arrival order."""
+        patients, _ = self._keys(extract)
+        if not patients:
+            return []
+        return [
+            (r[0], r[1])
+            for r in self._run(
+                "SELECT control_id, why FROM later_reviews WHERE seq > ? AND seq IN (SELECT seq FROM results "
+                f"WHERE patient IN ({','.join('?' * len(patients))})) ORDER BY seq",
+                [arrival, *patients],
+            )
+        ]
 
     def contradictions(self) -> list[tuple[str, str, str, float]]:
         """(comment's control ID, contradicting control ID, why, when), oldest first."""

@@ -58,7 +58,7 @@ from pathlib import Path
 
 from b12comment.context import ContextStore
 from b12comment.core.chain import Outcome, decide
-from b12comment.core.context import Context
+from b12comment.core.context import Context, contradiction
 from b12comment.core.keys import possible_keys
 from b12comment.core.rows import Extract, extract
 from b12comment.core.rule_config import RuleConfig
@@ -118,6 +118,9 @@ def build(
             ex = extract(message, rules[0], lookback_days)  # an adult's message: its ADULT_ROW rows, as in serve
             if ex is not None and ex.rows:
                 store.add(s, ex, now=0.0)
+                why = contradiction(ex, rules[0])
+                if why:  # the review list: a comment on an earlier message of its patient is contradicted
+                    store.add_review(s, ex, why)
                 count += 1
                 if count % COMMIT_EVERY == 0:
                     store.commit()
@@ -312,6 +315,15 @@ class Reader:
         if outcome.store_error is not None:
             raise outcome.store_error
         return outcome
+
+    def contradicting(self, file_index: int, position: int, message: bytes, rule: RuleConfig) -> list[tuple[str, str]]:
+        """(control ID, why) of the later messages of the archive that
+        contradict a comment on this message (serve's review alert, for
+        replay's report)."""
+        ex = extract(message, rule, self.ctx.lookback_days)
+        if ex is None or self.ctx.mode == "message":
+            return []
+        return self.store.later_reviews(place_of(file_index, position), ex)
 
     # -- the chain's Store (read only: the chain records nothing here)
 

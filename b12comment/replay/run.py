@@ -328,6 +328,9 @@ def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None, reader
             position += 1
             check.message()
             output, decision = decide(piece.data, job.rule, position)
+            if reader is not None and decision.commented:
+                for later, why in reader.contradicting(job.file_index, position, piece.data, job.rule):
+                    tally.add_contradiction(job.rel, position, decision.control_id, later, why)
             if out is not None:
                 out.write(output)
             tally.add(decision, job.rel, position, job.rule)

@@ -99,6 +99,10 @@ class Tally:
     batch_count_mismatches: list = _list(ALL)
     files_without_hl7: list = _list(ALL)
     errors: list = _list(ALL)
+    # comments that a later message of the same patient contradicts (the review
+    # alert: a corrected B12, a new abnormal result, results not read), listed
+    comments_contradicted: int = _sum()
+    contradicted_comments: list = _list(CAPPED)
     rule_differences: int = _sum()
     rule_difference_list: list = _list(CAPPED)
 
@@ -156,6 +160,13 @@ class Tally:
                 row["blocked"] += 1
             if b.value:
                 _count_value(row["values"], b.value, 1)
+
+    def add_contradiction(self, rel: str, position: int, control_id: str, later: str, why: str) -> None:
+        self.comments_contradicted += 1
+        if len(self.contradicted_comments) < MAX_LISTED:
+            self.contradicted_comments.append(
+                {"file": rel, "message": position, "control_id": control_id, "contradicted_by": later, "why": why}
+            )
 
     def add_difference(self, rel: str, position: int, new: Decision, old: Decision) -> None:
         self.rule_differences += 1
