@@ -46,6 +46,8 @@ def _with_config(sp: argparse.ArgumentParser, default=None) -> argparse.Argument
     return sp
 
 
+STATES_CHOICES = ("received", "processed", "forwarded", "dead", "invalid")
+
 # --------------------------------------------------------------------------
 # Handlers: (config, args) -> exit code
 
@@ -320,28 +322,49 @@ def _add_queue(sub) -> None:
         )
     )
     qsub = sp.add_subparsers(dest="queue_command", metavar="ACTION")
-    for name, text in (
-        ("status", "counts by state and the age of the oldest undelivered message"),
-        ("dead", "dead-lettered messages: control IDs, times, reasons"),
-    ):
-        _with_config(qsub.add_parser(name, help=text), default=argparse.SUPPRESS)
-    _with_config(
-        qsub.add_parser("review", help="comments a later result of the same patient contradicts, to follow up"),
-        default=argparse.SUPPRESS,
+
+    def action(name: str, text: str, description: str | None = None) -> argparse.ArgumentParser:
+        ap = _with_config(qsub.add_parser(name, help=text, description=description), argparse.SUPPRESS)
+        ap.add_argument("--json", action="store_true", help="print JSON instead of text")
+        return ap
+
+    action("status", "counts by state and the age of the oldest undelivered message")
+    action("dead", "dead-lettered messages: control IDs, times, tries, reasons")
+    action("review", "comments a later result of the same patient contradicts, to follow up")
+    qs = action(
+        "show",
+        "one message by its control ID: state, times, tries, decision and reasons",
+        "Every journal row with this control ID (and the record of a discarded one). The message's bytes "
+        "hold patient data: they are printed only with --message.",
     )
-    qr = _with_config(qsub.add_parser("retry", help="put dead-lettered messages back in the queue"), argparse.SUPPRESS)
+    qs.add_argument("control_id", metavar="CONTROL_ID")
+    qs.add_argument("--message", action="store_true", help="also print the message (patient data)")
+    ql = action("list", "list messages by state, time, control ID and peer")
+    ql.add_argument("--state", choices=STATES_CHOICES, help="only messages in this state")
+    ql.add_argument("--since", metavar="TIME", help="received at or after TIME (2026-12-01 or 2026-12-01T08:30, UTC)")
+    ql.add_argument("--until", metavar="TIME", help="received before TIME")
+    ql.add_argument("--control-id", metavar="TEXT", help="control IDs that contain TEXT")
+    ql.add_argument("--peer", metavar="ADDRESS", help="sent from this address")
+    ql.add_argument("--limit", type=int, default=100, metavar="N", help="the last N that match (default 100; 0: all)")
+    qr = action("retry", "put dead-lettered messages back in the queue")
     qr.add_argument("control_id", nargs="?", metavar="CONTROL_ID")
     qr.add_argument("--all", action="store_true", help="retry every dead-lettered message")
-    qe = _with_config(
-        qsub.add_parser(
-            "export",
-            help="save the undelivered messages as files (recovery from a damaged journal)",
-            description="Write every undelivered message that can still be read as "
-            "DIR/<journal id>_<control id>.hl7 (processed bytes where processed); read-only on the journal.",
-        ),
-        argparse.SUPPRESS,
+    qd = action(
+        "discard",
+        "give up a dead-lettered message for good, with a reason that is recorded",
+        "Remove the dead letters with this control ID from the journal. What they were (control ID, type, "
+        "times, tries, why they died), the reason given and who gave it stay recorded: queue show lists them.",
+    )
+    qd.add_argument("control_id", metavar="CONTROL_ID")
+    qd.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded)")
+    qe = action(
+        "export",
+        "save the undelivered messages (or with --dead the dead letters) as files",
+        "Write every undelivered message that can still be read as DIR/<journal id>_<control id>.hl7 "
+        "(processed bytes where processed); read-only on the journal. With --dead: the dead letters.",
     )
     qe.add_argument("dir", metavar="DIR")
+    qe.add_argument("--dead", action="store_true", help="export the dead-lettered messages instead")
     sp.set_defaults(func=_queue, queue_parser=sp)
 
 

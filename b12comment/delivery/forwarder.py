@@ -235,7 +235,7 @@ class Forwarder:
         dead-lettered when rejected or out of attempts, else retried after a backoff."""
         fields = dict(journal_id=row.id, control_id=row.control_id, message_type=row.message_type)
         if isinstance(outcome, Rejected):
-            await self._dead(row, outcome.reason, fields, stop)
+            await self._dead(row, outcome.reason, fields, stop, tried=True)
             return
         self.metrics.set("b12comment_downstream_up", 0)
         self._failures += 1
@@ -250,10 +250,15 @@ class Forwarder:
         )
         await wait_event(stop, delay)
 
-    async def _dead(self, row: Row, reason: str, fields: dict, stop: asyncio.Event) -> None:
-        if not await self._write_down(
-            "dead", [row], lambda: self.journal.call(lambda j: j.mark_dead(row.id, reason)), stop
-        ):
+    async def _dead(self, row: Row, reason: str, fields: dict, stop: asyncio.Event, tried: bool = False) -> None:
+        """`tried`: the attempt that killed it is not counted yet (a rejection): count it."""
+
+        def dead(j) -> None:
+            if tried:
+                j.mark_attempt_failed(row.id, reason, True)
+            j.mark_dead(row.id, reason)
+
+        if not await self._write_down("dead", [row], lambda: self.journal.call(dead), stop):
             return
         self._failures = 0
         self.metrics.inc("b12comment_dead_lettered_total")

@@ -134,6 +134,16 @@ class JournalStore(Protocol):
         """Put dead messages (all, or those with this control ID) back in the queue."""
         ...
 
+    def discard(self, control_id: str, reason: str, by: str = "", now: float | None = None) -> int:
+        """Remove the dead letters with this control ID for good, keeping a
+        record of each (control ID, type, times, tries, last error, the reason
+        given and who gave it) that `discarded()` lists; returns how many."""
+        ...
+
+    def discarded(self) -> list[dict]:
+        """The records of discarded dead letters, oldest first."""
+        ...
+
     def raw_rows(self) -> Iterator[tuple[int, float, bytes]]:
         """(id, received_at, raw) of every message row (not invalid frames), oldest first."""
         ...

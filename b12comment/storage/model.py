@@ -14,6 +14,7 @@ States of a row::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -150,3 +151,34 @@ def batch_full(rows: Sequence[Row], limit: int, max_bytes: int = BATCH_BYTES) ->
         if row.processed is not None and row.processed is not row.raw:
             held += len(row.processed)
     return held >= max_bytes
+
+
+def discard_record(
+    id: int,
+    control_id: str,
+    message_type: str,
+    received_at: float,
+    dead_since: float,
+    attempts: int,
+    last_error: str | None,
+    reason: str,
+    by: str,
+    now: float,
+) -> str:
+    """The record a discarded dead letter leaves (JSON): what it was, why it
+    died, why it was discarded and by whom. No message bytes."""
+    return json.dumps(
+        {
+            "journal_id": id,
+            "control_id": control_id,
+            "message_type": message_type,
+            "received_at": received_at,
+            "dead_since": dead_since,
+            "tries": attempts,
+            "last_error": last_error,
+            "discarded_at": now,
+            "reason": reason,
+            "by": by,
+        },
+        sort_keys=True,
+    )

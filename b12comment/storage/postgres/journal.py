@@ -36,6 +36,7 @@ from b12comment.storage.model import (
     Receipt,
     Replayed,
     Row,
+    discard_record,
 )
 from b12comment.storage.postgres.connect import connect, describe, psycopg_module, redact
 from b12comment.storage.postgres.schema import migrate
@@ -438,6 +439,30 @@ class PostgresJournal:
 
     def oldest_undelivered(self) -> float | None:
         return self._query("SELECT MIN(received_at) FROM b12_messages WHERE state IN ('received', 'processed')")[0][0]
+
+    def discard(self, control_id: str, reason: str, by: str = "", now: float | None = None) -> int:
+        now = time.time() if now is None else now
+
+        def tx(conn) -> int:
+            found = conn.execute(
+                "DELETE FROM b12_messages WHERE state = 'dead' AND control_id = %s RETURNING id, control_id, "
+                "message_type, received_at, updated_at, attempts, last_error",
+                (control_id,),
+            ).fetchall()
+            for id, cid, mtype, received, dead_since, attempts, error in found:
+                record = discard_record(id, cid, mtype, received, dead_since, attempts, error, reason, by, now)
+                conn.execute(
+                    "INSERT INTO b12_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = "
+                    "EXCLUDED.value",
+                    (f"discarded:{id:012d}", record),
+                )
+            return len(found)
+
+        return self._tx(tx, fenced=False)  # an operator's command, from any host
+
+    def discarded(self) -> list[dict]:
+        rows = self._query("SELECT value FROM b12_meta WHERE key LIKE 'discarded:%%' ORDER BY key")
+        return [json.loads(value) for (value,) in rows]
 
     def retry(self, control_id: str | None = None, now: float | None = None) -> int:
         now = time.time() if now is None else now

@@ -33,6 +33,7 @@ from b12comment.storage.model import (
     Receipt,
     Replayed,
     Row,
+    discard_record,
 )
 from b12comment.storage.sqlite.blobs import large_equals, read_large, write_large
 from b12comment.storage.sqlite.file import SqliteFile, is_corrupt
@@ -399,6 +400,30 @@ class SqliteJournal(SqliteFile):
 
     def oldest_undelivered(self) -> float | None:
         return self._query("SELECT MIN(received_at) FROM messages WHERE state IN ('received', 'processed')")[0][0]
+
+    def discard(self, control_id: str, reason: str, by: str = "", now: float | None = None) -> int:
+        now = time.time() if now is None else now
+
+        def tx(cur: sqlite3.Cursor) -> int:
+            found = cur.execute(
+                "SELECT id, control_id, message_type, received_at, updated_at, attempts, last_error FROM messages "
+                "WHERE state = 'dead' AND control_id = ? ORDER BY id",
+                (control_id,),
+            ).fetchall()
+            for id, cid, mtype, received, dead_since, attempts, error in found:
+                record = discard_record(id, cid, mtype, received, dead_since, attempts, error, reason, by, now)
+                cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"discarded:{id:012d}", record))
+                for table in LARGE_TABLES:
+                    cur.execute(f"DELETE FROM {table} WHERE id = ?", (id,))
+                cur.execute("DELETE FROM holds WHERE id = ?", (id,))
+                cur.execute("DELETE FROM messages WHERE id = ?", (id,))
+            return len(found)
+
+        return self._tx(tx)
+
+    def discarded(self) -> list[dict]:
+        rows = self._query("SELECT value FROM meta WHERE key LIKE 'discarded:%' ORDER BY key")
+        return [json.loads(value) for (value,) in rows]
 
     def retry(self, control_id: str | None = None, now: float | None = None) -> int:
         now = time.time() if now is None else now
