@@ -199,11 +199,15 @@ def _random_message(rng: random.Random, n: int) -> bytes:
     return build(with_b12=False, others=tuple(results), service="CBC^CBC^L", **common)
 
 
+@pytest.mark.parametrize("long", [False, True], ids=["grouped", "skip-scan"])
 @pytest.mark.parametrize("seed", range(6))
-def test_the_open_rows_veto_exactly_what_every_row_vetoed(seed):
+def test_the_open_rows_veto_exactly_what_every_row_vetoed(seed, long, monkeypatch):
     """Random histories of four identifiers, five requisitions (and none),
     normal, abnormal, pending, corrected and deleted results: every
-    decision is the one the look-up of every row gave."""
+    decision is the one the look-up of every row gave (with every
+    requisition read by GROUP BY, and with every one read as a long one)."""
+    if long:
+        monkeypatch.setattr(open_rows, "LONG_REQUISITION", 1)
     rng = random.Random(seed)
     new, old = ContextStore(":memory:", KEY), EveryRow(":memory:", KEY)
     seqs = list(range(1, 61))
@@ -267,3 +271,27 @@ def test_every_row_the_core_vetoes_with_from_the_look_back_is_open(kind, is_b12)
                 reasons, _, _ = veto(Context(arrival=2, results=(row,)), "20240110", RULE)
                 if reasons:
                     assert open_rows.is_open(kind, int(is_b12), verdict, status), row
+
+
+def test_a_requisition_sent_again_and_again_is_read_by_its_analytes():
+    """Past LONG_REQUISITION rows a requisition is read by index seeks: the
+    newest row of each result still decides, an abnormal one vetoes, and of
+    two values of one analyte in the newest message the doubtful one."""
+    store, reference = ContextStore(":memory:", KEY), EveryRow(":memory:", KEY)
+    copies = open_rows.LONG_REQUISITION // 2 + 1  # an order and a result each
+    for n in range(copies):
+        message = other(NORMAL, 1, orc4="REQ-B12", control_id=f"SAME-{n}")
+        decide(store, n + 1, message, RULE, "patient")
+        decide(reference, n + 1, message, RULE, "patient")
+    assert store.count() >= open_rows.LONG_REQUISITION
+    seq = copies + 1
+    assert decide(store, seq, b12(), RULE, "patient").decision.commented
+    assert decide(reference, seq, b12(), RULE, "patient").decision.commented
+    newest = other(LOW, 1, orc4="REQ-B12", control_id="NEWEST")
+    decide(store, seq + 1, newest, RULE, "patient")
+    assert decide(store, seq + 2, b12(control_id="B12-2"), RULE, "patient").decision.vetoed_by == ("NEWEST",)
+    both = build(with_b12=False, others=(NORMAL, LOW), orc4="REQ-B12", control_id="BOTH", placer="ORD1", filler="FIL1")
+    decide(store, seq + 3, both, RULE, "patient")
+    assert decide(store, seq + 4, b12(control_id="B12-3"), RULE, "patient").decision.vetoed_by == ("BOTH",)
+    by_requisition = decide(store, seq + 5, b12(control_id="B12-4"), RULE, "requisition")
+    assert by_requisition.decision.vetoed_by == ("BOTH",)

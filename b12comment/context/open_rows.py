@@ -79,9 +79,51 @@ def group(requisition: bytes, seq: int) -> bytes:
     return requisition or f"arrival:{seq}".encode()
 
 
+# A requisition's rows are read with GROUP BY while it has fewer than this
+# many; past it (a requisition sent again and again) each (kind, analyte) is
+# found by index seeks and its newest row read alone.
+LONG_REQUISITION = 64
+_REQUISITION_INDEX = (
+    "CREATE INDEX IF NOT EXISTS results_by_requisition_key ON results (requisition, kind, analyte, seq)"
+)
+
+
+def requisition_query(fields: str) -> str:
+    """The newest rows of each (kind, analyte) of one requisition (argument
+    ?1): a skip scan over results_by_requisition_key, so its cost grows with
+    the requisition's analytes, not with how often it was sent. Every row of
+    the newest message is returned (the doubtful ones last, as the one
+    core.context.latest keeps)."""
+    return f"""
+WITH RECURSIVE
+ kinds(k) AS (
+   SELECT (SELECT MIN(kind) FROM results WHERE requisition = ?1)
+   UNION ALL
+   SELECT (SELECT MIN(kind) FROM results WHERE requisition = ?1 AND kind > kinds.k) FROM kinds WHERE k IS NOT NULL),
+ g(k, a) AS (
+   SELECT k, (SELECT MIN(analyte) FROM results WHERE requisition = ?1 AND kind = kinds.k) FROM kinds WHERE k IS NOT NULL
+   UNION ALL
+   SELECT k, (SELECT MIN(analyte) FROM results WHERE requisition = ?1 AND kind = g.k AND analyte > g.a)
+   FROM g WHERE a IS NOT NULL)
+SELECT {fields}, seq FROM g CROSS JOIN results x
+  ON x.requisition = ?1 AND x.kind = g.k AND x.analyte = g.a
+ AND x.seq = (SELECT MAX(seq) FROM results m WHERE m.requisition = ?1 AND m.kind = g.k AND m.analyte = g.a)
+WHERE g.a IS NOT NULL
+ORDER BY x.verdict = '{NORMAL}' DESC"""
+
+
+def is_long(db: sqlite3.Connection, requisition: bytes) -> bool:
+    found = db.execute(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM results WHERE requisition = ? LIMIT ?)", (requisition, LONG_REQUISITION)
+    ).fetchone()
+    return bool(found and found[0] >= LONG_REQUISITION)
+
+
 def create(db: sqlite3.Connection, columns: tuple[str, ...]) -> None:
     """The table with `results`' `columns` (made again, from `results`,
-    if the store had none or it lacks one)."""
+    if the store had none or it lacks one), and the requisitions' index."""
+    db.execute(_REQUISITION_INDEX)
+    db.execute("DROP INDEX IF EXISTS results_by_requisition")  # (its prefix)
     kept = _kept(columns)
     have = [row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")]
     if have and set(have) == {"grp", *kept}:

@@ -60,7 +60,6 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (seq, row_index, patient)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_by_patient ON results (patient);
-CREATE INDEX IF NOT EXISTS results_by_requisition ON results (requisition);
 CREATE INDEX IF NOT EXISTS results_by_time ON results (stored_at);
 CREATE TABLE IF NOT EXISTS comments (
     seq        INTEGER NOT NULL,
@@ -389,15 +388,22 @@ class ContextStore:
         "requisition"), and also of its patients (mode "patient")."""
         patients, requisitions = self._keys(extract)
         found: list = []
-        if requisitions:
+        try:
+            long = [r for r in requisitions if open_rows.is_long(self._db, r)]
+        except sqlite3.Error as exc:
+            raise ContextError(f"context store {self.path}: {exc}") from None
+        short = [r for r in requisitions if r not in long]
+        if short:
             # The newest row of each (requisition, kind, analyte) of the
             # message's requisitions, as core.context.latest() would pick it
             # (SQLite takes the bare columns from the MAX(seq) row).
             found += self._run(
-                f"SELECT {_FIELDS}, MAX(seq) FROM results WHERE requisition IN ({','.join('?' * len(requisitions))}) "
+                f"SELECT {_FIELDS}, MAX(seq) FROM results WHERE requisition IN ({','.join('?' * len(short))}) "
                 "GROUP BY requisition, kind, analyte",
-                requisitions,
+                short,
             )
+        for requisition in long:  # sent again and again: not every row of it (open_rows.py)
+            found += self._run(open_rows.requisition_query(_FIELDS), (requisition,))
         if mode == "patient" and patients:
             # Of the patient's other requisitions, only what may veto: the
             # open rows (open_rows.py), never the whole history.
