@@ -24,7 +24,7 @@ import time
 
 from b12comment import logs
 from b12comment.config import Config
-from b12comment.errors import EXIT_OK
+from b12comment.errors import EXIT_OK, B12Error
 from b12comment.serve.health import Health
 from b12comment.serve.metrics import Metrics, MetricsServer
 from b12comment.storage.postgres.connect import name_process
@@ -41,7 +41,7 @@ def _tell(loop: asyncio.AbstractEventLoop, lost: asyncio.Event, why: str) -> Non
 
 
 async def serve_ha(config: Config, stop: asyncio.Event) -> int:
-    from b12comment.serve.service import Service, StartupError
+    from b12comment.serve.service import Service
 
     log = logs.get_logger().bind()
     loop = asyncio.get_running_loop()
@@ -70,7 +70,7 @@ async def serve_ha(config: Config, stop: asyncio.Event) -> int:
             service = Service(config, log, leadership=lead)
             try:
                 await service.start()
-            except StartupError:
+            except B12Error:  # (StartupError, ContextError, ...: one line, the exit code it carries)
                 await service.journal.close()
                 lead.step_down()
                 raise

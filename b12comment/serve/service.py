@@ -277,9 +277,11 @@ class Service:
         lis, ds = cfg.listener, cfg.downstream
         ssl_ctx = server_context(lis.tls_cert, lis.tls_key, lis.tls_client_ca) if lis.tls_cert else None  # TlsError
         transport = transport_for(ds)
+        # The journal's lock first: a second serve on the same journal is told
+        # so, whatever else the two share (the context store has a lock too).
+        await self._open_journal()
         self.context = open_context(cfg.context)  # ContextError
         audit = self._open_audit(SERVE)  # AuditError
-        await self._open_journal()
         await self._check_new_store()
         intake = Intake(self.journal, cfg.journal, self.log, on_journaled=self.journaled.set, metrics=self.metrics)
         self.listener = Listener(lis, intake, self.log, self.metrics, ssl_ctx)
