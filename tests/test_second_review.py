@@ -144,3 +144,53 @@ def test_a_single_normal_word_still_is_normal():
 def test_a_b12_of_two_repetitions_is_not_read():
     msg = message(b12="OBX|1|NM|14685-2^Cobalamin^LN||1350~95|pmol/L|250-900|H|||F\r")
     assert_silent(msg, ("unreadable_value",))
+
+
+# ---------------------------------------------------------------------------
+# Time zones: a time stamp with an offset is a moment; its date is the
+# sender's calendar date. Where that zone is in doubt (none known, or the
+# message time's offset and the site's zone disagree across a summer-time
+# change), the date is in doubt too, and so is an 18th birthday on it. A
+# birth time with an offset is a moment as well.
+
+
+def ages_message(birth: str, collected: str, msh7: str) -> bytes:
+    return (
+        f"MSH|^~\\&|LAB|HOSP|EHR|HOSP|{msh7}||ORU^R01|Z1|P|2.5.1\r"
+        f"PID|1||0101150000^^^CPR||Doe^Kim||{birth}|F\r"
+        f"OBR|1|REQ1|FREQ1|B12^B12^L|||{collected}||||||||||||||||||F\r"
+        f"{B12}"
+    ).encode("ascii")
+
+
+def test_an_offset_without_a_known_zone_leaves_the_date_in_doubt():
+    # 23:30 UTC on the 19th is the 20th (the 18th birthday) in Denmark; MSH-7
+    # has no offset and no site zone is configured: not certainly under 18.
+    m = ages_message("20081120", "20261119233000+0000", "20261120090000")
+    assert_silent(m, ("adult",))
+    # a day earlier it is the 18th or 19th anywhere: 17
+    m = ages_message("20081120", "20261118233000+0000", "20261120090000")
+    assert process(m, RULE)[0] == commented(m)
+
+
+def test_a_summer_time_change_between_collection_and_message_time():
+    # Copenhagen leaves summer time on 25 October 2026. Collected 22:30 UTC on
+    # 23 October = 00:30 on the 24th in Copenhagen (+0200): the 18th birthday.
+    # MSH-7 was written after the change (+0100): by its offset alone, the 23rd.
+    m = ages_message("20081024", "20261023223000+0000", "20261026090000+0100")
+    site = RuleConfig(language="en", timezone="Europe/Copenhagen")
+    assert_silent(m, ("adult",), site)
+
+
+def test_a_birth_time_with_an_offset_is_a_moment_too():
+    # Born 00:30 on 20 November at +0200 = 23:30 on the 19th at the sender's
+    # +0100: the 18th birthday is the 19th, the collection day.
+    m = ages_message("20081120003000+0200", "20261119200000", "20261119210000+0100")
+    assert_silent(m, ("adult",))
+
+
+def test_a_birth_that_could_be_after_the_collection_is_age_unknown():
+    # Born 08:00 (local); collected 08:30 at +0100 with the sender's zone not
+    # known: 07:30 local at +0000, before the birth.
+    m = ages_message("20261120080000", "20261120083000+0100", "20261120090000")
+    assert_silent(m, ("age_unknown",))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -82,10 +82,16 @@ def age_at(birth: DayRange, collected: DayRange) -> Age | None:
 @dataclass(frozen=True)
 class Moment:
     """A time stamp in the sender's local time: its days, and its wall-clock
-    time when it gives at least the hour."""
+    time when it gives at least the hour, as the earliest and latest it could
+    be (the same unless the sender's zone is in doubt)."""
 
     days: DayRange
-    at: datetime | None = None  # local, naive
+    at: datetime | None = None  # local, naive: the earliest it could be
+    until: datetime | None = None  # local, naive: the latest (None: `at`)
+
+    @property
+    def latest(self) -> datetime | None:
+        return self.until if self.until is not None else self.at
 
 
 def offset_zone(text: str) -> tzinfo | None:
@@ -100,17 +106,25 @@ def offset_zone(text: str) -> tzinfo | None:
     return timezone(-delta if sign == "-" else delta)
 
 
+# Every zone in use lies between UTC-12 and UTC+14: where the sender's zone
+# is not known, a moment's local date is any date it has in one of them.
+_EARLIEST_ZONE, _LATEST_ZONE = timedelta(hours=-12), timedelta(hours=14)
+
+
 @lru_cache(maxsize=8)
 def site_zone(name: str) -> tzinfo | None:
     """The IANA zone `name` (`Europe/Copenhagen`); None for "" (none configured)."""
     return ZoneInfo(name) if name else None
 
 
-def parse_moment(text: str, local: tzinfo | None = None) -> Moment | None:
+def parse_moment(text: str, zones: tuple[tzinfo, ...] = (), written: bool = False) -> Moment | None:
     """A time stamp as `parse_ts` reads it, with its wall-clock time. One
-    that carries an offset and the hour is first taken into `local` (the
-    sender's zone), so that its date is the sender's calendar date; without
-    `local`, or without an offset, it is taken as written."""
+    that carries an offset and the hour is a moment: its date is the sender's
+    calendar date, taken in each of `zones` (the zones the sender's local
+    time could be in), or in every zone in use when none is known; `written`
+    adds the date as written (a birth date is a local calendar date, but
+    whose?). Its days then span every such date. Without an offset it is
+    taken as written (local already)."""
     days = parse_ts(text)
     if days is None:
         return None
@@ -121,21 +135,25 @@ def parse_moment(text: str, local: tzinfo | None = None) -> Moment | None:
         return Moment(days)
     at = datetime(int(year), int(month), int(day), int(hour), int(minute or 0), int(second or 0))
     own = offset_zone(text) if offset is not None else None
-    if own is not None and local is not None:
-        at = at.replace(tzinfo=own).astimezone(local).replace(tzinfo=None)
-        days = DayRange(at.date(), at.date())
-    return Moment(days, at)
+    if own is None:
+        return Moment(days, at)
+    instant = at.replace(tzinfo=own)
+    if zones:
+        local = [instant.astimezone(z).replace(tzinfo=None) for z in zones]
+    else:
+        utc = instant.astimezone(UTC).replace(tzinfo=None)
+        local = [utc + _EARLIEST_ZONE, utc + _LATEST_ZONE]
+    if written:
+        local.append(at)
+    first, last = min(local), max(local)
+    return Moment(DayRange(first.date(), last.date()), first, last)
 
 
 def age_at_moment(birth: Moment, collected: Moment) -> Age | None:
-    """Age at collection (`age_at`); None also when both fall on one day and
-    their times put the birth after the collection."""
-    if (
-        birth.at is not None
-        and collected.at is not None
-        and birth.days == collected.days
-        and birth.days.first == birth.days.last
-        and birth.at > collected.at
-    ):
+    """Age at collection (`age_at`); None also when both give a time and the
+    birth could be after the collection (their times say so on the same day,
+    or a zone in doubt leaves it open)."""
+    latest_birth = birth.latest
+    if latest_birth is not None and collected.at is not None and latest_birth > collected.at:
         return None
     return age_at(birth.days, collected.days)

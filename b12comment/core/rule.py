@@ -76,27 +76,37 @@ def collection_time(facts: Facts, obs: Observation, rule: RuleConfig) -> str:
     return times[0] if times else ""
 
 
-def sender_zone(facts: Facts, rule: RuleConfig) -> tzinfo | None:
-    """The sender's local time: MSH-7's offset, else the site's zone
-    (`timezone`), else None (time stamps are taken as written)."""
-    return offset_zone(facts.header.first_component(7)) or site_zone(rule.timezone)
+def sender_zones(facts: Facts, rule: RuleConfig) -> tuple[tzinfo, ...]:
+    """Every zone the sender's local time could be in: MSH-7's offset and the
+    site's zone (`timezone`) both where both are known (a message time's fixed
+    offset may be on the other side of a summer-time change than the
+    collection, or a system clock's zone rather than the patient's calendar);
+    else the one known; neither: () (every zone in use, see dates.parse_moment)."""
+    own = offset_zone(facts.header.first_component(7))
+    site = site_zone(rule.timezone)
+    return tuple(z for z in (own, site) if z is not None)
 
 
 def patient_ages(facts: Facts, obs: Observation, rule: RuleConfig) -> tuple[Age, ...] | None:
     """The patient's age at each stated collection time (the first is the
     one the rule uses), each time in the sender's local time; None when the
     age is not known for sure: no birth date or no collection time, the
-    first time unreadable, a birth after any of them (on the same day: by
-    the time of day), or times that put the patient on two sides of the
-    adult age. A later time that cannot be read gives no age."""
-    birth = parse_moment(facts.birth) if facts.birth else None  # a birth date is a local calendar date
+    first time unreadable, a birth that could be after any of them (on the
+    same day: by the time of day), or times that put the patient on two sides
+    of the adult age. A time with an offset spans every date it has in the
+    zones the sender's could be (sender_zones), so a doubt about the zone is
+    a doubt about the age where it matters. A later time that cannot be read
+    gives no age."""
+    zones = sender_zones(facts, rule)
+    # a birth date is a local calendar date: one with an offset is taken as
+    # written and in the sender's zones
+    birth = parse_moment(facts.birth, zones, written=True) if facts.birth else None
     times = collection_times(facts, obs, rule)
     if birth is None or not times:
         return None
-    zone = sender_zone(facts, rule)
     ages = []
     for i, text in enumerate(times):
-        collected = parse_moment(text, zone)
+        collected = parse_moment(text, zones)
         if collected is None:
             if i == 0:
                 return None

@@ -122,8 +122,8 @@ class RuleConfig:
     low_flags: tuple[str, ...] = ("L", "LL", "<")
     use_message_time: bool = False
     # The site's IANA time zone (`Europe/Copenhagen`): a time stamp with an
-    # offset is taken in it before its date is used, when MSH-7 gives no
-    # offset of the sender's own. "" = none (time stamps taken as written).
+    # offset is taken in it, and in MSH-7's offset if given, before its date
+    # is used. "" = none: MSH-7's offset alone; without one, any zone in use.
     timezone: str = ""
     # Other results: unflagged text values that count as normal (compared
     # ignoring case, spacing and a final full stop), and OBX-3 codes of
