@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from b12comment.aio import wait_event
@@ -84,7 +84,9 @@ class Forwarder:
         wake: asyncio.Event,
         poll_s: float = 1.0,
         batch: int = 100,
+        on_settled: Callable[[list[int]], None] = lambda ids: None,
     ):
+        self.on_settled = on_settled  # told the ids delivered or dead-lettered, once recorded
         self.journal, self.transport, self.ds = journal, transport, ds
         self.metrics, self.log, self.wake, self.poll_s = metrics, log, wake, poll_s
         self.batch = batch
@@ -213,6 +215,7 @@ class Forwarder:
             "forwarded", rows, lambda: self.journal.call(lambda j: j.mark_forwarded_many([r.id for r in rows])), stop
         ):
             return False
+        self.on_settled([r.id for r in rows])
         self._failures = 0
         self.metrics.set("b12comment_downstream_up", 1)
         self.metrics.set("b12comment_last_delivery_timestamp_seconds", time.time())
@@ -260,6 +263,7 @@ class Forwarder:
 
         if not await self._write_down("dead", [row], lambda: self.journal.call(dead), stop):
             return
+        self.on_settled([row.id])
         self._failures = 0
         self.metrics.inc("b12comment_dead_lettered_total")
         self.log.error("dead_lettered", **fields, reason=reason)

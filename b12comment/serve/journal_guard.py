@@ -112,7 +112,9 @@ def check_after_open(journal: Path, journal_id: str, marker: Marker | None) -> N
     """Refuse (GuardError) a journal other than the one the marker names, unless that one was empty."""
     if marker is None or marker.journal_id == journal_id or marker.undelivered == 0:
         return
-    raise GuardError(f"journal {journal} is not the one serve last used: {_previous(journal, marker)}")
+    raise GuardError(
+        f"journal {journal} is damaged or replaced (not the one serve last used): {_previous(journal, marker)}"
+    )
 
 
 def _previous(journal: Path, marker: Marker) -> str:

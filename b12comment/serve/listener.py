@@ -88,7 +88,10 @@ class Answer:
 class Intake:
     """Frame -> journal -> ACK."""
 
-    def __init__(self, journal: JournalThread, cfg: JournalConfig, log, on_journaled=lambda: None, metrics=None):
+    def __init__(
+        self, journal: JournalThread, cfg: JournalConfig, log, on_journaled=lambda: None, metrics=None, ledger=None
+    ):
+        self.ledger = ledger  # what was ACKed, outside the journal (serve/acked.py)
         self.journal, self.cfg, self.log = journal, cfg, log
         self.on_journaled = on_journaled
         self.metrics = metrics
@@ -142,6 +145,8 @@ class Intake:
             return Answer(build_ack(payload, ERROR, ack_id(), now_dtm(), error, header), ERROR, fields)
         if not receipt.duplicate:
             self.on_journaled()
+            if self.ledger is not None:
+                self.ledger.acked(receipt.id, fields["control_id"], peer)
         if receipt.reused:  # forwarded all the same: it is another message, but the sender's IDs may be wrong
             self.log.warning(
                 "control_id_reused",

@@ -20,6 +20,7 @@ from b12comment.context.store import read_contradictions
 from b12comment.delivery.transports import safe_name
 from b12comment.errors import EXIT_OK, B12Error, UsageError, describe_os_error
 from b12comment.files import write_atomically
+from b12comment.serve.acked import listing_path
 from b12comment.storage import STATES, JournalStore, Row, is_url, open_journal, open_journal_for_reading
 
 
@@ -157,9 +158,17 @@ def _export(path: str | Path, folder: Path, dead: bool, as_json: bool) -> int:
     else:
         s = "" if written == 1 else "s"
         print(f"exported {written} {what} message{s} to {folder}")
-    if unreadable:
+    listing = None if dead or is_url(str(path)) else listing_path(Path(path))
+    lost = len(listing.read_text().splitlines()) if listing is not None and listing.is_file() else 0
+    if unreadable or lost:
         rows = "row" if unreadable == 1 else "rows"
-        raise B12Error(f"{unreadable} {what} {rows} could not be read (damaged journal pages)")
+        said = [f"{unreadable} {what} {rows} could not be read (damaged journal pages)"] if unreadable else []
+        if lost:
+            said.append(
+                f"serve found {lost} message{'' if lost == 1 else 's'} it had ACKed and not delivered unreadable "
+                f"when the journal was damaged: listed in {listing} (control ID, sender, time of the ACK)"
+            )
+        raise B12Error("; ".join(said))
     return EXIT_OK
 
 

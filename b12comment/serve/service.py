@@ -39,6 +39,7 @@ from b12comment.delivery.forwarder import Forwarder
 from b12comment.delivery.transports import transport_for
 from b12comment.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, B12Error
 from b12comment.launch import catch_again, stop_requested
+from b12comment.serve.acked import AckedLedger, name_unreadable
 from b12comment.serve.health import Health
 from b12comment.serve.http import HttpServer
 from b12comment.serve.journal_guard import (
@@ -127,6 +128,8 @@ class Service:
         # Bound once: the lazy proxy would build a new logger for every record.
         self.log = log or logs.get_logger().bind()
         self.metrics = Metrics()
+        self.ledger = AckedLedger()  # what was ACKed and not delivered, outside the journal
+        self._naming: asyncio.Task | None = None
         self.journal_path = Path(config.journal.path)
         # A postgresql:// URL: a database that active-passive instances share;
         # this one runs only while it leads (`leadership`, see serve/ha.py).
@@ -283,7 +286,15 @@ class Service:
         self.context = open_context(cfg.context)  # ContextError
         audit = self._open_audit(SERVE)  # AuditError
         await self._check_new_store()
-        intake = Intake(self.journal, cfg.journal, self.log, on_journaled=self.journaled.set, metrics=self.metrics)
+        intake = Intake(
+            self.journal,
+            cfg.journal,
+            self.log,
+            on_journaled=self.journaled.set,
+            metrics=self.metrics,
+            ledger=None if self.journal_in_db else self.ledger,
+        )
+        self._loop = asyncio.get_running_loop()
         self.listener = Listener(lis, intake, self.log, self.metrics, ssl_ctx)
         try:
             await self.listener.start()
@@ -307,7 +318,9 @@ class Service:
         processor = Processor(
             self.journal, cfg.rule, self.metrics, self.log, self.journaled, self.processed, self.context, audit=audit
         )
-        forwarder = Forwarder(self.journal, transport, ds, self.metrics, self.log, self.processed)
+        forwarder = Forwarder(
+            self.journal, transport, ds, self.metrics, self.log, self.processed, on_settled=self.ledger.settled
+        )
         self._tasks = [
             asyncio.create_task(self._supervise("processing", processor.run), name="processing"),
             asyncio.create_task(self._supervise("forwarder", forwarder.run), name="forwarder"),
@@ -379,6 +392,33 @@ class Service:
             consequence="every new message is answered AE until serve is restarted on a sound journal"
             + ("; messages already journaled are still delivered from the open file" if gone else ""),
         )
+        loop = getattr(self, "_loop", None)
+        if isinstance(fault, JournalCorrupt) and loop is not None:  # what it held may be lost: name it
+            loop.call_soon_threadsafe(self._name_unreadable)
+
+    def _name_unreadable(self) -> None:
+        if self._naming is None:
+            self._naming = asyncio.ensure_future(self._name_unreadable_now(self.ledger.undelivered()))
+
+    async def _name_unreadable_now(self, kept: dict[int, tuple[str, str, float]]) -> None:
+        """One error line and a file beside the journal: every message ACKed and
+        not delivered that the damaged journal can no longer give back."""
+        try:
+            found = await asyncio.to_thread(name_unreadable, self.journal_path, kept)
+        except OSError as exc:
+            self.log.error("acked_not_delivered_unreadable", error=str(exc), count=len(kept))
+            return
+        if found is None and not self.ledger.forgotten:
+            return
+        named, path = found if found is not None else ([], None)
+        self.log.error(
+            "acked_not_delivered_unreadable",
+            count=len(named),
+            messages=named,
+            file=str(path) if path else None,
+            not_named=self.ledger.forgotten,
+            consequence="ACKed AA, not delivered, no longer in the journal: ask their senders to send them again",
+        )
 
     async def _supervise(self, name: str, run) -> None:
         """Keep a stage running: a bug in one must not silently stop the flow."""
@@ -426,6 +466,8 @@ class Service:
                 recorder.close()
             except B12Error as exc:
                 self.log.error("audit_unavailable", stage="stop", error=str(exc))
+        if self._naming is not None:
+            await asyncio.wait({self._naming}, timeout=STOP_TASKS_S)
         await self._settle_journal()
         await self.journal.close()
         self.lock.release()
