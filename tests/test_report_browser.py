@@ -217,3 +217,57 @@ def test_the_report_prints_to_pdf(tmp_path, report):
     assert data.startswith(b"%PDF-") and len(data) > 10_000
     assert b"/Type /Page" in data or b"/Type/Page" in data
     assert "@media print" in report.read_text(encoding="utf-8")
+
+
+BROKEN = """
+window.addEventListener('load', () => {
+  const frame = document.getElementById('report');
+  const doc = frame.contentDocument;
+  const broken = [];
+  const walker = doc.createTreeWalker(doc.body, NodeFilter.SHOW_TEXT);
+  let node, words = 0;
+  while ((node = walker.nextNode())) {
+    if (node.parentElement.closest('svg, pre')) continue;
+    const re = /(?<![A-Za-z0-9])[A-Za-z0-9]{2,20}(?![A-Za-z0-9])/g;
+    let m;
+    while ((m = re.exec(node.textContent))) {
+      words++;
+      const range = doc.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const tops = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+      if (tops.size > 1) broken.push(m[0]);
+    }
+  }
+  const band = [...doc.querySelectorAll('svg text.title')].map((t) => t.textContent);
+  document.body.setAttribute('data-words', JSON.stringify({words, broken: broken.slice(0, 20), band}));
+});
+"""
+
+
+@needs_chromium
+@pytest.mark.parametrize("width", [1280, 420])
+def test_no_word_breaks_in_the_middle_and_labels_read_as_words(tmp_path, report, width):
+    """At a phone's 420 px and a desktop's 1280 px: no word of up to 20
+    letters is split across lines (table cells once broke "segme nt",
+    "declare d"); reason codes show as words with the code beside them; the
+    youngest age band reads "under 1 y", not "0 y"."""
+    wrapper = tmp_path / f"words-{width}.html"
+    wrapper.write_text(
+        '<!DOCTYPE html><html><body style="margin:0">'
+        f'<iframe id="report" style="width:{width}px;height:6000px;border:0" '
+        f'srcdoc="{htmllib.escape(report.read_text(encoding="utf-8"), quote=True)}"></iframe>'
+        f"<script>{BROKEN}</script></body></html>",
+        encoding="utf-8",
+    )
+    proc = chromium(tmp_path, "--window-size=1400,2000", "--virtual-time-budget=5000", "--dump-dom", wrapper.as_uri())
+    dom = proc.stdout.decode("utf-8", "replace")
+    found = dom.split('data-words="', 1)
+    assert len(found) == 2, "the measuring script did not run:\n" + proc.stderr.decode()[-2000:]
+    got = json.loads(htmllib.unescape(found[1].split('"', 1)[0]))
+    assert got["words"] > 300
+    assert got["broken"] == [], f"words split across lines at {width} px: {got['broken']}"
+    assert got["band"][0].startswith("under 1 y:"), got["band"]
+    assert not any(b.startswith("0 y") for b in got["band"])
+    page = report.read_text(encoding="utf-8")
+    assert ">Not elevated<code>not_elevated</code>" in page

@@ -37,9 +37,14 @@ svg text.title{font-weight:bold} svg text.limit{fill:#c0392b}
 .bars .n{font-variant-numeric:tabular-nums;font-size:.9rem;white-space:nowrap}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f4f6f8;padding:.5rem;border-radius:4px}
 table{border-collapse:collapse;margin:.5rem 0;max-width:100%}
-td,th{border-bottom:1px solid #eee;padding:.25rem .6rem;text-align:left;overflow-wrap:anywhere;vertical-align:top}
+td,th{border-bottom:1px solid #eee;padding:.25rem .6rem;text-align:left;overflow-wrap:break-word;vertical-align:top}
+td.long{overflow-wrap:anywhere}
 td.n{text-align:right;font-variant-numeric:tabular-nums} .muted{color:#555;font-size:.9rem}
-@media (max-width:40rem){body{margin:1rem auto;padding:0 .8rem} h1{font-size:1.3rem} .fig b{font-size:1.5rem}}
+.bars .name code{display:block;font-size:.75rem;color:#555}
+@media (max-width:40rem){body{margin:1rem auto;padding:0 .8rem} h1{font-size:1.3rem} .fig b{font-size:1.5rem}
+table,tbody,tr,td{display:block;width:100%} tr.head{display:none} tr{border-bottom:1px solid #ddd;padding:.3rem 0}
+td{border:0;padding:.1rem 0} td.n{text-align:left}
+td[data-label]::before{content:attr(data-label) ": ";color:#555;font-size:.85rem}}
 @page{size:A4;margin:15mm}
 @media print{
 body{margin:0;padding:0;max-width:none;font-size:10.5pt}
@@ -55,19 +60,36 @@ def _fig(value, label: str) -> str:
 
 
 def _table(rows, headers) -> str:
+    """A table; on a narrow screen each row becomes a block of "header: value"
+    lines, so no cell is squeezed until its words break in the middle. Only a
+    token too long for any line (a path, a digest) may break anywhere."""
     if not rows:
         return '<p class="muted">none</p>'
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="n">{escape(str(c))}</td>' if isinstance(c, (int, float)) else f"<td>{escape(str(c))}</td>"
-            for c in row
-        )
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
+
+    def cell(value, header: str) -> str:
+        label = f' data-label="{escape(header)}"' if header else ""
+        if isinstance(value, (int, float)):
+            return f'<td class="n"{label}>{escape(str(value))}</td>'
+        text = str(value)
+        long = ' class="long"' if any(len(word) > LONG_WORD for word in text.split()) else ""
+        return f"<td{long}{label}>{escape(text)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(c, h) for c, h in zip(row, headers, strict=False)) + "</tr>" for row in rows)
+    return f'<table><tr class="head">{head}</tr>{body}</table>'
+
+
+LONG_WORD = 20  # characters: a longer token (a path, a digest) may break anywhere; no shorter word ever does
+
+
+def band_label(band: str) -> str:
+    """How an age band reads: the youngest, "0 y", is "under 1 y"."""
+    return "under 1 y" if band == "0 y" else band
+
+
+def reason_label(code: str) -> str:
+    """A reason code as words ("other_abnormal_recent" -> "Other abnormal recent")."""
+    return code.replace("_", " ").capitalize()
 
 
 def _s(n: int, word: str) -> str:
@@ -87,8 +109,8 @@ def histogram_svg(band: str, bins: dict, limit: float | None, width=400, height=
     bar_w = plot_w / n_bins
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'role="img" aria-label="B12 results of patients aged {escape(band)}, count per 100 pmol/L">',
-        f'<text class="title" x="0" y="{title_y}">{escape(band)}: {_s(total, "B12 result")}</text>',
+        f'role="img" aria-label="B12 results of patients aged {escape(band_label(band))}, count per 100 pmol/L">',
+        f'<text class="title" x="0" y="{title_y}">{escape(band_label(band))}: {_s(total, "B12 result")}</text>',
         f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#999"/>',
         f'<text x="{left - 6}" y="{top + 10}" text-anchor="end">{peak}</text>',
         f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end">0</text>',
@@ -130,7 +152,8 @@ def bars_html(counts: dict, unit: str) -> str:
     for name, count in items:
         share = max(count / peak, 0.005)  # the longest bar leaves room for its count beside it
         rows.append(
-            f'<span class="name" title="{escape(REASONS.get(name, name))}">{escape(name)}</span>'
+            f'<span class="name" title="{escape(REASONS.get(name, name))}">{escape(reason_label(name))}'
+            f"<code>{escape(name)}</code></span>"
             f'<span class="track"><span class="bar" style="width:calc((100% - 8rem) * {share:.3f})"></span>'
             f'<span class="n">{escape(_s(count, unit))}</span></span>'
         )
