@@ -558,3 +558,54 @@ def test_stop_closes_connections_waiting_for_a_request_and_finishes_the_one_in_h
     assert time.monotonic() - started < 5  # not the 60 s timeouts
     assert trickling.recv(100) == b"" and idle.sock.recv(100) == b""
     trickling.close()
+
+
+def test_concurrent_requests_with_the_context_store_are_decided_in_order_and_committed(tmp_path):
+    """Eight clients at once, each a patient of its own: a blood count (low
+    for every other patient), then that patient's B12. Requests waiting for
+    the store are decided together: each B12 still sees its own patient's
+    blood count, and every row is in the store (committed) when its answer
+    comes; a client that gives up its request holds back nobody."""
+    import sqlite3
+
+    store = tmp_path / "context.sqlite3"
+    stage = open_context(ContextConfig(store=str(store), key_file=str(tmp_path / "context.key")))
+    low_hb = Obx(code="718-7^Hemoglobin^LN", value="6.1", units="mmol/L", range="6.5-8.5", flags="L")
+    normal_hb = Obx(code="718-7^Hemoglobin^LN", value="7.1", units="mmol/L", range="6.5-8.5")
+
+    def messages(i: int) -> tuple[bytes, bytes]:
+        pid, req = f"01011{i:04d}".encode(), f"|ORD{i}|FIL{i}|".encode()
+        count = build(with_b12=False, others=(low_hb if i % 2 else normal_hb,))
+        count = count.replace(b"0101169999", pid).replace(b"|ORD1|FIL1|", req).replace(b"CTRL0001", f"CBC{i}".encode())
+        b12 = build().replace(b"0101169999", pid).replace(b"CTRL0001", f"B12-{i}".encode())
+        return count, b12
+
+    answers: dict[int, str] = {}
+    errors: list[BaseException] = []
+    with Endpoint(context=stage) as ep:
+
+        def client(i: int) -> None:
+            try:
+                count, b12 = messages(i)
+                conn = ep.connection()
+                post(conn, count)
+                answers[i] = post(conn, b12).headers["x-b12comment-decision"]
+                rows = sqlite3.connect(store).execute("SELECT COUNT(*) FROM results").fetchone()[0]
+                assert rows >= 4  # at least this client's own rows, committed before its answer
+            except BaseException as exc:
+                errors.append(exc)
+
+        def gives_up() -> None:
+            with socket.create_connection(("127.0.0.1", ep.port)) as s:
+                body = messages(99)[1]
+                s.sendall(b"POST /hl7 HTTP/1.1\r\nHost: x\r\nContent-Type: application/hl7-v2\r\n")
+                s.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        threads.append(threading.Thread(target=gives_up))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not errors, errors
+    assert answers == {i: "unchanged" if i % 2 else "commented" for i in range(8)}

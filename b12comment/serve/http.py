@@ -115,6 +115,10 @@ class HttpServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-process")
         self.context = context  # its own store connection, used on the worker thread only
         self._arrival = 0
+        # Requests waiting for the store: decided together, in arrival order,
+        # in one hop to the worker thread and one commit (_decide_stored).
+        self._waiting: list[tuple[int, bytes, str | None, asyncio.Future]] = []
+        self._decider: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Listen; raises OSError when the address cannot be bound."""
@@ -180,10 +184,7 @@ class HttpServer:
         loop keeps answering while hl7apy reads it."""
         loop = asyncio.get_running_loop()
         if self.context is not None and self.context.mode != "message":
-            arrival = self._next_arrival()
-            outcome, store_error = await loop.run_in_executor(
-                self._executor, self._decide_with_store, arrival, message, text_codec
-            )
+            outcome, store_error = await self._decide_stored(message, text_codec)
             if store_error:
                 self.log.error("context_unavailable", stage="http", error=store_error)
             for comment_id in outcome.contradicts:
@@ -205,14 +206,44 @@ class HttpServer:
     def _decide_alone(self, message: bytes, text_codec: str | None) -> Outcome:
         return decide(None, 0, message, self.rule, text_codec=text_codec)
 
-    def _decide_with_store(self, arrival: int, message: bytes, text_codec: str | None) -> tuple[Outcome, str | None]:
-        """On the worker thread: the chain with the store, then its rows committed."""
+    async def _decide_stored(self, message: bytes, text_codec: str | None) -> tuple[Outcome, str | None]:
+        """Decide with the store: the requests that wait meanwhile are decided
+        together (one hop to the worker thread, one commit of the store),
+        each answered after the commit, in arrival order. A request given up
+        (its client gone) never holds back the others."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        self._waiting.append((self._next_arrival(), message, text_codec, future))
+        if self._decider is None or self._decider.done():
+            self._decider = loop.create_task(self._decide_waiting())
+        return await future
+
+    async def _decide_waiting(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                done = await loop.run_in_executor(self._executor, self._decide_with_store, group)
+            except Exception as exc:  # (decide never raises; the executor may be shut down)
+                for *_, f in group:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            for (*_, f), result in zip(group, done, strict=True):
+                if not f.done():
+                    f.set_result(result)
+
+    def _decide_with_store(self, group: list) -> list[tuple[Outcome, str | None]]:
+        """On the worker thread: the chain with the store for each message of
+        the group, in order, then their rows committed together."""
         assert self.context is not None
         cx = self.context
-        outcome = decide(
-            cx.store, arrival, message, self.rule, cx.mode, cx.settings.lookback_days, text_codec=text_codec
-        )
-        return outcome, cx.commit()
+        outcomes = [
+            decide(cx.store, arrival, message, self.rule, cx.mode, cx.settings.lookback_days, text_codec=codec)
+            for arrival, message, codec, _ in group
+        ]
+        error = cx.commit()
+        return [(outcome, error) for outcome in outcomes]
 
     def _next_arrival(self) -> int:
         """The arrival order in the context store for a request: microseconds
