@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py                 # every row, a few minutes
     .venv/bin/python bench/run.py --quick         # fewer messages and rounds
-    .venv/bin/python bench/run.py --only serve    # one part: process, replay, serve
+    .venv/bin/python bench/run.py --only serve    # one part: process, replay, serve, context, history, latency
 
 Every figure is a median over interleaved rounds (ours, then each baseline,
 then ours again, ...), so a burst of other work on the machine hits both
