@@ -81,6 +81,12 @@ def test_a_no_finding_type_with_a_range_is_a_result_to_judge():
     assert_silent(msg, ("context_unreadable",))
 
 
+def test_a_no_finding_type_with_a_unit_is_a_result_to_judge():
+    # a glucose of 25.3 mmol/L sent with OBX-2 = TS: a date has no unit
+    line = "OBX|2|TS|2345-7^Glucose^LN||25.3|mmol/L|||||F\r"
+    assert_silent(message(line), ("context_unreadable",))
+
+
 def test_an_unflagged_unranged_date_still_never_silences_the_comment():
     line = "OBX|1|DT|RVD^Return visit date^L||20261201||||||F\r"
     msg = message(b12=line + B12.replace("OBX|1|", "OBX|2|"))
@@ -194,3 +200,53 @@ def test_a_birth_that_could_be_after_the_collection_is_age_unknown():
     # known: 07:30 local at +0000, before the birth.
     m = ages_message("20261120080000", "20261120083000+0100", "20261120090000")
     assert_silent(m, ("age_unknown",))
+
+
+# ---------------------------------------------------------------------------
+# A low B12 beside an elevated one in the same message is a deficiency: the
+# same finding that vetoes from an earlier message vetoes here.
+
+
+def test_a_low_b12_in_the_same_message_vetoes_the_elevated_one():
+    low = "OBX|1|NM|14685-2^Cobalamin^LN||95|pmol/L|250-900|L|||F\r"
+    high = "OBX|2|NM|14685-2^Cobalamin^LN||1350|pmol/L|250-900|H|||F\r"
+    msg = message(b12=low + high)
+    out, decision = process(msg, RULE)
+    assert out == msg
+    assert [(r.obx_index, r.reasons) for r in decision.results] == [(1, ("not_elevated",)), (2, ("other_abnormal",))]
+    assert [(b.obx, b.verdict) for b in decision.results[1].blockers] == [(1, "abnormal")]
+
+
+def test_a_repeat_elevated_b12_in_the_same_message_does_not_veto():
+    first = "OBX|1|NM|14685-2^Cobalamin^LN||1200|pmol/L|250-900|H|||F\r"
+    msg = message(b12=first + B12.replace("OBX|1|", "OBX|2|"))
+    out, decision = process(msg, RULE)
+    assert out == (first.encode() + NTE).join(msg.split(first.encode(), 1)) + NTE
+    assert decision.commented
+
+
+# ---------------------------------------------------------------------------
+# The patient's other results are found by PID-3: a message that names no
+# identifier cannot be looked up in the look-back, so in "patient" mode its
+# comment is not confirmed (context_unavailable, the detail says why).
+
+
+def test_a_message_without_a_patient_identifier_gets_no_comment_in_patient_mode():
+    earlier = (
+        "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261110120000||ORU^R01|E9|P|2.5.1\r"
+        "PID|1||||Doe^Kim||20150101|F\r"
+        "OBR|1|REQ-A|FREQ-A|HB^Hb^L|||20261110083000||||||||||||||||||F\r"
+        "OBX|1|NM|718-7^Hemoglobin^LN||5.1|mmol/L|6.5-8.5|L|||F\r"
+    ).encode("ascii")
+    later = (
+        "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261120120000||ORU^R01|L9|P|2.5.1\r"
+        "PID|1||||Doe^Kim||20150101|F\r"
+        "OBR|1|REQ-B|FREQ-B|B12^B12^L|||20261120083000||||||||||||||||||F\r"
+        f"{B12}"
+    ).encode("ascii")
+    _, second = run(earlier, later)
+    assert second.output == later
+    assert second.decision.reasons == ("context_unavailable",)
+    assert "PID-3" in second.decision.detail
+    # the message alone (no store) is decided on its own results, as before
+    assert process(later, RULE)[0] == commented(later)

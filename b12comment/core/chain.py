@@ -30,6 +30,7 @@ from b12comment.core.rows import Extract, extract
 from b12comment.core.rule_config import RuleConfig
 
 UNREAD_FOR_STORE = "context: the message's results could not be read for the store"
+NO_PATIENT_KEY = "context: PID-3 names no patient identifier, so the patient's other results cannot be looked up"
 
 
 class Store(Protocol):
@@ -119,6 +120,8 @@ def _veto(
         store.add(arrival, rows)
     if alone.commented and rows.not_read:  # (process read it, the store's reading failed: in doubt)
         return without_context(message, alone, UNREAD_FOR_STORE)
+    if alone.commented and mode == "patient" and not any(r.patient_keys for r in rows.rows):
+        return without_context(message, alone, NO_PATIENT_KEY)  # the look-back cannot be asked
     if alone.commented:
         out, decision = finish(reading, rule, store.context(arrival, rows, mode, lookback_days))
         if decision.commented and watch:

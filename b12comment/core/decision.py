@@ -91,7 +91,10 @@ REASONS = {
         "another result of the same patient collected within the look-back, in an earlier or later "
         "message of another requisition, is still pending or preliminary"
     ),
-    CONTEXT_UNAVAILABLE: "the context store could not be read or written: without it the rule is not sure",
+    CONTEXT_UNAVAILABLE: (
+        "the context store could not be read or written, or the message names no patient (PID-3) to look up: "
+        "without it the rule is not sure"
+    ),
     REQUISITION_PENDING: "an order of the same requisition seen so far is not final or has a pending result",
 }
 

@@ -51,8 +51,10 @@ from b12comment.core.values import (
 from b12comment.core.verdict import (
     ABNORMAL,
     CODED_TYPES,
+    LOW,
     NORMAL,
     UNKNOWN,
+    b12_verdict,
     is_no_finding,
     judge_value,
     relies_on_silence,
@@ -126,14 +128,20 @@ def band_limit(age: Age, rule: RuleConfig) -> float:
     return next(b.upper_limit_pmol_l for b in rule.age_bands if age.youngest < b.below_years)
 
 
-def _blocking(facts: Facts, rule: RuleConfig) -> list[tuple[Observation, str, bool]]:
-    """The other results of the message (not B12) that keep the comment away:
-    (observation, verdict, pending). A pending result is pending, whatever its
-    value says so far (its verdict then ABNORMAL or NORMAL)."""
+def _blocking(facts: Facts, rule: RuleConfig, own: int = 0) -> list[tuple[Observation, str, bool]]:
+    """The other results of the message that keep the comment away from the
+    B12 at OBX `own`: (observation, verdict, pending). Another B12 keeps it
+    away only when it is low (a deficiency is another finding, as an earlier
+    low B12 is); a repeat elevated one does not. A pending result is pending,
+    whatever its value says so far (its verdict then ABNORMAL or NORMAL)."""
     b12_positions = {r.observation.obx_index for r in facts.b12}
     found = []
     for obs in facts.observations:
-        if obs.obx_index in b12_positions or obs.status in rule.ignored_statuses or is_no_finding(obs, rule):
+        if obs.obx_index == own or obs.status in rule.ignored_statuses or is_no_finding(obs, rule):
+            continue
+        if obs.obx_index in b12_positions:
+            if b12_verdict(obs, rule) == LOW:
+                found.append((obs, ABNORMAL, obs.status in rule.pending_statuses))
             continue
         verdict = judge_value(obs, rule)
         pending = obs.status in rule.pending_statuses
@@ -144,10 +152,11 @@ def _blocking(facts: Facts, rule: RuleConfig) -> list[tuple[Observation, str, bo
     return found
 
 
-def message_reasons(facts: Facts, rule: RuleConfig) -> list[str]:
-    """Reasons found in the other results of the message (not other B12 results)."""
+def message_reasons(facts: Facts, rule: RuleConfig, own: int = 0) -> list[str]:
+    """Reasons found in the other results of the message (another B12 only
+    when low) against a comment on the B12 at OBX `own`."""
     found = set()
-    for _, verdict, pending in _blocking(facts, rule):
+    for _, verdict, pending in _blocking(facts, rule, own):
         if pending:
             found.add(CONTEXT_PENDING)
         if verdict == ABNORMAL:
@@ -176,8 +185,9 @@ def shown_value(obs: Observation, rule: RuleConfig) -> str:
     return value if len(value) <= SHORT_VALUE else ""
 
 
-def message_blockers(facts: Facts, rule: RuleConfig) -> tuple[Blocker, ...]:
-    """The other results of the message that keep the comment away, named."""
+def message_blockers(facts: Facts, rule: RuleConfig, own: int = 0) -> tuple[Blocker, ...]:
+    """The other results of the message that keep the comment away from the
+    B12 at OBX `own`, named."""
     return tuple(
         Blocker(
             source=IN_MESSAGE,
@@ -189,7 +199,7 @@ def message_blockers(facts: Facts, rule: RuleConfig) -> tuple[Blocker, ...]:
             verdict=BLOCK_ABNORMAL if verdict == ABNORMAL else BLOCK_PENDING if pending else BLOCK_UNKNOWN,
             value=shown_value(obs, rule),
         )
-        for obs, verdict, pending in _blocking(facts, rule)
+        for obs, verdict, pending in _blocking(facts, rule, own)
     )
 
 
@@ -366,7 +376,7 @@ def decide_result(
             limit = round(found.limit, 1)
         if decided_by == "age_band" and len({q.scaled(factor).above(band_limit(a, rule)) for a in ages or (age,)}) > 1:
             reasons.append(AGE_UNKNOWN)  # the collection times fall in two age bands, and the band decides
-    reasons.extend(message_reasons(facts, rule))
+    reasons.extend(message_reasons(facts, rule, obs.obx_index))
     silent = tuple(
         o.obx_index
         for o in facts.observations
@@ -390,7 +400,7 @@ def decide_result(
         elevated=elevated,
         paediatric=True,
         unflagged_unranged=silent,
-        blockers=message_blockers(facts, rule) + order_blockers(facts, pending_orders(facts, obs, rule)),
+        blockers=message_blockers(facts, rule, obs.obx_index) + order_blockers(facts, pending_orders(facts, obs, rule)),
     )
 
 

@@ -77,11 +77,12 @@ def is_no_finding(obs: Observation, rule: RuleConfig) -> bool:
     """A line that is no result to judge: a date, a time, a person, an address
     or a telephone number (its OBX-2 value type is one of no_finding_types),
     as long as the lab says nothing about it. A flag other than a normal one,
-    or a range, makes it a result after all (a finding sent under the wrong
-    value type): it is judged, and a flagged one vetoes whatever its type."""
+    a range or a unit makes it a result after all (a finding sent under the
+    wrong value type): it is judged, and a flagged one vetoes whatever its type."""
     return (
         obs.value_type in rule.no_finding_types
         and not obs.range_text
+        and not obs.units
         and all(f.upper() in rule.normal_flags for f in obs.flags)
     )
 
