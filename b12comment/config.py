@@ -44,6 +44,7 @@ class ListenerConfig:
     max_connections_per_peer: int = 16  # 0 = no limit
     first_byte_timeout_s: float = 10.0
     max_invalid_frames: int = 20  # invalid frames in a row before the connection is closed; 0 = no limit
+    enhanced_ack: bool = False  # honour MSH-15/MSH-16 (commit ACKs CA/CE); false: original mode (AA/AE) always
     invalid_backoff_s: float = 1.0  # a peer closed for invalid frames waits this long at accept, doubling; 0 = off
     allowed_peers: tuple[str, ...] = ()
     tls_cert: str = ""

@@ -34,6 +34,7 @@ from b12comment.wire import mllp
 from b12comment.wire.ack import (
     ACCEPT,
     APPLICATION_INTERNAL_ERROR,
+    COMMIT,
     ERROR,
     REJECT,
     SEGMENT_SEQUENCE_ERROR,
@@ -41,6 +42,8 @@ from b12comment.wire.ack import (
     accept_ack,
     ack_id,
     build_ack,
+    commit_ack_wanted,
+    enhanced_mode,
     now_dtm,
 )
 
@@ -89,8 +92,16 @@ class Intake:
     """Frame -> journal -> ACK."""
 
     def __init__(
-        self, journal: JournalThread, cfg: JournalConfig, log, on_journaled=lambda: None, metrics=None, ledger=None
+        self,
+        journal: JournalThread,
+        cfg: JournalConfig,
+        log,
+        on_journaled=lambda: None,
+        metrics=None,
+        ledger=None,
+        enhanced_ack: bool = False,
     ):
+        self.enhanced_ack = enhanced_ack  # [listener] enhanced_ack: honour MSH-15/MSH-16
         self.ledger = ledger  # what was ACKed, outside the journal (serve/acked.py)
         self.journal, self.cfg, self.log = journal, cfg, log
         self.on_journaled = on_journaled
@@ -117,7 +128,26 @@ class Intake:
             conn_seq=seq,
             retransmit_window_s=self.cfg.retransmit_window_s,
         )
-        return self._accepted(stored, payload, header, peer, dict(control_id=cid, message_type=mtype)), False
+        answer = self._accepted(stored, payload, header, peer, dict(control_id=cid, message_type=mtype))
+        mode = enhanced_mode(header) if self.enhanced_ack else None
+        return (answer if mode is None else self._enhanced(answer, payload, header, mode)), False
+
+    async def _enhanced(self, answer: Coroutine[Any, Any, Answer], payload: bytes, header: Header, mode: str) -> Answer:
+        """The sender asked for enhanced acknowledgement: the commit ACK is
+        CA/CE instead of AA/AE, sent only when MSH-15 asks for it. (An
+        application ACK, MSH-16, is the final receiver's to send, not this
+        intermediary's.)"""
+        done = await answer
+        fields = {**done.fields, "accept_ack_type": mode}
+        if not commit_ack_wanted(mode, done.code):
+            return Answer(b"", "", fields)
+        code = COMMIT[done.code]
+        error = None
+        if done.code != ACCEPT:
+            error = AckError(
+                APPLICATION_INTERNAL_ERROR, "message not stored: the journal cannot be written; send it again later"
+            )
+        return Answer(build_ack(payload, code, ack_id(), now_dtm(), error, header), code, fields)
 
     async def _accepted(
         self, stored: asyncio.Future[Receipt], payload: bytes, header: Header, peer: str, fields: dict
@@ -464,6 +494,9 @@ class Listener:
         return close
 
     async def _answer(self, answer: Answer, started: float, writer: asyncio.StreamWriter, peer: str, seq: int) -> None:
+        if not answer.ack:  # enhanced mode, and MSH-15 asked for no commit ACK in this case
+            self.log.info("ack_not_sent", peer=peer, seq=seq, reason="MSH-15 asks for none", **answer.fields)
+            return
         writer.write(mllp.encode(answer.ack))
         if writer.transport.get_write_buffer_size():  # not all sent at once: wait, but not for ever
             async with asyncio.timeout(self.cfg.idle_timeout_s):  # (a peer that never reads)

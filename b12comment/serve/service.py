@@ -293,6 +293,7 @@ class Service:
             on_journaled=self.journaled.set,
             metrics=self.metrics,
             ledger=None if self.journal_in_db else self.ledger,
+            enhanced_ack=lis.enhanced_ack,
         )
         self._loop = asyncio.get_running_loop()
         self.listener = Listener(lis, intake, self.log, self.metrics, ssl_ctx)

@@ -138,6 +138,28 @@ def build_ack(
     return b"".join(d.field.join(seg) + b"\r" for seg in segments)
 
 
+# Enhanced acknowledgement (HL7 2.x, MSH-15 accept acknowledgement type,
+# table 0155): the receiver answers the commit with CA/CE/CR, and only when
+# MSH-15 asks: AL always, NE never, ER on an error or rejection, SU on success.
+COMMIT = {ACCEPT: "CA", ERROR: "CE", REJECT: "CR"}
+ACCEPT_ACK_TYPES = ("AL", "NE", "ER", "SU")
+
+
+def enhanced_mode(header: Header) -> str | None:
+    """MSH-15 (AL, NE, ER, SU; AL when only MSH-16 is given) when the sender
+    asked for enhanced acknowledgement, None for original mode (both empty)."""
+    msh15 = header.field(15).decode("latin-1").strip().upper()
+    msh16 = header.field(16).decode("latin-1").strip().upper()
+    if not msh15 and not msh16:
+        return None
+    return msh15 if msh15 in ACCEPT_ACK_TYPES else "AL"
+
+
+def commit_ack_wanted(mode: str, code: str) -> bool:
+    """Whether MSH-15 `mode` asks for a commit ACK answering with `code` (AA/AE/AR)."""
+    return mode == "AL" or (mode == "ER" and code != ACCEPT) or (mode == "SU" and code == ACCEPT)
+
+
 def accept_ack(header: Header, control_id: str, timestamp: str) -> bytes:
     """build_ack(received, ACCEPT, control_id, timestamp, header=header), from
     a template per sender dialect: what stays the same between one sender's
