@@ -250,3 +250,15 @@ def test_a_message_without_a_patient_identifier_gets_no_comment_in_patient_mode(
     assert "PID-3" in second.decision.detail
     # the message alone (no store) is decided on its own results, as before
     assert process(later, RULE)[0] == commented(later)
+
+
+def test_another_b12_that_cannot_be_judged_is_doubt_in_the_message_and_from_the_context():
+    # "se svar" (see answer) against a numeric range: it could be a low B12
+    unread = "OBX|1|ST|14685-2^Cobalamin^LN||se svar|pmol/L|250-900||||F\r"
+    msg = message(b12=unread + B12.replace("OBX|1|", "OBX|2|"))
+    out, decision = process(msg, RULE)
+    assert (out, decision.results[1].reasons) == (msg, ("context_unreadable",))
+    earlier = message(cid="E2", req="REQ-A", collected="20261110083000", b12=unread)
+    later = message(cid="L2", req="REQ-B")
+    _, second = run(earlier, later)
+    assert (second.output, second.decision.reasons) == (later, ("context_unreadable_recent",))

@@ -32,7 +32,7 @@ from b12comment.core.decision import (
 )
 from b12comment.core.rows import ADULT_ROW, OBX, ORDER, Extract
 from b12comment.core.rule_config import RuleConfig
-from b12comment.core.verdict import ABNORMAL, LOW, NORMAL
+from b12comment.core.verdict import ABNORMAL, LOW, NORMAL, UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ def veto(context: Context, b12_collected: str, rule: RuleConfig) -> tuple[list[s
                 found, verdict = REQUISITION_PENDING, BLOCK_PENDING
         elif r.status in rule.ignored_statuses or (r.value_type in rule.no_finding_types and r.verdict == NORMAL):
             continue  # no finding (judge_value judges a flagged or ranged one: it is a result then)
-        elif r.is_b12 and r.verdict != LOW:
-            continue  # a repeat B12 vetoes only when it was low (a deficiency)
+        elif r.is_b12 and r.verdict not in (LOW, UNKNOWN):
+            continue  # a repeat B12 vetoes only when it was low (a deficiency) or cannot be judged
         elif r.same_requisition and pending:
             found, verdict = REQUISITION_PENDING, BLOCK_PENDING
         elif (r.same_requisition or _within(r.collected, b12_collected, context.lookback_days)) and (

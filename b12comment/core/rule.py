@@ -132,7 +132,8 @@ def _blocking(facts: Facts, rule: RuleConfig, own: int = 0) -> list[tuple[Observ
     """The other results of the message that keep the comment away from the
     B12 at OBX `own`: (observation, verdict, pending). Another B12 keeps it
     away only when it is low (a deficiency is another finding, as an earlier
-    low B12 is); a repeat elevated one does not. A pending result is pending,
+    low B12 is) or cannot be judged (it could be low); a repeat elevated one
+    does not. A pending result is pending,
     whatever its value says so far (its verdict then ABNORMAL or NORMAL)."""
     b12_positions = {r.observation.obx_index for r in facts.b12}
     found = []
@@ -140,8 +141,9 @@ def _blocking(facts: Facts, rule: RuleConfig, own: int = 0) -> list[tuple[Observ
         if obs.obx_index == own or obs.status in rule.ignored_statuses or is_no_finding(obs, rule):
             continue
         if obs.obx_index in b12_positions:
-            if b12_verdict(obs, rule) == LOW:
-                found.append((obs, ABNORMAL, obs.status in rule.pending_statuses))
+            b12 = b12_verdict(obs, rule)
+            if b12 in (LOW, UNKNOWN):  # a deficiency, or one that cannot be told from one
+                found.append((obs, ABNORMAL if b12 == LOW else UNKNOWN, obs.status in rule.pending_statuses))
             continue
         verdict = judge_value(obs, rule)
         pending = obs.status in rule.pending_statuses
