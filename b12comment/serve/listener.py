@@ -246,7 +246,7 @@ class Listener:
         """Listen; raises OSError when the address cannot be bound."""
         # TLS is started per connection (see _serve), so that a failed
         # handshake can be logged with the peer's address.
-        self._server = await asyncio.start_server(self._serve, self.cfg.host, self.cfg.port, limit=65536)
+        self._server = await asyncio.start_server(self._accept, self.cfg.host, self.cfg.port, limit=65536)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self, grace_s: float = 30.0) -> None:
@@ -264,6 +264,20 @@ class Listener:
                 task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Coroutine[Any, Any, None] | None:
+        """Called by asyncio for each new connection, before any task: a
+        peer in backoff with a connection open already is closed here at
+        once, so a sender that reconnects without pause costs an accept and
+        a close, not a task each."""
+        if self._backoff:
+            peername = writer.get_extra_info("peername") or ("?", 0)
+            backoff = self._backoff.get(str(peername[0]))
+            if backoff is not None and backoff.held:
+                backoff.refused += 1  # told once the wait is over: not a line per connection
+                writer.close()
+                return None
+        return self._serve(reader, writer)
 
     def _allowed(self, ip: str) -> bool:
         return self.peers.allows(ip)
