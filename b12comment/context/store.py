@@ -31,7 +31,7 @@ from pathlib import Path
 from b12comment.context import open_rows
 from b12comment.core.chain import decide
 from b12comment.core.context import Context, PriorResult
-from b12comment.core.keys import Keys
+from b12comment.core.keys import KEY_DERIVATION, Keys, earlier_requisition
 from b12comment.core.rows import Extract
 from b12comment.errors import B12Error
 
@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS results (
     system       TEXT    NOT NULL DEFAULT '',
     display      TEXT    NOT NULL DEFAULT '',
     value_type   TEXT    NOT NULL DEFAULT '',
+    derivation   INTEGER NOT NULL DEFAULT 1,  -- the key derivation its requisition hash was made with
     PRIMARY KEY (seq, row_index, patient)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_by_patient ON results (patient);
@@ -89,7 +90,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 _FIELDS = (
     "seq, control_id, requisition, kind, analyte, is_b12, verdict, status, order_status, collected, "
-    "obx, system, display, value_type"
+    "obx, system, display, value_type, derivation"
 )
 # The columns of a row as add() writes them.
 _COLUMNS = (
@@ -110,6 +111,7 @@ _COLUMNS = (
     "system",
     "display",
     "value_type",
+    "derivation",
 )
 # Columns a store made by an earlier version lacks: added when it is opened.
 _ADDED_COLUMNS = (
@@ -117,6 +119,8 @@ _ADDED_COLUMNS = (
     ("system", "TEXT NOT NULL DEFAULT ''"),
     ("display", "TEXT NOT NULL DEFAULT ''"),
     ("value_type", "TEXT NOT NULL DEFAULT ''"),
+    # A store made before the key derivation was recorded: its rows are of the first.
+    ("derivation", "INTEGER NOT NULL DEFAULT 1"),
 )
 
 
@@ -214,6 +218,7 @@ class ContextStore:
     """Rows in, a `Context` out. `path` ":memory:" keeps it in memory (preview)."""
 
     new = False  # made empty by this open (a store of another kind says no)
+    has_earlier = False  # holds rows of an earlier key derivation (until they age out)
     _lock: str | None = None
 
     def __init__(self, path: str | Path, key: bytes, *, durable: bool = True, lock: bool = False):
@@ -243,6 +248,12 @@ class ContextStore:
                     self._db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
             open_rows.create(self._db, _COLUMNS)
             self._check_key()
+            self._check_derivation()
+            self._db.execute(
+                "CREATE INDEX IF NOT EXISTS results_of_earlier_derivation ON results (stored_at) "
+                f"WHERE derivation < {KEY_DERIVATION}"
+            )
+            self.has_earlier = self.earlier_derivation(0)[0] > 0
         except (sqlite3.Error, OSError) as exc:
             self._release()
             raise ContextError(f"cannot open the context store {self.path}: {exc}") from None
@@ -272,6 +283,26 @@ class ContextStore:
                 f"the key file's is {mine}): its hashes would match no patient; restore the key file, "
                 "or make the store again with `b12comment context rebuild`"
             )
+
+    def _check_derivation(self) -> None:
+        """The store records the version of its key derivation (core/keys.py):
+        a store of an earlier one keeps its rows, each marked with the
+        derivation it was written with (found by `_earlier_keys`); a store
+        of a later one is refused."""
+        found = self._db.execute("SELECT value FROM meta WHERE name = 'key_derivation'").fetchone()
+        if found is None:
+            self._db.execute("INSERT INTO meta VALUES ('key_derivation', ?)", (str(KEY_DERIVATION),))
+        elif int(found[0]) > KEY_DERIVATION:
+            self._db.close()
+            raise ContextError(later_derivation(self.path, int(found[0])))
+
+    def earlier_derivation(self, lookback_days: float) -> tuple[int, float | None]:
+        """(rows kept under an earlier key derivation, the time (epoch) the
+        newest of them leaves the look-back window, or None without any)."""
+        count, newest = self._run(f"SELECT COUNT(*), MAX(stored_at) FROM results WHERE derivation < {KEY_DERIVATION}")[
+            0
+        ]
+        return (count, newest + lookback_days * 86400) if count else (0, None)
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -350,6 +381,7 @@ class ContextStore:
                         r.system,
                         r.display,
                         r.value_type,
+                        KEY_DERIVATION,
                     )
                 )
         try:
@@ -374,6 +406,8 @@ class ContextStore:
         except sqlite3.Error as exc:
             raise ContextError(f"context store {self.path}: {exc}") from None
         self.commit()
+        if self.has_earlier:
+            self.has_earlier = self.earlier_derivation(0)[0] > 0
         return removed
 
     # -- reading
@@ -383,10 +417,23 @@ class ContextStore:
         requisitions = {self._hash(r.requisition_key) for r in extract.rows if r.requisition_key}
         return sorted(patients), sorted(requisitions)
 
+    def _earlier_keys(self, extract: Extract) -> dict[bytes, bytes]:
+        """The hash each of the message's requisitions had under the earlier
+        key derivation (its number alone) -> its hash now. A row kept under
+        it, of one of the message's patients, is of that requisition: the
+        store of an earlier version is read so until its rows age out."""
+        found: dict[bytes, bytes] = {}
+        for r in extract.rows:
+            earlier = earlier_requisition(r.requisition_key)
+            if earlier != r.requisition_key:
+                found.setdefault(self._hash(earlier), self._hash(r.requisition_key))
+        return found
+
     def context(self, arrival: int, extract: Extract, mode: str, lookback_days: float) -> Context:
         """What the store knows of message `arrival`'s requisitions (mode
         "requisition"), and also of its patients (mode "patient")."""
         patients, requisitions = self._keys(extract)
+        earlier = self._earlier_keys(extract) if self.has_earlier else {}
         found: list = []
         try:
             long = [r for r in requisitions if open_rows.is_long(self._db, r)]
@@ -404,32 +451,21 @@ class ContextStore:
             )
         for requisition in long:  # sent again and again: not every row of it (open_rows.py)
             found += self._run(open_rows.requisition_query(_FIELDS), (requisition,))
+        if earlier and patients:
+            # Rows of an earlier key derivation, found by the number alone
+            # within the message's patients (the newest of each, as above).
+            hashes = sorted(earlier)
+            found += self._run(
+                f"SELECT {_FIELDS}, MAX(seq) FROM results WHERE requisition IN ({','.join('?' * len(hashes))}) "
+                f"AND derivation < ? AND patient IN ({','.join('?' * len(patients))}) "
+                "GROUP BY requisition, kind, analyte",
+                [*hashes, KEY_DERIVATION, *patients],
+            )
         if mode == "patient" and patients:
             # Of the patient's other requisitions, only what may veto: the
             # open rows (open_rows.py), never the whole history.
             found += self._run(open_rows.query(_FIELDS, patients), patients + patients)
-        own = set(requisitions)
-        results = tuple(
-            PriorResult(
-                arrival=r[0],
-                control_id=r[1],
-                requisition=bytes(r[2]).hex() or f"arrival:{r[0]}",
-                same_requisition=bool(r[2]) and bytes(r[2]) in own,
-                kind=r[3],
-                analyte=r[4],
-                is_b12=bool(r[5]),
-                verdict=r[6],
-                status=r[7],
-                order_status=r[8],
-                collected=r[9],
-                obx=r[10],
-                system=r[11],
-                display=r[12],
-                value_type=r[13],
-            )
-            for r in found
-        )
-        return Context(arrival=arrival, results=results, lookback_days=lookback_days)
+        return prior_context(arrival, found, requisitions, earlier, lookback_days)
 
     # -- replay's first pass: which messages to keep
 
@@ -522,6 +558,48 @@ class ContextStore:
 
     def count(self) -> int:
         return self._run("SELECT COUNT(*) FROM results")[0][0]
+
+
+def later_derivation(store: str, found: int) -> str:
+    return (
+        f"the context store {store} was written with key derivation {found}, a later version's "
+        f"(this version's is {KEY_DERIVATION}): use that version, or make the store again with "
+        "`b12comment context rebuild`"
+    )
+
+
+def prior_context(
+    arrival: int, found: list, requisitions: list[bytes], earlier: dict[bytes, bytes], lookback_days: float
+) -> Context:
+    """The Context of the rows `found` (`_FIELDS`): a row of an earlier key
+    derivation kept under one of the message's requisitions' `earlier`
+    hashes is taken as of that requisition."""
+    own = set(requisitions)
+    results = []
+    for r in found:
+        requisition = bytes(r[2])
+        if r[14] < KEY_DERIVATION:
+            requisition = earlier.get(requisition, requisition)
+        results.append(
+            PriorResult(
+                arrival=r[0],
+                control_id=r[1],
+                requisition=requisition.hex() or f"arrival:{r[0]}",
+                same_requisition=bool(requisition) and requisition in own,
+                kind=r[3],
+                analyte=r[4],
+                is_b12=bool(r[5]),
+                verdict=r[6],
+                status=r[7],
+                order_status=r[8],
+                collected=r[9],
+                obx=r[10],
+                system=r[11],
+                display=r[12],
+                value_type=r[13],
+            )
+        )
+    return Context(arrival=arrival, results=tuple(results), lookback_days=lookback_days)
 
 
 def read_contradictions(path: str | Path) -> list[tuple[str, str, str, float]]:

@@ -26,6 +26,29 @@ PID, ORC, OBR = b"PID", b"ORC", b"OBR"
 KEY_SEGMENTS = (PID, ORC, OBR)
 
 
+# The version of the requisition key's derivation, which a context store
+# records (for itself and for each row): 1 was the number alone (prefixed
+# with which), 2 is the patient's first identifier with it. A row of 1 is
+# found by its number within the message's patients (earlier_requisition).
+KEY_DERIVATION = 2
+_NUMBERS = (b"\x01ORC-4\x00", b"\x01OBR-2\x00", b"\x01OBR-3\x00")
+
+
+def requisition_key(patient: tuple[bytes, ...], number: bytes) -> bytes:
+    """The requisition key of `number` (ORC-4, else OBR-2, else OBR-3,
+    prefixed with which) under the patient with identifiers `patient`."""
+    if not number:
+        return b""
+    return patient[0] + b"\x01" + number if patient else number
+
+
+def earlier_requisition(key: bytes) -> bytes:
+    """The key derivation 1 gave the requisition `key` names: its number
+    alone (the same key where no patient was given)."""
+    at = [i for i in (key.find(n) for n in _NUMBERS) if i != -1]
+    return key[min(at) + 1 :] if at else key
+
+
 @dataclass(frozen=True)
 class Keys:
     """The identifiers a message's rows are found by (raw: the shell hashes them)."""
@@ -59,7 +82,7 @@ class KeyReader:
             # A requisition is its patient's: placer numbers are unique only
             # within the placer's system, so the same number under two
             # patients is two requisitions (keyed on the first PID-3 identifier).
-            self.requisition = (self.patient[0] + b"\x01" + number if self.patient else number) if number else b""
+            self.requisition = requisition_key(self.patient, number)
 
 
 def patient_keys(fields: list[bytes], d: Delimiters) -> tuple[bytes, ...]:

@@ -120,6 +120,25 @@ def open_context(settings: ContextConfig) -> ContextStage:
     return ContextStage(open_store(settings.store, settings.key_file), settings)
 
 
+def tell_earlier_derivation(stage: ContextStage, log) -> None:
+    """One line at start while the store holds rows of an earlier key
+    derivation (a store an earlier version wrote): how many, and until when
+    they are read by their number within the patient (when they leave the
+    look-back window). Counts and times only."""
+    if stage.store is None or not stage.store.has_earlier:
+        return
+    count, until = stage.store.earlier_derivation(stage.settings.lookback_days)
+    if count and until is not None:
+        log.warning(
+            "context_earlier_key_derivation",
+            rows=count,
+            until=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
+            lookback_days=stage.settings.lookback_days,
+            note="rows an earlier version kept: each is found by its requisition's number within its patient "
+            "until it leaves the look-back window (no rebuild needed)",
+        )
+
+
 class Processor:
     """Runs process() on every journaled message, in id order (see the module)."""
 

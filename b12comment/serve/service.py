@@ -53,7 +53,7 @@ from b12comment.serve.journal_guard import (
 from b12comment.serve.listener import Intake, Listener
 from b12comment.serve.malloc import return_large_blocks
 from b12comment.serve.metrics import Metrics, MetricsServer
-from b12comment.serve.processing import ContextStage, Processor, open_context, unavailable
+from b12comment.serve.processing import ContextStage, Processor, open_context, tell_earlier_derivation, unavailable
 from b12comment.serve.queue_cli import export_messages
 from b12comment.storage import is_url, open_journal
 from b12comment.storage.model import JournalCorrupt, JournalError, JournalFault, JournalGone
@@ -284,6 +284,7 @@ class Service:
         # so, whatever else the two share (the context store has a lock too).
         await self._open_journal()
         self.context = open_context(cfg.context)  # ContextError
+        tell_earlier_derivation(self.context, self.log)
         audit = self._open_audit(SERVE)  # AuditError
         await self._check_new_store()
         intake = Intake(

@@ -16,8 +16,9 @@ import contextlib
 import time
 from typing import Any
 
-from b12comment.context.store import _FIELDS, ContextError, ContextStore
-from b12comment.core.context import Context, PriorResult
+from b12comment.context.store import _FIELDS, ContextError, ContextStore, later_derivation, prior_context
+from b12comment.core.context import Context
+from b12comment.core.keys import KEY_DERIVATION
 from b12comment.core.rows import Extract
 from b12comment.storage.postgres.connect import connect, describe, psycopg_module, redact
 
@@ -31,6 +32,11 @@ _SCHEMA = [
         stored_at double precision NOT NULL, obx integer NOT NULL DEFAULT 0, system text NOT NULL DEFAULT '',
         display text NOT NULL DEFAULT '', value_type text NOT NULL DEFAULT '',
         PRIMARY KEY (seq, row_index, patient))""",
+    # A store made before the key derivation was recorded: its rows are of the first.
+    "ALTER TABLE b12_context_results ADD COLUMN IF NOT EXISTS derivation smallint NOT NULL DEFAULT 1",
+    "CREATE INDEX IF NOT EXISTS b12_context_results_of_earlier_derivation ON b12_context_results (stored_at) "
+    f"WHERE derivation < {KEY_DERIVATION}",
+    "CREATE TABLE IF NOT EXISTS b12_context_meta (name text PRIMARY KEY, value text NOT NULL)",
     "CREATE INDEX IF NOT EXISTS b12_context_results_by_patient ON b12_context_results (patient)",
     "CREATE INDEX IF NOT EXISTS b12_context_results_by_requisition ON b12_context_results (requisition)",
     "CREATE INDEX IF NOT EXISTS b12_context_results_by_time ON b12_context_results (stored_at)",
@@ -57,19 +63,32 @@ class PostgresContextStore(ContextStore):
             raise ContextError(f"cannot open the context store {self.path}: {exc}") from None
         try:
             # Made once; when it exists, no DDL (it would wait for every open transaction on the tables).
-            missing = self._c.execute("SELECT to_regclass('b12_context_contradictions') IS NULL").fetchone()
+            missing = self._c.execute("SELECT to_regclass('b12_context_meta') IS NULL").fetchone()
             if missing is None or missing[0]:
                 self._c.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 for statement in _SCHEMA:
                     self._c.execute(statement)
+            # The version of the key derivation (core/keys.py): a store of an
+            # earlier one keeps its rows (each row says its own), a later one's is refused.
+            self._c.execute(
+                "INSERT INTO b12_context_meta VALUES ('key_derivation', %s) ON CONFLICT DO NOTHING",
+                (str(KEY_DERIVATION),),
+            )
+            found = self._c.execute("SELECT value FROM b12_context_meta WHERE name = 'key_derivation'").fetchone()
             if not durable:
                 self._c.execute("SET synchronous_commit = off")
             self._c.commit()
         except self._psycopg.Error as exc:
             self._c.close()
             raise ContextError(f"cannot open the context store {self.path}: {describe(exc)}") from None
+        if found is not None and int(found[0]) > KEY_DERIVATION:
+            self._c.close()
+            raise ContextError(later_derivation(self.path, int(found[0])))
         self._in_tx = False
         self.hold_commits = False  # `context rebuild`: one transaction, committed by replace_all()
+        self.has_earlier = self.earlier_derivation(0)[0] > 0
+        self._c.commit()
+        self._in_tx = False
 
     def clear_for_rebuild(self) -> None:
         """Start a rebuild: every row goes, in a transaction that the rows
@@ -130,22 +149,22 @@ class PostgresContextStore(ContextStore):
                 rows.append(
                     (arrival, r.row_index, patient, requisition, r.kind, r.analyte, bool(r.is_b12), r.verdict)
                     + (r.status, r.order_status, r.collected, extract.control_id, now)
-                    + (r.obx, r.system, r.display, r.value_type)
+                    + (r.obx, r.system, r.display, r.value_type, KEY_DERIVATION)
                 )
         self._begin()
         try:
             with self._c.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO b12_context_results (seq, row_index, patient, requisition, kind, analyte, is_b12, "
-                    "verdict, "
-                    "status, order_status, collected, control_id, stored_at, obx, system, display, value_type) "
-                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                    "verdict, status, order_status, collected, control_id, stored_at, obx, system, display, "
+                    "value_type, derivation) "
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
                     "ON CONFLICT (seq, row_index, patient) DO UPDATE SET requisition = EXCLUDED.requisition, "
                     "kind = EXCLUDED.kind, analyte = EXCLUDED.analyte, is_b12 = EXCLUDED.is_b12, "
                     "verdict = EXCLUDED.verdict, status = EXCLUDED.status, order_status = EXCLUDED.order_status, "
                     "collected = EXCLUDED.collected, control_id = EXCLUDED.control_id, stored_at = EXCLUDED.stored_at, "
                     "obx = EXCLUDED.obx, system = EXCLUDED.system, display = EXCLUDED.display, "
-                    "value_type = EXCLUDED.value_type",
+                    "value_type = EXCLUDED.value_type, derivation = EXCLUDED.derivation",
                     rows,
                 )
         except self._psycopg.Error as exc:
@@ -160,16 +179,29 @@ class PostgresContextStore(ContextStore):
         removed = self._exec("DELETE FROM b12_context_results WHERE stored_at < %s", (cutoff,)).rowcount
         self._exec("DELETE FROM b12_context_comments WHERE stored_at < %s", (cutoff,))
         self.commit()
+        if self.has_earlier:
+            self.has_earlier = self.earlier_derivation(0)[0] > 0
         return removed
+
+    def earlier_derivation(self, lookback_days: float) -> tuple[int, float | None]:
+        count, newest = self._run(
+            f"SELECT COUNT(*), MAX(stored_at) FROM b12_context_results WHERE derivation < {KEY_DERIVATION}"
+        )[0]
+        return (count, newest + lookback_days * 86400) if count else (0, None)
 
     # -- reading
 
     def context(self, arrival: int, extract: Extract, mode: str, lookback_days: float) -> Context:
         patients, requisitions = self._keys(extract)
+        earlier = self._earlier_keys(extract) if self.has_earlier else {}
         where, args = [], []
         if requisitions:
             where.append("requisition = ANY(%s)")
             args.append(requisitions)
+        if earlier and patients:
+            # Rows of an earlier key derivation: by the number alone, within the message's patients.
+            where.append(f"(requisition = ANY(%s) AND derivation < {KEY_DERIVATION} AND patient = ANY(%s))")
+            args += [sorted(earlier), patients]
         if mode == "patient" and patients:
             where.append("patient = ANY(%s)")
             args.append(patients)
@@ -182,28 +214,7 @@ class PostgresContextStore(ContextStore):
             f"WHERE {' OR '.join(where)}) AS found ORDER BY grp, kind, analyte, seq DESC",
             args,
         )
-        own = set(requisitions)
-        results = tuple(
-            PriorResult(
-                arrival=r[0],
-                control_id=r[1],
-                requisition=bytes(r[2]).hex() or f"arrival:{r[0]}",
-                same_requisition=bool(r[2]) and bytes(r[2]) in own,
-                kind=r[3],
-                analyte=r[4],
-                is_b12=bool(r[5]),
-                verdict=r[6],
-                status=r[7],
-                order_status=r[8],
-                collected=r[9],
-                obx=r[10],
-                system=r[11],
-                display=r[12],
-                value_type=r[13],
-            )
-            for r in found
-        )
-        return Context(arrival=arrival, results=results, lookback_days=lookback_days)
+        return prior_context(arrival, found, requisitions, earlier, lookback_days)
 
     # -- the review alert
 
