@@ -16,6 +16,7 @@ store.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import sqlite3
@@ -258,3 +259,21 @@ def test_serve_says_once_at_start_how_many_earlier_rows_and_until_when(tmp_path)
     finally:
         fresh.close()
     assert lines == []
+
+
+@pytest.mark.parametrize("mode", ["requisition", "patient"])
+def test_an_earlier_rows_pending_result_is_settled_by_its_final_one_after_the_upgrade(backend, request, mode):
+    """The earlier row is of the requisition, so the newer row of the same
+    result settles it, as any newer row would: no needless silence."""
+    kind, where, write_earlier = backend
+    write_earlier([(_count(PATIENT_A, "REQ1", others=(PENDING_FERRITIN,)), "REQ1")])
+    store = _open(kind, where, request)
+    try:
+        final = dataclasses.replace(PENDING_FERRITIN, value="40", range="15-150", status="F")
+        decide(store, 50, _count(PATIENT_A, "REQ1", others=(final,)), RULE, mode, 30.0)
+        store.commit()
+        outcome = decide(store, 100, _b12(), RULE, mode, 30.0)
+        assert outcome.decision.reasons == ()
+        assert outcome.output != _b12()  # commented
+    finally:
+        store.close()
