@@ -262,3 +262,12 @@ def test_another_b12_that_cannot_be_judged_is_doubt_in_the_message_and_from_the_
     later = message(cid="L2", req="REQ-B")
     _, second = run(earlier, later)
     assert (second.output, second.decision.reasons) == (later, ("context_unreadable_recent",))
+
+
+def test_a_time_stamp_with_an_offset_that_is_no_offset_is_unreadable():
+    # +2500 is no offset (HL7 DTM: +/-HHMM): the zone of the time is unknown,
+    # so its date is not read as written
+    m = ages_message("20081120", "20261119233000+2500", "20261120090000")
+    assert_silent(m, ("age_unknown",))
+    m = ages_message("20081120+9900", "20261118083000", "20261120090000")
+    assert_silent(m, ("age_unknown",))

@@ -31,10 +31,10 @@ def parse_ts(text: str) -> DayRange | None:
     m = _TS.match(text.strip())
     if not m:
         return None
-    year, month, day, hour, minute, second, _offset = m.groups()
+    year, month, day, hour, minute, second, offset = m.groups()
     y = int(year)
-    if y < 1800:
-        return None
+    if y < 1800 or (offset is not None and not _valid_offset(offset)):
+        return None  # an offset that is none (`+2500`): the time's zone, so its date, is unknown
     try:
         if hour is not None and (int(hour) > 23 or int(minute or 0) > 59 or int(second or 0) > 59):
             return None
@@ -94,14 +94,18 @@ class Moment:
         return self.until if self.until is not None else self.at
 
 
+def _valid_offset(offset: str) -> bool:
+    """`+HHMM`/`-HHMM` of a zone in use: UTC-12 to UTC+14."""
+    hh, mm = int(offset[1:3]), int(offset[3:5])
+    return hh <= (14 if offset[0] == "+" else 12) and mm <= 59
+
+
 def offset_zone(text: str) -> tzinfo | None:
     """The fixed zone of a time stamp's offset (`...+0100`), or None."""
     m = _TS.match(text.strip())
-    if not m or m.group(7) is None:
+    if not m or m.group(7) is None or not _valid_offset(m.group(7)):
         return None
     sign, hh, mm = m.group(7)[0], int(m.group(7)[1:3]), int(m.group(7)[3:5])
-    if hh > 23 or mm > 59:
-        return None
     delta = timedelta(hours=hh, minutes=mm)
     return timezone(-delta if sign == "-" else delta)
 
