@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from b12comment.core.segments import read_header
-from b12comment.replay.inputs import iter_chunks, iter_pieces
+from b12comment.wire.split import iter_chunks, iter_pieces
 
 B12 = "14685-2^Cobalamin (Vitamin B12)^LN"
 _SEP = re.compile(rb"(\r\n|\r|\n)")
