@@ -243,7 +243,13 @@ def test_a_reconnecting_junk_flood_from_one_peer_leaves_a_good_sender_answered(t
     )
     print("RECONNECTING JUNK FIGURES " + json.dumps(figures))
     assert codes and codes.count("AA") == len(codes)
-    assert figures["good_p99_ms"] < 50 and figures["good_max_ms"] < 1000, figures
+    # The mechanism, not a speed: the peer was slowed at accept, so the loop read
+    # few of its frames (without the backoff: about 20 per connection, 1,000
+    # connections and more in 10 s). Its p50/p99 are figures (printed above;
+    # docs/reliability.md), not assertions; the worst ACK has a liveness bound.
+    assert figures["backoffs"] >= 1, figures
+    assert invalid <= 2000, figures
+    assert figures["good_max_ms"] < 1000, figures
 
 
 def _from(port: int, source: str) -> socket.socket:
