@@ -277,3 +277,44 @@ def test_an_earlier_rows_pending_result_is_settled_by_its_final_one_after_the_up
         assert outcome.output != _b12()  # commented
     finally:
         store.close()
+
+
+def test_serve_on_an_earlier_versions_store_keeps_the_veto_and_says_so_once(tmp_path):
+    """The upgrade as an operator makes it: the earlier version's store and
+    key stay where they were, serve of this version starts on them in mode
+    requisition, and the child's B12 of the requisition with an abnormal
+    result recorded before the upgrade goes on without the comment."""
+    from service_helpers import Downstream, MllpConnection, Serve, msa, write_config
+
+    from b12comment.storage import NewMessage, Processed, open_journal
+
+    var = tmp_path / "var"
+    var.mkdir()
+    _earlier_sqlite_store(str(var / "context.sqlite3"), [(_count(PATIENT_A, "REQ1"), "REQ1")], age_days=10.0)
+    (var / "context.key").write_bytes(KEY)
+    # The earlier version's journal: its message went downstream (the store's seq is its id).
+    journal = open_journal(str(tmp_path / "journal.sqlite3"))
+    [receipt] = journal.intake([NewMessage(_count(PATIENT_A, "REQ1"), "EARLIER", "ORU^R01")])
+    journal.mark_processed_many([Processed(receipt.id, None, False, ())])
+    journal.mark_forwarded_many([receipt.id])
+    journal.close()
+    with Downstream() as down:
+        cfg = write_config(
+            tmp_path / "config.toml",
+            listener=dict(port=0),
+            journal=dict(path=str(tmp_path / "journal.sqlite3")),
+            downstream=dict(url=down.url, timeout_s=2.0, retry_initial_s=0.05, retry_max_s=0.2),
+            context=dict(mode="requisition", store=str(var / "context.sqlite3"), key_file=str(var / "context.key")),
+        )
+        with Serve(cfg) as serve:
+            b12 = _b12()
+            with MllpConnection(serve.port) as conn:
+                assert msa(conn.send(b12)) == ("AA", "B12")
+            assert down.wait_for(1), serve.stderr
+            assert down.received == [b12]  # byte for byte: no comment
+            [decision] = serve.records("decision")
+            assert decision["reasons"] == ["other_abnormal_recent"] and decision["vetoed_by"] == ["EARLIER"]
+            [line] = serve.records("context_earlier_key_derivation")
+            assert line["rows"] == 2
+            assert serve.stop() == 0
+    assert "0101169999" not in serve.stderr
