@@ -271,3 +271,28 @@ def test_a_time_stamp_with_an_offset_that_is_no_offset_is_unreadable():
     assert_silent(m, ("age_unknown",))
     m = ages_message("20081120+9900", "20261118083000", "20261120090000")
     assert_silent(m, ("age_unknown",))
+
+
+# ---------------------------------------------------------------------------
+# A requisition is its patient's, whichever of the patient's PID-3
+# identifiers a message sends first: an order of it not yet finished keeps
+# the comment away (requisition_pending) in either order.
+
+
+def test_a_requisition_is_found_whichever_identifier_comes_first():
+    def msg(pid: str, cid: str, body: str) -> bytes:
+        return (
+            f"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261120120000||ORU^R01|{cid}|P|2.5.1\r"
+            f"PID|1||{pid}||Doe^Kim||20150101|F\r" + body
+        ).encode("ascii")
+
+    haematology = msg(
+        "0101150000^^^CPR~77001^^^MRN",
+        "H1",
+        "ORC|RE|REQ-A\rOBR|1|REQ-A|F1|HB^Hb^L|||20261120083000||||||||||||||||||I\r",
+    )
+    b12 = "ORC|RE|REQ-A\rOBR|1|REQ-A|F2|B12^B12^L|||20261120083000||||||||||||||||||F\r" + B12
+    for pid in ("0101150000^^^CPR~77001^^^MRN", "77001^^^MRN~0101150000^^^CPR"):
+        later = msg(pid, "B1", b12)
+        _, second = run(haematology, later)
+        assert (second.output, second.decision.reasons) == (later, ("requisition_pending",))

@@ -31,7 +31,7 @@ from pathlib import Path
 from b12comment.context import open_rows
 from b12comment.core.chain import decide
 from b12comment.core.context import Context, PriorResult
-from b12comment.core.keys import KEY_DERIVATION, Keys, earlier_requisition
+from b12comment.core.keys import KEY_DERIVATION, Keys, earlier_requisition, requisition_aliases
 from b12comment.core.rows import Extract
 from b12comment.errors import B12Error
 
@@ -414,7 +414,12 @@ class ContextStore:
 
     def _keys(self, extract: Extract) -> tuple[list[bytes], list[bytes]]:
         patients = {self._hash(k) for r in extract.rows for k in r.patient_keys}
-        requisitions = {self._hash(r.requisition_key) for r in extract.rows if r.requisition_key}
+        requisitions = {
+            self._hash(k)
+            for r in extract.rows
+            if r.requisition_key
+            for k in requisition_aliases(r.requisition_key, r.patient_keys)
+        }
         return sorted(patients), sorted(requisitions)
 
     def _earlier_keys(self, extract: Extract) -> dict[bytes, bytes]:

@@ -85,6 +85,16 @@ class KeyReader:
             self.requisition = requisition_key(self.patient, number)
 
 
+def requisition_aliases(requisition: bytes, patients: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """A requisition key as it would be under each of its patient's PID-3
+    identifiers: the same patient's requisition is found whichever of its
+    identifiers a message sends first (the key itself comes first)."""
+    _, sep, number = requisition.partition(b"\x01")
+    if not sep:
+        return (requisition,)
+    return tuple(dict.fromkeys((requisition, *(p + b"\x01" + number for p in patients))))
+
+
 def patient_keys(fields: list[bytes], d: Delimiters) -> tuple[bytes, ...]:
     """Each PID-3 identifier with its assigning authority."""
     found = []
