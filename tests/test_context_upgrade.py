@@ -207,10 +207,11 @@ def test_the_store_records_its_key_derivation_and_counts_the_earlier_rows(backen
         count, until = store.earlier_derivation(30.0)
         assert count == 4  # of each message its order and its result, each under its one patient identifier
         assert until == pytest.approx(time.time() - 10 * DAY + 30 * DAY, abs=120)
-        # rows written now are of this derivation: the count does not grow
+        # rows written now are of this derivation, and the earlier rows of
+        # their requisition and patient take its key: patient B's stay earlier
         decide(store, 100, _b12(), RULE, "patient", 30.0)
         store.commit()
-        assert store.earlier_derivation(30.0)[0] == count
+        assert store.earlier_derivation(30.0)[0] == 2
         # once the earlier rows leave the window, nothing of them is left
         store.purge(30.0, now=time.time() + 25 * DAY)
         assert store.earlier_derivation(30.0) == (0, None)
@@ -261,10 +262,13 @@ def test_serve_says_once_at_start_how_many_earlier_rows_and_until_when(tmp_path)
     assert lines == []
 
 
+@pytest.mark.parametrize("b12_in", ["REQ1", "REQ2"])
 @pytest.mark.parametrize("mode", ["requisition", "patient"])
-def test_an_earlier_rows_pending_result_is_settled_by_its_final_one_after_the_upgrade(backend, request, mode):
+def test_an_earlier_rows_pending_result_is_settled_by_its_final_one_after_the_upgrade(backend, request, mode, b12_in):
     """The earlier row is of the requisition, so the newer row of the same
-    result settles it, as any newer row would: no needless silence."""
+    result settles it, as any newer row would, for a B12 of the same
+    requisition and of another one (the patient's look-back): no needless
+    silence."""
     kind, where, write_earlier = backend
     write_earlier([(_count(PATIENT_A, "REQ1", others=(PENDING_FERRITIN,)), "REQ1")])
     store = _open(kind, where, request)
@@ -272,9 +276,9 @@ def test_an_earlier_rows_pending_result_is_settled_by_its_final_one_after_the_up
         final = dataclasses.replace(PENDING_FERRITIN, value="40", range="15-150", status="F")
         decide(store, 50, _count(PATIENT_A, "REQ1", others=(final,)), RULE, mode, 30.0)
         store.commit()
-        outcome = decide(store, 100, _b12(), RULE, mode, 30.0)
+        outcome = decide(store, 100, _b12(orc4=b12_in), RULE, mode, 30.0)
         assert outcome.decision.reasons == ()
-        assert outcome.output != _b12()  # commented
+        assert outcome.output != _b12(orc4=b12_in)  # commented
     finally:
         store.close()
 

@@ -189,5 +189,23 @@ def query(fields: str, patients: list[bytes]) -> str:
     )
 
 
+def rekey(db: sqlite3.Connection, rekeyed: list[tuple[bytes, bytes, bytes]], derivation: int) -> None:
+    """The open rows of an earlier key derivation take the requisition's key
+    now ((new, old, patient) as the store's `rekeyed`): one the patient
+    already has an open row of under the new key is older than it and goes."""
+    for new, old, patient in rekeyed:
+        db.execute(
+            f"DELETE FROM {TABLE} WHERE patient = ? AND grp = ? AND derivation < ? AND EXISTS ("
+            f"SELECT 1 FROM {TABLE} n WHERE n.patient = {TABLE}.patient AND n.grp = ? "
+            f"AND n.kind = {TABLE}.kind AND n.analyte = {TABLE}.analyte)",
+            (patient, old, derivation, new),
+        )
+        db.execute(
+            f"UPDATE {TABLE} SET grp = ?, requisition = ?, derivation = ? "
+            "WHERE patient = ? AND grp = ? AND derivation < ?",
+            (new, new, derivation, patient, old, derivation),
+        )
+
+
 def purge(db: sqlite3.Connection, cutoff: float) -> None:
     db.execute(f"DELETE FROM {TABLE} WHERE stored_at < ?", (cutoff,))

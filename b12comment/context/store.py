@@ -386,6 +386,14 @@ class ContextStore:
                 )
         try:
             self._begin()
+            if self.has_earlier:
+                rekey = self.rekeyed(extract)
+                self._db.executemany(
+                    "UPDATE results SET requisition = ?, derivation = ? "
+                    f"WHERE requisition = ? AND patient = ? AND derivation < {KEY_DERIVATION}",
+                    [(new, KEY_DERIVATION, old, patient) for new, old, patient in rekey],
+                )
+                open_rows.rekey(self._db, rekey, KEY_DERIVATION)
             self._db.executemany(
                 f"INSERT OR REPLACE INTO results ({', '.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
                 rows,
@@ -433,6 +441,21 @@ class ContextStore:
             if earlier != r.requisition_key:
                 found.setdefault(self._hash(earlier), self._hash(r.requisition_key))
         return found
+
+    def rekeyed(self, extract: Extract) -> list[tuple[bytes, bytes, bytes]]:
+        """(hash now, hash under the earlier key derivation, patient hash) of
+        each of the message's requisitions and patients: as a message is
+        kept, the rows an earlier version kept of its requisition and
+        patients take its key (re-keyed where the earlier key's input, the
+        message's own number, is at hand), so a newer row supersedes them
+        as it would its own requisition's."""
+        found: dict[tuple[bytes, bytes, bytes], None] = {}
+        for r in extract.rows:
+            earlier = earlier_requisition(r.requisition_key)
+            if earlier != r.requisition_key:
+                new, old = self._hash(r.requisition_key), self._hash(earlier)
+                found.update(dict.fromkeys((new, old, self._hash(k)) for k in r.patient_keys))
+        return list(found)
 
     def context(self, arrival: int, extract: Extract, mode: str, lookback_days: float) -> Context:
         """What the store knows of message `arrival`'s requisitions (mode

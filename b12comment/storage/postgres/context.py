@@ -154,6 +154,12 @@ class PostgresContextStore(ContextStore):
         self._begin()
         try:
             with self._c.cursor() as cur:
+                if self.has_earlier:  # the earlier key's rows of these requisitions take their key (store.py)
+                    cur.executemany(
+                        "UPDATE b12_context_results SET requisition = %s, derivation = %s "
+                        f"WHERE requisition = %s AND patient = %s AND derivation < {KEY_DERIVATION}",
+                        [(new, KEY_DERIVATION, old, patient) for new, old, patient in self.rekeyed(extract)],
+                    )
                 cur.executemany(
                     "INSERT INTO b12_context_results (seq, row_index, patient, requisition, kind, analyte, is_b12, "
                     "verdict, status, order_status, collected, control_id, stored_at, obx, system, display, "
