@@ -296,3 +296,10 @@ def test_a_requisition_is_found_whichever_identifier_comes_first():
         later = msg(pid, "B1", b12)
         _, second = run(haematology, later)
         assert (second.output, second.decision.reasons) == (later, ("requisition_pending",))
+
+
+def test_a_b12_whose_flags_contradict_each_other_is_not_elevated():
+    # OBX-8 repeats: H with L (or N) is not the lab saying "elevated"
+    for flags in ("H~L", "L~H", "H~N"):
+        msg = message(b12=f"OBX|1|NM|14685-2^Cobalamin^LN||1350|pmol/L||{flags}|||F\r")
+        assert_silent(msg, ("not_elevated",))

@@ -285,6 +285,8 @@ def elevation(q: Quantity, obs: Observation, unit: str, factor: float, age: Age,
     usable = isinstance(reading, Range) and (not reading.unit or same_unit(reading.unit, unit))
     upper = reading.upper * factor if isinstance(reading, Range) and usable and reading.upper is not None else None
     source = "range" if upper is not None else None
+    if flags & set(rule.elevated_flags) and flags & (set(rule.normal_flags) | set(rule.low_flags)):
+        return Elevation(False, upper, source, "flag")  # flags that contradict: not certainly elevated
     if flags & set(rule.elevated_flags):
         return Elevation(q.comparator not in ("<", "<="), upper, source, "flag")
     if flags & (set(rule.normal_flags) | set(rule.low_flags)):
