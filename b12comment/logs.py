@@ -107,7 +107,7 @@ def configure(level: str = "info", fmt: str = "auto", patient_data: bool = False
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=lambda *args: LineLogger(stream),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
 
 

@@ -67,6 +67,7 @@ def config(tmp_path, journal_dir, **downstream):
         journal=dict(path=str(journal_dir / "journal.sqlite3")),
         downstream=dict(retry_initial_s=0.05, retry_max_s=0.2, **downstream),
         context=dict(store=str(tmp_path / "context.sqlite3"), key_file=str(tmp_path / "context.key")),
+        logging=dict(level="debug"),  # a delivery's record is at debug
     )
 
 

@@ -45,6 +45,7 @@ def config(tmp_path: Path, journal: Path, url: str, name: str = "config.toml", *
         journal=dict(path=str(journal)),
         downstream=dict(url=url, retry_initial_s=0.1, retry_max_s=0.5, timeout_s=5.0),
         metrics=dict(port=free_port()),
+        logging=dict(level="debug"),  # a delivery's record is at debug
         **extra,
     )
 

@@ -46,6 +46,7 @@ def journal(tmp_path_factory):
             journal=dict(path=str(base / "journal.sqlite3")),
             downstream=dict(url=down.url, retry_initial_s=0.05, retry_max_s=0.1),
             context=dict(store=str(base / "context.sqlite3"), key_file=str(base / "context.key")),
+            logging=dict(level="debug"),  # a delivery's record is at debug
         )
         with Serve(cfg) as serve:
             with MllpConnection(serve.port) as conn:

@@ -437,6 +437,7 @@ def test_no_patient_data_in_any_log_line(tmp_path):
             listener=dict(port=0),
             journal=dict(path=str(tmp_path / "j.sqlite3")),
             downstream=dict(url=down.url, timeout_s=10.0, retry_initial_s=0.02, retry_max_s=0.1),
+            logging=dict(level="debug"),  # every record, a delivery's (at debug) too, is searched for patient data
         )
         with Serve(cfg) as serve:
             codes = []

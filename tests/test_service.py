@@ -462,6 +462,7 @@ def test_metrics_and_healthz(tmp_path):
         metrics=dict(port=metrics_port),
         journal=dict(path=str(tmp_path / "j.sqlite3")),
         downstream=fast_downstream(f"dir:{tmp_path / 'outbox'}"),
+        logging=dict(level="debug"),  # a delivery's record is at debug
     )
     with Serve(cfg) as serve:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10) as resp:

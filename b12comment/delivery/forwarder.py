@@ -222,7 +222,7 @@ class Forwarder:
         journal_ms = round((time.monotonic() - started) * 1000, 2)
         for row, outcome in delivered:
             self.metrics.inc("b12comment_forwarded_total")
-            self.log.info(
+            self.log.debug(
                 "forwarded",
                 journal_id=row.id,
                 control_id=row.control_id,
