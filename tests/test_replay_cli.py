@@ -196,3 +196,24 @@ def test_default_workers_is_the_cores_capped_at_three():
     assert default_workers() == max(1, min(os.cpu_count() or 1, 3))
     args = _parser().parse_args(["replay", "in", "--out", "out"])
     assert args.workers == default_workers()
+
+
+def test_replay_without_audit_loads_no_audit_store_nor_worker_pool(tmp_path):
+    """Start-up: a replay without --audit (one worker) never imports the audit
+    store or multiprocessing (the audit tests run replay with --audit)."""
+    script = (
+        "import sys\n"
+        "from b12comment.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(code, 'b12comment.audit' in sys.modules, 'multiprocessing' in sys.modules)\n"
+    )
+    src = SAMPLES / "child_b12_pg_per_ml_latin1.hl7"
+    got = subprocess.run(
+        [sys.executable, "-c", script, "replay", "--quiet", str(src), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        timeout=120,
+        text=True,
+    )
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split()[-3:] == ["0", "False", "False"], got.stdout
+    assert (tmp_path / "out" / src.name).read_bytes().startswith(src.read_bytes()[:8])

@@ -28,15 +28,13 @@ import sys
 import tempfile
 import time
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from b12comment import __version__
-from b12comment.audit.recorder import AuditSpec, audit_spec, close_recorders, open_recorder, recorder_for
-from b12comment.audit.rows import REPLAY, SHADOW
 from b12comment.config import Config, config_digest
 from b12comment.context import ContextError
 from b12comment.core import chain
@@ -53,6 +51,9 @@ from b12comment.replay.progress import Progress, plural
 from b12comment.replay.resume import OWN_FILES, RESUME_NAME, ResumeFile, fingerprint, load_done, lock_output
 from b12comment.replay.tally import Tally, calibration
 from b12comment.wire.split import is_gzip, open_input, open_output, read_pieces
+
+if TYPE_CHECKING:  # imported where used: a replay without --audit never loads the audit store
+    from b12comment.audit.recorder import AuditSpec
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,11 @@ def _replay_pieces(job: Job, out: Output | None, log: DecisionLog | None, reader
             outcome = reader.decide(job.file_index, position, data, rule)
         return outcome.output, outcome.decision
 
-    recorder = recorder_for(job.audit) if job.audit is not None else None
+    recorder = None
+    if job.audit is not None:
+        from b12comment.audit.recorder import recorder_for
+
+        recorder = recorder_for(job.audit)
     check = BatchCheck(job.rel)
     position = 0
     with open_input(job.src) as fin:
@@ -391,6 +396,8 @@ def _run_jobs(jobs: list[Job], workers: int):
         for job in jobs:
             yield replay_file(job)
         return
+    from concurrent.futures import ProcessPoolExecutor  # (only with workers: multiprocessing costs start-up)
+
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         yield from pool.map(replay_file, jobs, chunksize=1)
 
@@ -514,7 +521,7 @@ def _to_files_locked(config: Config, pairs, out_dir: Path | None, opts: Options)
     resume_path = out_dir / RESUME_NAME if out_dir is not None else None
     done = load_done(resume_path, fp) if opts.resume and resume_path else {}
     old_rule = opts.old_config.rule if opts.old_config else None
-    spec = _audit(config, opts, SHADOW if out_dir is None else REPLAY)
+    spec = _audit(config, opts, shadow=out_dir is None)
     with _first_pass(config, pairs, out_dir, opts) as ctx:
         jobs = [
             Job(
@@ -535,7 +542,10 @@ def _to_files_locked(config: Config, pairs, out_dir: Path | None, opts: Options)
         try:
             return _run_to_files(jobs, pairs, done, resume_path, fp, out_dir, opts)
         finally:
-            close_recorders()  # (this process's, when the files were decided here)
+            if spec is not None:
+                from b12comment.audit.recorder import close_recorders
+
+                close_recorders()  # (this process's, when the files were decided here)
 
 
 def _run_to_files(jobs, pairs, done, resume_path, fp, out_dir, opts) -> tuple[dict, dict]:
@@ -562,11 +572,16 @@ def _run_to_files(jobs, pairs, done, resume_path, fp, out_dir, opts) -> tuple[di
     return tallies, {"resumed_files": len(done)}
 
 
-def _audit(config: Config, opts: Options, source: str) -> AuditSpec | None:
+def _audit(config: Config, opts: Options, shadow: bool) -> AuditSpec | None:
     """--audit: the recorder's settings, after the store and key are checked
-    (and the store purged) here, before any worker starts."""
+    (and the store purged) here, before any worker starts. `shadow`: a replay
+    that writes no output (its rows are the shadow's, else the replay's)."""
     if not opts.audit:
         return None
+    from b12comment.audit.recorder import audit_spec, open_recorder
+    from b12comment.audit.rows import REPLAY, SHADOW
+
+    source = SHADOW if shadow else REPLAY
     spec = audit_spec(config.audit, config.rule, config.context, source=source, lookback_days=opts.context_window_days)
     open_recorder(spec).close()
     return spec
@@ -622,8 +637,12 @@ def _forward(config: Config, pairs, opts: Options) -> tuple[dict, dict]:
                         f"replay: {seen[0]} was already queued in {shown(path)}: add --resume to go on "
                         "with that replay, or give another --journal to send it again"
                     )
-            spec = _audit(config, opts, REPLAY)
-            recorder = open_recorder(spec, purge=False, buffered=True) if spec is not None else None
+            spec = _audit(config, opts, shadow=False)
+            recorder = None
+            if spec is not None:
+                from b12comment.audit.recorder import open_recorder
+
+                recorder = open_recorder(spec, purge=False, buffered=True)
             with _first_pass(config, pairs, work, opts) as ctx:
                 reader = Reader(ctx) if ctx is not None else None
                 try:
