@@ -325,17 +325,20 @@ def assert_refused_at_start(cfg: Path, tmp_path: Path, *words: str) -> str:
     return lines[0]
 
 
+@pytest.mark.promise
 def test_journal_path_is_a_directory(tmp_path):
     (tmp_path / "journal.sqlite3").mkdir()
     assert_refused_at_start(base_config(tmp_path), tmp_path, "cannot open journal")
 
 
+@pytest.mark.promise
 def test_journal_file_is_not_a_database(tmp_path):
     (tmp_path / "journal.sqlite3").write_bytes(b"this is not SQLite\n" * 100)
     assert_refused_at_start(base_config(tmp_path), tmp_path, "not a database", "queue export")
     assert (tmp_path / "journal.sqlite3").read_bytes() == b"this is not SQLite\n" * 100  # left as it was
 
 
+@pytest.mark.promise
 def test_journal_on_a_read_only_filesystem(tmp_path):
     with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
         cfg = base_config(tmp_path, journal=dict(path=str(ro / "journal.sqlite3")))
@@ -378,6 +381,7 @@ def test_existing_journal_on_a_filesystem_remounted_read_only(tmp_path):
         ]
 
 
+@pytest.mark.promise
 def test_journal_on_a_full_disk_answers_ae_then_recovers(tmp_path):
     """The disk fills while serve runs: messages that cannot be committed get
     AE (never AA); when space is freed, AA again without a restart; every AA

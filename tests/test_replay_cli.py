@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from paths import SAMPLES, corpus_files
 
 from b12comment.wire.split import iter_pieces, split_messages
@@ -18,6 +19,7 @@ def run(*args, input=None, cwd=None):
     )
 
 
+@pytest.mark.promise
 def test_replay_corpus_byte_identical_and_malformed_counted(corpus_dir, tmp_path):
     out, report, log_file = tmp_path / "out", tmp_path / "report.json", tmp_path / "decisions.jsonl"
     proc = run("replay", str(corpus_dir), "--out", str(out), "--report", str(report), "--log-file", str(log_file))
@@ -113,6 +115,7 @@ def test_replay_samples_layout_and_report(tmp_path):
     assert batch_out.replace(added[0] + b"\r\n", b"") == batch_in
 
 
+@pytest.mark.promise
 def test_replay_is_idempotent(tmp_path):
     first, second = tmp_path / "1", tmp_path / "2"
     assert run("replay", str(SAMPLES), "--out", str(first)).returncode == 0

@@ -42,6 +42,7 @@ def serve(tmp_path):
         yield s
 
 
+@pytest.mark.promise
 def test_send_every_sample_gets_aa_and_lands_in_the_outbox(serve, tmp_path):
     files = sorted(SAMPLES.glob("*.hl7"))
     expected = [msh10(m) for f in files for m in messages_of(f)]
@@ -131,6 +132,7 @@ def test_a_message_answered_ae_exits_3_and_says_so(tmp_path):
     assert summary.startswith("sent 2 messages: 1 AA, 1 not AA")
 
 
+@pytest.mark.promise
 def test_an_ack_for_another_control_id_is_not_accepted(tmp_path):
     other = b"MSH|^~\\&|D|D|S|S|20240101||ACK|X1|P|2.5.1\rMSA|AA|SOMEONE-ELSE\r"
     with Downstream(answer=lambda i, payload: other) as down:
