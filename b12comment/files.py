@@ -1,12 +1,44 @@
 """Durable file writes: a reader never sees half a file, and a file that is
 in place survives a power cut. The one atomic write the folder drop, replay's
 outputs and its reports share: write a temporary name beside the target,
-fsync it, rename it into place, fsync the folder."""
+fsync it, rename it into place, fsync the folder. And the one lock file that
+keeps a journal or a context store to one process."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; `holder` is " (process N)" where the
+    lock file names it, else ""."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+def take_lock(path: Path) -> int:
+    """Open `path` (made 0600, with its folders) and take its exclusive lock,
+    writing this process's id into it; the lock lasts until the returned file
+    descriptor is closed. Raises OSError when the file cannot be made, and
+    LockHeld when another process holds the lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            holder = f" (process {int(os.pread(fd, 32, 0).decode().strip())})"
+        os.close(fd)
+        raise LockHeld(holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def fsync_dir(folder: str | Path) -> None:

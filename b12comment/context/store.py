@@ -19,7 +19,6 @@ Not thread-safe: one thread uses a store at a time.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import os
@@ -34,6 +33,7 @@ from b12comment.core.context import Context, PriorResult
 from b12comment.core.keys import KEY_DERIVATION, Keys, earlier_requisition, requisition_aliases
 from b12comment.core.rows import Extract
 from b12comment.errors import B12Error
+from b12comment.files import LockHeld, take_lock
 
 KEY_BYTES = 32
 MEMORY = ":memory:"
@@ -183,23 +183,14 @@ def lock_store(store: str | Path) -> str:
         held[1] += 1
         return key
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = take_lock(path)
+    except LockHeld as held_elsewhere:
+        raise ContextError(
+            f"another process is using the context store {store}{held_elsewhere.holder}: one store serves one "
+            f"process (a second serve, or a rebuild while serve runs; lock file {path})"
+        ) from None
     except OSError as exc:
         raise ContextError(f"cannot lock the context store {store}: {exc.strerror or exc} ({path})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = ""
-        with contextlib.suppress(OSError, ValueError):
-            holder = f" (process {int(os.pread(fd, 32, 0).decode().strip())})"
-        os.close(fd)
-        raise ContextError(
-            f"another process is using the context store {store}{holder}: one store serves one process "
-            f"(a second serve, or a rebuild while serve runs; lock file {path})"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _LOCKS[key] = [fd, 1]
     return key
 

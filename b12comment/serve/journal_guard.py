@@ -13,15 +13,13 @@ replaced silently by an empty one.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from b12comment.errors import B12Error
-from b12comment.files import write_atomically
+from b12comment.files import LockHeld, take_lock, write_atomically
 
 
 class GuardError(B12Error):
@@ -46,27 +44,17 @@ class JournalLock:
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = take_lock(self.path)
+        except LockHeld as held:
+            raise GuardError(
+                f"another serve is using the journal {journal_of(self.path)}{held.holder}: "
+                f"one journal serves one listener (lock file {self.path})"
+            ) from None
         except OSError as exc:
             raise GuardError(
                 f"cannot use the journal path {journal_of(self.path)}: {exc.strerror or exc} "
                 f"(creating its lock file {self.path.name} beside it)"
             ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = ""
-            with contextlib.suppress(OSError, ValueError):
-                holder = f" (process {int(os.pread(fd, 32, 0).decode().strip())})"
-            os.close(fd)
-            raise GuardError(
-                f"another serve is using the journal {journal_of(self.path)}{holder}: "
-                f"one journal serves one listener (lock file {self.path})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
