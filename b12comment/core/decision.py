@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from b12comment.core.frozen import quick_init
+
 RULE_VERSION = "b12-paed-2"
 
 # Message-level reasons
@@ -105,6 +107,7 @@ BLOCK_ABNORMAL, BLOCK_UNKNOWN, BLOCK_PENDING = "abnormal", "cannot be judged", "
 IN_MESSAGE, IN_REQUISITION, IN_LOOKBACK = "message", "requisition", "look-back"
 
 
+@quick_init
 @dataclass(frozen=True)
 class Blocker:
     """One result that kept the comment away. Never a patient field and
@@ -124,6 +127,7 @@ class Blocker:
     control_id: str = ""  # from the look-back: its message's MSH-10
 
 
+@quick_init
 @dataclass(frozen=True)
 class ResultDecision:
     """The decision for one total-B12 OBX."""
@@ -147,6 +151,7 @@ class ResultDecision:
     blockers: tuple[Blocker, ...] = ()  # the results that kept the comment away
 
 
+@quick_init
 @dataclass(frozen=True)
 class Decision:
     commented: bool

@@ -26,6 +26,7 @@ from hl7apy.parser import parse_field
 
 from b12comment.core.charset import decode
 from b12comment.core.escapes import unescape
+from b12comment.core.frozen import quick_init
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.segments import (
     Delimiters,
@@ -51,6 +52,7 @@ MAX_B12_RESULTS = 10
 MAX_SEGMENTS = 10_000
 
 
+@quick_init
 @dataclass(frozen=True)
 class Observation:
     """One OBX: its number (obx_index), OBR group and the fields the rule reads."""
@@ -71,6 +73,7 @@ class Observation:
     repeated: bool = False  # OBX-5 holds more than one non-empty repetition (`value` is the first)
 
 
+@quick_init
 @dataclass(frozen=True)
 class B12Result:
     observation: Observation
@@ -358,6 +361,73 @@ def _range_text(raw: bytes, delims: Delimiters, codec: str) -> str:
 def cheap_observation(
     fields: list[bytes], header: Header, codec: str, obx_index: int, index: int, group: int
 ) -> Observation:
+    """One OBX read from its bytes: by `plain_observation` when the fields it
+    reads hold no repetition, subcomponent or escape character (one of each
+    field, as written), else by `observation_in_full`. A differential test
+    holds the two equal wherever the first applies."""
+    d = header.delimiters
+    if d.component:
+        read = b"".join(fields[2:15])
+        if (
+            d.repetition not in read
+            and not (d.subcomponent and d.subcomponent in read)
+            and not (d.escape and d.escape in read)
+        ):
+            return plain_observation(fields, d.component, codec, obx_index, index, group)
+    return observation_in_full(fields, header, codec, obx_index, index, group)
+
+
+def plain_observation(
+    fields: list[bytes], cs: bytes, codec: str, obx_index: int, index: int, group: int
+) -> Observation:
+    """cheap_observation of an OBX whose fields 2 to 14 hold no repetition,
+    subcomponent or escape character (the caller checks): each field is its
+    components, as written."""
+    text = "latin-1" if codec == "ascii" else codec  # as charset.decode reads
+    n = len(fields)
+
+    def comps(k: int) -> list[bytes]:
+        return fields[k].split(cs) if k < n else [b""]
+
+    def read(raw: bytes) -> str:
+        return raw.decode(text, errors="replace").strip() if raw else ""
+
+    raw_value = fields[5] if n > 5 else b""
+    value = tuple(c.decode(text, errors="replace").strip() for c in raw_value.split(cs))
+    flag = read(comps(8)[0])
+    units = comps(6)
+    obx3 = comps(3)
+    primary = 0 if read(obx3[0]) else 3  # the alternate identifier where the primary is empty
+    codes = []
+    for k in (0, 3, 9):  # obx3_codes' identifiers (latin-1, whatever the codec)
+        code = obx3[k].decode("latin-1").strip() if k < len(obx3) else ""
+        if code:
+            codes.append(code)
+    range_parts = [read(c) for c in comps(7)]
+    while range_parts and not range_parts[-1]:
+        range_parts.pop()
+    return Observation(
+        obx_index=obx_index,
+        segment_index=index,
+        group=group,
+        value_type=read(comps(2)[0]).upper(),
+        value=value,
+        units=read(units[0]) or (read(units[1]) if len(units) > 1 else ""),
+        range_text="^".join(range_parts),
+        flags=(flag,) if flag else (),
+        status=read(comps(11)[0]).upper(),
+        observed_at=read(comps(14)[0]),
+        codes=tuple(codes),
+        code_system=read(obx3[primary + 2]) if len(obx3) > primary + 2 else "",
+        code_text=read(obx3[primary + 1]) if len(obx3) > primary + 1 else "",
+        repeated=False,
+    )
+
+
+def observation_in_full(
+    fields: list[bytes], header: Header, codec: str, obx_index: int, index: int, group: int
+) -> Observation:
+    """cheap_observation of any OBX: repetitions, subcomponents and escapes read."""
     d = header.delimiters
     rs, cs, ss = d.repetition, d.component, d.subcomponent
     text = "latin-1" if codec == "ascii" else codec  # as charset.decode reads

@@ -14,6 +14,7 @@ from datetime import date, timedelta
 
 from b12comment.core.dates import DayRange, age_at, parse_ts
 from b12comment.core.facts import cheap_observation, match_b12
+from b12comment.core.frozen import quick_init
 from b12comment.core.keys import OBR, ORC, PID, KeyReader, keys
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.screen import Refused, has_b12_code, result_header, segments_over_limit
@@ -36,6 +37,7 @@ NOT_READ_ROW = "(results not read: too many segments, or they could not be read)
 ADULT_ROW = "(results not read: an adult by this message's birth date)"
 
 
+@quick_init
 @dataclass(frozen=True)
 class ExtractedRow:
     """One result of a message as the store keeps it, before the shell hashes

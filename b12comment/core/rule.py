@@ -157,8 +157,12 @@ def _blocking(facts: Facts, rule: RuleConfig, own: int = 0) -> list[tuple[Observ
 def message_reasons(facts: Facts, rule: RuleConfig, own: int = 0) -> list[str]:
     """Reasons found in the other results of the message (another B12 only
     when low) against a comment on the B12 at OBX `own`."""
+    return _reasons_of(_blocking(facts, rule, own))
+
+
+def _reasons_of(blocking: list[tuple[Observation, str, bool]]) -> list[str]:
     found = set()
-    for _, verdict, pending in _blocking(facts, rule, own):
+    for _, verdict, pending in blocking:
         if pending:
             found.add(CONTEXT_PENDING)
         if verdict == ABNORMAL:
@@ -190,6 +194,10 @@ def shown_value(obs: Observation, rule: RuleConfig) -> str:
 def message_blockers(facts: Facts, rule: RuleConfig, own: int = 0) -> tuple[Blocker, ...]:
     """The other results of the message that keep the comment away from the
     B12 at OBX `own`, named."""
+    return _blockers_of(_blocking(facts, rule, own), rule)
+
+
+def _blockers_of(blocking: list[tuple[Observation, str, bool]], rule: RuleConfig) -> tuple[Blocker, ...]:
     return tuple(
         Blocker(
             source=IN_MESSAGE,
@@ -201,7 +209,7 @@ def message_blockers(facts: Facts, rule: RuleConfig, own: int = 0) -> tuple[Bloc
             verdict=BLOCK_ABNORMAL if verdict == ABNORMAL else BLOCK_PENDING if pending else BLOCK_UNKNOWN,
             value=shown_value(obs, rule),
         )
-        for obs, verdict, pending in _blocking(facts, rule, own)
+        for obs, verdict, pending in blocking
     )
 
 
@@ -210,11 +218,15 @@ def order_reasons(facts: Facts, obs: Observation, rule: RuleConfig) -> list[str]
     corrected if stated; every other order final, corrected or cancelled, and
     one with no results yet is pending unless final or cancelled. An empty
     OBR-25 is "not stated": the OBX-11 statuses of its results decide."""
+    return _order_reasons(facts, obs, rule, pending_orders(facts, obs, rule))
+
+
+def _order_reasons(facts: Facts, obs: Observation, rule: RuleConfig, pending: list[int]) -> list[str]:
     reasons = []
     own = facts.order_statuses.get(obs.group, "")
     if own and own not in rule.final_order_statuses:
         reasons.append(ORDER_NOT_FINAL)
-    if pending_orders(facts, obs, rule):
+    if pending:
         reasons.append(CONTEXT_PENDING)
     return reasons
 
@@ -357,7 +369,8 @@ def decide_result(
     reasons: list[str] = []
     if obs.status not in rule.final_statuses:
         reasons.append(STATUS_NOT_FINAL)
-    order = order_reasons(facts, obs, rule)
+    pending = pending_orders(facts, obs, rule)
+    order = _order_reasons(facts, obs, rule, pending)
     reasons.extend(r for r in order if r == ORDER_NOT_FINAL)
     q, unit = b12_quantity(obs, rule)
     factor = rule.unit_factor(unit) if unit else None
@@ -380,12 +393,14 @@ def decide_result(
             limit = round(found.limit, 1)
         if decided_by == "age_band" and len({q.scaled(factor).above(band_limit(a, rule)) for a in ages or (age,)}) > 1:
             reasons.append(AGE_UNKNOWN)  # the collection times fall in two age bands, and the band decides
-    reasons.extend(message_reasons(facts, rule, obs.obx_index))
+    blocking = _blocking(facts, rule, obs.obx_index)  # judged once: the reasons and the blockers named
+    reasons.extend(_reasons_of(blocking))
+    b12_positions = {r.observation.obx_index for r in facts.b12}
     silent = tuple(
         o.obx_index
         for o in facts.observations
         if o.obx_index != obs.obx_index
-        and o.obx_index not in {r.observation.obx_index for r in facts.b12}
+        and o.obx_index not in b12_positions
         and o.status not in rule.ignored_statuses
         and relies_on_silence(o, rule)
     )
@@ -404,7 +419,7 @@ def decide_result(
         elevated=elevated,
         paediatric=True,
         unflagged_unranged=silent,
-        blockers=message_blockers(facts, rule, obs.obx_index) + order_blockers(facts, pending_orders(facts, obs, rule)),
+        blockers=_blockers_of(blocking, rule) + order_blockers(facts, pending),
     )
 
 

@@ -303,11 +303,15 @@ class Reader:
         self.ctx = ctx
         self.store = ContextStore(ctx.path, ctx.key)
         self._rule: RuleConfig | None = None
+        # The rows of the message last looked up (its place, the rule, its rows):
+        # `contradicting` of the same message reads them again otherwise.
+        self._last: tuple[int, RuleConfig, Extract] | None = None
 
     def decide(self, file_index: int, position: int, message: bytes, rule: RuleConfig) -> Outcome:
         """The deciding chain (core/chain.py) with this store, nothing
         recorded; a store that fails raises (the file is reported)."""
         self._rule = rule
+        self._last = None
         cx = self.ctx
         outcome = decide(
             self, place_of(file_index, position), message, rule, cx.mode, cx.lookback_days, record=False, watch=False
@@ -320,14 +324,23 @@ class Reader:
         """(control ID, why) of the later messages of the archive that
         contradict a comment on this message (serve's review alert, for
         replay's report)."""
-        ex = extract(message, rule, self.ctx.lookback_days)
-        if ex is None or self.ctx.mode == "message":
+        if self.ctx.mode == "message":
             return []
-        return self.store.later_reviews(place_of(file_index, position), ex)
+        s = place_of(file_index, position)
+        last = self._last
+        if last is not None and last[0] == s and last[1] is rule:
+            ex: Extract | None = last[2]  # the rows the deciding chain read of this very message
+        else:
+            ex = extract(message, rule, self.ctx.lookback_days)
+        if ex is None:
+            return []
+        return self.store.later_reviews(s, ex)
 
     # -- the chain's Store (read only: the chain records nothing here)
 
     def context(self, s: int, extract: Extract, mode: str, lookback_days: float) -> Context:
+        assert self._rule is not None  # (set by decide)
+        self._last = (s, self._rule, extract)
         if self._rule == self.ctx.rows_rule and not self.store.has(s):
             return Context(arrival=s, lookback_days=lookback_days)
         return self.store.context(s, extract, mode, lookback_days)
