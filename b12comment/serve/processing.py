@@ -117,7 +117,9 @@ def open_context(settings: ContextConfig) -> ContextStage:
     """The stage's store (none in mode "message"); raises ContextError."""
     if settings.mode == "message":
         return ContextStage(None, settings)
-    return ContextStage(open_store(settings.store, settings.key_file), settings)
+    store = open_store(settings.store, settings.key_file)
+    store.checkpoint_in_background()  # a message's commit never waits for the WAL's checkpoint
+    return ContextStage(store, settings)
 
 
 def tell_earlier_derivation(stage: ContextStage, log) -> None:

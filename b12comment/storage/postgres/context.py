@@ -108,6 +108,9 @@ class PostgresContextStore(ContextStore):
             self.commit()
         self._c.close()
 
+    def checkpoint_in_background(self, every_s: float = 0.0) -> None:
+        """(No WAL of ours to checkpoint: PostgreSQL does its own.)"""
+
     def _begin(self) -> None:
         self._in_tx = True  # (psycopg begins a transaction at the first statement)
 
