@@ -19,6 +19,18 @@ and requests/s), then 8 concurrent clients (requests/s). Messages: an
 ORU^R01 blood count without B12 (the common case: the engine never reads it
 past the byte pre-check), and a child's isolated high B12 (commented).
 The overhead of the endpoint is its p50 minus the no-op's p50, per message.
+
+    .venv/bin/python bench/http_endpoint.py --rate 100   # paced: about 2 minutes
+
+`--rate R` paces instead: an open-loop client sends child-B12 requests at R
+per second, each at its scheduled time whatever the answers before it did
+(on another keep-alive connection when every open one is busy), and a
+request's latency runs from its *scheduled* time to the last byte of its
+answer, so a stall counts for every request it delays (no coordinated
+omission). The no-op server and the two endpoints take turns, `--rounds`
+rounds of `--requests` requests each (the order rotated per round); the
+medians over the rounds of p50/p99, their ratio to the no-op's, and how late
+the client itself sent (its own lag, included in the latency) are printed.
 """
 
 from __future__ import annotations
@@ -28,8 +40,10 @@ import asyncio
 import http.client
 import os
 import platform
+import selectors
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -178,6 +192,173 @@ def concurrent(port: int, message: bytes, clients: int, n_each: int) -> float:
     return clients * n_each / (time.perf_counter() - began)
 
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # (Linux) the kernel's receive time of each read
+
+
+class PacedConnection:
+    """One keep-alive connection of the paced client. Its answers are timed
+    by the kernel (SO_TIMESTAMPNS, CLOCK_REALTIME), so that a client busy
+    sending, or not scheduled, does not add to the latency it measures."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.buf = bytearray()
+        self.request: tuple[int, float] | None = None  # (index, due) of the request in flight
+
+    def read(self) -> tuple[int, float, float] | None:
+        """Read what is there: (index, due, answered) when the answer is complete."""
+        data, ancillary, _, _ = self.sock.recvmsg(65536, 256)
+        if not data:
+            raise SystemExit("the server closed a connection")
+        answered = time.time()
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, ns = struct.unpack("qq", raw[:16])
+                answered = sec + ns / 1e9
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = bytes(self.buf[:end])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(self.buf) < end + 4 + length:
+            return None
+        if int(head.split(b" ", 2)[1]) != 200:
+            raise SystemExit(f"answer {head.splitlines()[0]!r}")
+        del self.buf[: end + 4 + length]
+        assert self.request is not None
+        (i, due), self.request = self.request, None
+        return i, due, answered
+
+
+def paced_run(port: int, bodies: list[bytes], rate: float, max_connections: int = 64) -> dict:
+    """Open loop, one thread: request i is due at start + i/rate and is sent
+    then, on an idle keep-alive connection or a new one, whatever the answers
+    before it did. Latency: from the due time to the kernel's receipt of the
+    answer's last bytes; lag: how late the client sent."""
+    wall = time.time
+    label = CHARSETS[B12]
+    requests = [
+        b"POST /hl7 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Content-Type: application/hl7-v2; charset={label}\r\nContent-Length: {len(b)}\r\n\r\n".encode()
+        + b
+        for b in bodies
+    ]
+    latency = [0.0] * len(requests)
+    lag = [0.0] * len(requests)
+    selector = selectors.DefaultSelector()
+    idle = [PacedConnection(port) for _ in range(4)]
+    opened, in_flight, done = len(idle), 0, 0
+
+    def take(timeout: float) -> None:
+        nonlocal in_flight, done
+        for key, _ in selector.select(timeout):
+            conn = key.data
+            got = conn.read()
+            if got is not None:
+                i, due, answered = got
+                latency[i] = answered - due
+                selector.unregister(conn.sock)
+                idle.append(conn)
+                in_flight -= 1
+                done += 1
+
+    start = wall() + 0.05
+    for i, request in enumerate(requests):
+        due = start + i / rate
+        while in_flight and due - wall() > 0.0015:  # read answers until just before the due time
+            take(due - wall() - 0.0015)
+        if in_flight:
+            while wall() < due:  # (select's timer is ms-grained) spin, answers are timed by the kernel
+                pass
+        elif due > wall():
+            time.sleep(due - wall())
+        if idle:
+            conn = idle.pop()
+        elif opened < max_connections:
+            conn = PacedConnection(port)
+            opened += 1
+        else:
+            raise SystemExit(f"over {max_connections} requests in flight at {rate:g} req/s: the server is saturated")
+        conn.sock.sendall(request)
+        lag[i] = wall() - due
+        conn.request = (i, due)
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+        in_flight += 1
+    deadline = wall() + 60
+    while in_flight and wall() < deadline:
+        take(1.0)
+    for conn in idle:
+        conn.sock.close()
+    selector.close()
+    if done != len(requests):
+        raise SystemExit(f"{len(requests) - done} requests unanswered after 60 s")
+    return dict(
+        p50=pct(latency, 50) * 1000,
+        p99=pct(latency, 99) * 1000,
+        max=max(latency) * 1000,
+        lag99=pct(lag, 99) * 1000,
+        sent99=pct([t - s for t, s in zip(latency, lag, strict=True)], 99) * 1000,
+        connections=opened,
+    )
+
+
+def paced(args) -> None:
+    kinds = ("noop", "endpoint", "endpoint+context")
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        procs = {}
+        try:
+            for kind in kinds:
+                procs[kind] = start(kind, tmp)
+            for kind in kinds:  # warm up: imports, the first hl7apy parse, the store's first pages
+                sequential(procs[kind][1], B12, 50)
+            for r in range(args.rounds):
+                order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
+                load = os.getloadavg()[0]
+                for kind in order:
+                    res = paced_run(procs[kind][1], variants(B12, args.requests), args.rate)
+                    res["load"] = load
+                    results[kind].append(res)
+                    print(
+                        f"round {r + 1} {kind:17} p50 {res['p50']:6.2f} ms  p99 {res['p99']:6.2f} ms  "
+                        f"max {res['max']:6.1f} ms  client lag p99 {res['lag99']:5.2f} ms  "
+                        f"p99 from the send {res['sent99']:6.2f} ms  "
+                        f"connections {res['connections']}  load {load:.1f}",
+                        flush=True,
+                    )
+        finally:
+            for proc, _ in procs.values():
+                proc.terminate()
+                proc.wait(30)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    print()
+    med = {
+        k: {m: statistics.median(r[m] for r in results[k]) for m in ("p50", "p99", "max", "lag99", "sent99")}
+        for k in kinds
+    }
+    print(f"child B12 at {args.rate:g} req/s, {args.requests} requests x {args.rounds} rounds (medians over rounds)")
+    print(
+        "| server | p50 ms | p99 ms | max ms | client lag p99 ms | p99 from the send ms | p99 / no-op's | p99 ≤ 5 ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for kind in kinds:
+        m = med[kind]
+        ratio = "" if kind == "noop" else f"{m['p99'] / med['noop']['p99']:.2f}x"
+        verdict = "yes" if m["p99"] <= 5.0 else "no"
+        print(
+            f"| {kind} | {m['p50']:.2f} | {m['p99']:.2f} | {m['max']:.1f} | {m['lag99']:.2f} | {m['sent99']:.2f} "
+            f"| {ratio} | {verdict} |"
+        )
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -186,6 +367,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=2000, help="sequential requests per server and message")
     p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--rate", type=float, help="paced mode: child-B12 requests per second, open loop")
+    p.add_argument("--rounds", type=int, default=3, help="paced mode: rounds (servers take turns)")
     p.add_argument("--noop-server", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.noop_server:
@@ -196,6 +379,11 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f} at start",
         flush=True,
     )
+    if args.rate:
+        if args.requests == p.get_default("requests"):
+            args.requests = 1000
+        paced(args)
+        return
     results: dict[tuple[str, str], dict] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
