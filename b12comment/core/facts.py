@@ -13,6 +13,7 @@ decides anything.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 from functools import cached_property, lru_cache
@@ -523,6 +524,13 @@ def read_detail(facts: Facts, result: B12Result) -> B12Result:
     return replace(result, observation=detailed, detailed=True)
 
 
+def code_search(rule: RuleConfig) -> Callable[..., re.Match[bytes] | None]:
+    """The `search` of a pattern of the rule's codes as bytes: where it finds
+    none, no configured code stands in the bytes, so match_b12 finds none
+    (its codes are the components of those bytes, compared whole)."""
+    return _code_pattern(tuple(sorted({cm.code for cm in rule.codes}))).search
+
+
 @lru_cache(maxsize=16)
 def _code_pattern(codes: tuple[str, ...]) -> re.Pattern[bytes]:
     """Any of the configured codes, as bytes (the cheap test of an OBX line)."""
@@ -552,7 +560,7 @@ def read_facts(message: bytes, header: Header, codec: str, rule: RuleConfig) -> 
     d = header.delimiters
     segments = tuple(split_segments(message, header.start))
     reader = reader_for(header, codec)
-    may_hold_code = _code_pattern(tuple(sorted({cm.code for cm in rule.codes}))).search
+    may_hold_code = code_search(rule)
     patient_count = 0
     raw_birth = b""
     raw_order_times: dict[int, bytes] = {}  # read only where a B12 needs them

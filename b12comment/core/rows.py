@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from b12comment.core.dates import DayRange, age_at, parse_ts
-from b12comment.core.facts import cheap_observation, match_b12
+from b12comment.core.facts import cheap_observation, code_search, match_b12
 from b12comment.core.frozen import quick_init
 from b12comment.core.keys import OBR, ORC, PID, KeyReader, keys
 from b12comment.core.rule_config import RuleConfig
@@ -135,6 +135,7 @@ def _segment_at(message: bytes, start: int) -> bytes:
 def _rows(message: bytes, header: Header, rule: RuleConfig, lookback_days: float, skip_adults: bool) -> Extract:
     d = header.delimiters
     may_hold_b12 = has_b12_code(message, rule)
+    may_hold_code = code_search(rule)
     codec = "latin-1"  # identifiers are hashed as bytes; codes and statuses are ASCII
     rows: list[ExtractedRow] = []
     key = KeyReader(d)
@@ -190,7 +191,8 @@ def _rows(message: bytes, header: Header, rule: RuleConfig, lookback_days: float
         else:  # OBX
             obx_index += 1
             obs = cheap_observation(fields, header, codec, obx_index, 0, 0)
-            b12_code = match_b12(field_of(fields, 3), d, rule) if may_hold_b12 else None
+            raw_code = field_of(fields, 3)
+            b12_code = match_b12(raw_code, d, rule) if may_hold_b12 and may_hold_code(raw_code) else None
             rows.append(
                 ExtractedRow(
                     row_index=len(rows) + 1,
