@@ -8,6 +8,9 @@
 - `read_range` remembers its readings: it must give what `read_text_range`
   gives, for every OBX-7 of the corpus and generated ranges, on the first
   call and on later ones.
+- replay's first pass finds the PID, ORC and OBR segments by one search:
+  the same as a search per name and line break; read_header shares one
+  Delimiters per MSH-1/MSH-2: the same as made afresh.
 - `quick_init` makes frozen dataclasses the same as their own `__init__`
   (same fields, defaults, errors; still frozen, equal, hashed).
 
@@ -27,7 +30,15 @@ from test_rule_cases import CASES
 from b12comment.core import decision, facts, rows
 from b12comment.core.facts import cheap_observation, observation_in_full, plain_observation
 from b12comment.core.frozen import quick_init
-from b12comment.core.segments import Malformed, read_header, segment_fields, split_segments
+from b12comment.core.keys import _key_segments, key_segments_by_find
+from b12comment.core.segments import (
+    Malformed,
+    delimiters_of,
+    make_delimiters,
+    read_header,
+    segment_fields,
+    split_segments,
+)
 from b12comment.core.values import RANGE_CACHE_TEXT, read_range, read_text_range
 from b12comment.wire.split import split_messages
 
@@ -251,3 +262,45 @@ def test_quick_init_refuses_what_it_cannot_make_the_same_way():
     for cls in (WithFactory, NotFrozen, WithPostInit):
         with pytest.raises(TypeError):
             quick_init(cls)
+
+
+def _random_message(rng: random.Random) -> bytes:
+    """Segments of PID, ORC, OBR and others, with CR, LF or CRLF between
+    them, names that only start like a key segment, and stray line breaks."""
+    names = [b"PID", b"ORC", b"OBR", b"OBX", b"NTE", b"PIDX", b"XPID", b"OB", b"", b"ORCA"]
+    body = [b"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5"]
+    for _ in range(rng.randint(0, 12)):
+        fields = [rng.choice(names)] + [bytes(rng.choice(b"ab1|^~ ") for _ in range(rng.randint(0, 5)))]
+        body.append(b"|".join(fields))
+    seps = [rng.choice((b"\r", b"\n", b"\r\n", b"\r\r", b"\n\r")) for _ in body]
+    return b"".join(seg + sep for seg, sep in zip(body, seps, strict=True))[: rng.randint(40, 400)]
+
+
+def test_key_segments_by_one_search_are_those_found_by_name():
+    rng = random.Random("key segments")
+    messages = _messages() + [_random_message(rng) for _ in range(3000)]
+    checked = 0
+    for message in messages:
+        try:
+            header = read_header(message)
+        except Malformed:
+            continue
+        checked += 1
+        assert _key_segments(message, header) == key_segments_by_find(message, header), message
+    assert checked > 2000
+
+
+def test_shared_delimiters_are_those_of_their_bytes():
+    for message in _messages():
+        try:
+            header = read_header(message)
+        except Malformed:
+            continue
+        enc = header.fields[2] if len(header.fields) > 2 else b""
+        fresh = make_delimiters(header.delimiters.field, enc)
+        assert header.delimiters == fresh
+        assert header.delimiters.valid == fresh.valid
+    for encoding in ENCODINGS:
+        raw = encoding.encode()
+        assert delimiters_of(raw[:1], raw[1:]) == make_delimiters(raw[:1], raw[1:])
+        assert delimiters_of(raw[:1], raw[1:]).valid == make_delimiters(raw[:1], raw[1:]).valid

@@ -203,12 +203,14 @@ def test_default_workers_is_the_cores_capped_at_three():
 
 def test_replay_without_audit_loads_no_audit_store_nor_worker_pool(tmp_path):
     """Start-up: a replay without --audit (one worker) never imports the audit
-    store or multiprocessing (the audit tests run replay with --audit)."""
+    store or multiprocessing (the audit tests run replay with --audit), nor
+    structlog (only --forward logs)."""
     script = (
         "import sys\n"
         "from b12comment.cli import main\n"
         "code = main(sys.argv[1:])\n"
-        "print(code, 'b12comment.audit' in sys.modules, 'multiprocessing' in sys.modules)\n"
+        "print(code, 'b12comment.audit' in sys.modules, 'multiprocessing' in sys.modules, "
+        "'structlog' in sys.modules)\n"
     )
     src = SAMPLES / "child_b12_pg_per_ml_latin1.hl7"
     got = subprocess.run(
@@ -218,5 +220,6 @@ def test_replay_without_audit_loads_no_audit_store_nor_worker_pool(tmp_path):
         text=True,
     )
     assert got.returncode == 0, got.stderr
-    assert got.stdout.split()[-3:] == ["0", "False", "False"], got.stdout
+    # structlog neither: nothing in a replay to files logs (so nothing can log unscrubbed)
+    assert got.stdout.split()[-4:] == ["0", "False", "False", "False"], got.stdout
     assert (tmp_path / "out" / src.name).read_bytes().startswith(src.read_bytes()[:8])

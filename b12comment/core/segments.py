@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import NamedTuple
 
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -125,6 +125,31 @@ class Header:
         return first_repetition(raw, self.delimiters).decode("latin-1").strip()
 
 
+def delimiters_of(fs: bytes, enc: bytes) -> Delimiters:
+    """The Delimiters of MSH-1 `fs` and MSH-2 `enc` (2 to 5 bytes), one object
+    per pair: a feed sends the same few, and `valid` is then worked out once."""
+    return _delimiters(fs, enc)
+
+
+@lru_cache(maxsize=64)
+def _delimiters(fs: bytes, enc: bytes) -> Delimiters:
+    return make_delimiters(fs, enc)
+
+
+def make_delimiters(fs: bytes, enc: bytes) -> Delimiters:
+    def at(i: int) -> bytes | None:
+        return enc[i : i + 1] if len(enc) > i else None
+
+    return Delimiters(
+        field=fs,
+        component=enc[0:1],  # two characters at least (checked by read_header)
+        repetition=enc[1:2],
+        escape=at(2),
+        subcomponent=at(3),
+        truncation=at(4),
+    )
+
+
 def read_header(message: bytes) -> Header:
     """Read MSH from the start of a message. Raises Malformed if there is none."""
     start = 0
@@ -157,17 +182,7 @@ def read_header(message: bytes) -> Header:
     if not 2 <= len(enc) <= 5:
         raise Malformed(f"MSH-2 encoding characters {shown(enc)} must be 2 to 5 characters", DATA_TYPE_ERROR)
 
-    def at(i: int) -> bytes | None:
-        return enc[i : i + 1] if len(enc) > i else None
-
-    delims = Delimiters(
-        field=fs,
-        component=enc[0:1],  # two characters at least (checked above)
-        repetition=enc[1:2],
-        escape=at(2),
-        subcomponent=at(3),
-        truncation=at(4),
-    )
+    delims = delimiters_of(fs, enc)
     # MSH-1 is the separator itself: fields[n] == MSH-n.
     fields = (b"MSH", fs) + tuple(parts[1:])
     return Header(delims, terminator, fields, start)

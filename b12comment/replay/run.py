@@ -42,7 +42,6 @@ from b12comment.core.decision import Decision
 from b12comment.core.rule_config import RuleConfig
 from b12comment.errors import EXIT_IO, EXIT_OK, B12Error, UsageError
 from b12comment.files import replace_durably, write_atomically
-from b12comment.logs import configure
 from b12comment.replay.first_pass import NAME as CONTEXT_NAME
 from b12comment.replay.first_pass import FirstPass, Reader, close_readers, reader_for
 from b12comment.replay.first_pass import build as build_first_pass
@@ -462,7 +461,10 @@ def run_replay(config: Config, inputs: list[str], opts: Options) -> int:
     level = config.logging.level
     if opts.quiet and level in ("debug", "info", "warning"):
         level = "error"  # --quiet: errors and the summary only (the forwarder's warnings too)
-    configure(level, config.logging.format, config.logging.patient_data)
+    if opts.forward:  # the journal and the forwarder log; a replay to files or a dry run logs nothing
+        from b12comment.logs import configure  # (structlog and asyncio: 30 ms of start-up otherwise)
+
+        configure(level, config.logging.format, config.logging.patient_data)
     out_dir = Path(opts.out) if opts.out else None
     started = time.monotonic()
     started_at = time.time()
