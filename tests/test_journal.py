@@ -280,7 +280,7 @@ def test_journal_thread_commits_every_waiting_frame_together_before_answering(tm
             db.close()
 
     async def main():
-        jt = JournalThread(path)
+        jt = JournalThread(path, apart=False)  # one thread: a slow call keeps intake waiting
         await jt.call(lambda j: j.depth())  # opens the journal, starts the thread
         gate, inside = threading.Event(), threading.Event()
         busy = jt.call(lambda j: (inside.set(), gate.wait(10)))  # the thread is busy with a slow call
@@ -512,7 +512,7 @@ def test_journal_thread_runs_other_calls_between_intake_batches(tmp_path):
     order: list[str] = []
 
     async def main():
-        jt = JournalThread(path, max_batch=1)
+        jt = JournalThread(path, max_batch=1, apart=False)  # (a database's one session)
         await jt.call(lambda j: j.depth())
         gate, inside = threading.Event(), threading.Event()
         busy = jt.call(lambda j: (inside.set(), gate.wait(10)))

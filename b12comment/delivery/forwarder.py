@@ -99,7 +99,7 @@ class Forwarder:
             while not stop.is_set():
                 self.wake.clear()
                 try:
-                    rows = await self.journal.call(lambda j: j.deliverable(self.batch))
+                    rows = await self.journal.rows(lambda j: j.deliverable(self.batch))
                     if not rows:
                         await wait_event(self.wake, self.poll_s)
                         continue

@@ -185,7 +185,7 @@ class Processor:
                     await wait_event(stop, self.poll_s)
                     continue
                 try:
-                    rows = await self.journal.call(lambda j: j.unprocessed(self.batch))
+                    rows = await self.journal.rows(lambda j: j.unprocessed(self.batch))
                 except JournalError as exc:
                     unavailable(self.log, "processing", exc)
                     await wait_event(stop, self.poll_s)

@@ -141,9 +141,14 @@ class Service:
                 config.journal.path,
                 opener=lambda location: open_journal(location, fence.instance, fence),
                 holds=fence.holds,
+                apart=False,  # one session to the database, checking the lease in each transaction
             )
         else:  # on_fault is set once the journal is open
-            self.journal = JournalThread(config.journal.path if self.journal_in_db else self.journal_path)
+            # SQLite: intake on a thread of its own, everything else on a second
+            # connection (storage/writer.py); a database keeps one session.
+            self.journal = JournalThread(
+                config.journal.path if self.journal_in_db else self.journal_path, apart=not self.journal_in_db
+            )
         self.lock = JournalLock(self.journal_path)
         self.journal_id = ""
         self.stop_event = asyncio.Event()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from b12comment.storage.model import (
     NewMessage,
     NotLeader,
     Receipt,
+    Row,
 )
 
 T = TypeVar("T")
@@ -59,6 +61,16 @@ class JournalThread:
     a commit and answers AE past it (see listener.py), and `available()`
     answers within `health_timeout_s`.
 
+    With `apart` (the default, for a SQLite journal), every other call runs
+    on a second thread with its own connection to the journal, so an intake
+    commit never waits behind the processing stage's or the forwarder's
+    bookkeeping, nor they behind an intake's fsync. A message whose sender
+    was answered AE while its commit was under way is then never handed to
+    those stages, although their connection may read it between the commit
+    and its voiding: `rows()` waits until the commit's batch is settled and
+    leaves out the messages voided in it, and after a fault it leaves out
+    every message committed after the last settled batch.
+
     The journal is opened lazily and opened again after a failed open, so a
     disk that goes away for a while (full, locked by another process) costs
     AE answers until it comes back, not a restart.
@@ -78,8 +90,10 @@ class JournalThread:
         on_fault: Callable[[JournalFault], None] | None = None,
         opener: Callable[[str | Path], JournalStore] = open_journal,
         holds: Callable[[], bool] | None = None,
+        apart: bool = True,
     ):
         self.location = location
+        self.apart = apart
         self._opener = opener
         self._holds = holds  # the leader's lease, checked after each intake commit (before any AA)
         self.max_batch = max_batch
@@ -92,7 +106,17 @@ class JournalThread:
         self._void: set[asyncio.Future] = set()  # ... whose sender was answered AE meanwhile
         self._calls: deque[tuple[asyncio.Future, Callable[[JournalStore], Any] | None]] = deque()
         self._thread: threading.Thread | None = None
+        self._calls_thread: threading.Thread | None = None
+        self._calls_journal: JournalStore | None = None  # (apart) the calls' own connection
         self._closed = False
+        # What `rows()` may hand on (see the class): the highest message id of
+        # the batches settled so far, whether a batch is being committed (and
+        # since when, for `available()`), and the ids voided as answered AE.
+        self._settled_upto = 0
+        self._settling_since: float | None = None
+        self._frozen_above: int | None = None  # after a fault: nothing above this id is handed on
+        self._voided: set[int] = set()
+        self._fault_lock = threading.Lock()
 
     # -- intake: handed in now, the future is done once committed
 
@@ -148,6 +172,26 @@ class JournalThread:
         `await thread.call(lambda j: j.deliverable(100))`."""
         return self._submit(fn)
 
+    def rows(self, fn: Callable[[JournalStore], list[Row]]) -> asyncio.Future[list[Row]]:
+        """A call that reads messages for the processing stage or the
+        forwarder: the rows fn returns, in their order, without any whose
+        sender was answered AE (see the class)."""
+        return self._submit(lambda j: self._handed_on(fn(j)))
+
+    def _handed_on(self, rows: list[Row]) -> list[Row]:
+        """(On the calls' thread.) Rows read while a batch was being settled
+        wait for it; then the voided ones, and after a fault every one above
+        the last settled batch, are left out."""
+        if not rows:
+            return rows
+        with self._cv:
+            while self._settling_since is not None and self._frozen_above is None and rows[-1].id > self._settled_upto:
+                self._cv.wait()
+            frozen, voided = self._frozen_above, self._voided
+            if frozen is None and not voided:
+                return rows
+            return [r for r in rows if r.id not in voided and (frozen is None or r.id <= frozen)]
+
     async def depth(self) -> int:
         """How many messages wait (the metrics' and the health check's callback)."""
         return await self.call(lambda j: j.depth())
@@ -168,6 +212,9 @@ class JournalThread:
         """The journal answers (within the timeout) and has no fault."""
         if self.fault is not None:
             return False
+        since = self._settling_since  # an intake commit that hangs (the disk, another process's lock)
+        if since is not None and time.monotonic() - since > health_timeout_s:
+            return False
         try:
             await asyncio.wait_for(asyncio.shield(self.depth()), health_timeout_s)
             return True
@@ -175,13 +222,13 @@ class JournalThread:
             return False
 
     async def close(self) -> None:
-        """Finish what is queued, close the file, end the thread."""
+        """Finish what is queued, close the file, end the threads."""
         await self._submit(None)
         with self._cv:
             self._closed = True
-            self._cv.notify()
-            thread = self._thread
-        if thread is not None:
+            self._cv.notify_all()
+            threads = [t for t in (self._thread, self._calls_thread) if t is not None]
+        for thread in threads:
             await asyncio.to_thread(thread.join)
 
     # -- the event loop side
@@ -210,25 +257,36 @@ class JournalThread:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
             self._thread.start()
-        self._cv.notify()
+            if self.apart:
+                self._calls_thread = threading.Thread(target=self._run_calls, name="journal-calls", daemon=True)
+                self._calls_thread.start()
+        self._cv.notify_all()
 
     def _take_intake(self) -> list[tuple[asyncio.Future, Arrival]]:
         with self._cv:
             return [self._intake.popleft() for _ in range(min(len(self._intake), self.max_batch))]
 
-    # -- the journal thread
+    # -- the journal thread (intake, and every call unless apart)
 
     def _run(self) -> None:
         call_turn = False  # after an intake commit, one waiting call goes before the next
-        while True:
-            with self._cv:
-                while not (self._intake or self._calls or self._closed):
-                    self._cv.wait()
-                if not (self._intake or self._calls):
-                    return
-                call = self._calls.popleft() if self._calls and (call_turn or not self._intake) else None
-            call_turn = self._step(call, call_turn)
-            call = None  # (its arguments may be a large message)
+        try:
+            while True:
+                with self._cv:
+                    while not (self._intake or (self._calls and not self.apart) or self._closed):
+                        self._cv.wait()
+                    if not (self._intake or (self._calls and not self.apart)):
+                        return
+                    call = None
+                    if not self.apart and self._calls and (call_turn or not self._intake):
+                        call = self._calls.popleft()
+                call_turn = self._step(call, call_turn)
+                call = None  # (its arguments may be a large message)
+        finally:
+            if self.apart and self._journal is not None:
+                with contextlib.suppress(Exception):
+                    self._journal.close()
+                self._journal = None
 
     def _step(self, call, call_turn: bool) -> bool:
         """One call, or one batch of intake; returns the next call_turn. (A
@@ -247,10 +305,25 @@ class JournalThread:
             self._settle(done, self._holds)
         return call_turn
 
+    # -- the calls' thread (apart)
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._calls or self._closed):
+                    self._cv.wait()
+                if not self._calls:
+                    return
+                call = self._calls.popleft()
+            self._settle([self._run_call(*call)])
+            del call  # (its arguments may be a large message)
+
     def _run_intake(self, batch: list[tuple[asyncio.Future, Arrival]]) -> list:
         """Commit intake together; (future, value, ok) each."""
         with self._cv:
             self._committing = {future for future, _ in batch}
+            self._settling_since = time.monotonic()
+        results: list = []
         try:
             if self.fault is not None:
                 raise self.fault
@@ -267,6 +340,13 @@ class JournalThread:
         finally:
             with self._cv:
                 self._committing, self._void = set(), set()
+                ids = [r.id if isinstance(r, Receipt) else r for r in results if isinstance(r, Receipt | int)]
+                self._settled_upto = max([self._settled_upto, *ids])
+                if self.fault is not None and self._frozen_above is None:
+                    # What this batch committed into a journal at fault is never handed on.
+                    self._frozen_above = self._settled_upto
+                self._settling_since = None
+                self._cv.notify_all()
         return [(future, r, not isinstance(r, JournalError)) for (future, _), r in zip(batch, results, strict=True)]
 
     def _void_late(self, batch: list[tuple[asyncio.Future, Arrival]], results: list) -> None:
@@ -279,6 +359,8 @@ class JournalThread:
             for (future, _), r in zip(batch, results, strict=True)
             if future in late and isinstance(r, Receipt) and not r.duplicate
         ]
+        with self._cv:
+            self._voided.update(ids)  # never handed on, even before the void below is committed
         if ids:
             try:
                 self._open().void_many(ids, VOID_REASON)
@@ -287,14 +369,18 @@ class JournalThread:
 
     def _run_call(self, future: asyncio.Future, fn: Callable[[JournalStore], Any] | None) -> tuple:
         if fn is None:
-            if self._journal is not None:
+            if self.apart:
+                if self._calls_journal is not None:
+                    self._calls_journal.close()
+                    self._calls_journal = None
+            elif self._journal is not None:
                 self._journal.close()
                 self._journal = None
             return (future, None, True)
         try:
             if isinstance(self.fault, JournalCorrupt):
                 raise self.fault
-            return (future, fn(self._open()), True)
+            return (future, fn(self._open_calls() if self.apart else self._open()), True)
         except Exception as exc:
             self._faulted(exc)
             return (future, exc, False)
@@ -303,15 +389,24 @@ class JournalThread:
         """The first fault sticks (a damaged file outranks a deleted one) and is told once."""
         if not isinstance(exc, JournalFault) or exc is self.fault:
             return
-        if self.fault is None or (isinstance(exc, JournalCorrupt) and not isinstance(self.fault, JournalCorrupt)):
+        with self._fault_lock:  # (both threads may find one)
+            if self.fault is not None and not (
+                isinstance(exc, JournalCorrupt) and not isinstance(self.fault, JournalCorrupt)
+            ):
+                return
             self.fault = exc
-            if self.on_fault is not None:
-                self.on_fault(exc)
+        if self.on_fault is not None:
+            self.on_fault(exc)
 
     def _open(self) -> JournalStore:
         if self._journal is None:
             self._journal = self._opener(self.location)
         return self._journal
+
+    def _open_calls(self) -> JournalStore:
+        if self._calls_journal is None:
+            self._calls_journal = self._opener(self.location)
+        return self._calls_journal
 
     @staticmethod
     def _settle(done: list, holds: Callable[[], bool] | None = None) -> None:

@@ -66,16 +66,24 @@ class SqliteFile:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Whole messages with patient data: readable by the service user only.
-            # SQLite gives its -wal and -shm files the same permissions.
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            # SQLite gives its -wal and -shm files the same permissions. Only
+            # when it is missing: closing any descriptor of the file drops
+            # every POSIX lock this process holds on it, also those of another
+            # connection open here (serve has two), and SQLite would no longer
+            # see that connection when another process closes the last of its
+            # own: it would delete the write-ahead log under it.
+            if not os.path.exists(self.path):
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
             migrate(self._db, str(self.path))
-            # The file SQLite opened, to notice when the path no longer leads to it.
-            self._fd = os.open(self.path, os.O_RDONLY)
-            self._ident = _ident(os.fstat(self._fd))
+            # The file SQLite opened, to notice when the path no longer leads to
+            # it. (By its device and inode: a descriptor of our own would drop
+            # SQLite's locks when closed, see above.)
+            self._ident = _ident(os.stat(self.path))
             self._wal_ident = _path_ident(self._wal_s)
         except (sqlite3.Error, OSError, JournalError) as exc:
             with contextlib.suppress(AttributeError, sqlite3.Error):
@@ -90,10 +98,9 @@ class SqliteFile:
         try:
             self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=10000")
-            self._fd = os.open(self.path, os.O_RDONLY)
+            self._ident = _ident(os.stat(self.path))
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from None
-        self._ident = _ident(os.fstat(self._fd))
         self._wal_ident = None
 
     @property
@@ -112,13 +119,12 @@ class SqliteFile:
         """Raise JournalGone when the journal's path (or its WAL's) no longer
         leads to the file open here: deleted, renamed or replaced."""
         try:
-            fst = os.fstat(self._fd)
             now = _path_ident(self._path_s)
         except OSError as exc:
             raise JournalGone(f"journal {self.path} cannot be checked: {exc.strerror or exc}") from None
-        if fst.st_nlink == 0 or now is None:
+        if now is None:
             raise JournalGone(f"journal {self.path} was deleted while serve had it open")
-        if now != _ident(fst):
+        if now != self._ident:
             raise JournalGone(f"journal {self.path} was replaced by another file while serve had it open")
         wal = _path_ident(self._wal_s)
         if self._wal_ident is None:
@@ -142,8 +148,6 @@ class SqliteFile:
 
     def close(self) -> None:
         self._db.close()
-        with contextlib.suppress(AttributeError, OSError):
-            os.close(self._fd)
 
     def _error(self, exc: sqlite3.Error) -> JournalError:
         if is_corrupt(exc):

@@ -77,8 +77,12 @@ def _table(name: str) -> str:
 
 
 def migrate(db: sqlite3.Connection, where: str) -> None:
-    """Create the schema, or bring an older journal's up to SCHEMA_VERSION."""
+    """Create the schema, or bring an older journal's up to SCHEMA_VERSION.
+    A journal of this version is only read: a second connection opens it
+    while another holds the write lock."""
     cur = db.cursor()
+    if cur.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION and _complete(cur):
+        return
     cur.execute("BEGIN IMMEDIATE")
     try:
         version = cur.execute("PRAGMA user_version").fetchone()[0]
@@ -101,6 +105,15 @@ def migrate(db: sqlite3.Connection, where: str) -> None:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _complete(cur: sqlite3.Cursor) -> bool:
+    """Every table and index of this version, and the journal's id, are there."""
+    names = {name for (name,) in cur.execute("SELECT name FROM sqlite_master")}
+    wanted = {"messages", *(line.split()[5] for line in _INDEXES.strip().splitlines())}
+    if not wanted <= names:
+        return False
+    return cur.execute("SELECT 1 FROM meta WHERE key = 'journal_id'").fetchone() is not None
 
 
 def _rebuild(cur: sqlite3.Cursor, select: str) -> None:
