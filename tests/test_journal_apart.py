@@ -7,11 +7,14 @@ commit and its voiding, or after a fault. Real SQLite files and threads."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
 
-from b12comment.storage.model import JournalGone
+import pytest
+
+from b12comment.storage.model import JournalGone, NewMessage
 from b12comment.storage.sqlite import SqliteJournal
 from b12comment.storage.writer import JournalThread
 
@@ -142,3 +145,27 @@ def test_after_a_fault_nothing_committed_past_the_last_settled_batch_is_handed_o
     assert [r.control_id for r in handed] == ["KEPT"]  # what was ACKed before goes on downstream
     assert len(faults) == 1
 
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_commit_into_a_journal_file_that_is_gone_is_void_in_that_file(tmp_path, how):
+    """The file's identity is checked after each intake commit: a commit that
+    landed in a file the path no longer names is answered as gone (AE), and
+    what it wrote is void in that file, so that nothing reading it (serve's
+    stages, salvage, `queue export`) delivers a message answered AE."""
+    path = tmp_path / "j.sqlite3"
+    journal = SqliteJournal(path)
+    try:
+        journal.intake([NewMessage(msg("ACKED"), "ACKED", "ORU^R01")])
+        if how == "deleted":
+            os.unlink(path)
+        else:
+            os.rename(path, tmp_path / "old.sqlite3")
+            path.write_bytes(b"another file")  # where it was
+        with pytest.raises(JournalGone):
+            journal.intake([NewMessage(msg("LATE"), "LATE", "ORU^R01")])
+        found = {r.control_id: (r.state, r.last_error or "") for r in journal.rows()}
+    finally:
+        journal.close()
+    assert found["ACKED"] == ("received", "")
+    assert found.get("LATE", ("invalid", "void:"))[0] == "invalid"
+    assert found.get("LATE", ("invalid", "void:"))[1].startswith("void:")

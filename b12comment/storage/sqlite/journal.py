@@ -11,6 +11,7 @@ are kept out of its row (blobs.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -28,6 +29,7 @@ from b12comment.storage.model import (
     Arrival,
     InvalidFrame,
     JournalError,
+    JournalGone,
     NewMessage,
     Processed,
     Receipt,
@@ -38,6 +40,11 @@ from b12comment.storage.model import (
 from b12comment.storage.sqlite.blobs import large_equals, read_large, write_large
 from b12comment.storage.sqlite.file import SqliteFile, is_corrupt
 from b12comment.storage.sqlite.schema import LARGE_TABLES
+
+GONE_VOID_REASON = (
+    "void: committed after the journal's file was deleted or replaced, and answered AE; "
+    "never delivered (the sender sends it again)"
+)
 
 # The columns every reader of rows selects, in this order (see _row).
 _NAMES = (
@@ -154,7 +161,6 @@ class SqliteJournal(SqliteFile):
         """Journal frames in one transaction and one fsync (group commit); see JournalStore.intake."""
 
         def tx(cur: sqlite3.Cursor) -> list[Receipt | int | JournalError]:
-            self.check_file()  # before the commit: nothing goes into a file that is no longer the journal
             if len(arrivals) == 1:
                 return [self._arrive(cur, arrivals[0])]
             results: list[Receipt | int | JournalError] = []
@@ -173,7 +179,17 @@ class SqliteJournal(SqliteFile):
         # Invalid frames are kept for inspection only: a batch of nothing else
         # needs no fsync of its own (a flood of junk costs no disk flushes).
         results = self._tx(tx, durable=any(isinstance(a, NewMessage) for a in arrivals))
-        self.check_file()  # and after it: did the commit land in the file the path names?
+        try:
+            self.check_file()  # did the commit land in the file the path names?
+        except JournalGone:
+            # No: its senders are answered AE. Void what it wrote in the file
+            # open here, so that nothing reading this file (serve's stages, a
+            # salvage, `queue export`) delivers it.
+            ids = [r.id for r in results if isinstance(r, Receipt) and not r.duplicate]
+            if ids:
+                with contextlib.suppress(JournalError):
+                    self.void_many(ids, GONE_VOID_REASON)
+            raise
         return results
 
     def _arrive(self, cur: sqlite3.Cursor, a: Arrival) -> Receipt | int:
