@@ -306,3 +306,36 @@ def test_shared_delimiters_are_those_of_their_bytes():
         raw = encoding.encode()
         assert delimiters_of(raw[:1], raw[1:]) == make_delimiters(raw[:1], raw[1:])
         assert delimiters_of(raw[:1], raw[1:]).valid == make_delimiters(raw[:1], raw[1:]).valid
+
+
+def test_once_is_cached_property_without_the_lock():
+    from functools import cached_property
+
+    from b12comment.core.frozen import once
+
+    calls = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Both:
+        n: int
+
+        @once
+        def ours(self) -> int:
+            calls.append("ours")
+            return self.n * 2
+
+        @cached_property
+        def theirs(self) -> int:
+            calls.append("theirs")
+            return self.n * 2
+
+    b = Both(4)
+    assert (b.ours, b.ours, b.theirs, b.theirs) == (8, 8, 8, 8)
+    assert calls == ["ours", "theirs"]  # each worked out once, then kept
+    assert vars(b) == {"n": 4, "ours": 8, "theirs": 8}
+    assert b == Both(4) and hash(b) == hash(Both(4))  # kept values are no fields
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        b.n = 5  # type: ignore[misc]
+    assert isinstance(Both.ours, once)
+    header = read_header(b"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|X1|P|2.5\r")
+    assert (header.message_type, header.control_id, header.version) == ("ORU^R01", "X1", "2.5")

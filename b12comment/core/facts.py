@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import NamedTuple
 
 from hl7apy import SUPPORTED_LIBRARIES
@@ -27,7 +27,7 @@ from hl7apy.parser import parse_field
 
 from b12comment.core.charset import decode
 from b12comment.core.escapes import unescape
-from b12comment.core.frozen import quick_init
+from b12comment.core.frozen import once, quick_init
 from b12comment.core.rule_config import RuleConfig
 from b12comment.core.segments import (
     Delimiters,
@@ -111,7 +111,7 @@ class Facts:
     message: bytes = b""
     obx_at: tuple[ObxAt, ...] = ()  # every OBX, in order
 
-    @cached_property
+    @once
     def observations(self) -> tuple[Observation, ...]:
         """Every OBX read cheaply from the bytes, once, and only for a message
         that needs them (the context of a paediatric B12 result)."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import NamedTuple
+
+from b12comment.core.frozen import once
 
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _LEADING_SPACE = b" \t\r\n\x00\xef\xbb\xbf"
@@ -56,7 +58,7 @@ class Delimiters:
     subcomponent: bytes | None  # None where MSH-2 has fewer than four characters
     truncation: bytes | None
 
-    @cached_property
+    @once
     def valid(self) -> bool:
         chars = [self.field, self.component, self.repetition, self.escape, self.subcomponent, self.truncation]
         present = [c for c in chars if c]
@@ -98,28 +100,28 @@ class Header:
     def first_component(self, n: int, k: int = 1) -> str:
         return component(self.field(n), self.delimiters, k).decode("latin-1").strip()
 
-    @cached_property
+    @once
     def message_code(self) -> str:
         return self.first_component(9, 1)
 
-    @cached_property
+    @once
     def trigger_event(self) -> str:
         return self.first_component(9, 2)
 
-    @cached_property
+    @once
     def message_type(self) -> str:
         code, trigger = self.message_code, self.trigger_event
         return f"{code}^{trigger}" if trigger else code
 
-    @cached_property
+    @once
     def control_id(self) -> str:
         return self.field(10).decode("latin-1").strip()
 
-    @cached_property
+    @once
     def version(self) -> str:
         return self.first_component(12, 1)
 
-    @cached_property
+    @once
     def charset(self) -> str:
         raw = self.field(18)
         return first_repetition(raw, self.delimiters).decode("latin-1").strip()
