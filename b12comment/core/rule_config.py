@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from b12comment.core.decision import RULE_VERSION
+from b12comment.core.frozen import once
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,11 @@ class RuleConfig:
     # that is exactly one of the comment texts (now or earlier).
     comment_marker: str = COMMENT_MARKER
     earlier_texts: tuple[str, ...] = EARLIER_TEXTS
+
+    @once
+    def code_bytes(self) -> tuple[bytes, ...]:
+        """Each configured code as ASCII bytes (the engine's byte pre-check)."""
+        return tuple(cm.code.encode("ascii") for cm in self.codes)
 
     @property
     def adult_age_years(self) -> int:
