@@ -100,7 +100,12 @@ class JournalThread:
         self.on_fault = on_fault
         self.fault: JournalFault | None = None
         self._journal: JournalStore | None = None
-        self._cv = threading.Condition()  # guards the queues below
+        # One lock guards the queues below; each thread waits on its own
+        # condition of it, so that a message wakes the intake thread only.
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)  # the intake thread waits on it
+        self._calls_cv = threading.Condition(lock)  # (apart) the calls' thread
+        self._settled_cv = threading.Condition(lock)  # rows() (see _handed_on)
         self._intake: deque[tuple[asyncio.Future, Arrival]] = deque()
         self._committing: set[asyncio.Future] = set()  # intake in the commit under way
         self._void: set[asyncio.Future] = set()  # ... whose sender was answered AE meanwhile
@@ -186,7 +191,7 @@ class JournalThread:
             return rows
         with self._cv:
             while self._settling_since is not None and self._frozen_above is None and rows[-1].id > self._settled_upto:
-                self._cv.wait()
+                self._settled_cv.wait()
             frozen, voided = self._frozen_above, self._voided
             if frozen is None and not voided:
                 return rows
@@ -227,6 +232,7 @@ class JournalThread:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+            self._calls_cv.notify_all()
             threads = [t for t in (self._thread, self._calls_thread) if t is not None]
         for thread in threads:
             await asyncio.to_thread(thread.join)
@@ -240,7 +246,8 @@ class JournalThread:
             if self._closed:
                 raise RuntimeError("the journal is closed")
             self._intake.append((future, arrival))
-            self._wake_thread()
+            self._start_threads()
+            self._cv.notify()
         return future
 
     def _submit(self, fn: Callable[[JournalStore], Any] | None) -> asyncio.Future:
@@ -250,17 +257,17 @@ class JournalThread:
             if self._closed:
                 raise RuntimeError("the journal is closed")
             self._calls.append((future, fn))
-            self._wake_thread()
+            self._start_threads()
+            (self._calls_cv if self.apart else self._cv).notify()
         return future
 
-    def _wake_thread(self) -> None:  # with self._cv held
+    def _start_threads(self) -> None:  # with self._cv held
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
             self._thread.start()
             if self.apart:
                 self._calls_thread = threading.Thread(target=self._run_calls, name="journal-calls", daemon=True)
                 self._calls_thread.start()
-        self._cv.notify_all()
 
     def _take_intake(self) -> list[tuple[asyncio.Future, Arrival]]:
         with self._cv:
@@ -311,7 +318,7 @@ class JournalThread:
         while True:
             with self._cv:
                 while not (self._calls or self._closed):
-                    self._cv.wait()
+                    self._calls_cv.wait()
                 if not self._calls:
                     return
                 call = self._calls.popleft()
@@ -346,7 +353,7 @@ class JournalThread:
                     # What this batch committed into a journal at fault is never handed on.
                     self._frozen_above = self._settled_upto
                 self._settling_since = None
-                self._cv.notify_all()
+                self._settled_cv.notify_all()
         return [(future, r, not isinstance(r, JournalError)) for (future, _), r in zip(batch, results, strict=True)]
 
     def _void_late(self, batch: list[tuple[asyncio.Future, Arrival]], results: list) -> None:
