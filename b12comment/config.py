@@ -9,13 +9,11 @@ that names the file and the key, before anything runs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import ipaddress
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +195,8 @@ class _Reader:
     def done(self) -> None:
         if self.table:
             key = sorted(self.table)[0]
+            import difflib  # (only for a setting that is not known: start-up stays lean)
+
             close = difflib.get_close_matches(key, self.known, n=1, cutoff=0.6)
             if close:
                 raise self.fail(key, f"is not a known setting; did you mean {close[0]}?")
@@ -502,6 +502,8 @@ def _check_http(path: str, cfg: Config) -> None:
 
 def parse_config(text: str, path: str = "<string>") -> Config:
     """Build a Config from TOML text; raises ConfigError naming path and key."""
+    import tomllib  # (only with a config file: a replay on the defaults starts without it)
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
