@@ -34,12 +34,13 @@ class RecordingLog:
 class Endpoint:
     """HttpServer(cfg) serving on 127.0.0.1 from a thread; `with Endpoint(...) as ep:`."""
 
-    def __init__(self, rule: RuleConfig | None = None, server_cls=HttpServer, context=None, **cfg):
+    def __init__(self, rule: RuleConfig | None = None, server_cls=HttpServer, context=None, alone=False, **cfg):
         cfg.setdefault("port", 0)
         self.cfg = dataclasses.replace(HttpConfig(enabled=True), **cfg)
         self.rule = rule or RuleConfig()
         self.server_cls = server_cls
         self.context = context  # a ContextStage (serve.processing.open_context), or None
+        self.alone = alone  # the server alone on its loop (serve without the MLLP listener)
         self.log = RecordingLog()
         self.metrics = Metrics()
         self.port = 0
@@ -63,7 +64,8 @@ class Endpoint:
         self._stop = asyncio.Event()
         c = self.cfg
         ctx = server_context(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert else None
-        self.server = self.server_cls(c, self.rule, self.log, self.metrics, ctx, context=self.context)
+        extra = {"alone": True} if self.alone else {}
+        self.server = self.server_cls(c, self.rule, self.log, self.metrics, ctx, context=self.context, **extra)
         try:
             await self.server.start()
         except BaseException as exc:

@@ -466,7 +466,11 @@ def test_cornerstone_cases_decide_the_same_through_http_as_through_process(ep, c
 # -- the patient's context: every request reads and updates it, none is held
 
 
-def test_context_store_vetoes_a_b12_after_an_abnormal_blood_count_of_the_same_patient(tmp_path):
+# `alone`: the server alone on its event loop (serve without the MLLP
+# listener) decides a lone request on the loop, not on its worker thread:
+# the same decisions, committed before each answer, in order.
+@pytest.mark.parametrize("alone", [False, True], ids=["beside-the-listener", "alone"])
+def test_context_store_vetoes_a_b12_after_an_abnormal_blood_count_of_the_same_patient(tmp_path, alone):
     store = tmp_path / "context.sqlite3"
     stage = open_context(ContextConfig(store=str(store), key_file=str(tmp_path / "context.key")))
     low_hb = Obx(code="718-7^Hemoglobin^LN", value="6.1", units="mmol/L", range="6.5-8.5", flags="L")
@@ -474,7 +478,7 @@ def test_context_store_vetoes_a_b12_after_an_abnormal_blood_count_of_the_same_pa
     b12 = build(patient_name="Hemmeligsen^Ulla").replace(b"CTRL0001", b"B12C0001")
     other_child = build(birth="20170101").replace(b"0101169999", b"0202179999").replace(b"CTRL0001", b"B12C0002")
     other_child = other_child.replace(b"|ORD1|FIL1|", b"|ORD9|FIL9|")  # and another requisition
-    with Endpoint(context=stage) as ep:
+    with Endpoint(context=stage, alone=alone) as ep:
         conn = ep.connection()
         assert post(conn, blood_count).headers["x-b12comment-decision"] == "unchanged"
         vetoed = post(conn, b12)
@@ -484,6 +488,23 @@ def test_context_store_vetoes_a_b12_after_an_abnormal_blood_count_of_the_same_pa
         # another patient: commented, decided at once
         assert post(conn, other_child).headers["x-b12comment-decision"] == "commented"
     assert b"Hemmeligsen" not in store.read_bytes() and b"0101169999" not in store.read_bytes()
+
+
+def test_a_lone_request_decided_on_the_loop_is_answered_after_its_rows_are_committed(tmp_path):
+    import sqlite3
+
+    store = tmp_path / "context.sqlite3"
+    stage = open_context(ContextConfig(store=str(store), key_file=str(tmp_path / "context.key")))
+    rows = []
+    with Endpoint(context=stage, alone=True) as ep:
+        conn = ep.connection()
+        for i in range(3):  # one at a time: each decided alone, on the loop
+            message = build().replace(b"CTRL0001", b"CTRL%04d" % i).replace(b"|ORD1|FIL1|", b"|ORD%d|FIL%d|" % (i, i))
+            assert post(conn, message).headers["x-b12comment-decision"] == "commented"
+            other = sqlite3.connect(store)  # another connection: what is committed
+            rows.append(other.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+            other.close()
+    assert 0 < rows[0] < rows[1] < rows[2]
 
 
 def test_context_review_alert_for_a_later_abnormal_result_through_http(tmp_path):
@@ -560,7 +581,8 @@ def test_stop_closes_connections_waiting_for_a_request_and_finishes_the_one_in_h
     trickling.close()
 
 
-def test_concurrent_requests_with_the_context_store_are_decided_in_order_and_committed(tmp_path):
+@pytest.mark.parametrize("alone", [False, True], ids=["beside-the-listener", "alone"])
+def test_concurrent_requests_with_the_context_store_are_decided_in_order_and_committed(tmp_path, alone):
     """Eight clients at once, each a patient of its own: a blood count (low
     for every other patient), then that patient's B12. Requests waiting for
     the store are decided together: each B12 still sees its own patient's
@@ -582,7 +604,7 @@ def test_concurrent_requests_with_the_context_store_are_decided_in_order_and_com
 
     answers: dict[int, str] = {}
     errors: list[BaseException] = []
-    with Endpoint(context=stage) as ep:
+    with Endpoint(context=stage, alone=alone) as ep:
 
         def client(i: int) -> None:
             try:

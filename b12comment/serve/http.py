@@ -99,6 +99,7 @@ class HttpServer:
         queue_depth: Callable[[], Awaitable[int]] | None = None,
         context: ContextStage | None = None,
         audit: Recorder | None = None,
+        alone: bool = False,
     ):
         self.cfg, self.rule, self.log, self.metrics = cfg, rule, log, metrics
         self.audit = audit  # [audit] enabled: used on the worker thread only
@@ -113,7 +114,10 @@ class HttpServer:
         self._receiving: set[asyncio.Task] = set()  # connections waiting for bytes of a request
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-process")
-        self.context = context  # its own store connection, used on the worker thread only
+        self.context = context  # its own store connection: used by one thread at a time (see _decide_waiting)
+        # The only server on its event loop (no MLLP listener beside it): a
+        # request that waits alone for the store is decided on the loop.
+        self.alone = alone
         self._arrival = 0
         # Requests waiting for the store: decided together, in arrival order,
         # in one hop to the worker thread and one commit (_decide_stored).
@@ -177,8 +181,9 @@ class HttpServer:
 
         With a context store, every message updates it and a message that
         would get a comment is decided with it, as serve's own messages are;
-        the store is used on this server's one worker thread, and its rows
-        are committed before the answer. Without one, a message without a
+        the store is used by one thread at a time (the worker thread, or the
+        loop: _decide_waiting), and its rows are committed before the
+        answer. Without one, a message without a
         B12 code is decided on the event loop (microseconds) and one with a
         B12 code on the worker thread, so that the MLLP listener on the same
         loop keeps answering while hl7apy reads it."""
@@ -219,11 +224,21 @@ class HttpServer:
         return await future
 
     async def _decide_waiting(self) -> None:
+        """Decide the waiting requests, group by group: on the worker thread,
+        or, for a lone request while this server is alone on its loop, on the
+        loop itself: two thread hand-offs fewer (each a wake-up that waits
+        for a free core on a busy machine), and nothing else on the loop
+        waits meanwhile but other HTTP requests, which would wait for the
+        worker anyway. Either way one group at a time, so the store is used
+        by one thread at a time, and each answer comes after the commit."""
         loop = asyncio.get_running_loop()
         while self._waiting:
             group, self._waiting = self._waiting, []
             try:
-                done = await loop.run_in_executor(self._executor, self._decide_with_store, group)
+                if self.alone and len(group) == 1:
+                    done = self._decide_with_store(group)
+                else:
+                    done = await loop.run_in_executor(self._executor, self._decide_with_store, group)
             except Exception as exc:  # (decide never raises; the executor may be shut down)
                 for *_, f in group:
                     if not f.done():
@@ -234,8 +249,8 @@ class HttpServer:
                     f.set_result(result)
 
     def _decide_with_store(self, group: list) -> list[tuple[Outcome, str | None]]:
-        """On the worker thread: the chain with the store for each message of
-        the group, in order, then their rows committed together."""
+        """The chain with the store for each message of the group, in order,
+        then their rows committed together."""
         assert self.context is not None
         cx = self.context
         outcomes = [

@@ -237,6 +237,7 @@ class Service:
             queue_depth=self.journal.depth if mllp else None,
             context=context,
             audit=audit,
+            alone=not mllp,
         )
         try:
             await self.http_server.start()
