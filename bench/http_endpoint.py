@@ -111,9 +111,9 @@ def noop_server(port: int) -> None:
     asyncio.run(main())
 
 
-def start(kind: str, tmp: Path) -> tuple[subprocess.Popen, int]:
+def start(kind: str, tmp: Path, code: Path = REPO) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(code))
     if kind == "noop":
         cmd = [sys.executable, str(Path(__file__)), "--noop-server", str(port)]
     else:
@@ -310,14 +310,16 @@ def paced_run(port: int, bodies: list[bytes], rate: float, max_connections: int 
 
 
 def paced(args) -> None:
-    kinds = ("noop", "endpoint", "endpoint+context")
+    kinds: tuple[str, ...] = ("noop", "endpoint", "endpoint+context")
+    if args.compare:  # the context endpoint of another checkout: a before/after in the same run
+        kinds += (f"endpoint+context@{args.compare.name}",)
     results: dict[str, list[dict]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         procs = {}
         try:
             for kind in kinds:
-                procs[kind] = start(kind, tmp)
+                procs[kind] = start(kind, tmp, args.compare if "@" in kind else REPO)
             for kind in kinds:  # warm up: imports, the first hl7apy parse, the store's first pages
                 sequential(procs[kind][1], B12, 50)
             for r in range(args.rounds):
@@ -369,6 +371,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--rate", type=float, help="paced mode: child-B12 requests per second, open loop")
     p.add_argument("--rounds", type=int, default=3, help="paced mode: rounds (servers take turns)")
+    p.add_argument(
+        "--compare", type=Path, help="paced mode: also the context endpoint of the checkout at this path (before/after)"
+    )
     p.add_argument("--noop-server", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.noop_server:
