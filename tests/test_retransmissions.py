@@ -67,6 +67,9 @@ def test_serve_forwards_a_loose_resend_once_and_a_reused_control_id_twice_with_a
         assert serve.stop() == 0
     delivered = sorted(p.read_bytes() for p in outbox.glob("*.hl7"))
     assert delivered == sorted([MSG, changed])
+    # At info a message has one record, its decision; an AA is a debug
+    # record, except the retransmission's (it gets no decision of its own).
     acks = [r for r in serve.records("ack") if r.get("control_id") == "C1"]
-    assert [r["duplicate"] for r in acks] == [False, True, False]
+    assert [(r["duplicate"], r["level"]) for r in acks] == [(True, "info")]
+    assert [r["journal_id"] for r in serve.records("decision")] == [1, 2]
     assert "b12comment_control_ids_reused_total 1.0" in metrics

@@ -518,5 +518,13 @@ class Listener:
         elapsed = time.monotonic() - started
         self.metrics.inc("b12comment_acks_sent_total", code=answer.code)
         self.metrics.observe("b12comment_ack_seconds", elapsed)
-        log = self.log.info if answer.code == ACCEPT else self.log.warning
+        # At info a message has one record, its decision (processing.py); an
+        # AA is a debug record, except for a retransmission (answered without
+        # a decision of its own); AE and AR are warnings.
+        if answer.code != ACCEPT:
+            log = self.log.warning
+        elif answer.fields.get("duplicate"):
+            log = self.log.info
+        else:
+            log = self.log.debug
         log("ack", peer=peer, seq=seq, ack_code=answer.code, latency_ms=round(elapsed * 1000, 2), **answer.fields)
