@@ -150,13 +150,17 @@ def variants(message: bytes, n: int) -> list[bytes]:
     return out
 
 
-def sequential(port: int, message: bytes, n: int) -> tuple[float, list[float]]:
+def sequential(port: int, message: bytes, n: int, warmed: threading.Barrier | None = None) -> tuple[float, list[float]]:
+    """n requests one after the other on one connection, after 50 not
+    counted (`warmed`: then wait there for the other clients' warm-up)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Content-Type": f"application/hl7-v2; charset={CHARSETS[message]}"}
     for body in variants(message, min(50, n)):  # warm up (imports, first hl7apy parse)
         conn.request("POST", "/hl7", body=body, headers=headers)
         conn.getresponse().read()
     bodies = variants(message, n)
+    if warmed is not None:
+        warmed.wait(120)
     times = []
     clock = time.perf_counter
     began = clock()
@@ -173,18 +177,23 @@ def sequential(port: int, message: bytes, n: int) -> tuple[float, list[float]]:
 
 
 def concurrent(port: int, message: bytes, clients: int, n_each: int) -> float:
+    """Requests/s of `clients` sequential clients at once, timed from the
+    end of their warm-ups (not counted) to the last answer."""
     errors: list[BaseException] = []
+    warmed = threading.Barrier(clients + 1)
 
     def run():
         try:
-            sequential(port, message, n_each)
+            sequential(port, message, n_each, warmed)
         except BaseException as exc:  # reported below
             errors.append(exc)
+            warmed.abort()
 
     threads = [threading.Thread(target=run) for _ in range(clients)]
-    began = time.perf_counter()
     for t in threads:
         t.start()
+    warmed.wait(120)
+    began = time.perf_counter()
     for t in threads:
         t.join()
     if errors:
