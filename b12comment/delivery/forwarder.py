@@ -212,7 +212,7 @@ class Forwarder:
         started = time.monotonic()
         rows = [row for row, _ in delivered]
         if not await self._write_down(
-            "forwarded", rows, lambda: self.journal.call(lambda j: j.mark_forwarded_many([r.id for r in rows])), stop
+            "forwarded", rows, lambda: self.journal.write(lambda j: j.mark_forwarded_many([r.id for r in rows])), stop
         ):
             return False
         self.on_settled([r.id for r in rows])
@@ -242,7 +242,7 @@ class Forwarder:
             return
         self.metrics.set("b12comment_downstream_up", 0)
         self._failures += 1
-        attempts = await self.journal.call(lambda j: j.mark_attempt_failed(row.id, outcome.reason, outcome.counts))
+        attempts = await self.journal.write(lambda j: j.mark_attempt_failed(row.id, outcome.reason, outcome.counts))
         if outcome.counts and attempts >= self.ds.max_attempts:
             await self._dead(row, f"gave up after {attempts} attempts: {outcome.reason}", fields, stop)
             return
@@ -261,7 +261,7 @@ class Forwarder:
                 j.mark_attempt_failed(row.id, reason, True)
             j.mark_dead(row.id, reason)
 
-        if not await self._write_down("dead", [row], lambda: self.journal.call(dead), stop):
+        if not await self._write_down("dead", [row], lambda: self.journal.write(dead), stop):
             return
         self.on_settled([row.id])
         self._failures = 0

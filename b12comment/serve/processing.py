@@ -219,13 +219,13 @@ class Processor:
         the newer one that released it); False if the journal failed."""
         try:
             if holds:
-                await self.journal.call(lambda j: j.hold_many(holds))
+                await self.journal.write(lambda j: j.hold_many(holds))
             if done:
                 results = [
                     Processed(r.id, None if out is r.raw else out, f["commented"], f["reasons"])
                     for r, out, f, _, _ in done
                 ]
-                await self.journal.call(lambda j: j.mark_processed_many(results))
+                await self.journal.write(lambda j: j.mark_processed_many(results))
         except JournalError as exc:
             unavailable(self.log, "processing", exc)
             self._reload_holds = True  # what the journal holds is the truth: read it again

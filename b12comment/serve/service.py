@@ -440,7 +440,7 @@ class Service:
     async def _prune(self) -> None:
         while not self.stop_event.is_set():
             try:
-                removed = await self.journal.call(lambda j: j.prune(self.config.journal.retention_days))
+                removed = await self.journal.write(lambda j: j.prune(self.config.journal.retention_days))
                 if removed:
                     self.log.info("journal_pruned", rows=removed)
             except JournalError as exc:

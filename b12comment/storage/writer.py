@@ -110,6 +110,7 @@ class JournalThread:
         self._committing: set[asyncio.Future] = set()  # intake in the commit under way
         self._void: set[asyncio.Future] = set()  # ... whose sender was answered AE meanwhile
         self._calls: deque[tuple[asyncio.Future, Callable[[JournalStore], Any] | None]] = deque()
+        self._writes: deque[tuple[asyncio.Future, Callable[[JournalStore], Any] | None]] = deque()  # (apart)
         self._thread: threading.Thread | None = None
         self._calls_thread: threading.Thread | None = None
         self._calls_journal: JournalStore | None = None  # (apart) the calls' own connection
@@ -176,6 +177,23 @@ class JournalThread:
         Every operation of the journal goes through here, typed by mypy:
         `await thread.call(lambda j: j.deliverable(100))`."""
         return self._submit(fn)
+
+    def write(self, fn: Callable[[JournalStore], T]) -> asyncio.Future[T]:
+        """A call that writes (the processing stage's and the forwarder's
+        bookkeeping, pruning). Apart, it runs on the intake thread, between
+        two intake commits, so that only that connection writes: the calls'
+        connection, which reads, never waits in SQLite's busy handler (which
+        sleeps longer and longer while intake commits one after another)."""
+        if not self.apart:
+            return self._submit(fn)
+        future = asyncio.get_running_loop().create_future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the journal is closed")
+            self._writes.append((future, fn))
+            self._start_threads()
+            self._cv.notify()
+        return future
 
     def rows(self, fn: Callable[[JournalStore], list[Row]]) -> asyncio.Future[list[Row]]:
         """A call that reads messages for the processing stage or the
@@ -277,16 +295,15 @@ class JournalThread:
 
     def _run(self) -> None:
         call_turn = False  # after an intake commit, one waiting call goes before the next
+        calls = self._writes if self.apart else self._calls  # what this thread runs beside intake
         try:
             while True:
                 with self._cv:
-                    while not (self._intake or (self._calls and not self.apart) or self._closed):
+                    while not (self._intake or calls or self._closed):
                         self._cv.wait()
-                    if not (self._intake or (self._calls and not self.apart)):
+                    if not (self._intake or calls):
                         return
-                    call = None
-                    if not self.apart and self._calls and (call_turn or not self._intake):
-                        call = self._calls.popleft()
+                    call = calls.popleft() if calls and (call_turn or not self._intake) else None
                 call_turn = self._step(call, call_turn)
                 call = None  # (its arguments may be a large message)
         finally:
@@ -301,7 +318,8 @@ class JournalThread:
         message, stays referenced in _run while the thread waits.)"""
         done: list = []
         if call is not None:
-            done = [self._run_call(*call)]
+            future, fn = call
+            done = [self._run_call(future, fn, here=True)]
             call_turn = False
         else:
             batch = self._take_intake()
@@ -322,7 +340,8 @@ class JournalThread:
                 if not self._calls:
                     return
                 call = self._calls.popleft()
-            self._settle([self._run_call(*call)])
+            future, fn = call
+            self._settle([self._run_call(future, fn, here=False)])
             del call  # (its arguments may be a large message)
 
     def _run_intake(self, batch: list[tuple[asyncio.Future, Arrival]]) -> list:
@@ -374,7 +393,8 @@ class JournalThread:
             except Exception as exc:  # the other messages of the batch are committed: their answers stand
                 self._faulted(exc)
 
-    def _run_call(self, future: asyncio.Future, fn: Callable[[JournalStore], Any] | None) -> tuple:
+    def _run_call(self, future: asyncio.Future, fn: Callable[[JournalStore], Any] | None, here: bool) -> tuple:
+        """`here`: on the intake thread, with its connection (else the calls')."""
         if fn is None:
             if self.apart:
                 if self._calls_journal is not None:
@@ -387,7 +407,7 @@ class JournalThread:
         try:
             if isinstance(self.fault, JournalCorrupt):
                 raise self.fault
-            return (future, fn(self._open_calls() if self.apart else self._open()), True)
+            return (future, fn(self._open() if here else self._open_calls()), True)
         except Exception as exc:
             self._faulted(exc)
             return (future, exc, False)
