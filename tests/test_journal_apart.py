@@ -169,3 +169,25 @@ def test_a_commit_into_a_journal_file_that_is_gone_is_void_in_that_file(tmp_path
     assert found["ACKED"] == ("received", "")
     assert found.get("LATE", ("invalid", "void:"))[0] == "invalid"
     assert found.get("LATE", ("invalid", "void:"))[1].startswith("void:")
+
+
+def test_writes_run_on_the_intake_connection_and_the_other_only_reads(tmp_path):
+    """Only one connection writes: the bookkeeping's writes run on the intake
+    thread, between two intake commits, so that they never wait in SQLite's
+    busy handler (which sleeps longer and longer while intake goes on) and
+    never fail after its timeout; reads run on the other connection."""
+    path = tmp_path / "j.sqlite3"
+
+    async def main():
+        jt = JournalThread(path)
+        receipt = await jt.record(msg("A"), control_id="A", message_type="ORU^R01")
+        wrote = await jt.write(lambda j: (threading.current_thread().name, id(j)))
+        read = await jt.call(lambda j: (threading.current_thread().name, id(j)))
+        await jt.write(lambda j: j.mark_forwarded_many([receipt.id]))
+        state = await jt.call(lambda j: j.get(receipt.id).state)
+        await jt.close()
+        return wrote, read, state
+
+    wrote, read, state = asyncio.run(main())
+    assert wrote[0] == "journal" and read[0] == "journal-calls" and wrote[1] != read[1]
+    assert state == "forwarded"  # a write awaited is seen by the next read
