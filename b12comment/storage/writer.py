@@ -61,10 +61,14 @@ class JournalThread:
     a commit and answers AE past it (see listener.py), and `available()`
     answers within `health_timeout_s`.
 
-    With `apart` (the default, for a SQLite journal), every other call runs
-    on a second thread with its own connection to the journal, so an intake
-    commit never waits behind the processing stage's or the forwarder's
-    bookkeeping, nor they behind an intake's fsync. A message whose sender
+    With `apart` (the default, for a SQLite journal), the writes (`write`:
+    the stages' bookkeeping, pruning) still run on that thread, one between
+    two intake commits, but every other call (`call`, `rows`: the stages'
+    reads of messages, the queue's counts) runs on a second thread with its
+    own connection, so an intake commit never waits behind a read, nor a
+    read behind an fsync. Only one connection writes: two would meet in
+    SQLite's busy handler, which sleeps longer and longer between its tries
+    while intake commits one batch after another. A message whose sender
     was answered AE while its commit was under way is then never handed to
     those stages, although their connection may read it between the commit
     and its voiding: `rows()` waits until the commit's batch is settled and
