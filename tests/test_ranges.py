@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from b12comment.core import values
 from b12comment.core.values import (
     Quantity,
     Range,
@@ -181,3 +182,25 @@ def test_same_unit(a, b, same):
 )
 def test_parse_quantity_with_unit(value, expected):
     assert parse_quantity_with_unit("ST", [value]) == expected
+
+
+def _unicode_case_variants(word: str) -> list[str]:
+    """The word with letters that a case-insensitive pattern matches as
+    Unicode does: the long s (U+017F), the Kelvin sign (U+212A), the dotted
+    and dotless i (U+0130, U+0131), and the word in capitals."""
+    swaps = {"s": "\u017f", "k": "\u212a", "i": "\u0130"}
+    out = [word.upper(), word.replace("i", "\u0131")]
+    out += [word.replace(a, b) for a, b in swaps.items() if a in word]
+    return [v for v in out if v != word]
+
+
+@pytest.mark.parametrize("word", sorted({**values._UPPER_WORDS, **values._LOWER_WORDS}))
+def test_a_comparator_word_in_any_unicode_case_never_raises(word):
+    """A comparator word the pattern matches in another Unicode case is read
+    as the word, or is unreadable (doubt); it never raises (which made the
+    silence name no result)."""
+    plain = read_range(f"{word} 5")
+    assert isinstance(plain, Range)
+    for variant in _unicode_case_variants(word):
+        found = read_range(f"{variant} 5")
+        assert found == plain or isinstance(found, Unreadable), (variant, found)

@@ -194,7 +194,11 @@ def _core_range(text: str, unit: str = "") -> Range | None:
         found_unit = m.group("unit") or ""
         if number is None or (unit and found_unit):
             return None
-        cmp = _RANGE_COMPARATORS[m.group("cmp").lower()]
+        # casefold: the pattern matches without regard to case as Unicode
+        # does (`leſs than`, a long s), which lower() does not undo.
+        cmp = _RANGE_COMPARATORS.get(m.group("cmp").casefold())
+        if cmp is None:
+            return None
         if cmp.startswith("<"):
             return Range(None, number, upper_exclusive=cmp == "<", unit=unit or found_unit)
         return Range(number, None, lower_exclusive=cmp == ">", unit=unit or found_unit)
