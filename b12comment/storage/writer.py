@@ -236,12 +236,19 @@ class JournalThread:
         return await self.call(check)
 
     async def available(self, health_timeout_s: float = 2.0) -> bool:
-        """The journal answers (within the timeout) and has no fault."""
+        """The journal answers (within the timeout) and has no fault: an
+        intake commit under way ends within the timeout (it hangs when the
+        disk stalls or another process holds the write lock), and a read
+        answers within it."""
         if self.fault is not None:
             return False
-        since = self._settling_since  # an intake commit that hangs (the disk, another process's lock)
-        if since is not None and time.monotonic() - since > health_timeout_s:
-            return False
+        since = self._settling_since
+        if since is not None:
+            deadline = time.monotonic() + health_timeout_s
+            while self._settling_since == since:  # the same commit, still under way
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.01)
         try:
             await asyncio.wait_for(asyncio.shield(self.depth()), health_timeout_s)
             return True
