@@ -185,3 +185,30 @@ def test_a_pending_result_flagged_abnormal_is_both_pending_and_abnormal():
     pending_normal = dataclasses.replace(OTHER_PENDING, value="20")
     _, decision = process(build(others=(pending_normal,)), RULE)
     assert decision.reasons == ("context_pending",)
+
+
+def test_the_context_stores_commit_is_made_with_an_fsync(tmp_path):
+    """Mutant: the context store committed without an fsync of its own
+    (synchronous=NORMAL). The journal records a batch as processed after the
+    store's commit, and that record becomes durable at the next intake
+    commit: a power cut could then keep the message processed and lose its
+    rows, which veto a later comment of its patient. serve's store commits
+    with synchronous=FULL; replay's temporary store (durable=False) is OFF."""
+    from b12comment.context import open_store
+    from b12comment.context.store import ContextStore
+    from b12comment.core.rows import extract
+
+    store = open_store(str(tmp_path / "context.sqlite3"), str(tmp_path / "context.key"))
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    rows = extract(build(others=(OTHER_PENDING,)), RULE)
+    assert rows is not None and rows.rows
+    store.add(1, rows)
+    store.commit()
+    store._db.set_trace_callback(None)
+    assert synchronous_at_commit(statements) == ["FULL"], statements
+    store.close()
+    temporary = ContextStore(tmp_path / "replay.sqlite3", b"k" * 32, durable=False)
+    assert temporary._db.execute("PRAGMA synchronous").fetchone()[0] == 0  # OFF
+    temporary.close()

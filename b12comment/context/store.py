@@ -9,9 +9,12 @@ identifier, no birth date: the hashes are HMAC-SHA256 with a secret key, so a
 CPR number (a birth date and four digits) cannot be found by trying them all.
 
 The store is derived data: `b12comment context rebuild` makes it again from
-the journal, and losing it loses no message. It is written without an fsync
-of its own (synchronous=NORMAL): a crash of the process loses nothing, a
-power cut at most the last rows, which a rebuild restores.
+the journal, and losing it loses no message. Each commit is fsynced
+(synchronous=FULL): the rows of a processing batch are on disk before the
+journal records the batch as processed, so that a power cut cannot leave a
+message the journal calls processed whose rows, which veto a later comment
+of its patient, are gone (the journal's own record of it becomes durable
+at its next intake commit).
 
 A commit appends to the WAL; moving the WAL's pages into the file (a
 checkpoint, with its fsyncs: 5 to 10 ms on a shared disk) is, in serve, done
@@ -303,10 +306,15 @@ class ContextStore:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 # Keyed hashes only, but the file is still the service's: 0600
                 # (SQLite gives its -wal and -shm files the same permissions).
-                os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+                # Only when missing: closing a descriptor of the file drops the
+                # POSIX locks of every connection of this process to it (serve
+                # has one for processing, one for HTTP, one to checkpoint).
+                if not p.exists():
+                    with contextlib.suppress(FileExistsError):
+                        os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL" if durable else "PRAGMA synchronous=OFF")
+            self._db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
             self._db.executescript(_SCHEMA)
             have = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
             for name, kind in _ADDED_COLUMNS:
