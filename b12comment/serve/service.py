@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from b12comment.storage.postgres.lease import Leadership
 
 PRUNE_EVERY_S = 3600.0
+PRUNE_FIRST_S = 60.0  # after the start
 FILES_RESERVED = 64  # file descriptors beside the connections: journal, WAL, lock, downstream, metrics, logs
 STOP_TASKS_S = 3.0  # how long stop() waits for the stages before cancelling them
 
@@ -438,6 +439,10 @@ class Service:
                 await wait_event(self.stop_event, 1.0)
 
     async def _prune(self) -> None:
+        # Not at once: a prune is a write, and writes share the intake's
+        # connection, so one that waits for another process's lock (a
+        # backup, a queue command) would hold up the first messages too.
+        await wait_event(self.stop_event, PRUNE_FIRST_S)
         while not self.stop_event.is_set():
             try:
                 removed = await self.journal.write(lambda j: j.prune(self.config.journal.retention_days))
