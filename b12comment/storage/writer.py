@@ -188,16 +188,7 @@ class JournalThread:
         two intake commits, so that only that connection writes: the calls'
         connection, which reads, never waits in SQLite's busy handler (which
         sleeps longer and longer while intake commits one after another)."""
-        if not self.apart:
-            return self._submit(fn)
-        future = asyncio.get_running_loop().create_future()
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the journal is closed")
-            self._writes.append((future, fn))
-            self._start_threads()
-            self._cv.notify()
-        return future
+        return self._enqueue(self._writes if self.apart else self._calls, fn, self._cv)
 
     def rows(self, fn: Callable[[JournalStore], list[Row]]) -> asyncio.Future[list[Row]]:
         """A call that reads messages for the processing stage or the
@@ -269,25 +260,22 @@ class JournalThread:
     # -- the event loop side
 
     def _arrive(self, arrival: Arrival) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the journal is closed")
-            self._intake.append((future, arrival))
-            self._start_threads()
-            self._cv.notify()
-        return future
+        return self._enqueue(self._intake, arrival, self._cv)
 
     def _submit(self, fn: Callable[[JournalStore], Any] | None) -> asyncio.Future:
-        """Queue fn(journal) for the thread (None: close the journal)."""
+        """Queue fn(journal) for the calls' thread, or the only one (None: close the journal)."""
+        return self._enqueue(self._calls, fn, self._calls_cv if self.apart else self._cv)
+
+    def _enqueue(self, queue: deque, item: Any, waker: threading.Condition) -> asyncio.Future:
+        """Queue (future, item) for the thread that waits on `waker`; the
+        future, returned at once, has its result once the thread is done."""
         future = asyncio.get_running_loop().create_future()
         with self._cv:
             if self._closed:
                 raise RuntimeError("the journal is closed")
-            self._calls.append((future, fn))
+            queue.append((future, item))
             self._start_threads()
-            (self._calls_cv if self.apart else self._cv).notify()
+            waker.notify()
         return future
 
     def _start_threads(self) -> None:  # with self._cv held
