@@ -41,6 +41,21 @@ def take_lock(path: Path) -> int:
     return fd
 
 
+def create_private(path: str | Path) -> None:
+    """Create the file `path` empty, readable by its owner only (0600), with
+    its folders, when it is missing (SQLite then gives its -wal and -shm files
+    the same permissions). Only then: closing any descriptor of a file drops
+    every POSIX lock this process holds on it, also those of the SQLite
+    connections open here to it, and SQLite would no longer see them when
+    another process closes its own last connection: it would take itself for
+    the last one and delete the write-ahead log under them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 def fsync_dir(folder: str | Path) -> None:
     """Make the renames and creations in `folder` durable."""
     fd = os.open(folder, os.O_RDONLY)

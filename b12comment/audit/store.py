@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -28,6 +27,7 @@ from typing import Protocol
 
 from b12comment.context.store import key_fingerprint
 from b12comment.errors import B12Error
+from b12comment.files import create_private
 
 from .rows import AuditRow
 
@@ -214,8 +214,7 @@ class SQLiteAuditStore:
                     raise AuditError(f"no audit store at {p} (nothing has been recorded)")
                 self._db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, isolation_level=None, timeout=10.0)
             else:
-                p.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))  # keyed hashes, still personal data
+                create_private(p)  # keyed hashes, still personal data (serve opens it twice)
                 self._db = sqlite3.connect(self.location, isolation_level=None, check_same_thread=False, timeout=10.0)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")

@@ -43,7 +43,7 @@ from b12comment.core.context import Context, PriorResult
 from b12comment.core.keys import KEY_DERIVATION, Keys, earlier_requisition, requisition_aliases
 from b12comment.core.rows import Extract
 from b12comment.errors import B12Error
-from b12comment.files import LockHeld, take_lock
+from b12comment.files import LockHeld, create_private, take_lock
 
 KEY_BYTES = 32
 MEMORY = ":memory:"
@@ -302,16 +302,9 @@ class ContextStore:
         try:
             self.new = self.path == MEMORY or not Path(self.path).is_file() or Path(self.path).stat().st_size == 0
             if self.path != MEMORY:
-                p = Path(self.path)
-                p.parent.mkdir(parents=True, exist_ok=True)
-                # Keyed hashes only, but the file is still the service's: 0600
-                # (SQLite gives its -wal and -shm files the same permissions).
-                # Only when missing: closing a descriptor of the file drops the
-                # POSIX locks of every connection of this process to it (serve
-                # has one for processing, one for HTTP, one to checkpoint).
-                if not p.exists():
-                    with contextlib.suppress(FileExistsError):
-                        os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                # Keyed hashes only, but the file is still the service's (serve
+                # opens it for processing, for HTTP and to checkpoint).
+                create_private(self.path)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from b12comment.files import create_private
 from b12comment.storage.model import JournalCorrupt, JournalError, JournalGone
 from b12comment.storage.sqlite.schema import migrate
 
@@ -64,17 +65,7 @@ class SqliteFile:
             self._open_read_only()
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Whole messages with patient data: readable by the service user only.
-            # SQLite gives its -wal and -shm files the same permissions. Only
-            # when it is missing: closing any descriptor of the file drops
-            # every POSIX lock this process holds on it, also those of another
-            # connection open here (serve has two), and SQLite would no longer
-            # see that connection when another process closes the last of its
-            # own: it would delete the write-ahead log under it.
-            if not os.path.exists(self.path):
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            create_private(self.path)  # whole messages with patient data (serve opens it twice)
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
