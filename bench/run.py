@@ -777,6 +777,23 @@ def control_ids(messages: list[bytes]) -> list[str]:
     return out
 
 
+def arrival_times(path: Path, wanted: set[str], timeout: float = 120.0) -> dict[str, float]:
+    """When the latency sink (its file at `path`) got each wanted control ID:
+    waits until all came, or the timeout."""
+    deadline = time.monotonic() + timeout
+    got: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        got = {}
+        for line in path.read_text().splitlines():
+            cid, _, when = line.partition(" ")
+            if cid in wanted:
+                got[cid] = float(when)
+        if len(got) == len(wanted):
+            break
+        time.sleep(0.05)
+    return got
+
+
 def bench_latency(tmp: Path, n: int, rounds: int) -> None:
     """From sender to downstream: serve with an MLLP downstream that notes
     when each message arrives, one sender paced at 20, 100 and 500 msg/s;
@@ -800,17 +817,7 @@ def bench_latency(tmp: Path, n: int, rounds: int) -> None:
                 ids, times = control_ids(batch), []
                 ack[rate] += send_sequential(serve.port, batch, pace_s=1 / rate, sent_at=times)
                 sent = dict(zip(ids, times, strict=True))
-                wanted = set(ids)
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    got = {}
-                    for line in arrivals.read_text().splitlines():
-                        cid, _, when = line.partition(" ")
-                        if cid in wanted:
-                            got[cid] = float(when)
-                    if len(got) == len(wanted):
-                        break
-                    time.sleep(0.05)
+                got = arrival_times(arrivals, set(ids))
                 e2e[rate] += [got[c] - sent[c] for c in ids if c in got]
                 floor_ack[rate] += send_sequential(floor.port, tagged(messages, f"F{rate}R{r}"), pace_s=1 / rate)
     finally:

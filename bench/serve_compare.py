@@ -34,22 +34,6 @@ import generate  # noqa: E402
 import run as bench  # noqa: E402
 
 
-def arrivals(path: Path, wanted: set[str], timeout: float = 120.0) -> dict[str, float]:
-    """When the sink got each wanted control ID (waits until all came, or the timeout)."""
-    deadline = time.monotonic() + timeout
-    got: dict[str, float] = {}
-    while time.monotonic() < deadline:
-        got = {}
-        for line in path.read_text().splitlines():
-            cid, _, when = line.partition(" ")
-            if cid in wanted:
-                got[cid] = float(when)
-        if len(got) == len(wanted):
-            break
-        time.sleep(0.05)
-    return got
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--compare", required=True, help="the other checkout (its folder holds b12comment/)")
@@ -104,7 +88,7 @@ def main() -> None:
                 ack[name] += bench.send_sequential(srv.port, batch, pace_s=1 / args.rate, sent_at=sent_at)
                 if name in times:
                     ids = bench.control_ids(batch)
-                    got = arrivals(times[name], set(ids))
+                    got = bench.arrival_times(times[name], set(ids))
                     e2e[name] += [got[c] - s for c, s in zip(ids, sent_at, strict=True) if c in got]
                 time.sleep(0.5)
     finally:
